@@ -1,0 +1,3 @@
+//! Spate: a single-node stream engine.
+
+pub mod record;
