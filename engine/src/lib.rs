@@ -1,3 +1,4 @@
 //! Spate: a single-node stream engine.
 
+pub mod io;
 pub mod record;

@@ -1,0 +1,165 @@
+//! A fault-injecting [`Io`] for recovery tests: crash after the n-th fsync, torn writes, EIO, ENOSPC.
+//!
+//! It wraps a real backend writing real files, and decides per operation what reaches them:
+//! - **crash after the n-th fsync**: every write and fsync after the n-th completed fsync is
+//!   dropped while reporting success, so the files hold what a power cut at that moment could
+//!   leave (everything written before it, nothing after). Reopening the directory afterwards is
+//!   the restart after the crash.
+//! - **torn write**: the n-th write reaches the file only in part, then the machine "crashes" as
+//!   above.
+//! - **errors**: the n-th write or the n-th fsync fails with a chosen errno (EIO, ENOSPC, ...).
+//!
+//! Operations are counted one by one, writes per request and fsyncs per file, in the order a
+//! backend would issue them (a submission's writes, then its fsyncs).
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::{Backend, Io, IoError, IoOp, IoStats, Write};
+
+/// A torn write: the `write`-th write (1-based) keeps only its first `keep_bytes` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TornWrite {
+    pub write: u64,
+    pub keep_bytes: usize,
+}
+
+/// What to inject. Counts are 1-based; `None` injects nothing of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// Drop every write and fsync after the n-th fsync has completed.
+    pub crash_after_fsync: Option<u64>,
+    pub torn_write: Option<TornWrite>,
+    /// The n-th write fails with this errno, writing nothing.
+    pub fail_write: Option<(u64, i32)>,
+    /// The n-th fsync fails with this errno.
+    pub fail_fsync: Option<(u64, i32)>,
+}
+
+/// Shared view of what the injector did, readable while the [`FaultIo`] is owned by a log.
+#[derive(Debug, Default)]
+pub struct FaultState {
+    writes: AtomicU64,
+    fsyncs: AtomicU64,
+    crashed: AtomicBool,
+    dropped: AtomicU64,
+}
+
+impl FaultState {
+    /// Writes seen (performed, torn, failed or dropped).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Fsyncs seen (performed, failed or dropped).
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::SeqCst)
+    }
+
+    /// True once the simulated crash has happened: from then on nothing reaches the files.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
+    /// Operations silently dropped since the crash.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::SeqCst)
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct FaultIo<I: Io> {
+    inner: I,
+    plan: FaultPlan,
+    state: Arc<FaultState>,
+    stats: IoStats,
+}
+
+impl<I: Io> FaultIo<I> {
+    pub fn new(inner: I, plan: FaultPlan) -> Self {
+        FaultIo { inner, plan, state: Arc::new(FaultState::default()), stats: IoStats::default() }
+    }
+
+    pub fn state(&self) -> Arc<FaultState> {
+        Arc::clone(&self.state)
+    }
+
+    fn write_one(&mut self, w: &Write<'_>) -> Result<(), IoError> {
+        let n = self.state.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.state.crashed() {
+            self.state.dropped.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        if let Some((at, errno)) = self.plan.fail_write {
+            if at == n {
+                return Err(IoError::new(IoOp::Write, w.fd.as_raw_fd(), std::io::Error::from_raw_os_error(errno)));
+            }
+        }
+        if let Some(torn) = self.plan.torn_write {
+            if torn.write == n {
+                let mut left = torn.keep_bytes.min(w.len());
+                let mut kept: Vec<IoSlice<'_>> = Vec::new();
+                for b in w.bufs {
+                    if left == 0 {
+                        break;
+                    }
+                    let take = left.min(b.len());
+                    kept.push(IoSlice::new(&b[..take]));
+                    left -= take;
+                }
+                let part = Write { fd: w.fd, offset: w.offset, bufs: &kept };
+                self.inner.submit(std::slice::from_ref(&part), &[])?;
+                self.state.crashed.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+        }
+        self.inner.submit(std::slice::from_ref(w), &[])?;
+        self.stats.writes += 1;
+        self.stats.write_bytes += w.len() as u64;
+        Ok(())
+    }
+
+    fn fsync_one(&mut self, fd: BorrowedFd<'_>) -> Result<(), IoError> {
+        let n = self.state.fsyncs.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.state.crashed() {
+            self.state.dropped.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        if let Some((at, errno)) = self.plan.fail_fsync {
+            if at == n {
+                return Err(IoError::new(IoOp::Fsync, fd.as_raw_fd(), std::io::Error::from_raw_os_error(errno)));
+            }
+        }
+        self.inner.submit(&[], &[fd])?;
+        self.stats.fsyncs += 1;
+        if self.plan.crash_after_fsync == Some(n) {
+            self.state.crashed.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+impl<I: Io> Io for FaultIo<I> {
+    fn submit(&mut self, writes: &[Write<'_>], syncs: &[BorrowedFd<'_>]) -> Result<(), IoError> {
+        self.stats.submits += 1;
+        for w in writes {
+            self.write_one(w)?;
+        }
+        for fd in syncs {
+            self.fsync_one(*fd)?;
+        }
+        Ok(())
+    }
+
+    /// Counts only what reached the files.
+    fn stats(&self) -> IoStats {
+        self.stats
+    }
+
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+}

@@ -1,0 +1,271 @@
+//! The I/O layer: the only code in Spate that talks to io_uring.
+//!
+//! Model: a shard owns one [`Io`] and hands it, once per turn of its loop, every write that is
+//! pending on every file it owns plus the files that must be made durable. [`Io::submit`] performs
+//! the writes, then an `fdatasync` of each listed file *after* all of that file's writes, and
+//! returns when everything has completed. That one call is the group commit: however many
+//! appends were staged, each file is synced once.
+//!
+//! Implementations:
+//! - [`uring::UringIo`]: one io_uring ring; per file a linked chain `writev -> ... -> fdatasync`,
+//!   chains of different files run in parallel, one `io_uring_enter` for the whole group.
+//! - [`fallback::FallbackIo`]: `pwritev` + `fdatasync`, for machines where io_uring is blocked.
+//! - [`fault::FaultIo`]: wraps another implementation and injects crashes (writes dropped after
+//!   the n-th fsync, torn writes) and errors (EIO, ENOSPC), for recovery tests.
+//!
+//! Guarantee: when `submit` returns `Ok`, every write has been fully written (short writes are
+//! completed, never reported as success) and every listed file has been `fdatasync`ed after its
+//! writes. When it returns `Err`, nothing can be assumed about any write of that call; callers
+//! treat the error as fatal for the files involved (see `log::Partition`).
+
+pub mod fallback;
+pub mod fault;
+pub mod uring;
+
+use std::fmt;
+use std::io::IoSlice;
+use std::os::fd::BorrowedFd;
+use std::str::FromStr;
+
+/// Linux's limit on iovecs per `writev`; longer writes are split by the backends.
+pub const IOV_MAX: usize = 1024;
+
+/// One positional write of a list of buffers, written back to back starting at `offset`.
+#[derive(Debug)]
+pub struct Write<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub offset: u64,
+    pub bufs: &'a [IoSlice<'a>],
+}
+
+impl Write<'_> {
+    /// Total bytes this write covers.
+    pub fn len(&self) -> usize {
+        self.bufs.iter().map(|b| b.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bufs.iter().all(|b| b.is_empty())
+    }
+}
+
+/// Counters kept by every backend; the group-commit tests compare `fsyncs` with appends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStats {
+    /// Calls to [`Io::submit`].
+    pub submits: u64,
+    /// Write requests completed (a request split into several syscalls counts once).
+    pub writes: u64,
+    pub write_bytes: u64,
+    /// `fdatasync` calls completed.
+    pub fsyncs: u64,
+}
+
+/// Which operation of a submission failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    Write,
+    Fsync,
+    Setup,
+}
+
+impl fmt::Display for IoOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IoOp::Write => "write",
+            IoOp::Fsync => "fdatasync",
+            IoOp::Setup => "io setup",
+        })
+    }
+}
+
+/// An I/O failure, naming the operation and file descriptor; the OS error is kept as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} on fd {fd} failed: {source}")]
+pub struct IoError {
+    pub op: IoOp,
+    pub fd: i32,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl IoError {
+    pub fn new(op: IoOp, fd: i32, source: std::io::Error) -> Self {
+        IoError { op, fd, source }
+    }
+
+    /// The errno, when the failure came from the kernel.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+}
+
+/// The I/O interface every shard uses; see the module documentation for the contract.
+pub trait Io: Send + fmt::Debug {
+    /// Writes every request, then `fdatasync`s each of `syncs` after all writes to it.
+    /// A file may appear in `syncs` without writes (to cover earlier unsynced writes).
+    fn submit(&mut self, writes: &[Write<'_>], syncs: &[BorrowedFd<'_>]) -> Result<(), IoError>;
+
+    /// Counters since creation.
+    fn stats(&self) -> IoStats;
+
+    /// The backend's name, for logs and metrics.
+    fn backend(&self) -> Backend;
+}
+
+impl<T: Io + ?Sized> Io for Box<T> {
+    fn submit(&mut self, writes: &[Write<'_>], syncs: &[BorrowedFd<'_>]) -> Result<(), IoError> {
+        (**self).submit(writes, syncs)
+    }
+    fn stats(&self) -> IoStats {
+        (**self).stats()
+    }
+    fn backend(&self) -> Backend {
+        (**self).backend()
+    }
+}
+
+/// A concrete backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Uring,
+    Fallback,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Uring => "uring",
+            Backend::Fallback => "fallback",
+        })
+    }
+}
+
+/// The start-up choice: `auto` tries io_uring and falls back with one log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Uring,
+    Fallback,
+}
+
+impl FromStr for BackendChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "uring" => Ok(BackendChoice::Uring),
+            "fallback" => Ok(BackendChoice::Fallback),
+            other => Err(format!(
+                "unknown I/O backend {other:?}: expected auto, uring or fallback"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Uring => "uring",
+            BackendChoice::Fallback => "fallback",
+        })
+    }
+}
+
+/// Creates the backend for the calling thread (each shard thread calls this once: one ring per
+/// shard). `Uring` fails if io_uring cannot be used; `Auto` then falls back, logging why once.
+pub fn open(choice: BackendChoice) -> Result<Box<dyn Io>, IoError> {
+    match choice {
+        BackendChoice::Fallback => Ok(Box::new(fallback::FallbackIo::new())),
+        BackendChoice::Uring => Ok(Box::new(uring::UringIo::new()?)),
+        BackendChoice::Auto => match uring::UringIo::new() {
+            Ok(io) => Ok(Box::new(io)),
+            Err(err) if uring::is_unavailable(&err) => {
+                tracing::warn!(
+                    "io_uring unavailable ({}); using the fallback backend (pwritev + fdatasync)",
+                    err.source
+                );
+                Ok(Box::new(fallback::FallbackIo::new()))
+            }
+            Err(err) => Err(err),
+        },
+    }
+}
+
+/// Resolves `Auto` to the backend this machine supports, without keeping a ring.
+pub fn probe(choice: BackendChoice) -> Result<Backend, IoError> {
+    Ok(open(choice)?.backend())
+}
+
+/// Writes `bufs` at `offset` with `pwritev`, completing short writes and retrying `EINTR`.
+/// Shared by the fallback backend and by the io_uring backend's short-write completion.
+pub(crate) fn pwritev_all(fd: BorrowedFd<'_>, mut offset: u64, bufs: &[IoSlice<'_>]) -> Result<(), IoError> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    // Owned cursor over the slices: (index of first unfinished slice, bytes done within it).
+    let mut first = 0usize;
+    let mut skip = 0usize;
+    while first < bufs.len() {
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity((bufs.len() - first).min(IOV_MAX));
+        for (i, b) in bufs[first..].iter().take(IOV_MAX).enumerate() {
+            let s: &[u8] = if i == 0 { &b[skip..] } else { b };
+            iov.push(libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() });
+        }
+        let Ok(off) = libc::off_t::try_from(offset) else {
+            return Err(IoError::new(IoOp::Write, raw, std::io::Error::from_raw_os_error(libc::EFBIG)));
+        };
+        // SAFETY: every iovec points into a slice borrowed for the duration of this call, with its
+        // true length; `raw` is a valid open descriptor borrowed through `fd`.
+        let n = unsafe { libc::pwritev(raw, iov.as_ptr(), iov.len() as libc::c_int, off) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(IoError::new(IoOp::Write, raw, err));
+        }
+        let mut n = n as usize;
+        if n == 0 && iov.iter().any(|v| v.iov_len > 0) {
+            return Err(IoError::new(IoOp::Write, raw, std::io::Error::from(std::io::ErrorKind::WriteZero)));
+        }
+        offset += n as u64;
+        // Advance the cursor by n bytes.
+        while first < bufs.len() {
+            let left = bufs[first].len() - skip;
+            if n >= left {
+                n -= left;
+                first += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `fdatasync`, retrying `EINTR`. Never retried after another error: after a failed fsync the
+/// kernel may have dropped the dirty pages, so a retry that succeeds would lie (see
+/// docs/segment-format.md, "Assumptions about the media").
+pub(crate) fn fdatasync(fd: BorrowedFd<'_>) -> Result<(), IoError> {
+    use std::os::fd::AsRawFd;
+    let raw = fd.as_raw_fd();
+    loop {
+        // SAFETY: `raw` is a valid open descriptor borrowed through `fd`.
+        let rc = unsafe { libc::fdatasync(raw) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(IoError::new(IoOp::Fsync, raw, err));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

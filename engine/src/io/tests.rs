@@ -1,0 +1,155 @@
+use std::fs::File;
+use std::io::IoSlice;
+use std::os::fd::AsFd;
+
+use super::fault::{FaultIo, FaultPlan, TornWrite};
+use super::*;
+
+/// The backends this machine can run; io_uring is skipped (with a note) where the kernel refuses.
+pub(crate) fn backends() -> Vec<Box<dyn Io>> {
+    let mut out: Vec<Box<dyn Io>> = vec![Box::new(fallback::FallbackIo::new())];
+    match uring::UringIo::new() {
+        Ok(io) => out.push(Box::new(io)),
+        Err(e) => eprintln!("io_uring backend skipped: {e}"),
+    }
+    out
+}
+
+fn file(dir: &tempfile::TempDir, name: &str) -> File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(dir.path().join(name))
+        .unwrap()
+}
+
+#[test]
+fn writes_and_syncs_many_files_in_one_submission() {
+    for mut io in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = file(&dir, "a");
+        let b = file(&dir, "b");
+        let c = file(&dir, "c");
+        // More slices than IOV_MAX forces chunking; slices of varied length check ordering.
+        let pieces: Vec<Vec<u8>> = (0..IOV_MAX * 2 + 7).map(|i| vec![(i % 251) as u8; 1 + i % 13]).collect();
+        let slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+        let expect_a: Vec<u8> = pieces.concat();
+        let b1 = b"hello ".to_vec();
+        let b2 = b"world".to_vec();
+        let b1s = [IoSlice::new(&b1)];
+        let b2s = [IoSlice::new(&b2)];
+        let c1 = vec![7u8; 100_000];
+        let c1s = [IoSlice::new(&c1)];
+        let writes = [
+            Write { fd: a.as_fd(), offset: 0, bufs: &slices },
+            Write { fd: b.as_fd(), offset: 0, bufs: &b1s },
+            Write { fd: b.as_fd(), offset: 6, bufs: &b2s },
+            Write { fd: c.as_fd(), offset: 4096, bufs: &c1s },
+        ];
+        io.submit(&writes, &[a.as_fd(), b.as_fd()]).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), expect_a, "{}", io.backend());
+        assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"hello world");
+        let got_c = std::fs::read(dir.path().join("c")).unwrap();
+        assert_eq!(got_c.len(), 4096 + 100_000);
+        assert!(got_c[..4096].iter().all(|&x| x == 0) && got_c[4096..].iter().all(|&x| x == 7));
+        let s = io.stats();
+        assert_eq!((s.submits, s.writes, s.fsyncs), (1, 4, 2), "{}", io.backend());
+        assert_eq!(s.write_bytes, (expect_a.len() + 11 + 100_000) as u64);
+    }
+}
+
+#[test]
+fn sync_without_writes_and_empty_submission() {
+    for mut io in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = file(&dir, "a");
+        io.submit(&[], &[a.as_fd()]).unwrap();
+        io.submit(&[], &[]).unwrap();
+        assert_eq!(io.stats().fsyncs, 1);
+    }
+}
+
+#[test]
+fn fsync_of_a_bad_descriptor_is_a_typed_error() {
+    for mut io in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ro");
+        std::fs::write(&path, b"x").unwrap();
+        let ro = File::open(&path).unwrap();
+        let data = [IoSlice::new(b"abc")];
+        let err = io
+            .submit(&[Write { fd: ro.as_fd(), offset: 0, bufs: &data }], &[ro.as_fd()])
+            .unwrap_err();
+        assert_eq!(err.op, IoOp::Write, "{}: {err}", io.backend());
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+    }
+}
+
+#[test]
+fn backend_choice_parses_and_auto_resolves() {
+    assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
+    assert_eq!("uring".parse::<BackendChoice>().unwrap(), BackendChoice::Uring);
+    assert_eq!("fallback".parse::<BackendChoice>().unwrap(), BackendChoice::Fallback);
+    let err = "epoll".parse::<BackendChoice>().unwrap_err();
+    assert!(err.contains("auto, uring or fallback"), "{err}");
+    assert_eq!(probe(BackendChoice::Fallback).unwrap(), Backend::Fallback);
+    let auto = probe(BackendChoice::Auto).unwrap();
+    match uring::UringIo::new() {
+        Ok(_) => assert_eq!(auto, Backend::Uring),
+        Err(_) => assert_eq!(auto, Backend::Fallback),
+    }
+}
+
+#[test]
+fn unavailable_errors_are_recognised() {
+    for errno in [libc::EPERM, libc::ENOSYS] {
+        let e = IoError::new(IoOp::Setup, -1, std::io::Error::from_raw_os_error(errno));
+        assert!(uring::is_unavailable(&e));
+    }
+    let missing = IoError::new(IoOp::Setup, -1, std::io::Error::new(std::io::ErrorKind::Unsupported, "x"));
+    assert!(uring::is_unavailable(&missing));
+    let eio = IoError::new(IoOp::Fsync, 3, std::io::Error::from_raw_os_error(libc::EIO));
+    assert!(!uring::is_unavailable(&eio));
+}
+
+#[test]
+fn fault_io_drops_everything_after_the_nth_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = file(&dir, "a");
+    let mut io = FaultIo::new(fallback::FallbackIo::new(), FaultPlan { crash_after_fsync: Some(2), ..Default::default() });
+    let state = io.state();
+    for (i, chunk) in [b"aa", b"bb", b"cc"].iter().enumerate() {
+        let bufs = [IoSlice::new(*chunk)];
+        io.submit(&[Write { fd: a.as_fd(), offset: 2 * i as u64, bufs: &bufs }], &[a.as_fd()]).unwrap();
+    }
+    assert!(state.crashed());
+    assert_eq!(state.dropped(), 2, "third write and third fsync dropped");
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"aabb");
+    assert_eq!(io.stats().fsyncs, 2);
+}
+
+#[test]
+fn fault_io_tears_a_write_and_fails_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = file(&dir, "a");
+    let torn = TornWrite { write: 2, keep_bytes: 3 };
+    let mut io = FaultIo::new(fallback::FallbackIo::new(), FaultPlan { torn_write: Some(torn), ..Default::default() });
+    let one = [IoSlice::new(b"0123")];
+    let two = [IoSlice::new(b"45"), IoSlice::new(b"6789")];
+    io.submit(&[Write { fd: a.as_fd(), offset: 0, bufs: &one }], &[]).unwrap();
+    io.submit(&[Write { fd: a.as_fd(), offset: 4, bufs: &two }], &[a.as_fd()]).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"0123456");
+    assert!(io.state().crashed());
+
+    for (plan, op, errno) in [
+        (FaultPlan { fail_write: Some((1, libc::ENOSPC)), ..Default::default() }, IoOp::Write, libc::ENOSPC),
+        (FaultPlan { fail_fsync: Some((1, libc::EIO)), ..Default::default() }, IoOp::Fsync, libc::EIO),
+    ] {
+        let b = file(&dir, "b");
+        let mut io = FaultIo::new(fallback::FallbackIo::new(), plan);
+        let err = io.submit(&[Write { fd: b.as_fd(), offset: 0, bufs: &one }], &[b.as_fd()]).unwrap_err();
+        assert_eq!((err.op, err.raw_os_error()), (op, Some(errno)));
+    }
+}
