@@ -80,7 +80,12 @@ pub struct FaultIo<I: Io> {
 
 impl<I: Io> FaultIo<I> {
     pub fn new(inner: I, plan: FaultPlan) -> Self {
-        FaultIo { inner, plan, state: Arc::new(FaultState::default()), stats: IoStats::default() }
+        FaultIo {
+            inner,
+            plan,
+            state: Arc::new(FaultState::default()),
+            stats: IoStats::default(),
+        }
     }
 
     pub fn state(&self) -> Arc<FaultState> {
@@ -95,7 +100,11 @@ impl<I: Io> FaultIo<I> {
         }
         if let Some((at, errno)) = self.plan.fail_write {
             if at == n {
-                return Err(IoError::new(IoOp::Write, w.fd.as_raw_fd(), std::io::Error::from_raw_os_error(errno)));
+                return Err(IoError::new(
+                    IoOp::Write,
+                    w.fd.as_raw_fd(),
+                    std::io::Error::from_raw_os_error(errno),
+                ));
             }
         }
         if let Some(torn) = self.plan.torn_write {
@@ -110,7 +119,11 @@ impl<I: Io> FaultIo<I> {
                     kept.push(IoSlice::new(&b[..take]));
                     left -= take;
                 }
-                let part = Write { fd: w.fd, offset: w.offset, bufs: &kept };
+                let part = Write {
+                    fd: w.fd,
+                    offset: w.offset,
+                    bufs: &kept,
+                };
                 self.inner.submit(std::slice::from_ref(&part), &[])?;
                 self.state.crashed.store(true, Ordering::SeqCst);
                 return Ok(());
@@ -130,7 +143,11 @@ impl<I: Io> FaultIo<I> {
         }
         if let Some((at, errno)) = self.plan.fail_fsync {
             if at == n {
-                return Err(IoError::new(IoOp::Fsync, fd.as_raw_fd(), std::io::Error::from_raw_os_error(errno)));
+                return Err(IoError::new(
+                    IoOp::Fsync,
+                    fd.as_raw_fd(),
+                    std::io::Error::from_raw_os_error(errno),
+                ));
             }
         }
         self.inner.submit(&[], &[fd])?;

@@ -21,7 +21,12 @@ const RING_ENTRIES: u32 = 256;
 #[derive(Debug)]
 enum OpKind {
     /// Chunk of request `write` (at most IOV_MAX slices), covering `slices` of its bufs.
-    Write { write: usize, slices: std::ops::Range<usize>, offset: u64, len: usize },
+    Write {
+        write: usize,
+        slices: std::ops::Range<usize>,
+        offset: u64,
+        len: usize,
+    },
     Fsync,
 }
 
@@ -39,7 +44,9 @@ pub struct UringIo {
 
 impl std::fmt::Debug for UringIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UringIo").field("stats", &self.stats).finish_non_exhaustive()
+        f.debug_struct("UringIo")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
     }
 }
 
@@ -60,7 +67,10 @@ impl UringIo {
         ring.submitter()
             .register_probe(&mut probe)
             .map_err(|e| IoError::new(IoOp::Setup, ring.as_raw_fd(), e))?;
-        for (code, name) in [(opcode::Writev::CODE, "writev"), (opcode::Fsync::CODE, "fsync")] {
+        for (code, name) in [
+            (opcode::Writev::CODE, "writev"),
+            (opcode::Fsync::CODE, "fsync"),
+        ] {
             if !probe.is_supported(code) {
                 return Err(IoError::new(
                     IoOp::Setup,
@@ -72,7 +82,10 @@ impl UringIo {
                 ));
             }
         }
-        Ok(UringIo { ring, stats: IoStats::default() })
+        Ok(UringIo {
+            ring,
+            stats: IoStats::default(),
+        })
     }
 
     /// Runs `ops[range]`, a sequence of whole chains, as one round; fills `results`.
@@ -89,7 +102,12 @@ impl UringIo {
             for i in chain.clone() {
                 let op = &ops[i];
                 let mut entry = match &op.kind {
-                    OpKind::Write { write, slices, offset, .. } => {
+                    OpKind::Write {
+                        write,
+                        slices,
+                        offset,
+                        ..
+                    } => {
                         let start = iov_base[*write] + slices.start;
                         opcode::Writev::new(
                             types::Fd(op.fd),
@@ -111,7 +129,11 @@ impl UringIo {
                 // outlive this round, which waits below for every completion it pushed; the file
                 // descriptors are borrowed for the same span.
                 unsafe { self.ring.submission().push(&entry) }.map_err(|_| {
-                    IoError::new(IoOp::Setup, -1, std::io::Error::other("io_uring submission queue full"))
+                    IoError::new(
+                        IoOp::Setup,
+                        -1,
+                        std::io::Error::other("io_uring submission queue full"),
+                    )
                 })?;
                 pushed += 1;
             }
@@ -136,7 +158,11 @@ impl UringIo {
 }
 
 /// Skips the first `n` bytes of `bufs[slices]`, returning the remaining slices.
-fn remainder<'a>(bufs: &'a [IoSlice<'a>], slices: std::ops::Range<usize>, mut n: usize) -> Vec<IoSlice<'a>> {
+fn remainder<'a>(
+    bufs: &'a [IoSlice<'a>],
+    slices: std::ops::Range<usize>,
+    mut n: usize,
+) -> Vec<IoSlice<'a>> {
     let mut out = Vec::new();
     for b in &bufs[slices] {
         let s: &'a [u8] = b;
@@ -174,7 +200,12 @@ impl Io for UringIo {
                 let len: usize = w.bufs[start..end].iter().map(|b| b.len()).sum();
                 ops.push(Op {
                     fd: w.fd.as_raw_fd(),
-                    kind: OpKind::Write { write: wi, slices: start..end, offset, len },
+                    kind: OpKind::Write {
+                        write: wi,
+                        slices: start..end,
+                        offset,
+                        len,
+                    },
                 });
                 offset += len as u64;
                 start = end;
@@ -197,7 +228,10 @@ impl Io for UringIo {
                     push_chunks(&mut ops, wi, w);
                 }
             }
-            ops.push(Op { fd, kind: OpKind::Fsync });
+            ops.push(Op {
+                fd,
+                kind: OpKind::Fsync,
+            });
             chains.push(start..ops.len());
         }
 
@@ -233,12 +267,21 @@ impl Io for UringIo {
                 let fd = unsafe { BorrowedFd::borrow_raw(op.fd) };
                 let res = results[i];
                 match &op.kind {
-                    OpKind::Write { write, slices, offset, len } => {
+                    OpKind::Write {
+                        write,
+                        slices,
+                        offset,
+                        len,
+                    } => {
                         let bufs = writes[*write].bufs;
                         if run_sync || (broken && res == -libc::ECANCELED) {
                             pwritev_all(fd, *offset, &bufs[slices.clone()])?;
                         } else if res < 0 {
-                            return Err(IoError::new(IoOp::Write, op.fd, std::io::Error::from_raw_os_error(-res)));
+                            return Err(IoError::new(
+                                IoOp::Write,
+                                op.fd,
+                                std::io::Error::from_raw_os_error(-res),
+                            ));
                         } else if (res as usize) < *len {
                             let rest = remainder(bufs, slices.clone(), res as usize);
                             pwritev_all(fd, offset + res as u64, &rest)?;
@@ -249,7 +292,11 @@ impl Io for UringIo {
                         if run_sync || (broken && res == -libc::ECANCELED) {
                             fdatasync(fd)?;
                         } else if res < 0 {
-                            return Err(IoError::new(IoOp::Fsync, op.fd, std::io::Error::from_raw_os_error(-res)));
+                            return Err(IoError::new(
+                                IoOp::Fsync,
+                                op.fd,
+                                std::io::Error::from_raw_os_error(-res),
+                            ));
                         }
                     }
                 }

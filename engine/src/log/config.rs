@@ -1,0 +1,154 @@
+//! Per-topic configuration of a partition log, with Kafka-like defaults.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::segment::SEGMENT_BYTES_MAX;
+
+/// When an append counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledged only after the `fdatasync` that covers it (group commit shares it).
+    Always,
+    /// Acknowledged once written; an `fdatasync` runs at most this often while data is unsynced.
+    Interval(Duration),
+    /// Acknowledged once written; synced only when a segment is sealed. A crash may lose the tail.
+    Never,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability::Always
+    }
+}
+
+impl FromStr for Durability {
+    type Err = String;
+
+    /// `always`, `never`, or `interval:<ms>` (milliseconds, at least 1).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Durability::Always),
+            "never" => Ok(Durability::Never),
+            _ => {
+                let ms = s.strip_prefix("interval:").ok_or_else(|| {
+                    format!("unknown durability {s:?}: expected always, never or interval:<ms>")
+                })?;
+                match ms.parse::<u64>() {
+                    Ok(ms) if ms > 0 => Ok(Durability::Interval(Duration::from_millis(ms))),
+                    _ => Err(format!("bad durability interval {ms:?}: expected a whole number of milliseconds >= 1")),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Durability::Always => f.write_str("always"),
+            Durability::Never => f.write_str("never"),
+            Durability::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+        }
+    }
+}
+
+/// Configuration of every partition of a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll to a new segment before the active one would exceed this size.
+    pub segment_bytes: u64,
+    /// Roll a non-empty segment once it is this old.
+    pub segment_age: Duration,
+    /// Delete the oldest sealed segments while the log is larger than this (`None`: no limit).
+    pub retention_bytes: Option<u64>,
+    /// Delete sealed segments whose newest record is older than this (`None`: keep forever).
+    pub retention_age: Option<Duration>,
+    /// Bytes of log between two sparse index entries.
+    pub index_interval_bytes: u64,
+    /// Largest batch accepted.
+    pub batch_bytes_max: u64,
+    pub durability: Durability,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_age: Duration::from_secs(7 * 24 * 3600),
+            retention_bytes: None,
+            retention_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            index_interval_bytes: 4096,
+            batch_bytes_max: 1 << 20,
+            durability: Durability::Always,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the limits that the on-disk format imposes.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1024..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return Err(format!(
+                "segment_bytes {} outside 1024..={SEGMENT_BYTES_MAX}",
+                self.segment_bytes
+            ));
+        }
+        if self.batch_bytes_max > self.segment_bytes {
+            return Err(format!(
+                "batch_bytes_max {} exceeds segment_bytes {}",
+                self.batch_bytes_max, self.segment_bytes
+            ));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err("index_interval_bytes must be at least 1".into());
+        }
+        if self.segment_age.is_zero() {
+            return Err("segment_age must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_parses_and_prints() {
+        for s in ["always", "never", "interval:5", "interval:1000"] {
+            assert_eq!(s.parse::<Durability>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "interval:250".parse::<Durability>().unwrap(),
+            Durability::Interval(Duration::from_millis(250))
+        );
+        for bad in [
+            "",
+            "sometimes",
+            "interval:",
+            "interval:0",
+            "interval:-3",
+            "interval:x",
+        ] {
+            assert!(bad.parse::<Durability>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_limits() {
+        assert!(LogConfig::default().validate().is_ok());
+        let too_big = LogConfig {
+            segment_bytes: 1 << 32,
+            ..LogConfig::default()
+        };
+        assert!(too_big.validate().unwrap_err().contains("segment_bytes"));
+        let batch = LogConfig {
+            segment_bytes: 4096,
+            batch_bytes_max: 8192,
+            ..LogConfig::default()
+        };
+        assert!(batch.validate().unwrap_err().contains("batch_bytes_max"));
+    }
+}

@@ -1,0 +1,375 @@
+//! A partition: an ordered run of segments, the unit of order, offsets and durability.
+//!
+//! Model: one owner (a shard thread) appends and reads; nothing here is shared or locked.
+//! An append validates a client's RecordBatch, assigns it the next offsets by rewriting its base
+//! offset in place (outside the CRC, as Kafka does) and *stages* it. [`commit`] then hands the
+//! staged bytes of many partitions to the I/O layer in one submission, with one `fdatasync` per
+//! partition that needs one: that is group commit. Offsets become visible to readers, and may be
+//! acknowledged, only once the partition's durability mode holds for them (the high watermark).
+//!
+//! Invariants:
+//! - offsets are contiguous from `log_start_offset` to `next_offset`; segments tile them;
+//! - every segment but the last is sealed: durable, with index files on disk;
+//! - `log_start_offset <= high_watermark <= written_end <= next_offset`;
+//! - after any I/O error the partition is failed and takes no writes until reopened.
+
+mod commit;
+pub mod config;
+mod error;
+mod recovery;
+mod retention;
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+pub use commit::{commit, CommitOutcome};
+pub use config::{Durability, LogConfig};
+pub use error::LogError;
+pub use retention::RetentionOutcome;
+
+use crate::io::{Io, IoError};
+use crate::record::{set_base_offset, verify_crc, BatchHeader};
+use crate::segment::{SealError, Segment};
+
+/// Offsets assigned to one appended batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+/// A contiguous run of whole batches in one segment file, ready to read or to send with
+/// `sendfile`. Empty (`len == 0`) when the requested offset is the end of the log.
+#[derive(Debug, Clone)]
+pub struct ReadSlice {
+    pub file: Arc<File>,
+    pub position: u64,
+    pub len: u64,
+    /// Base offset of the first batch (at or below the requested offset).
+    pub first_offset: i64,
+    /// Offset after the last batch in the slice: where the next read continues.
+    pub next_offset: i64,
+}
+
+impl ReadSlice {
+    /// Copies the slice's bytes into `out` (for embedded readers; the network path uses sendfile).
+    pub fn read_into(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let start = out.len();
+        out.resize(start + self.len as usize, 0);
+        self.file.read_exact_at(&mut out[start..], self.position)
+    }
+}
+
+#[derive(Debug)]
+pub struct Partition {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Oldest first; the last one is active.
+    segments: VecDeque<Segment>,
+    log_start_offset: i64,
+    /// One past the last offset whose write completed.
+    written_end: i64,
+    /// One past the last offset covered by a completed fdatasync.
+    durable_end: i64,
+    last_sync: Instant,
+    failed: Option<Arc<IoError>>,
+}
+
+impl Partition {
+    /// Opens (or creates) the partition stored in `dir`, running recovery: see [`recovery`].
+    pub fn open(dir: &Path, config: LogConfig, io: &mut dyn Io) -> Result<Partition, LogError> {
+        config.validate().map_err(LogError::Config)?;
+        std::fs::create_dir_all(dir).map_err(|e| LogError::fs(dir, e))?;
+        let segments = recovery::recover(dir, &config, io)?;
+        let log_start_offset = segments.front().map_or(0, Segment::base_offset);
+        let end = segments.back().map_or(0, Segment::next_offset);
+        Ok(Partition {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            log_start_offset,
+            written_end: end,
+            durable_end: end,
+            last_sync: Instant::now(),
+            failed: None,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration (retention, roll, durability); takes effect from the next call.
+    pub fn set_config(&mut self, config: LogConfig) -> Result<(), LogError> {
+        config.validate().map_err(LogError::Config)?;
+        self.config = config;
+        Ok(())
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset
+    }
+
+    /// The offset the next appended record gets.
+    pub fn next_offset(&self) -> i64 {
+        self.active().next_offset()
+    }
+
+    /// One past the last offset readers may see and producers may be told about: durable under
+    /// `always`, written under `interval` and `never`.
+    pub fn high_watermark(&self) -> i64 {
+        match self.config.durability {
+            Durability::Always => self.durable_end,
+            _ => self.written_end,
+        }
+    }
+
+    /// One past the last offset covered by an fdatasync.
+    pub fn durable_end(&self) -> i64 {
+        self.durable_end
+    }
+
+    pub fn segments(&self) -> impl ExactSizeIterator<Item = &Segment> {
+        self.segments.iter()
+    }
+
+    /// Bytes on disk and staged, over all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(Segment::len).sum()
+    }
+
+    /// The error that failed this partition, if one did.
+    pub fn failure(&self) -> Option<&Arc<IoError>> {
+        self.failed.as_ref()
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .back()
+            .expect("a partition always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .back_mut()
+            .expect("a partition always has an active segment")
+    }
+
+    fn check_writable(&self) -> Result<(), LogError> {
+        match &self.failed {
+            Some(cause) => Err(LogError::Failed {
+                dir: self.dir.clone(),
+                cause: Arc::clone(cause),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks the partition failed after an I/O error and returns the error to report.
+    fn fail(&mut self, cause: Arc<IoError>) -> LogError {
+        tracing::error!(dir = %self.dir.display(), error = %cause, "partition failed; refusing further writes");
+        self.failed = Some(Arc::clone(&cause));
+        LogError::Io {
+            dir: self.dir.clone(),
+            source: cause,
+        }
+    }
+
+    /// Validates `batch`, assigns its offsets and stages it. Nothing is written until [`commit`];
+    /// the offsets may be acknowledged once `high_watermark() > last_offset`.
+    /// `io` is used only when the batch makes the active segment roll.
+    pub fn append(
+        &mut self,
+        io: &mut dyn Io,
+        mut batch: Vec<u8>,
+        now: SystemTime,
+    ) -> Result<AppendInfo, LogError> {
+        self.check_writable()?;
+        let size = batch.len() as u64;
+        if size > self.config.batch_bytes_max {
+            return Err(LogError::BatchTooLarge {
+                size,
+                max: self.config.batch_bytes_max,
+            });
+        }
+        let header = BatchHeader::parse(&batch)?;
+        if header.total_len() != batch.len() {
+            return Err(LogError::BatchRejected(format!(
+                "batch length field says {} bytes but {} were given",
+                header.total_len(),
+                batch.len()
+            )));
+        }
+        verify_crc(&batch)?;
+        if header.records_count < 1
+            || i64::from(header.last_offset_delta) + 1 != i64::from(header.records_count)
+        {
+            return Err(LogError::BatchRejected(format!(
+                "records count {} does not match last offset delta {}",
+                header.records_count, header.last_offset_delta
+            )));
+        }
+        let count = i64::from(header.last_offset_delta) + 1;
+        let active = self.active();
+        let aged = now
+            .duration_since(active.created())
+            .is_ok_and(|age| age >= self.config.segment_age);
+        if !active.is_empty() && (aged || !active.has_room(size, count, self.config.segment_bytes))
+        {
+            self.roll(io)?;
+        }
+        let base_offset = self.next_offset();
+        set_base_offset(&mut batch, base_offset);
+        let header = BatchHeader {
+            base_offset,
+            ..header
+        };
+        let interval = self.config.index_interval_bytes;
+        self.active_mut().stage(batch, &header, interval);
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: header.last_offset(),
+        })
+    }
+
+    /// Seals the active segment and starts a new one at the next offset.
+    fn roll(&mut self, io: &mut dyn Io) -> Result<(), LogError> {
+        let dir = self.dir.clone();
+        match self.active_mut().seal(io) {
+            Ok(()) => {}
+            Err(SealError::Io(e)) => return Err(self.fail(Arc::new(e))),
+            Err(SealError::Fs { path, source }) => return Err(LogError::Fs { path, source }),
+        }
+        // Sealing wrote and synced everything staged.
+        let end = self.active().next_offset();
+        self.written_end = end;
+        self.durable_end = end;
+        let segment = Segment::create(&self.dir, end)
+            .map_err(|e| LogError::fs(crate::segment::log_path(&dir, end), e))?;
+        sync_dir(&self.dir)?;
+        tracing::debug!(dir = %self.dir.display(), base_offset = end, "rolled to a new segment");
+        self.segments.push_back(segment);
+        Ok(())
+    }
+
+    /// Whether the next commit should fdatasync this partition.
+    fn wants_sync(&self, now: Instant) -> bool {
+        let unsynced = self.durable_end < self.next_offset();
+        match self.config.durability {
+            Durability::Always => unsynced,
+            Durability::Interval(every) => unsynced && now.duration_since(self.last_sync) >= every,
+            Durability::Never => false,
+        }
+    }
+
+    /// When an `interval` partition with unsynced data next wants an fdatasync.
+    pub fn sync_deadline(&self) -> Option<Instant> {
+        match self.config.durability {
+            Durability::Interval(every) if self.durable_end < self.next_offset() => {
+                Some(self.last_sync + every)
+            }
+            _ => None,
+        }
+    }
+
+    /// Reads whole batches from the one containing `offset`, up to about `max_bytes` (at least one
+    /// batch, however large, so a reader always makes progress), within the high watermark.
+    pub fn read(&self, offset: i64, max_bytes: u64) -> Result<ReadSlice, LogError> {
+        let end = self.high_watermark();
+        if offset < self.log_start_offset || offset > end {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start: self.log_start_offset,
+                end,
+            });
+        }
+        let i = self
+            .segments
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1);
+        for seg in self.segments.iter().skip(i) {
+            let limit = self.visible_len(seg);
+            let Some(first) = seg.find_offset(offset, limit)? else {
+                continue;
+            };
+            let mut len = first.header.total_len() as u64;
+            let mut next_offset = first.header.last_offset() + 1;
+            while len < max_bytes {
+                match seg.read_header(first.position + len, limit)? {
+                    Some(h) if len + h.total_len() as u64 <= max_bytes => {
+                        len += h.total_len() as u64;
+                        next_offset = h.last_offset() + 1;
+                    }
+                    _ => break,
+                }
+            }
+            return Ok(ReadSlice {
+                file: Arc::clone(seg.file()),
+                position: first.position,
+                len,
+                first_offset: first.header.base_offset,
+                next_offset,
+            });
+        }
+        Ok(ReadSlice {
+            file: Arc::clone(self.active().file()),
+            position: 0,
+            len: 0,
+            first_offset: end,
+            next_offset: end,
+        })
+    }
+
+    /// Bytes of `seg` below the high watermark.
+    fn visible_len(&self, seg: &Segment) -> u64 {
+        if seg.is_sealed() {
+            return seg.written_len();
+        }
+        match self.config.durability {
+            Durability::Always => seg.durable_len(),
+            _ => seg.written_len(),
+        }
+    }
+
+    /// The first offset whose batch holds a timestamp >= `timestamp`, and that batch's largest
+    /// timestamp; `None` if every record is older. (Offsets resolve to batch granularity.)
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+        for seg in &self.segments {
+            if seg.max_timestamp() < timestamp {
+                continue;
+            }
+            if let Some(at) = seg.find_timestamp(timestamp, self.visible_len(seg))? {
+                return Ok(Some((
+                    at.header.base_offset.max(self.log_start_offset),
+                    at.header.max_timestamp,
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes what is staged and makes everything durable (used on clean shutdown).
+    pub fn flush(&mut self, io: &mut dyn Io) -> Result<(), LogError> {
+        self.check_writable()?;
+        let mut me = [&mut *self];
+        commit::commit_with(io, &mut me, Instant::now(), true).map(|_| ())
+    }
+}
+
+/// Makes a directory's entries (created or removed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::fs(dir, e))
+}
+
+#[cfg(test)]
+mod tests;

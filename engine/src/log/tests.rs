@@ -1,0 +1,463 @@
+use std::time::{Duration, Instant, SystemTime};
+
+use super::*;
+use crate::io::fallback::FallbackIo;
+use crate::io::fault::{FaultIo, FaultPlan, TornWrite};
+use crate::io::Io;
+use crate::record::{batches, BatchBuilder, BatchOptions, Record};
+
+/// A batch of `n` records whose values are `"{tag}-{i}"`, all stamped `timestamp`.
+fn batch(tag: &str, n: usize, timestamp: i64) -> Vec<u8> {
+    let mut b = BatchBuilder::new(BatchOptions::default());
+    let values: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+    for v in &values {
+        b.push(&Record { timestamp, key: Some(tag.as_bytes()), value: Some(v.as_bytes()), headers: &[] });
+    }
+    b.finish()
+}
+
+/// Every (offset, value) readable from the partition, in order.
+fn read_all(p: &Partition) -> Vec<(i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut offset = p.log_start_offset();
+    loop {
+        let slice = p.read(offset, 1 << 20).unwrap();
+        if slice.len == 0 {
+            return out;
+        }
+        let mut bytes = Vec::new();
+        slice.read_into(&mut bytes).unwrap();
+        for b in batches(&bytes) {
+            let b = b.unwrap();
+            for r in b.records() {
+                let r = r.unwrap();
+                if r.offset >= offset {
+                    out.push((r.offset, r.value.unwrap().to_vec()));
+                }
+            }
+        }
+        offset = slice.next_offset;
+    }
+}
+
+fn small_config(durability: Durability) -> LogConfig {
+    LogConfig { segment_bytes: 4096, index_interval_bytes: 256, batch_bytes_max: 2048, durability, ..LogConfig::default() }
+}
+
+fn backends() -> Vec<Box<dyn Io>> {
+    crate::io::tests::backends()
+}
+
+#[test]
+fn append_commit_read_round_trip_on_both_backends() {
+    for mut io in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partition::open(dir.path(), LogConfig::default(), &mut *io).unwrap();
+        let now = SystemTime::now();
+        let a = p.append(&mut *io, batch("a", 3, 10), now).unwrap();
+        let b = p.append(&mut *io, batch("b", 2, 11), now).unwrap();
+        assert_eq!((a.base_offset, a.last_offset, b.base_offset, b.last_offset), (0, 2, 3, 4));
+        // Staged is not visible, and not acknowledged.
+        assert_eq!(p.high_watermark(), 0);
+        assert_eq!(read_all(&p), vec![]);
+        let out = commit(&mut *io, &mut [&mut p], Instant::now()).unwrap();
+        assert_eq!(out, CommitOutcome { written: 1, synced: 1 });
+        assert_eq!(p.high_watermark(), 5);
+        let values: Vec<_> = read_all(&p).into_iter().map(|(o, v)| (o, String::from_utf8(v).unwrap())).collect();
+        assert_eq!(
+            values,
+            vec![(0, "a-0".into()), (1, "a-1".into()), (2, "a-2".into()), (3, "b-0".into()), (4, "b-1".into())]
+        );
+        // A read in the middle of a batch starts at that batch.
+        let mid = p.read(4, 1).unwrap();
+        assert_eq!((mid.first_offset, mid.next_offset), (3, 5));
+        // Reading at the end is empty; past it, out of range.
+        assert_eq!(p.read(5, 100).unwrap().len, 0);
+        assert!(matches!(p.read(6, 100), Err(LogError::OffsetOutOfRange { requested: 6, start: 0, end: 5 })));
+        drop(p);
+        let p = Partition::open(dir.path(), LogConfig::default(), &mut *io).unwrap();
+        assert_eq!(p.next_offset(), 5);
+        assert_eq!(read_all(&p).len(), 5, "{}", io.backend());
+    }
+}
+
+#[test]
+fn rejects_bad_batches_with_typed_errors() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Partition::open(dir.path(), small_config(Durability::Always), &mut io).unwrap();
+    let now = SystemTime::now();
+    let mut corrupt = batch("x", 2, 1);
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    assert!(matches!(p.append(&mut io, corrupt, now), Err(LogError::InvalidBatch(_))));
+    let mut long = batch("x", 1, 1);
+    long.push(0);
+    assert!(matches!(p.append(&mut io, long, now), Err(LogError::BatchRejected(_))));
+    assert!(matches!(p.append(&mut io, vec![1, 2, 3], now), Err(LogError::InvalidBatch(_))));
+    let big = batch(&"y".repeat(3000), 1, 1);
+    assert!(matches!(p.append(&mut io, big, now), Err(LogError::BatchTooLarge { .. })));
+    assert_eq!(p.next_offset(), 0, "nothing was assigned offsets");
+}
+
+#[test]
+fn rolls_by_size_and_age_and_reopens_from_index_files() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(Durability::Never);
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    let t0 = SystemTime::now();
+    for i in 0..150 {
+        p.append(&mut io, batch(&format!("k{i}"), 4, 1000 + i), t0).unwrap();
+        commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
+    }
+    let segs = p.segments().len();
+    assert!(segs >= 4, "150 batches of ~125 B in 4 KiB segments roll several times, got {segs}");
+    assert!(p.segments().all(|s| s.len() <= 4096));
+    for s in p.segments().take(segs - 1) {
+        assert!(s.is_sealed());
+        assert!(crate::segment::index_path(dir.path(), s.base_offset()).exists());
+    }
+    // Roll by age: the active segment is older than segment_age at the next append.
+    let aged = LogConfig { segment_age: Duration::from_secs(60), ..config.clone() };
+    p.set_config(aged).unwrap();
+    p.append(&mut io, batch("late", 1, 5000), t0 + Duration::from_secs(3600)).unwrap();
+    assert_eq!(p.segments().len(), segs + 1);
+    p.flush(&mut io).unwrap();
+    let before = read_all(&p);
+    assert_eq!(before.len(), 601);
+    let indexes: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
+    drop(p);
+    let p = Partition::open(dir.path(), config, &mut io).unwrap();
+    assert_eq!(read_all(&p), before);
+    let reopened: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
+    // Sealed segments' indexes come back from their files unchanged.
+    assert_eq!(reopened[..segs], indexes[..segs]);
+    // Every offset is found by the index + scan lookup.
+    for (offset, value) in &before {
+        let slice = p.read(*offset, 1).unwrap();
+        let mut bytes = Vec::new();
+        slice.read_into(&mut bytes).unwrap();
+        let b = crate::record::Batch::parse(&bytes).unwrap();
+        let r = b.records().map(|r| r.unwrap()).find(|r| r.offset == *offset).unwrap();
+        assert_eq!(r.value.unwrap(), &value[..]);
+    }
+}
+
+#[test]
+fn lookup_by_timestamp() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Partition::open(dir.path(), small_config(Durability::Always), &mut io).unwrap();
+    let now = SystemTime::now();
+    // Timestamps 100, 110, ..., with one out-of-order batch (105 after 130).
+    let stamps = [100, 110, 120, 130, 105, 140, 150, 160, 170, 180, 190, 200, 210, 220, 230, 240];
+    let mut offsets = Vec::new();
+    for (i, ts) in stamps.iter().enumerate() {
+        for _ in 0..3 {
+            offsets.push((p.append(&mut io, batch(&format!("t{i}"), 2, *ts), now).unwrap().base_offset, *ts));
+        }
+    }
+    p.flush(&mut io).unwrap();
+    assert!(p.segments().len() > 1);
+    let expect = |target: i64| offsets.iter().find(|(_, ts)| *ts >= target).map(|(o, ts)| (*o, *ts));
+    for target in [0, 100, 101, 105, 106, 130, 131, 175, 240] {
+        assert_eq!(p.offset_for_timestamp(target).unwrap(), expect(target), "target {target}");
+    }
+    assert_eq!(p.offset_for_timestamp(241).unwrap(), None);
+}
+
+#[test]
+fn retention_by_size_and_age_advances_the_log_start() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(Durability::Never);
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    let now_ms = 1_700_000_000_000i64;
+    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(now_ms as u64);
+    // Old records first (two hours old), then fresh ones.
+    for i in 0..80 {
+        let ts = if i < 40 { now_ms - 7_200_000 } else { now_ms };
+        p.append(&mut io, batch(&format!("r{i}"), 4, ts), now).unwrap();
+    }
+    p.flush(&mut io).unwrap();
+    let total = p.size_bytes();
+    let segs = p.segments().len();
+    // Age: one hour. Only segments holding nothing newer than an hour go.
+    p.set_config(LogConfig { retention_age: Some(Duration::from_secs(3600)), ..config.clone() }).unwrap();
+    let out = p.enforce_retention(now).unwrap();
+    assert!(out.segments_deleted >= 1);
+    assert_eq!(p.log_start_offset(), out.log_start_offset);
+    let start = p.log_start_offset();
+    assert!(start > 0 && start <= 160, "old records are offsets 0..160, start {start}");
+    assert!(matches!(p.read(0, 100), Err(LogError::OffsetOutOfRange { requested: 0, .. })));
+    assert!(matches!(p.read(start - 1, 100), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(p.read(start, 100).unwrap().len > 0);
+    assert!(!crate::segment::log_path(dir.path(), 0).exists());
+    // Size: a segment goes while the rest still holds the limit; the active one stays.
+    let limit = p.segments().last().unwrap().len();
+    p.set_config(LogConfig { retention_bytes: Some(limit), retention_age: None, ..config.clone() }).unwrap();
+    let out = p.enforce_retention(now).unwrap();
+    assert!(out.segments_deleted >= 1);
+    assert_eq!(p.segments().len(), 1, "only the active segment is left");
+    assert_eq!(p.size_bytes(), limit);
+    assert!(p.size_bytes() < total && segs >= 3);
+    // Survives reopen.
+    let start = p.log_start_offset();
+    drop(p);
+    let p = Partition::open(dir.path(), config, &mut io).unwrap();
+    assert_eq!(p.log_start_offset(), start);
+    assert_eq!(p.next_offset(), 320);
+}
+
+#[test]
+fn group_commit_writes_many_partitions_with_one_submission() {
+    for mut io in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut parts: Vec<Partition> = (0..4)
+            .map(|i| Partition::open(&dir.path().join(format!("p{i}")), LogConfig::default(), &mut *io).unwrap())
+            .collect();
+        let base = io.stats();
+        for round in 0..3 {
+            for (i, p) in parts.iter_mut().enumerate() {
+                for j in 0..5 {
+                    p.append(&mut *io, batch(&format!("{round}-{i}-{j}"), 2, 1), SystemTime::now()).unwrap();
+                }
+            }
+            let mut refs: Vec<&mut Partition> = parts.iter_mut().collect();
+            commit(&mut *io, &mut refs, Instant::now()).unwrap();
+        }
+        let s = io.stats();
+        // 60 appends: 3 submissions, 12 writes, 12 fsyncs.
+        assert_eq!(s.submits - base.submits, 3);
+        assert_eq!(s.writes - base.writes, 12);
+        assert_eq!(s.fsyncs - base.fsyncs, 12);
+        assert!(parts.iter().all(|p| p.high_watermark() == 30));
+    }
+}
+
+#[test]
+fn interval_and_never_acknowledge_on_write_and_sync_on_schedule() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { durability: Durability::Interval(Duration::from_millis(50)), ..LogConfig::default() };
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    let t = Instant::now();
+    p.append(&mut io, batch("i", 1, 1), SystemTime::now()).unwrap();
+    // First commit right after open: the interval has not elapsed since open.
+    let first = commit(&mut io, &mut [&mut p], t).unwrap();
+    assert_eq!(first, CommitOutcome { written: 1, synced: 0 });
+    assert_eq!((p.high_watermark(), p.durable_end()), (1, 0));
+    let deadline = p.sync_deadline().unwrap();
+    let later = commit(&mut io, &mut [&mut p], deadline).unwrap();
+    assert_eq!(later, CommitOutcome { written: 0, synced: 1 });
+    assert_eq!(p.durable_end(), 1);
+    assert_eq!(p.sync_deadline(), None);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { durability: Durability::Never, ..LogConfig::default() };
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    p.append(&mut io, batch("n", 1, 1), SystemTime::now()).unwrap();
+    let out = commit(&mut io, &mut [&mut p], Instant::now() + Duration::from_secs(3600)).unwrap();
+    assert_eq!(out, CommitOutcome { written: 1, synced: 0 });
+    assert_eq!(p.high_watermark(), 1);
+}
+
+#[test]
+fn an_fsync_error_fails_the_partition_until_reopened() {
+    for errno in [libc::EIO, libc::ENOSPC] {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = FaultPlan { fail_fsync: Some((1, errno)), ..Default::default() };
+        let mut io = FaultIo::new(FallbackIo::new(), plan);
+        let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+        p.append(&mut io, batch("a", 1, 1), SystemTime::now()).unwrap();
+        let err = commit(&mut io, &mut [&mut p], Instant::now()).unwrap_err();
+        assert!(matches!(&err, LogError::Io { source, .. } if source.raw_os_error() == Some(errno)), "{err}");
+        assert_eq!(p.high_watermark(), 0, "nothing acknowledged");
+        let again = p.append(&mut io, batch("b", 1, 1), SystemTime::now()).unwrap_err();
+        assert!(matches!(again, LogError::Failed { .. }), "{again}");
+        assert!(again.to_string().contains("refuses writes"));
+        assert!(p.flush(&mut io).is_err());
+        drop(p);
+        let mut io = FallbackIo::new();
+        let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+        p.append(&mut io, batch("c", 1, 1), SystemTime::now()).unwrap();
+        commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
+        assert!(p.high_watermark() >= 1);
+    }
+}
+
+#[test]
+fn recovery_truncates_a_torn_or_corrupt_tail() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+    let mut ends = Vec::new();
+    for i in 0..10 {
+        p.append(&mut io, batch(&format!("b{i}"), 3, i), SystemTime::now()).unwrap();
+        p.flush(&mut io).unwrap();
+        ends.push(p.segments().last().unwrap().len());
+    }
+    drop(p);
+    let log = crate::segment::log_path(dir.path(), 0);
+    let good = std::fs::read(&log).unwrap();
+    // A torn append: half of an 11th batch.
+    let extra = batch("torn", 3, 99);
+    let mut torn = good.clone();
+    torn.extend_from_slice(&extra[..extra.len() / 2]);
+    std::fs::write(&log, &torn).unwrap();
+    let p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+    assert_eq!(p.next_offset(), 30);
+    assert_eq!(std::fs::read(&log).unwrap(), good);
+    drop(p);
+    // A flipped byte inside batch 7: batches 7.. are dropped.
+    let mut bad = good.clone();
+    bad[ends[6] as usize + 70] ^= 0x10;
+    std::fs::write(&log, &bad).unwrap();
+    let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+    assert_eq!(p.next_offset(), 21);
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), ends[6]);
+    // And the log takes appends again at the right offset.
+    let info = p.append(&mut io, batch("after", 1, 1), SystemTime::now()).unwrap();
+    assert_eq!(info.base_offset, 21);
+}
+
+#[test]
+fn recovery_rebuilds_missing_or_corrupt_indexes() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(Durability::Never);
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    for i in 0..120 {
+        p.append(&mut io, batch(&format!("x{i}"), 3, i), SystemTime::now()).unwrap();
+    }
+    p.flush(&mut io).unwrap();
+    let expect = read_all(&p);
+    let indexes: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
+    let bases: Vec<i64> = p.segments().map(|s| s.base_offset()).collect();
+    drop(p);
+    assert!(bases.len() >= 3);
+    std::fs::remove_file(crate::segment::index_path(dir.path(), bases[0])).unwrap();
+    let ti = crate::segment::time_index_path(dir.path(), bases[1]);
+    let mut bytes = std::fs::read(&ti).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&ti, bytes).unwrap();
+    std::fs::write(dir.path().join("00000000000000099999.index"), b"orphan").unwrap();
+    let p = Partition::open(dir.path(), config, &mut io).unwrap();
+    assert_eq!(read_all(&p), expect);
+    let rebuilt: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
+    assert_eq!(rebuilt[..bases.len() - 1], indexes[..bases.len() - 1]);
+    assert!(crate::segment::index_path(dir.path(), bases[0]).exists(), "rewritten");
+    assert!(!dir.path().join("00000000000000099999.index").exists(), "orphan removed");
+}
+
+/// What a crash test expects after reopening: a prefix of what was appended, holding every
+/// record that was acknowledged as durable before the crash.
+fn check_prefix(dir: &std::path::Path, config: &LogConfig, appended: &[Vec<u8>], durable: usize, what: &str) {
+    let mut io = FallbackIo::new();
+    let mut p = Partition::open(dir, config.clone(), &mut io).unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+    let got: Vec<Vec<u8>> = read_all(&p).into_iter().map(|(_, v)| v).collect();
+    let offsets: Vec<i64> = read_all(&p).into_iter().map(|(o, _)| o).collect();
+    assert!(got.len() <= appended.len(), "{what}: more records than appended");
+    assert_eq!(&got[..], &appended[..got.len()], "{what}: not a prefix");
+    assert_eq!(offsets, (0..got.len() as i64).collect::<Vec<_>>(), "{what}: offsets");
+    assert!(got.len() >= durable, "{what}: lost acknowledged records: {} < {durable}", got.len());
+    // The recovered log takes appends.
+    let info = p.append(&mut io, batch("post", 1, 1), SystemTime::now()).unwrap();
+    assert_eq!(info.base_offset, got.len() as i64, "{what}");
+    p.flush(&mut io).unwrap();
+}
+
+/// Appends one-record batches under `plan`, tracking which were acknowledged as durable before
+/// the injected crash; returns (all values appended, count durably acknowledged).
+fn run_until_crash(dir: &std::path::Path, config: &LogConfig, plan: FaultPlan, rounds: usize) -> (Vec<Vec<u8>>, usize) {
+    let mut io = FaultIo::new(FallbackIo::new(), plan);
+    let state = io.state();
+    let mut appended = Vec::new();
+    let mut durable = 0;
+    let Ok(mut p) = Partition::open(dir, config.clone(), &mut io) else { return (appended, 0) };
+    for i in 0..rounds {
+        // Three batches share each commit, to exercise group commit under faults.
+        for j in 0..3 {
+            let value = format!("v{i}-{j}");
+            if p.append(&mut io, batch_of(&value), SystemTime::now()).is_err() {
+                return (appended, durable);
+            }
+            appended.push(value.into_bytes());
+        }
+        if commit(&mut io, &mut [&mut p], Instant::now()).is_err() {
+            return (appended, durable);
+        }
+        if state.dropped() == 0 {
+            durable = p.durable_end() as usize;
+        }
+    }
+    (appended, durable)
+}
+
+fn batch_of(value: &str) -> Vec<u8> {
+    let mut b = BatchBuilder::new(BatchOptions::default());
+    b.push(&Record { timestamp: 7, key: None, value: Some(value.as_bytes()), headers: &[] });
+    b.finish()
+}
+
+#[test]
+fn crash_after_every_fsync_leaves_a_prefix_with_every_durable_record() {
+    let config = LogConfig { segment_bytes: 2048, index_interval_bytes: 128, batch_bytes_max: 1024, ..LogConfig::default() };
+    // Count the fsyncs of a full run, then crash after each of them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut counter = FaultIo::new(FallbackIo::new(), FaultPlan::default());
+    let state = counter.state();
+    {
+        let mut p = Partition::open(dir.path(), config.clone(), &mut counter).unwrap();
+        for i in 0..40 {
+            for j in 0..3 {
+                p.append(&mut counter, batch_of(&format!("v{i}-{j}")), SystemTime::now()).unwrap();
+            }
+            commit(&mut counter, &mut [&mut p], Instant::now()).unwrap();
+        }
+    }
+    let total_fsyncs = state.fsyncs();
+    assert!(total_fsyncs > 40, "one per commit plus rolls: {total_fsyncs}");
+    for n in 1..=total_fsyncs {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = FaultPlan { crash_after_fsync: Some(n), ..Default::default() };
+        let (appended, durable) = run_until_crash(dir.path(), &config, plan, 40);
+        check_prefix(dir.path(), &config, &appended, durable, &format!("crash after fsync {n}"));
+    }
+}
+
+#[test]
+fn torn_writes_and_write_errors_never_lose_durable_records() {
+    let config = LogConfig { segment_bytes: 2048, index_interval_bytes: 128, batch_bytes_max: 1024, ..LogConfig::default() };
+    for write in 1..=30u64 {
+        for keep_bytes in [0, 1, 30, 61, 100] {
+            let dir = tempfile::tempdir().unwrap();
+            let plan = FaultPlan { torn_write: Some(TornWrite { write, keep_bytes }), ..Default::default() };
+            let (appended, durable) = run_until_crash(dir.path(), &config, plan, 15);
+            check_prefix(dir.path(), &config, &appended, durable, &format!("torn write {write} keeping {keep_bytes}"));
+        }
+        for errno in [libc::EIO, libc::ENOSPC] {
+            let dir = tempfile::tempdir().unwrap();
+            let plan = FaultPlan { fail_write: Some((write, errno)), ..Default::default() };
+            let (appended, durable) = run_until_crash(dir.path(), &config, plan, 15);
+            check_prefix(dir.path(), &config, &appended, durable, &format!("write {write} fails with {errno}"));
+            let dir = tempfile::tempdir().unwrap();
+            let plan = FaultPlan { fail_fsync: Some((write, errno)), ..Default::default() };
+            let (appended, durable) = run_until_crash(dir.path(), &config, plan, 15);
+            check_prefix(dir.path(), &config, &appended, durable, &format!("fsync {write} fails with {errno}"));
+        }
+    }
+}
+
+#[test]
+fn durability_never_may_lose_the_tail_but_keeps_a_prefix() {
+    let config = LogConfig { durability: Durability::Never, segment_bytes: 2048, batch_bytes_max: 1024, ..LogConfig::default() };
+    for n in 1..=6 {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = FaultPlan { crash_after_fsync: Some(n), ..Default::default() };
+        let (appended, durable) = run_until_crash(dir.path(), &config, plan, 30);
+        check_prefix(dir.path(), &config, &appended, durable, &format!("never, crash after fsync {n}"));
+    }
+}

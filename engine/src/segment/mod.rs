@@ -1,0 +1,451 @@
+//! A segment: one `<base_offset>.log` file of back-to-back RecordBatch v2 bytes, with its sparse
+//! offset index (`.index`) and time index (`.timeindex`).
+//!
+//! Model: batches are appended at the end only. New batches are first *staged* in memory, then
+//! handed to the [`Io`] as one write; `written_len` is what has completed. A segment is *active*
+//! while it takes appends and *sealed* once the log rolls past it: sealing makes its log durable
+//! and writes both indexes, so on the next open a sealed segment is trusted when its indexes
+//! match its length, and rescanned otherwise (see [`scan`]).
+//!
+//! Guarantees: batches in a segment have contiguous, increasing offsets starting at
+//! `base_offset`; every position in the offset index is the start of a batch; positions and
+//! relative offsets fit in `u32` (segments are limited to 2 GiB and 2^31 offsets).
+
+pub mod index;
+mod scan;
+
+use std::fs::{File, OpenOptions};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+pub use scan::{scan, ScanOutcome};
+
+use crate::io::{Io, IoError, Write};
+use crate::record::{BatchHeader, BATCH_HEADER_LEN};
+
+/// Largest segment: positions are stored as `u32`, and Kafka clients treat sizes as `i32`.
+pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+
+/// File name of a segment's log: the base offset, zero-padded to 20 digits so names sort.
+pub fn log_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.log"))
+}
+
+pub fn index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.index"))
+}
+
+pub fn time_index_path(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.timeindex"))
+}
+
+/// Parses `<20 digits>.log` into a base offset.
+pub fn parse_log_name(name: &str) -> Option<i64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Where a batch lies in a segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPosition {
+    pub position: u64,
+    pub header: BatchHeader,
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    base_offset: i64,
+    dir: PathBuf,
+    file: Arc<File>,
+    /// Bytes whose write has completed.
+    written_len: u64,
+    /// Bytes covered by a completed fdatasync.
+    durable_len: u64,
+    /// Batches accepted but not yet handed to the I/O layer.
+    staged: Vec<Vec<u8>>,
+    staged_len: u64,
+    /// One past the last offset in the segment, staged batches included.
+    next_offset: i64,
+    max_timestamp: i64,
+    index: OffsetIndex,
+    time_index: TimeIndex,
+    /// Log bytes appended since the last index entry.
+    bytes_since_index: u64,
+    /// When the segment was created (or, after a restart, last modified): drives roll by age.
+    created: SystemTime,
+    sealed: bool,
+}
+
+impl Segment {
+    /// Creates an empty active segment. The caller makes the directory entry durable.
+    pub fn create(dir: &Path, base_offset: i64) -> std::io::Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(log_path(dir, base_offset))?;
+        Ok(Segment::from_parts(
+            dir,
+            base_offset,
+            file,
+            0,
+            ScanOutcome::empty(base_offset),
+            false,
+        ))
+    }
+
+    /// Builds a segment from a file and what a scan (or its index files) established about it.
+    pub fn from_parts(
+        dir: &Path,
+        base_offset: i64,
+        file: File,
+        written_len: u64,
+        outcome: ScanOutcome,
+        sealed: bool,
+    ) -> Segment {
+        let created = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        Segment {
+            base_offset,
+            dir: dir.to_path_buf(),
+            file: Arc::new(file),
+            written_len,
+            durable_len: written_len,
+            staged: Vec::new(),
+            staged_len: 0,
+            next_offset: outcome.next_offset,
+            max_timestamp: outcome.max_timestamp,
+            index: outcome.index,
+            time_index: outcome.time_index,
+            bytes_since_index: outcome.bytes_since_index,
+            created,
+            sealed,
+        }
+    }
+
+    pub fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// Bytes in the segment, staged batches included.
+    pub fn len(&self) -> u64 {
+        self.written_len + self.staged_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn written_len(&self) -> u64 {
+        self.written_len
+    }
+
+    pub fn durable_len(&self) -> u64 {
+        self.durable_len
+    }
+
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+
+    pub fn created(&self) -> SystemTime {
+        self.created
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
+    }
+
+    pub fn file(&self) -> &Arc<File> {
+        &self.file
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        log_path(&self.dir, self.base_offset)
+    }
+
+    pub fn offset_index(&self) -> &OffsetIndex {
+        &self.index
+    }
+
+    pub fn time_index(&self) -> &TimeIndex {
+        &self.time_index
+    }
+
+    /// Whether a batch of `batch_len` bytes and `offset_count` offsets still fits.
+    pub fn has_room(&self, batch_len: u64, offset_count: i64, segment_bytes: u64) -> bool {
+        let bytes_ok = self.len() + batch_len <= segment_bytes.min(SEGMENT_BYTES_MAX);
+        let offsets_ok = self.next_offset - self.base_offset + offset_count <= i64::from(i32::MAX);
+        bytes_ok && offsets_ok
+    }
+
+    /// Stages a batch whose base offset is already `self.next_offset()`; indexes it.
+    pub fn stage(&mut self, batch: Vec<u8>, header: &BatchHeader, index_interval_bytes: u64) {
+        debug_assert!(!self.sealed);
+        debug_assert_eq!(header.base_offset, self.next_offset);
+        let position = self.len();
+        let relative = (header.base_offset - self.base_offset) as u32;
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+        // The first batch is always indexed, then one entry per `index_interval_bytes` of log.
+        if self.index.entries().is_empty() || self.bytes_since_index >= index_interval_bytes {
+            self.index.push(OffsetEntry {
+                relative_offset: relative,
+                position: position as u32,
+            });
+            self.time_index.push(TimeEntry {
+                timestamp: self.max_timestamp,
+                relative_offset: relative,
+            });
+            self.bytes_since_index = 0;
+        }
+        self.bytes_since_index += batch.len() as u64;
+        self.next_offset = header.last_offset() + 1;
+        self.staged_len += batch.len() as u64;
+        self.staged.push(batch);
+    }
+
+    /// The staged batches as slices for one write at [`Segment::written_len`]; empty if none.
+    pub fn staged_slices(&self) -> Vec<IoSlice<'_>> {
+        self.staged.iter().map(|b| IoSlice::new(b)).collect()
+    }
+
+    /// Records that the pending write completed.
+    pub fn mark_written(&mut self) {
+        self.written_len += self.staged_len;
+        self.staged_len = 0;
+        self.staged.clear();
+    }
+
+    /// Records that an fdatasync covering every written byte completed.
+    pub fn mark_synced(&mut self) {
+        self.durable_len = self.written_len;
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// Seals the segment: writes its staged batches, makes the log durable, writes both indexes
+    /// and makes them durable. After this the segment takes no appends.
+    pub fn seal(&mut self, io: &mut dyn Io) -> Result<(), SealError> {
+        let slices = self.staged_slices();
+        let pending = Write {
+            fd: self.file.as_fd(),
+            offset: self.written_len,
+            bufs: &slices,
+        };
+        let writes = if slices.is_empty() {
+            &[][..]
+        } else {
+            std::slice::from_ref(&pending)
+        };
+        io.submit(writes, &[self.file.as_fd()])
+            .map_err(SealError::Io)?;
+        self.mark_written();
+        self.mark_synced();
+        // The last entry of the time index must carry the segment's largest timestamp: retention
+        // by age and lookups by time read it without scanning.
+        if let Some(last) = self.last_batch_relative_offset() {
+            self.time_index.push(TimeEntry {
+                timestamp: self.max_timestamp,
+                relative_offset: last,
+            });
+        }
+        let index_bytes = self.index.encode(self.written_len);
+        let time_bytes = self.time_index.encode(self.written_len);
+        let open = |p: PathBuf| {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&p)
+                .map_err(|source| SealError::Fs { path: p, source })
+        };
+        let index_file = open(index_path(&self.dir, self.base_offset))?;
+        let time_file = open(time_index_path(&self.dir, self.base_offset))?;
+        let (a, b) = ([IoSlice::new(&index_bytes)], [IoSlice::new(&time_bytes)]);
+        let writes = [
+            Write {
+                fd: index_file.as_fd(),
+                offset: 0,
+                bufs: &a,
+            },
+            Write {
+                fd: time_file.as_fd(),
+                offset: 0,
+                bufs: &b,
+            },
+        ];
+        io.submit(&writes, &[index_file.as_fd(), time_file.as_fd()])
+            .map_err(SealError::Io)?;
+        self.sealed = true;
+        Ok(())
+    }
+
+    /// Relative offset of the last batch's base offset, from the scan position of the index.
+    fn last_batch_relative_offset(&self) -> Option<u32> {
+        if self.next_offset == self.base_offset {
+            return None;
+        }
+        let last = self.index.entries().last()?;
+        let mut pos = u64::from(last.position);
+        let mut rel = last.relative_offset;
+        while let Ok(Some(h)) = self.read_header(pos, u64::MAX) {
+            rel = (h.base_offset - self.base_offset) as u32;
+            pos += h.total_len() as u64;
+        }
+        Some(rel)
+    }
+
+    /// Reads the batch header at `position`, if the whole batch lies below `limit` (capped at the
+    /// written length).
+    pub fn read_header(&self, position: u64, limit: u64) -> Result<Option<BatchHeader>, ReadError> {
+        let limit = limit.min(self.written_len);
+        if position + BATCH_HEADER_LEN as u64 > limit {
+            return Ok(None);
+        }
+        let mut buf = [0u8; BATCH_HEADER_LEN];
+        self.file
+            .read_exact_at(&mut buf, position)
+            .map_err(|source| ReadError::Fs {
+                path: self.log_path(),
+                source,
+            })?;
+        let header = BatchHeader::parse(&buf).map_err(|e| ReadError::Corrupt {
+            path: self.log_path(),
+            position,
+            reason: e.to_string(),
+        })?;
+        if position + header.total_len() as u64 > limit {
+            return Ok(None);
+        }
+        Ok(Some(header))
+    }
+
+    /// The batch containing `offset` (or the first one after it), searching from the index.
+    /// Only written bytes up to `limit` are considered.
+    pub fn find_offset(&self, offset: i64, limit: u64) -> Result<Option<BatchPosition>, ReadError> {
+        let rel = u32::try_from(offset.saturating_sub(self.base_offset).max(0)).unwrap_or(u32::MAX);
+        let mut position = self.index.floor(rel).map_or(0, |e| u64::from(e.position));
+        while position < limit {
+            let Some(header) = self.read_header(position, limit)? else {
+                return Ok(None);
+            };
+            if header.last_offset() >= offset {
+                return Ok(Some(BatchPosition { position, header }));
+            }
+            position += header.total_len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// The first batch holding a timestamp >= `timestamp`, searching from the time index.
+    pub fn find_timestamp(
+        &self,
+        timestamp: i64,
+        limit: u64,
+    ) -> Result<Option<BatchPosition>, ReadError> {
+        if self.max_timestamp < timestamp {
+            return Ok(None);
+        }
+        let start_offset = self
+            .time_index
+            .floor_below(timestamp)
+            .map_or(self.base_offset, |e| {
+                self.base_offset + i64::from(e.relative_offset)
+            });
+        let Some(mut at) = self.find_offset(start_offset, limit)? else {
+            return Ok(None);
+        };
+        loop {
+            if at.header.max_timestamp >= timestamp {
+                return Ok(Some(at));
+            }
+            let next = at.position + at.header.total_len() as u64;
+            if next >= limit {
+                return Ok(None);
+            }
+            match self.read_header(next, limit)? {
+                Some(header) => {
+                    at = BatchPosition {
+                        position: next,
+                        header,
+                    }
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Cuts the segment back to `len` bytes (recovery of a torn tail); the caller syncs.
+    pub fn truncate(&mut self, len: u64, outcome: ScanOutcome) -> std::io::Result<()> {
+        debug_assert!(self.staged.is_empty());
+        self.file.set_len(len)?;
+        self.written_len = len;
+        self.durable_len = len;
+        self.next_offset = outcome.next_offset;
+        self.max_timestamp = outcome.max_timestamp;
+        self.index = outcome.index;
+        self.time_index = outcome.time_index;
+        self.bytes_since_index = outcome.bytes_since_index;
+        Ok(())
+    }
+
+    /// Removes the segment's files.
+    pub fn delete(self) -> std::io::Result<()> {
+        std::fs::remove_file(log_path(&self.dir, self.base_offset))?;
+        for p in [
+            index_path(&self.dir, self.base_offset),
+            time_index_path(&self.dir, self.base_offset),
+        ] {
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error(transparent)]
+    Io(IoError),
+    #[error("{}: {source}", path.display())]
+    Fs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading {}: {source}", path.display())]
+    Fs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is corrupt at byte {position}: {reason}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+}
+
