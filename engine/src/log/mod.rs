@@ -13,6 +13,7 @@
 //! - `log_start_offset <= high_watermark <= written_end <= next_offset`;
 //! - after any I/O error the partition is failed and takes no writes until reopened.
 
+mod appender;
 mod commit;
 pub mod config;
 mod error;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+pub use appender::{Appender, AppenderStats, AppenderThread};
 pub use commit::{commit, CommitOutcome};
 pub use config::{Durability, LogConfig};
 pub use error::LogError;
