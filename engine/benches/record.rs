@@ -54,7 +54,12 @@ fn bench_decode(c: &mut Criterion) {
         let keys = values(count, 8);
         let vals = values(count, size);
         let mut out = Vec::new();
-        encode(&mut BatchBuilder::new(BatchOptions::default()), &keys, &vals, &mut out);
+        encode(
+            &mut BatchBuilder::new(BatchOptions::default()),
+            &keys,
+            &vals,
+            &mut out,
+        );
         g.throughput(Throughput::Bytes(out.len() as u64));
         g.bench_function(name, |b| {
             b.iter(|| {

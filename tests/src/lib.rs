@@ -7,7 +7,11 @@
 /// checker can tell byte for byte whether what came back is what was written.
 pub fn crash_record_value(round: u32, thread: u32, seq: u64, index: u32) -> Vec<u8> {
     let mut out = format!("{round}/{thread}/{seq}/{index}/").into_bytes();
-    let mut x = (u64::from(round) << 48) ^ (u64::from(thread) << 40) ^ (seq << 8) ^ u64::from(index) ^ 0x9e37_79b9_7f4a_7c15;
+    let mut x = (u64::from(round) << 48)
+        ^ (u64::from(thread) << 40)
+        ^ (seq << 8)
+        ^ u64::from(index)
+        ^ 0x9e37_79b9_7f4a_7c15;
     let mut next = || {
         // xorshift64*: cheap and fully determined by the seed.
         x ^= x >> 12;

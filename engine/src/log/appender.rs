@@ -50,15 +50,19 @@ pub struct AppenderThread {
 impl AppenderThread {
     /// Waits for the writer to flush and exit; call after dropping every [`Appender`].
     pub fn join(self) -> Result<(), LogError> {
-        self.join.join().unwrap_or_else(|_| {
-            Err(LogError::BatchRejected("the writer thread panicked".into()))
-        })
+        self.join
+            .join()
+            .unwrap_or_else(|_| Err(LogError::BatchRejected("the writer thread panicked".into())))
     }
 }
 
 impl Appender {
     /// Opens the partition in `dir` (running recovery) on a new writer thread.
-    pub fn spawn(dir: &Path, config: LogConfig, backend: BackendChoice) -> Result<(Appender, AppenderThread), LogError> {
+    pub fn spawn(
+        dir: &Path,
+        config: LogConfig,
+        backend: BackendChoice,
+    ) -> Result<(Appender, AppenderThread), LogError> {
         let (tx, rx) = channel::bounded(QUEUE_DEPTH);
         let (ready_tx, ready_rx) = channel::bounded(1);
         let stats = Arc::new(AppenderStats::default());
@@ -71,7 +75,10 @@ impl Appender {
                 let mut io = match io::open(backend) {
                     Ok(io) => io,
                     Err(e) => {
-                        let err = LogError::Io { dir: thread_dir.clone(), source: Arc::new(e) };
+                        let err = LogError::Io {
+                            dir: thread_dir.clone(),
+                            source: Arc::new(e),
+                        };
                         let _ = ready_tx.send(Err(err));
                         return Ok(());
                     }
@@ -88,17 +95,29 @@ impl Appender {
             })
             .map_err(|e| LogError::fs(dir, e))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok((Appender { tx, stats, dir: dir.to_path_buf() }, AppenderThread { join })),
+            Ok(Ok(())) => Ok((
+                Appender {
+                    tx,
+                    stats,
+                    dir: dir.to_path_buf(),
+                },
+                AppenderThread { join },
+            )),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(LogError::BatchRejected("the writer thread exited during open".into())),
+            Err(_) => Err(LogError::BatchRejected(
+                "the writer thread exited during open".into(),
+            )),
         }
     }
 
     /// Appends one batch and waits until the partition's durability holds for it.
     pub fn append(&self, batch: Vec<u8>) -> Result<AppendInfo, LogError> {
         let (reply_tx, reply_rx) = channel::bounded(1);
-        let gone = || LogError::BatchRejected(format!("the writer of {} has stopped", self.dir.display()));
-        self.tx.send(Request::Append(batch, reply_tx)).map_err(|_| gone())?;
+        let gone =
+            || LogError::BatchRejected(format!("the writer of {} has stopped", self.dir.display()));
+        self.tx
+            .send(Request::Append(batch, reply_tx))
+            .map_err(|_| gone())?;
         reply_rx.recv().map_err(|_| gone())?
     }
 
@@ -108,7 +127,12 @@ impl Appender {
 }
 
 /// The writer loop: one group per turn. Exits, flushing, when every handle has been dropped.
-fn run(mut p: Partition, io: &mut dyn io::Io, rx: Receiver<Request>, stats: &AppenderStats) -> Result<(), LogError> {
+fn run(
+    mut p: Partition,
+    io: &mut dyn io::Io,
+    rx: Receiver<Request>,
+    stats: &AppenderStats,
+) -> Result<(), LogError> {
     let mut waiting: Vec<(AppendInfo, Sender<Result<AppendInfo, LogError>>)> = Vec::new();
     loop {
         let first = match p.sync_deadline() {
@@ -135,7 +159,9 @@ fn run(mut p: Partition, io: &mut dyn io::Io, rx: Receiver<Request>, stats: &App
         let before = io.stats().fsyncs;
         let result = commit(io, &mut [&mut p], Instant::now());
         stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.fsyncs.fetch_add(io.stats().fsyncs - before, Ordering::Relaxed);
+        stats
+            .fsyncs
+            .fetch_add(io.stats().fsyncs - before, Ordering::Relaxed);
         let hw = p.high_watermark();
         let mut still_waiting = Vec::new();
         for (info, reply) in waiting.drain(..) {

@@ -7,20 +7,15 @@ use std::time::Duration;
 use crate::segment::SEGMENT_BYTES_MAX;
 
 /// When an append counts as done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Acknowledged only after the `fdatasync` that covers it (group commit shares it).
+    #[default]
     Always,
     /// Acknowledged once written; an `fdatasync` runs at most this often while data is unsynced.
     Interval(Duration),
     /// Acknowledged once written; synced only when a segment is sealed. A crash may lose the tail.
     Never,
-}
-
-impl Default for Durability {
-    fn default() -> Self {
-        Durability::Always
-    }
 }
 
 impl FromStr for Durability {

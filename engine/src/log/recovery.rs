@@ -84,14 +84,19 @@ pub(super) fn recover(
         let continues = !truncated && next_base.is_some_and(|nb| outcome.next_offset == nb);
         let mut seg = Segment::from_parts(dir, base, file, len, outcome.clone(), false);
         if truncated {
-            seg.truncate(valid_len, outcome).map_err(|e| LogError::fs(&path, e))?;
+            seg.truncate(valid_len, outcome)
+                .map_err(|e| LogError::fs(&path, e))?;
         }
         if continues {
             seg.seal(io).map_err(|e| super::error::from_seal(dir, e))?;
         } else {
             // The active segment's index files are rewritten when it is sealed.
             remove_indexes(dir, base)?;
-            io.submit(&[], &[seg.file().as_fd()]).map_err(|e| LogError::Io { dir: dir.to_path_buf(), source: e.into() })?;
+            io.submit(&[], &[seg.file().as_fd()])
+                .map_err(|e| LogError::Io {
+                    dir: dir.to_path_buf(),
+                    source: e.into(),
+                })?;
             cut_short = next_base.is_some();
         }
         segments.push_back(seg);

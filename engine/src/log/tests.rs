@@ -11,7 +11,12 @@ fn batch(tag: &str, n: usize, timestamp: i64) -> Vec<u8> {
     let mut b = BatchBuilder::new(BatchOptions::default());
     let values: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
     for v in &values {
-        b.push(&Record { timestamp, key: Some(tag.as_bytes()), value: Some(v.as_bytes()), headers: &[] });
+        b.push(&Record {
+            timestamp,
+            key: Some(tag.as_bytes()),
+            value: Some(v.as_bytes()),
+            headers: &[],
+        });
     }
     b.finish()
 }
@@ -41,7 +46,13 @@ fn read_all(p: &Partition) -> Vec<(i64, Vec<u8>)> {
 }
 
 fn small_config(durability: Durability) -> LogConfig {
-    LogConfig { segment_bytes: 4096, index_interval_bytes: 256, batch_bytes_max: 2048, durability, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 256,
+        batch_bytes_max: 2048,
+        durability,
+        ..LogConfig::default()
+    }
 }
 
 fn backends() -> Vec<Box<dyn Io>> {
@@ -56,24 +67,49 @@ fn append_commit_read_round_trip_on_both_backends() {
         let now = SystemTime::now();
         let a = p.append(&mut *io, batch("a", 3, 10), now).unwrap();
         let b = p.append(&mut *io, batch("b", 2, 11), now).unwrap();
-        assert_eq!((a.base_offset, a.last_offset, b.base_offset, b.last_offset), (0, 2, 3, 4));
+        assert_eq!(
+            (a.base_offset, a.last_offset, b.base_offset, b.last_offset),
+            (0, 2, 3, 4)
+        );
         // Staged is not visible, and not acknowledged.
         assert_eq!(p.high_watermark(), 0);
         assert_eq!(read_all(&p), vec![]);
         let out = commit(&mut *io, &mut [&mut p], Instant::now()).unwrap();
-        assert_eq!(out, CommitOutcome { written: 1, synced: 1 });
+        assert_eq!(
+            out,
+            CommitOutcome {
+                written: 1,
+                synced: 1
+            }
+        );
         assert_eq!(p.high_watermark(), 5);
-        let values: Vec<_> = read_all(&p).into_iter().map(|(o, v)| (o, String::from_utf8(v).unwrap())).collect();
+        let values: Vec<_> = read_all(&p)
+            .into_iter()
+            .map(|(o, v)| (o, String::from_utf8(v).unwrap()))
+            .collect();
         assert_eq!(
             values,
-            vec![(0, "a-0".into()), (1, "a-1".into()), (2, "a-2".into()), (3, "b-0".into()), (4, "b-1".into())]
+            vec![
+                (0, "a-0".into()),
+                (1, "a-1".into()),
+                (2, "a-2".into()),
+                (3, "b-0".into()),
+                (4, "b-1".into())
+            ]
         );
         // A read in the middle of a batch starts at that batch.
         let mid = p.read(4, 1).unwrap();
         assert_eq!((mid.first_offset, mid.next_offset), (3, 5));
         // Reading at the end is empty; past it, out of range.
         assert_eq!(p.read(5, 100).unwrap().len, 0);
-        assert!(matches!(p.read(6, 100), Err(LogError::OffsetOutOfRange { requested: 6, start: 0, end: 5 })));
+        assert!(matches!(
+            p.read(6, 100),
+            Err(LogError::OffsetOutOfRange {
+                requested: 6,
+                start: 0,
+                end: 5
+            })
+        ));
         drop(p);
         let p = Partition::open(dir.path(), LogConfig::default(), &mut *io).unwrap();
         assert_eq!(p.next_offset(), 5);
@@ -90,13 +126,25 @@ fn rejects_bad_batches_with_typed_errors() {
     let mut corrupt = batch("x", 2, 1);
     let last = corrupt.len() - 1;
     corrupt[last] ^= 1;
-    assert!(matches!(p.append(&mut io, corrupt, now), Err(LogError::InvalidBatch(_))));
+    assert!(matches!(
+        p.append(&mut io, corrupt, now),
+        Err(LogError::InvalidBatch(_))
+    ));
     let mut long = batch("x", 1, 1);
     long.push(0);
-    assert!(matches!(p.append(&mut io, long, now), Err(LogError::BatchRejected(_))));
-    assert!(matches!(p.append(&mut io, vec![1, 2, 3], now), Err(LogError::InvalidBatch(_))));
+    assert!(matches!(
+        p.append(&mut io, long, now),
+        Err(LogError::BatchRejected(_))
+    ));
+    assert!(matches!(
+        p.append(&mut io, vec![1, 2, 3], now),
+        Err(LogError::InvalidBatch(_))
+    ));
     let big = batch(&"y".repeat(3000), 1, 1);
-    assert!(matches!(p.append(&mut io, big, now), Err(LogError::BatchTooLarge { .. })));
+    assert!(matches!(
+        p.append(&mut io, big, now),
+        Err(LogError::BatchTooLarge { .. })
+    ));
     assert_eq!(p.next_offset(), 0, "nothing was assigned offsets");
 }
 
@@ -108,29 +156,47 @@ fn rolls_by_size_and_age_and_reopens_from_index_files() {
     let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
     let t0 = SystemTime::now();
     for i in 0..150 {
-        p.append(&mut io, batch(&format!("k{i}"), 4, 1000 + i), t0).unwrap();
+        p.append(&mut io, batch(&format!("k{i}"), 4, 1000 + i), t0)
+            .unwrap();
         commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
     }
     let segs = p.segments().len();
-    assert!(segs >= 4, "150 batches of ~125 B in 4 KiB segments roll several times, got {segs}");
+    assert!(
+        segs >= 4,
+        "150 batches of ~125 B in 4 KiB segments roll several times, got {segs}"
+    );
     assert!(p.segments().all(|s| s.len() <= 4096));
     for s in p.segments().take(segs - 1) {
         assert!(s.is_sealed());
         assert!(crate::segment::index_path(dir.path(), s.base_offset()).exists());
     }
     // Roll by age: the active segment is older than segment_age at the next append.
-    let aged = LogConfig { segment_age: Duration::from_secs(60), ..config.clone() };
+    let aged = LogConfig {
+        segment_age: Duration::from_secs(60),
+        ..config.clone()
+    };
     p.set_config(aged).unwrap();
-    p.append(&mut io, batch("late", 1, 5000), t0 + Duration::from_secs(3600)).unwrap();
+    p.append(
+        &mut io,
+        batch("late", 1, 5000),
+        t0 + Duration::from_secs(3600),
+    )
+    .unwrap();
     assert_eq!(p.segments().len(), segs + 1);
     p.flush(&mut io).unwrap();
     let before = read_all(&p);
     assert_eq!(before.len(), 601);
-    let indexes: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
+    let indexes: Vec<_> = p
+        .segments()
+        .map(|s| (s.offset_index().clone(), s.time_index().clone()))
+        .collect();
     drop(p);
     let p = Partition::open(dir.path(), config, &mut io).unwrap();
     assert_eq!(read_all(&p), before);
-    let reopened: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
+    let reopened: Vec<_> = p
+        .segments()
+        .map(|s| (s.offset_index().clone(), s.time_index().clone()))
+        .collect();
     // Sealed segments' indexes come back from their files unchanged.
     assert_eq!(reopened[..segs], indexes[..segs]);
     // Every offset is found by the index + scan lookup.
@@ -139,7 +205,11 @@ fn rolls_by_size_and_age_and_reopens_from_index_files() {
         let mut bytes = Vec::new();
         slice.read_into(&mut bytes).unwrap();
         let b = crate::record::Batch::parse(&bytes).unwrap();
-        let r = b.records().map(|r| r.unwrap()).find(|r| r.offset == *offset).unwrap();
+        let r = b
+            .records()
+            .map(|r| r.unwrap())
+            .find(|r| r.offset == *offset)
+            .unwrap();
         assert_eq!(r.value.unwrap(), &value[..]);
     }
 }
@@ -151,18 +221,34 @@ fn lookup_by_timestamp() {
     let mut p = Partition::open(dir.path(), small_config(Durability::Always), &mut io).unwrap();
     let now = SystemTime::now();
     // Timestamps 100, 110, ..., with one out-of-order batch (105 after 130).
-    let stamps = [100, 110, 120, 130, 105, 140, 150, 160, 170, 180, 190, 200, 210, 220, 230, 240];
+    let stamps = [
+        100, 110, 120, 130, 105, 140, 150, 160, 170, 180, 190, 200, 210, 220, 230, 240,
+    ];
     let mut offsets = Vec::new();
     for (i, ts) in stamps.iter().enumerate() {
         for _ in 0..3 {
-            offsets.push((p.append(&mut io, batch(&format!("t{i}"), 2, *ts), now).unwrap().base_offset, *ts));
+            offsets.push((
+                p.append(&mut io, batch(&format!("t{i}"), 2, *ts), now)
+                    .unwrap()
+                    .base_offset,
+                *ts,
+            ));
         }
     }
     p.flush(&mut io).unwrap();
     assert!(p.segments().len() > 1);
-    let expect = |target: i64| offsets.iter().find(|(_, ts)| *ts >= target).map(|(o, ts)| (*o, *ts));
+    let expect = |target: i64| {
+        offsets
+            .iter()
+            .find(|(_, ts)| *ts >= target)
+            .map(|(o, ts)| (*o, *ts))
+    };
     for target in [0, 100, 101, 105, 106, 130, 131, 175, 240] {
-        assert_eq!(p.offset_for_timestamp(target).unwrap(), expect(target), "target {target}");
+        assert_eq!(
+            p.offset_for_timestamp(target).unwrap(),
+            expect(target),
+            "target {target}"
+        );
     }
     assert_eq!(p.offset_for_timestamp(241).unwrap(), None);
 }
@@ -178,25 +264,44 @@ fn retention_by_size_and_age_advances_the_log_start() {
     // Old records first (two hours old), then fresh ones.
     for i in 0..80 {
         let ts = if i < 40 { now_ms - 7_200_000 } else { now_ms };
-        p.append(&mut io, batch(&format!("r{i}"), 4, ts), now).unwrap();
+        p.append(&mut io, batch(&format!("r{i}"), 4, ts), now)
+            .unwrap();
     }
     p.flush(&mut io).unwrap();
     let total = p.size_bytes();
     let segs = p.segments().len();
     // Age: one hour. Only segments holding nothing newer than an hour go.
-    p.set_config(LogConfig { retention_age: Some(Duration::from_secs(3600)), ..config.clone() }).unwrap();
+    p.set_config(LogConfig {
+        retention_age: Some(Duration::from_secs(3600)),
+        ..config.clone()
+    })
+    .unwrap();
     let out = p.enforce_retention(now).unwrap();
     assert!(out.segments_deleted >= 1);
     assert_eq!(p.log_start_offset(), out.log_start_offset);
     let start = p.log_start_offset();
-    assert!(start > 0 && start <= 160, "old records are offsets 0..160, start {start}");
-    assert!(matches!(p.read(0, 100), Err(LogError::OffsetOutOfRange { requested: 0, .. })));
-    assert!(matches!(p.read(start - 1, 100), Err(LogError::OffsetOutOfRange { .. })));
+    assert!(
+        start > 0 && start <= 160,
+        "old records are offsets 0..160, start {start}"
+    );
+    assert!(matches!(
+        p.read(0, 100),
+        Err(LogError::OffsetOutOfRange { requested: 0, .. })
+    ));
+    assert!(matches!(
+        p.read(start - 1, 100),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
     assert!(p.read(start, 100).unwrap().len > 0);
     assert!(!crate::segment::log_path(dir.path(), 0).exists());
     // Size: a segment goes while the rest still holds the limit; the active one stays.
     let limit = p.segments().last().unwrap().len();
-    p.set_config(LogConfig { retention_bytes: Some(limit), retention_age: None, ..config.clone() }).unwrap();
+    p.set_config(LogConfig {
+        retention_bytes: Some(limit),
+        retention_age: None,
+        ..config.clone()
+    })
+    .unwrap();
     let out = p.enforce_retention(now).unwrap();
     assert!(out.segments_deleted >= 1);
     assert_eq!(p.segments().len(), 1, "only the active segment is left");
@@ -215,13 +320,25 @@ fn group_commit_writes_many_partitions_with_one_submission() {
     for mut io in backends() {
         let dir = tempfile::tempdir().unwrap();
         let mut parts: Vec<Partition> = (0..4)
-            .map(|i| Partition::open(&dir.path().join(format!("p{i}")), LogConfig::default(), &mut *io).unwrap())
+            .map(|i| {
+                Partition::open(
+                    &dir.path().join(format!("p{i}")),
+                    LogConfig::default(),
+                    &mut *io,
+                )
+                .unwrap()
+            })
             .collect();
         let base = io.stats();
         for round in 0..3 {
             for (i, p) in parts.iter_mut().enumerate() {
                 for j in 0..5 {
-                    p.append(&mut *io, batch(&format!("{round}-{i}-{j}"), 2, 1), SystemTime::now()).unwrap();
+                    p.append(
+                        &mut *io,
+                        batch(&format!("{round}-{i}-{j}"), 2, 1),
+                        SystemTime::now(),
+                    )
+                    .unwrap();
                 }
             }
             let mut refs: Vec<&mut Partition> = parts.iter_mut().collect();
@@ -240,26 +357,57 @@ fn group_commit_writes_many_partitions_with_one_submission() {
 fn interval_and_never_acknowledge_on_write_and_sync_on_schedule() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { durability: Durability::Interval(Duration::from_millis(50)), ..LogConfig::default() };
+    let config = LogConfig {
+        durability: Durability::Interval(Duration::from_millis(50)),
+        ..LogConfig::default()
+    };
     let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
     let t = Instant::now();
-    p.append(&mut io, batch("i", 1, 1), SystemTime::now()).unwrap();
+    p.append(&mut io, batch("i", 1, 1), SystemTime::now())
+        .unwrap();
     // First commit right after open: the interval has not elapsed since open.
     let first = commit(&mut io, &mut [&mut p], t).unwrap();
-    assert_eq!(first, CommitOutcome { written: 1, synced: 0 });
+    assert_eq!(
+        first,
+        CommitOutcome {
+            written: 1,
+            synced: 0
+        }
+    );
     assert_eq!((p.high_watermark(), p.durable_end()), (1, 0));
     let deadline = p.sync_deadline().unwrap();
     let later = commit(&mut io, &mut [&mut p], deadline).unwrap();
-    assert_eq!(later, CommitOutcome { written: 0, synced: 1 });
+    assert_eq!(
+        later,
+        CommitOutcome {
+            written: 0,
+            synced: 1
+        }
+    );
     assert_eq!(p.durable_end(), 1);
     assert_eq!(p.sync_deadline(), None);
 
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig { durability: Durability::Never, ..LogConfig::default() };
+    let config = LogConfig {
+        durability: Durability::Never,
+        ..LogConfig::default()
+    };
     let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
-    p.append(&mut io, batch("n", 1, 1), SystemTime::now()).unwrap();
-    let out = commit(&mut io, &mut [&mut p], Instant::now() + Duration::from_secs(3600)).unwrap();
-    assert_eq!(out, CommitOutcome { written: 1, synced: 0 });
+    p.append(&mut io, batch("n", 1, 1), SystemTime::now())
+        .unwrap();
+    let out = commit(
+        &mut io,
+        &mut [&mut p],
+        Instant::now() + Duration::from_secs(3600),
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        CommitOutcome {
+            written: 1,
+            synced: 0
+        }
+    );
     assert_eq!(p.high_watermark(), 1);
 }
 
@@ -267,21 +415,31 @@ fn interval_and_never_acknowledge_on_write_and_sync_on_schedule() {
 fn an_fsync_error_fails_the_partition_until_reopened() {
     for errno in [libc::EIO, libc::ENOSPC] {
         let dir = tempfile::tempdir().unwrap();
-        let plan = FaultPlan { fail_fsync: Some((1, errno)), ..Default::default() };
+        let plan = FaultPlan {
+            fail_fsync: Some((1, errno)),
+            ..Default::default()
+        };
         let mut io = FaultIo::new(FallbackIo::new(), plan);
         let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
-        p.append(&mut io, batch("a", 1, 1), SystemTime::now()).unwrap();
+        p.append(&mut io, batch("a", 1, 1), SystemTime::now())
+            .unwrap();
         let err = commit(&mut io, &mut [&mut p], Instant::now()).unwrap_err();
-        assert!(matches!(&err, LogError::Io { source, .. } if source.raw_os_error() == Some(errno)), "{err}");
+        assert!(
+            matches!(&err, LogError::Io { source, .. } if source.raw_os_error() == Some(errno)),
+            "{err}"
+        );
         assert_eq!(p.high_watermark(), 0, "nothing acknowledged");
-        let again = p.append(&mut io, batch("b", 1, 1), SystemTime::now()).unwrap_err();
+        let again = p
+            .append(&mut io, batch("b", 1, 1), SystemTime::now())
+            .unwrap_err();
         assert!(matches!(again, LogError::Failed { .. }), "{again}");
         assert!(again.to_string().contains("refuses writes"));
         assert!(p.flush(&mut io).is_err());
         drop(p);
         let mut io = FallbackIo::new();
         let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
-        p.append(&mut io, batch("c", 1, 1), SystemTime::now()).unwrap();
+        p.append(&mut io, batch("c", 1, 1), SystemTime::now())
+            .unwrap();
         commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
         assert!(p.high_watermark() >= 1);
     }
@@ -294,7 +452,8 @@ fn recovery_truncates_a_torn_or_corrupt_tail() {
     let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
     let mut ends = Vec::new();
     for i in 0..10 {
-        p.append(&mut io, batch(&format!("b{i}"), 3, i), SystemTime::now()).unwrap();
+        p.append(&mut io, batch(&format!("b{i}"), 3, i), SystemTime::now())
+            .unwrap();
         p.flush(&mut io).unwrap();
         ends.push(p.segments().last().unwrap().len());
     }
@@ -318,7 +477,9 @@ fn recovery_truncates_a_torn_or_corrupt_tail() {
     assert_eq!(p.next_offset(), 21);
     assert_eq!(std::fs::metadata(&log).unwrap().len(), ends[6]);
     // And the log takes appends again at the right offset.
-    let info = p.append(&mut io, batch("after", 1, 1), SystemTime::now()).unwrap();
+    let info = p
+        .append(&mut io, batch("after", 1, 1), SystemTime::now())
+        .unwrap();
     assert_eq!(info.base_offset, 21);
 }
 
@@ -329,11 +490,15 @@ fn recovery_rebuilds_missing_or_corrupt_indexes() {
     let config = small_config(Durability::Never);
     let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
     for i in 0..120 {
-        p.append(&mut io, batch(&format!("x{i}"), 3, i), SystemTime::now()).unwrap();
+        p.append(&mut io, batch(&format!("x{i}"), 3, i), SystemTime::now())
+            .unwrap();
     }
     p.flush(&mut io).unwrap();
     let expect = read_all(&p);
-    let indexes: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
+    let indexes: Vec<_> = p
+        .segments()
+        .map(|s| (s.offset_index().clone(), s.time_index().clone()))
+        .collect();
     let bases: Vec<i64> = p.segments().map(|s| s.base_offset()).collect();
     drop(p);
     assert!(bases.len() >= 3);
@@ -346,42 +511,80 @@ fn recovery_rebuilds_missing_or_corrupt_indexes() {
     std::fs::write(dir.path().join("00000000000000099999.index"), b"orphan").unwrap();
     let p = Partition::open(dir.path(), config, &mut io).unwrap();
     assert_eq!(read_all(&p), expect);
-    let rebuilt: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
+    let rebuilt: Vec<_> = p
+        .segments()
+        .map(|s| (s.offset_index().clone(), s.time_index().clone()))
+        .collect();
     assert_eq!(rebuilt[..bases.len() - 1], indexes[..bases.len() - 1]);
-    assert!(crate::segment::index_path(dir.path(), bases[0]).exists(), "rewritten");
-    assert!(!dir.path().join("00000000000000099999.index").exists(), "orphan removed");
+    assert!(
+        crate::segment::index_path(dir.path(), bases[0]).exists(),
+        "rewritten"
+    );
+    assert!(
+        !dir.path().join("00000000000000099999.index").exists(),
+        "orphan removed"
+    );
 }
 
 /// What a crash test expects after reopening: a prefix of what was appended, holding every
 /// record that was acknowledged as durable before the crash.
-fn check_prefix(dir: &std::path::Path, config: &LogConfig, appended: &[Vec<u8>], durable: usize, what: &str) {
+fn check_prefix(
+    dir: &std::path::Path,
+    config: &LogConfig,
+    appended: &[Vec<u8>],
+    durable: usize,
+    what: &str,
+) {
     let mut io = FallbackIo::new();
-    let mut p = Partition::open(dir, config.clone(), &mut io).unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+    let mut p = Partition::open(dir, config.clone(), &mut io)
+        .unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
     let got: Vec<Vec<u8>> = read_all(&p).into_iter().map(|(_, v)| v).collect();
     let offsets: Vec<i64> = read_all(&p).into_iter().map(|(o, _)| o).collect();
-    assert!(got.len() <= appended.len(), "{what}: more records than appended");
+    assert!(
+        got.len() <= appended.len(),
+        "{what}: more records than appended"
+    );
     assert_eq!(&got[..], &appended[..got.len()], "{what}: not a prefix");
-    assert_eq!(offsets, (0..got.len() as i64).collect::<Vec<_>>(), "{what}: offsets");
-    assert!(got.len() >= durable, "{what}: lost acknowledged records: {} < {durable}", got.len());
+    assert_eq!(
+        offsets,
+        (0..got.len() as i64).collect::<Vec<_>>(),
+        "{what}: offsets"
+    );
+    assert!(
+        got.len() >= durable,
+        "{what}: lost acknowledged records: {} < {durable}",
+        got.len()
+    );
     // The recovered log takes appends.
-    let info = p.append(&mut io, batch("post", 1, 1), SystemTime::now()).unwrap();
+    let info = p
+        .append(&mut io, batch("post", 1, 1), SystemTime::now())
+        .unwrap();
     assert_eq!(info.base_offset, got.len() as i64, "{what}");
     p.flush(&mut io).unwrap();
 }
 
 /// Appends one-record batches under `plan`, tracking which were acknowledged as durable before
 /// the injected crash; returns (all values appended, count durably acknowledged).
-fn run_until_crash(dir: &std::path::Path, config: &LogConfig, plan: FaultPlan, rounds: usize) -> (Vec<Vec<u8>>, usize) {
+fn run_until_crash(
+    dir: &std::path::Path,
+    config: &LogConfig,
+    plan: FaultPlan,
+    rounds: usize,
+) -> (Vec<Vec<u8>>, usize) {
     let mut io = FaultIo::new(FallbackIo::new(), plan);
     let state = io.state();
     let mut appended = Vec::new();
     let mut durable = 0;
-    let Ok(mut p) = Partition::open(dir, config.clone(), &mut io) else { return (appended, 0) };
+    let Ok(mut p) = Partition::open(dir, config.clone(), &mut io) else {
+        return (appended, 0);
+    };
     for i in 0..rounds {
         // Three batches share each commit, to exercise group commit under faults.
         for j in 0..3 {
             let value = format!("v{i}-{j}");
-            if p.append(&mut io, batch_of(&value), SystemTime::now()).is_err() {
+            if p.append(&mut io, batch_of(&value), SystemTime::now())
+                .is_err()
+            {
                 return (appended, durable);
             }
             appended.push(value.into_bytes());
@@ -398,13 +601,23 @@ fn run_until_crash(dir: &std::path::Path, config: &LogConfig, plan: FaultPlan, r
 
 fn batch_of(value: &str) -> Vec<u8> {
     let mut b = BatchBuilder::new(BatchOptions::default());
-    b.push(&Record { timestamp: 7, key: None, value: Some(value.as_bytes()), headers: &[] });
+    b.push(&Record {
+        timestamp: 7,
+        key: None,
+        value: Some(value.as_bytes()),
+        headers: &[],
+    });
     b.finish()
 }
 
 #[test]
 fn crash_after_every_fsync_leaves_a_prefix_with_every_durable_record() {
-    let config = LogConfig { segment_bytes: 2048, index_interval_bytes: 128, batch_bytes_max: 1024, ..LogConfig::default() };
+    let config = LogConfig {
+        segment_bytes: 2048,
+        index_interval_bytes: 128,
+        batch_bytes_max: 1024,
+        ..LogConfig::default()
+    };
     // Count the fsyncs of a full run, then crash after each of them.
     let dir = tempfile::tempdir().unwrap();
     let mut counter = FaultIo::new(FallbackIo::new(), FaultPlan::default());
@@ -413,60 +626,127 @@ fn crash_after_every_fsync_leaves_a_prefix_with_every_durable_record() {
         let mut p = Partition::open(dir.path(), config.clone(), &mut counter).unwrap();
         for i in 0..40 {
             for j in 0..3 {
-                p.append(&mut counter, batch_of(&format!("v{i}-{j}")), SystemTime::now()).unwrap();
+                p.append(
+                    &mut counter,
+                    batch_of(&format!("v{i}-{j}")),
+                    SystemTime::now(),
+                )
+                .unwrap();
             }
             commit(&mut counter, &mut [&mut p], Instant::now()).unwrap();
         }
     }
     let total_fsyncs = state.fsyncs();
-    assert!(total_fsyncs > 40, "one per commit plus rolls: {total_fsyncs}");
+    assert!(
+        total_fsyncs > 40,
+        "one per commit plus rolls: {total_fsyncs}"
+    );
     for n in 1..=total_fsyncs {
         let dir = tempfile::tempdir().unwrap();
-        let plan = FaultPlan { crash_after_fsync: Some(n), ..Default::default() };
+        let plan = FaultPlan {
+            crash_after_fsync: Some(n),
+            ..Default::default()
+        };
         let (appended, durable) = run_until_crash(dir.path(), &config, plan, 40);
-        check_prefix(dir.path(), &config, &appended, durable, &format!("crash after fsync {n}"));
+        check_prefix(
+            dir.path(),
+            &config,
+            &appended,
+            durable,
+            &format!("crash after fsync {n}"),
+        );
     }
 }
 
 #[test]
 fn torn_writes_and_write_errors_never_lose_durable_records() {
-    let config = LogConfig { segment_bytes: 2048, index_interval_bytes: 128, batch_bytes_max: 1024, ..LogConfig::default() };
+    let config = LogConfig {
+        segment_bytes: 2048,
+        index_interval_bytes: 128,
+        batch_bytes_max: 1024,
+        ..LogConfig::default()
+    };
     for write in 1..=30u64 {
         for keep_bytes in [0, 1, 30, 61, 100] {
             let dir = tempfile::tempdir().unwrap();
-            let plan = FaultPlan { torn_write: Some(TornWrite { write, keep_bytes }), ..Default::default() };
+            let plan = FaultPlan {
+                torn_write: Some(TornWrite { write, keep_bytes }),
+                ..Default::default()
+            };
             let (appended, durable) = run_until_crash(dir.path(), &config, plan, 15);
-            check_prefix(dir.path(), &config, &appended, durable, &format!("torn write {write} keeping {keep_bytes}"));
+            check_prefix(
+                dir.path(),
+                &config,
+                &appended,
+                durable,
+                &format!("torn write {write} keeping {keep_bytes}"),
+            );
         }
         for errno in [libc::EIO, libc::ENOSPC] {
             let dir = tempfile::tempdir().unwrap();
-            let plan = FaultPlan { fail_write: Some((write, errno)), ..Default::default() };
+            let plan = FaultPlan {
+                fail_write: Some((write, errno)),
+                ..Default::default()
+            };
             let (appended, durable) = run_until_crash(dir.path(), &config, plan, 15);
-            check_prefix(dir.path(), &config, &appended, durable, &format!("write {write} fails with {errno}"));
+            check_prefix(
+                dir.path(),
+                &config,
+                &appended,
+                durable,
+                &format!("write {write} fails with {errno}"),
+            );
             let dir = tempfile::tempdir().unwrap();
-            let plan = FaultPlan { fail_fsync: Some((write, errno)), ..Default::default() };
+            let plan = FaultPlan {
+                fail_fsync: Some((write, errno)),
+                ..Default::default()
+            };
             let (appended, durable) = run_until_crash(dir.path(), &config, plan, 15);
-            check_prefix(dir.path(), &config, &appended, durable, &format!("fsync {write} fails with {errno}"));
+            check_prefix(
+                dir.path(),
+                &config,
+                &appended,
+                durable,
+                &format!("fsync {write} fails with {errno}"),
+            );
         }
     }
 }
 
 #[test]
 fn durability_never_may_lose_the_tail_but_keeps_a_prefix() {
-    let config = LogConfig { durability: Durability::Never, segment_bytes: 2048, batch_bytes_max: 1024, ..LogConfig::default() };
+    let config = LogConfig {
+        durability: Durability::Never,
+        segment_bytes: 2048,
+        batch_bytes_max: 1024,
+        ..LogConfig::default()
+    };
     for n in 1..=6 {
         let dir = tempfile::tempdir().unwrap();
-        let plan = FaultPlan { crash_after_fsync: Some(n), ..Default::default() };
+        let plan = FaultPlan {
+            crash_after_fsync: Some(n),
+            ..Default::default()
+        };
         let (appended, durable) = run_until_crash(dir.path(), &config, plan, 30);
-        check_prefix(dir.path(), &config, &appended, durable, &format!("never, crash after fsync {n}"));
+        check_prefix(
+            dir.path(),
+            &config,
+            &appended,
+            durable,
+            &format!("never, crash after fsync {n}"),
+        );
     }
 }
 
 #[test]
 fn concurrent_appends_share_one_fdatasync() {
-    for backend in [crate::io::BackendChoice::Fallback, crate::io::BackendChoice::Auto] {
+    for backend in [
+        crate::io::BackendChoice::Fallback,
+        crate::io::BackendChoice::Auto,
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        let (appender, thread) = Appender::spawn(dir.path(), LogConfig::default(), backend).unwrap();
+        let (appender, thread) =
+            Appender::spawn(dir.path(), LogConfig::default(), backend).unwrap();
         const THREADS: usize = 8;
         const PER_THREAD: usize = 200;
         let handles: Vec<_> = (0..THREADS)
@@ -485,12 +765,21 @@ fn concurrent_appends_share_one_fdatasync() {
         for h in handles {
             h.join().unwrap();
         }
-        let appends = appender.stats().appends.load(std::sync::atomic::Ordering::Relaxed);
-        let fsyncs = appender.stats().fsyncs.load(std::sync::atomic::Ordering::Relaxed);
+        let appends = appender
+            .stats()
+            .appends
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let fsyncs = appender
+            .stats()
+            .fsyncs
+            .load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(appends, (THREADS * PER_THREAD) as u64);
         eprintln!("{backend}: {appends} acknowledged appends shared {fsyncs} fdatasyncs");
         assert!(fsyncs >= 1);
-        assert!(fsyncs * 2 <= appends, "group commit must share fsyncs: {fsyncs} for {appends} appends");
+        assert!(
+            fsyncs * 2 <= appends,
+            "group commit must share fsyncs: {fsyncs} for {appends} appends"
+        );
         drop(appender);
         thread.join().unwrap();
         // Every acknowledged append is there, in per-producer order.

@@ -448,4 +448,3 @@ pub enum ReadError {
         reason: String,
     },
 }
-
