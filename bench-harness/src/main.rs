@@ -116,3 +116,37 @@ fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn produce_reports_rows_with_reference_ratios_in_the_json_shape() {
+        let root = tempfile::tempdir().unwrap();
+        let p = produce::ProduceParams {
+            message_bytes: 1024,
+            batch_messages: 16,
+            total_bytes: 4 << 20,
+            producers: 2,
+            durabilities: vec![Durability::Never, Durability::Always],
+            backend: BackendChoice::Fallback,
+        };
+        let rows = produce::run(root.path(), &p, &|_| {}).unwrap();
+        assert_eq!(rows.len(), 2);
+        for r in &rows {
+            let ratio = r.ratio_to_reference.unwrap();
+            assert!(ratio.is_finite() && ratio > 0.0, "{r:?}");
+            assert!(r.msgs_per_s.unwrap() > 0.0);
+        }
+        assert_eq!(rows[0].fsyncs, Some(0), "never syncs only at shutdown, outside the commit loop");
+        assert!(rows[1].fsyncs.unwrap() >= 1);
+        let doc = report::document("produce", json!({"x": 1}), &rows);
+        assert_eq!(doc["scenario"], "produce");
+        assert_eq!(doc["results"].as_array().unwrap().len(), 2);
+        assert!(doc["results"][0]["ratio_to_reference"].is_number());
+        assert!(doc["results"][0].get("p99_us").is_none(), "fields that do not apply are omitted");
+        let table = report::table(&rows);
+        assert!(table.contains("produce never") && table.contains("produce always"));
+    }
+}

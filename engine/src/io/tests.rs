@@ -10,9 +10,21 @@ pub(crate) fn backends() -> Vec<Box<dyn Io>> {
     let mut out: Vec<Box<dyn Io>> = vec![Box::new(fallback::FallbackIo::new())];
     match uring::UringIo::new() {
         Ok(io) => out.push(Box::new(io)),
+        Err(e) if std::env::var_os("SPATE_REQUIRE_URING").is_some() => {
+            panic!("SPATE_REQUIRE_URING is set but io_uring is unavailable: {e}")
+        }
         Err(e) => eprintln!("io_uring backend skipped: {e}"),
     }
     out
+}
+
+/// `Uring` where CI requires io_uring, else `Auto` (which may fall back).
+pub(crate) fn uring_choice() -> BackendChoice {
+    if std::env::var_os("SPATE_REQUIRE_URING").is_some() {
+        BackendChoice::Uring
+    } else {
+        BackendChoice::Auto
+    }
 }
 
 fn file(dir: &tempfile::TempDir, name: &str) -> File {

@@ -742,7 +742,7 @@ fn durability_never_may_lose_the_tail_but_keeps_a_prefix() {
 fn concurrent_appends_share_one_fdatasync() {
     for backend in [
         crate::io::BackendChoice::Fallback,
-        crate::io::BackendChoice::Auto,
+        crate::io::tests::uring_choice(),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (appender, thread) =
