@@ -6,6 +6,26 @@
 //! `always`, one `fdatasync` for the whole group. While that fsync runs, new requests queue up
 //! and form the next group, so the fsync rate stays bounded by the device and not by the number
 //! of producers. The thread-per-core engine runs the same loop per shard over many partitions.
+//!
+//! ```
+//! use spate::io::BackendChoice;
+//! use spate::log::{Appender, Durability, LogConfig};
+//! use spate::record::{BatchBuilder, BatchOptions, Record};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! # let dir = tmp.path().join("orders-0");
+//! let config = LogConfig { durability: Durability::Always, ..LogConfig::default() };
+//! let (log, writer) = Appender::spawn(&dir, config, BackendChoice::Auto)?;
+//! let mut batch = BatchBuilder::new(BatchOptions::default());
+//! batch.push(&Record { timestamp: 1_700_000_000_000, key: Some(b"k"), value: Some(b"v"), headers: &[] });
+//! let offsets = log.append(batch.finish())?; // returns once the batch is fdatasync'ed
+//! assert_eq!((offsets.base_offset, offsets.last_offset), (0, 0));
+//! drop(log);
+//! writer.join()?; // flushes and stops the writer thread
+//! # Ok(())
+//! # }
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
