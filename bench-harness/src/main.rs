@@ -139,13 +139,20 @@ mod tests {
             assert!(ratio.is_finite() && ratio > 0.0, "{r:?}");
             assert!(r.msgs_per_s.unwrap() > 0.0);
         }
-        assert_eq!(rows[0].fsyncs, Some(0), "never syncs only at shutdown, outside the commit loop");
+        assert_eq!(
+            rows[0].fsyncs,
+            Some(0),
+            "never syncs only at shutdown, outside the commit loop"
+        );
         assert!(rows[1].fsyncs.unwrap() >= 1);
         let doc = report::document("produce", json!({"x": 1}), &rows);
         assert_eq!(doc["scenario"], "produce");
         assert_eq!(doc["results"].as_array().unwrap().len(), 2);
         assert!(doc["results"][0]["ratio_to_reference"].is_number());
-        assert!(doc["results"][0].get("p99_us").is_none(), "fields that do not apply are omitted");
+        assert!(
+            doc["results"][0].get("p99_us").is_none(),
+            "fields that do not apply are omitted"
+        );
         let table = report::table(&rows);
         assert!(table.contains("produce never") && table.contains("produce always"));
     }

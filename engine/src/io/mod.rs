@@ -74,19 +74,28 @@ impl fmt::Display for IoOp {
         f.write_str(match self {
             IoOp::Write => "write",
             IoOp::Fsync => "fdatasync",
-            IoOp::Setup => "io setup",
+            IoOp::Setup => "io_uring setup",
         })
     }
 }
 
 /// An I/O failure, naming the operation and file descriptor; the OS error is kept as the source.
 #[derive(Debug, thiserror::Error)]
-#[error("{op} on fd {fd} failed: {source}")]
 pub struct IoError {
     pub op: IoOp,
     pub fd: i32,
     #[source]
     pub source: std::io::Error,
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.fd < 0 {
+            write!(f, "{} failed: {}", self.op, self.source)
+        } else {
+            write!(f, "{} on fd {} failed: {}", self.op, self.fd, self.source)
+        }
+    }
 }
 
 impl IoError {

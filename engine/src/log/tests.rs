@@ -45,6 +45,30 @@ fn read_all(p: &Partition) -> Vec<(i64, Vec<u8>)> {
     }
 }
 
+/// Runs `f` with log output captured; returns its result and everything logged.
+fn with_captured_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let out = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    (out, text)
+}
+
 fn small_config(durability: Durability) -> LogConfig {
     LogConfig {
         segment_bytes: 4096,
@@ -465,8 +489,21 @@ fn recovery_truncates_a_torn_or_corrupt_tail() {
     let mut torn = good.clone();
     torn.extend_from_slice(&extra[..extra.len() / 2]);
     std::fs::write(&log, &torn).unwrap();
-    let p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+    let (p, logged) =
+        with_captured_logs(|| Partition::open(dir.path(), LogConfig::default(), &mut io));
+    let p = p.unwrap();
     assert_eq!(p.next_offset(), 30);
+    // One warning that names the file and the byte position where the valid prefix ends.
+    let warning = logged
+        .lines()
+        .find(|l| l.contains("truncating torn or corrupt tail"))
+        .expect(&logged);
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains(&log.display().to_string()), "{warning}");
+    assert!(
+        warning.contains(&format!("position={}", good.len())),
+        "{warning}"
+    );
     assert_eq!(std::fs::read(&log).unwrap(), good);
     drop(p);
     // A flipped byte inside batch 7: batches 7.. are dropped.
@@ -795,5 +832,135 @@ fn concurrent_appends_share_one_fdatasync() {
             assert_eq!(i, next[t]);
             next[t] += 1;
         }
+    }
+}
+
+/// Checked-in partitions written by this version of the format. They must keep opening with
+/// the same content: a change that breaks them breaks every existing data directory.
+/// Regenerate (only for a deliberate format change) with
+/// `cargo test -p spate fixture_write -- --ignored`.
+mod fixtures {
+    use super::*;
+
+    const FIXTURE_CONFIG: fn() -> LogConfig = || LogConfig {
+        segment_bytes: 1024,
+        index_interval_bytes: 128,
+        batch_bytes_max: 1024,
+        durability: Durability::Always,
+        ..LogConfig::default()
+    };
+
+    fn fixture_dir(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    fn fixture_value(i: usize) -> String {
+        format!("fixture-record-{i:04}")
+    }
+
+    /// Copies a fixture to a scratch directory, since opening may repair it.
+    fn scratch_copy(name: &str) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture_dir(name)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+        }
+        tmp
+    }
+
+    #[test]
+    #[ignore = "regenerates the checked-in fixtures"]
+    fn fixture_write() {
+        let good = fixture_dir("partition-v1");
+        let _ = std::fs::remove_dir_all(&good);
+        let mut io = FallbackIo::new();
+        let mut p = Partition::open(&good, FIXTURE_CONFIG(), &mut io).unwrap();
+        for i in 0..60 {
+            let mut b = BatchBuilder::new(BatchOptions::default());
+            let v = fixture_value(i);
+            b.push(&Record {
+                timestamp: 1_700_000_000_000 + i as i64 * 1000,
+                key: Some(b"k"),
+                value: Some(v.as_bytes()),
+                headers: &[],
+            });
+            p.append(&mut io, b.finish(), SystemTime::UNIX_EPOCH)
+                .unwrap();
+        }
+        p.flush(&mut io).unwrap();
+        drop(p);
+        // The damaged copy: a torn last batch, and a corrupt time index in the first segment.
+        let torn = fixture_dir("partition-v1-torn");
+        let _ = std::fs::remove_dir_all(&torn);
+        std::fs::create_dir_all(&torn).unwrap();
+        for entry in std::fs::read_dir(&good).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), torn.join(entry.file_name())).unwrap();
+        }
+        let mut logs: Vec<_> = std::fs::read_dir(&torn)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        let active = logs.last().unwrap();
+        let bytes = std::fs::read(active).unwrap();
+        std::fs::write(active, &bytes[..bytes.len() - 10]).unwrap();
+        let ti = logs[0].with_extension("timeindex");
+        let mut t = std::fs::read(&ti).unwrap();
+        t[30] ^= 0xff;
+        std::fs::write(&ti, t).unwrap();
+    }
+
+    #[test]
+    fn fixture_opens_with_the_same_content() {
+        let tmp = scratch_copy("partition-v1");
+        let mut io = FallbackIo::new();
+        let p = Partition::open(tmp.path(), FIXTURE_CONFIG(), &mut io).unwrap();
+        assert!(
+            p.segments().len() >= 3,
+            "the fixture spans sealed segments and an active one"
+        );
+        let all = read_all(&p);
+        let expect: Vec<(i64, Vec<u8>)> = (0..60)
+            .map(|i| (i as i64, fixture_value(i).into_bytes()))
+            .collect();
+        assert_eq!(all, expect);
+        assert_eq!(
+            p.offset_for_timestamp(1_700_000_030_500).unwrap(),
+            Some((31, 1_700_000_031_000))
+        );
+        // Sealed segments were trusted: their index files are untouched.
+        for s in p.segments().take(p.segments().len() - 1) {
+            let name = crate::segment::index_path(tmp.path(), s.base_offset());
+            let original = fixture_dir("partition-v1").join(name.file_name().unwrap());
+            assert_eq!(
+                std::fs::read(&name).unwrap(),
+                std::fs::read(original).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn damaged_fixture_recovers_to_the_valid_prefix() {
+        let tmp = scratch_copy("partition-v1-torn");
+        let mut io = FallbackIo::new();
+        let mut p = Partition::open(tmp.path(), FIXTURE_CONFIG(), &mut io).unwrap();
+        let all = read_all(&p);
+        let expect: Vec<(i64, Vec<u8>)> = (0..59)
+            .map(|i| (i as i64, fixture_value(i).into_bytes()))
+            .collect();
+        assert_eq!(all, expect, "the torn last record is dropped, nothing else");
+        // The corrupt time index was rebuilt: lookups by time still work in the first segment.
+        assert_eq!(
+            p.offset_for_timestamp(1_700_000_000_500).unwrap(),
+            Some((1, 1_700_000_001_000))
+        );
+        let info = p
+            .append(&mut io, batch("new", 1, 1), SystemTime::now())
+            .unwrap();
+        assert_eq!(info.base_offset, 59);
     }
 }
