@@ -8,6 +8,7 @@
 //! A short write breaks a link chain: the kernel cancels the rest with `-ECANCELED`. That case is
 //! completed here with plain `pwritev`/`fdatasync` so that callers never see a short write.
 
+use std::collections::HashMap;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -211,28 +212,31 @@ impl Io for UringIo {
                 start = end;
             }
         };
-        let synced: Vec<i32> = syncs.iter().map(|f| f.as_raw_fd()).collect();
+        // Writes grouped by file, in request order, so each synced file gets one chain.
+        let mut by_fd: HashMap<i32, Vec<usize>> = HashMap::new();
         for (wi, w) in writes.iter().enumerate() {
-            if !synced.contains(&w.fd.as_raw_fd()) && !w.is_empty() {
-                let start = ops.len();
-                push_chunks(&mut ops, wi, w);
-                for i in start..ops.len() {
-                    chains.push(i..i + 1);
-                }
+            if !w.is_empty() {
+                by_fd.entry(w.fd.as_raw_fd()).or_default().push(wi);
             }
         }
-        for &fd in &synced {
+        for fd in syncs.iter().map(|f| f.as_raw_fd()) {
             let start = ops.len();
-            for (wi, w) in writes.iter().enumerate() {
-                if w.fd.as_raw_fd() == fd && !w.is_empty() {
-                    push_chunks(&mut ops, wi, w);
-                }
+            for wi in by_fd.remove(&fd).unwrap_or_default() {
+                push_chunks(&mut ops, wi, &writes[wi]);
             }
             ops.push(Op {
                 fd,
                 kind: OpKind::Fsync,
             });
             chains.push(start..ops.len());
+        }
+        // Files that are not synced: each write chunk stands alone.
+        let mut unsynced: Vec<usize> = by_fd.into_values().flatten().collect();
+        unsynced.sort_unstable();
+        for wi in unsynced {
+            let start = ops.len();
+            push_chunks(&mut ops, wi, &writes[wi]);
+            chains.extend((start..ops.len()).map(|i| i..i + 1));
         }
 
         // Rounds of whole chains; a chain longer than the ring is run synchronously instead.

@@ -90,10 +90,12 @@ impl LogConfig {
                 self.segment_bytes
             ));
         }
-        if self.batch_bytes_max > self.segment_bytes {
+        // A batch larger than `segment_bytes` gets a segment of its own, so the two limits are
+        // independent (as in Kafka); only the format's own limits apply.
+        if !(61..=SEGMENT_BYTES_MAX).contains(&self.batch_bytes_max) {
             return Err(format!(
-                "batch_bytes_max {} exceeds segment_bytes {}",
-                self.batch_bytes_max, self.segment_bytes
+                "batch_bytes_max {} outside 61..={SEGMENT_BYTES_MAX}",
+                self.batch_bytes_max
             ));
         }
         if self.index_interval_bytes == 0 {
@@ -140,10 +142,18 @@ mod tests {
         };
         assert!(too_big.validate().unwrap_err().contains("segment_bytes"));
         let batch = LogConfig {
+            batch_bytes_max: 1 << 31,
+            ..LogConfig::default()
+        };
+        assert!(batch.validate().unwrap_err().contains("batch_bytes_max"));
+        let small = LogConfig {
             segment_bytes: 4096,
             batch_bytes_max: 8192,
             ..LogConfig::default()
         };
-        assert!(batch.validate().unwrap_err().contains("batch_bytes_max"));
+        assert!(
+            small.validate().is_ok(),
+            "a large batch gets a segment of its own"
+        );
     }
 }

@@ -964,3 +964,29 @@ mod fixtures {
         assert_eq!(info.base_offset, 59);
     }
 }
+
+#[test]
+fn a_batch_larger_than_a_segment_gets_a_segment_of_its_own() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1024,
+        batch_bytes_max: 8192,
+        ..LogConfig::default()
+    };
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    p.append(&mut io, batch("small", 1, 1), SystemTime::now())
+        .unwrap();
+    let big = batch(&"b".repeat(3000), 1, 2);
+    let info = p.append(&mut io, big, SystemTime::now()).unwrap();
+    p.append(&mut io, batch("after", 1, 3), SystemTime::now())
+        .unwrap();
+    p.flush(&mut io).unwrap();
+    let segs: Vec<(i64, u64)> = p.segments().map(|s| (s.base_offset(), s.len())).collect();
+    assert_eq!(segs.len(), 3, "{segs:?}");
+    assert_eq!(segs[1].0, info.base_offset);
+    assert!(segs[1].1 > 3000);
+    drop(p);
+    let p = Partition::open(dir.path(), config, &mut io).unwrap();
+    assert_eq!(read_all(&p).len(), 3);
+}
