@@ -121,3 +121,52 @@ fn filling_the_disk_gives_enospc_and_keeps_every_acknowledged_record() {
         );
     }
 }
+
+#[test]
+fn every_producer_gets_an_answer_when_the_disk_fills_during_a_roll() {
+    use spate::log::Appender;
+    use std::io::Write as _;
+    for attempt in 0..5 {
+        let scratch = tempfile::tempdir().unwrap();
+        let Some(_mount) = mount_tmpfs(scratch.path(), 64 * 1024) else {
+            eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+            return;
+        };
+        let config = LogConfig {
+            segment_bytes: 1024,
+            ..LogConfig::default()
+        };
+        let (app, writer) =
+            Appender::spawn(&scratch.path().join("p"), config, BackendChoice::Fallback).unwrap();
+        app.append(batch(0).0).unwrap();
+        // Fill the file system, so that the next roll's index files (or the writes) fail.
+        let mut ballast = std::fs::File::create(scratch.path().join("ballast")).unwrap();
+        while ballast.write_all(&[0u8; 4096]).is_ok() {}
+        let (tx, rx) = std::sync::mpsc::channel();
+        let producers: Vec<_> = (0..32)
+            .map(|i| {
+                let app = app.clone();
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let _ = tx.send(app.append(batch(i).0).is_ok());
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut answered = 0;
+        while rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok() {
+            answered += 1;
+        }
+        assert_eq!(
+            answered,
+            32,
+            "attempt {attempt}: {} producers never got an answer",
+            32 - answered
+        );
+        for p in producers {
+            p.join().unwrap();
+        }
+        drop(app);
+        let _ = writer.join();
+    }
+}

@@ -67,6 +67,8 @@ pub enum IoOp {
     Write,
     Fsync,
     Setup,
+    /// Creating, truncating or removing a file, or syncing a directory.
+    FileSystem,
 }
 
 impl fmt::Display for IoOp {
@@ -75,6 +77,7 @@ impl fmt::Display for IoOp {
             IoOp::Write => "write",
             IoOp::Fsync => "fdatasync",
             IoOp::Setup => "io_uring setup",
+            IoOp::FileSystem => "file-system call",
         })
     }
 }
@@ -101,6 +104,16 @@ impl fmt::Display for IoError {
 impl IoError {
     pub fn new(op: IoOp, fd: i32, source: std::io::Error) -> Self {
         IoError { op, fd, source }
+    }
+
+    /// A failed file-system call on `path`, kept with the path for the log line.
+    pub fn file_system(path: &std::path::Path, source: std::io::Error) -> Self {
+        let source = std::io::Error::new(source.kind(), format!("{}: {source}", path.display()));
+        IoError {
+            op: IoOp::FileSystem,
+            fd: -1,
+            source,
+        }
     }
 
     /// The errno, when the failure came from the kernel.

@@ -166,6 +166,7 @@ fn run(
                 Err(_) => break,
             },
         };
+        let fsyncs_before = io.stats().fsyncs;
         for request in first.into_iter().chain(rx.try_iter().take(QUEUE_DEPTH)) {
             match request {
                 Request::Append(batch, reply) => match p.append(io, batch, SystemTime::now()) {
@@ -176,24 +177,27 @@ fn run(
                 },
             }
         }
-        let before = io.stats().fsyncs;
         let result = commit(io, &mut [&mut p], Instant::now());
         stats.commits.fetch_add(1, Ordering::Relaxed);
+        // Seals during appends and the commit's own sync both count.
         stats
             .fsyncs
-            .fetch_add(io.stats().fsyncs - before, Ordering::Relaxed);
+            .fetch_add(io.stats().fsyncs - fsyncs_before, Ordering::Relaxed);
         let hw = p.high_watermark();
         let mut still_waiting = Vec::new();
         for (info, reply) in waiting.drain(..) {
-            let outcome = match &result {
-                Err(_) => Err(LogError::Failed {
+            let outcome = match p.failure() {
+                // Failed (by this commit or by a roll during the appends): the batch will never
+                // be acknowledged, whatever the commit returned.
+                Some(cause) => Err(LogError::Failed {
                     dir: p.dir().to_path_buf(),
-                    cause: Arc::clone(p.failure().expect("a failed commit fails the partition")),
+                    cause: Arc::clone(cause),
                 }),
                 // Under `interval` and `never` the write alone acknowledges; under `always` the
                 // commit synced everything staged. Either way the high watermark covers it.
-                Ok(_) if info.last_offset < hw => Ok(info),
-                Ok(_) => {
+                None if info.last_offset < hw => Ok(info),
+                None => {
+                    debug_assert!(result.is_ok());
                     still_waiting.push((info, reply));
                     continue;
                 }

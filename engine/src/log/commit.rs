@@ -25,6 +25,10 @@ pub struct CommitOutcome {
 /// Writes every staged batch of `partitions` and syncs those whose durability asks for it, in one
 /// submission. On an I/O error every partition of the submission is failed: the error does not say
 /// which file lost data, and guessing could acknowledge a lost write.
+///
+/// Returns `Err` if the submission failed or if any partition given is failed (failed partitions
+/// are skipped). Healthy partitions advance either way: after the call, each partition's
+/// [`Partition::high_watermark`] and [`Partition::failure`] tell what to acknowledge.
 pub fn commit(
     io: &mut dyn Io,
     partitions: &mut [&mut Partition],
@@ -70,9 +74,10 @@ pub(super) fn commit_with(
         outcome.written = writes.len();
         outcome.synced = syncs.len();
         if writes.is_empty() && syncs.is_empty() {
-            return Ok(outcome);
+            Ok(())
+        } else {
+            io.submit(&writes, &syncs)
         }
-        io.submit(&writes, &syncs)
     };
     match result {
         Ok(()) => {
@@ -89,8 +94,14 @@ pub(super) fn commit_with(
                     p.durable_end = end;
                     p.last_sync = now;
                 }
+                p.advance_high_watermark();
             }
-            Ok(outcome)
+            // A partition that failed earlier (in this commit's appends, say, when a roll
+            // failed) took no part; its staged batches will never be acknowledged.
+            match partitions.iter().find(|p| p.failed.is_some()) {
+                Some(p) => Err(p.check_writable().expect_err("failed partition")),
+                None => Ok(outcome),
+            }
         }
         Err(e) => {
             let cause = Arc::new(e);

@@ -10,7 +10,8 @@
 //! Invariants:
 //! - offsets are contiguous from `log_start_offset` to `next_offset`; segments tile them;
 //! - every segment but the last is sealed: durable, with index files on disk;
-//! - `log_start_offset <= high_watermark <= written_end <= next_offset`;
+//! - `log_start_offset <= high_watermark <= written_end <= next_offset`, and the high watermark
+//!   never moves backwards (not even when the durability mode changes);
 //! - after any I/O error the partition is failed and takes no writes until reopened.
 
 mod appender;
@@ -77,6 +78,8 @@ pub struct Partition {
     written_end: i64,
     /// One past the last offset covered by a completed fdatasync.
     durable_end: i64,
+    /// One past the last offset readers may see and producers may be told about.
+    high_watermark: i64,
     last_sync: Instant,
     failed: Option<Arc<IoError>>,
 }
@@ -96,6 +99,7 @@ impl Partition {
             log_start_offset,
             written_end: end,
             durable_end: end,
+            high_watermark: end,
             last_sync: Instant::now(),
             failed: None,
         })
@@ -128,9 +132,19 @@ impl Partition {
     /// One past the last offset readers may see and producers may be told about: durable under
     /// `always`, written under `interval` and `never`.
     pub fn high_watermark(&self) -> i64 {
-        match self.config.durability {
-            Durability::Always => self.durable_end,
-            _ => self.written_end,
+        self.high_watermark
+    }
+
+    /// Moves the high watermark up to what the durability mode allows: the durable end under
+    /// `always`, the written end otherwise. Never moves it down.
+    fn advance_high_watermark(&mut self) {
+        let (end, len) = match self.config.durability {
+            Durability::Always => (self.durable_end, self.active().durable_len()),
+            _ => (self.written_end, self.active().written_len()),
+        };
+        if end > self.high_watermark {
+            self.high_watermark = end;
+            self.active_mut().mark_visible(len);
         }
     }
 
@@ -242,21 +256,37 @@ impl Partition {
         })
     }
 
-    /// Seals the active segment and starts a new one at the next offset.
+    /// Seals the active segment and starts a new one at the next offset. Any failure fails the
+    /// partition: a half-done roll (a sealed segment without a successor) must not take appends.
     fn roll(&mut self, io: &mut dyn Io) -> Result<(), LogError> {
-        let dir = self.dir.clone();
-        match self.active_mut().seal(io) {
-            Ok(()) => {}
-            Err(SealError::Io(e)) => return Err(self.fail(Arc::new(e))),
-            Err(SealError::Fs { path, source }) => return Err(LogError::Fs { path, source }),
+        match self.try_roll(io) {
+            Ok(()) => Ok(()),
+            Err(cause) => Err(self.fail(Arc::new(cause))),
         }
-        // Sealing wrote and synced everything staged.
+    }
+
+    fn try_roll(&mut self, io: &mut dyn Io) -> Result<(), IoError> {
+        let sealed = self.active_mut().seal(io);
+        // Once the seal's log sync succeeded, everything staged is durable, even if writing the
+        // index files then failed: make it visible before anything else can go wrong.
+        if self.active().durable_len() == self.active().len() {
+            let end = self.active().next_offset();
+            self.written_end = end;
+            self.durable_end = end;
+            self.advance_high_watermark();
+        }
+        match sealed {
+            Ok(()) => {}
+            Err(SealError::Io(e)) => return Err(e),
+            Err(SealError::Fs { path, source }) => return Err(IoError::file_system(&path, source)),
+        }
         let end = self.active().next_offset();
-        self.written_end = end;
-        self.durable_end = end;
-        let segment = Segment::create(&self.dir, end)
-            .map_err(|e| LogError::fs(crate::segment::log_path(&dir, end), e))?;
-        sync_dir(&self.dir)?;
+        let path = crate::segment::log_path(&self.dir, end);
+        let segment =
+            Segment::create(&self.dir, end).map_err(|e| IoError::file_system(&path, e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| IoError::file_system(&self.dir, e))?;
         tracing::debug!(dir = %self.dir.display(), base_offset = end, "rolled to a new segment");
         self.segments.push_back(segment);
         Ok(())
@@ -298,7 +328,7 @@ impl Partition {
             .partition_point(|s| s.base_offset() <= offset)
             .saturating_sub(1);
         for seg in self.segments.iter().skip(i) {
-            let limit = self.visible_len(seg);
+            let limit = seg.visible_len();
             let Some(first) = seg.find_offset(offset, limit)? else {
                 continue;
             };
@@ -330,17 +360,6 @@ impl Partition {
         })
     }
 
-    /// Bytes of `seg` below the high watermark.
-    fn visible_len(&self, seg: &Segment) -> u64 {
-        if seg.is_sealed() {
-            return seg.written_len();
-        }
-        match self.config.durability {
-            Durability::Always => seg.durable_len(),
-            _ => seg.written_len(),
-        }
-    }
-
     /// The first offset whose batch holds a timestamp >= `timestamp`, and that batch's largest
     /// timestamp; `None` if every record is older. (Offsets resolve to batch granularity.)
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
@@ -348,7 +367,7 @@ impl Partition {
             if seg.max_timestamp() < timestamp {
                 continue;
             }
-            if let Some(at) = seg.find_timestamp(timestamp, self.visible_len(seg))? {
+            if let Some(at) = seg.find_timestamp(timestamp, seg.visible_len())? {
                 return Ok(Some((
                     at.header.base_offset.max(self.log_start_offset),
                     at.header.max_timestamp,

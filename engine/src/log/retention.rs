@@ -1,12 +1,14 @@
 //! Retention: deleting whole sealed segments by total size and by age.
 //!
-//! The active segment is never deleted (it rolls by `segment_age`, after which it can expire).
+//! The active segment is never deleted; a retention pass first rolls an active segment older
+//! than `segment_age`, so that an idle partition's data can expire too.
 //! Deleting the oldest segment advances the log start offset to the next segment's base; reads
 //! below it get [`LogError::OffsetOutOfRange`], the consumer's cue to apply its reset policy.
 
 use std::time::SystemTime;
 
 use super::{sync_dir, LogError, Partition};
+use crate::io::Io;
 
 /// What one retention pass removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,14 +20,31 @@ pub struct RetentionOutcome {
 
 impl Partition {
     /// Deletes the oldest sealed segments that retention by size or age no longer keeps.
-    pub fn enforce_retention(&mut self, now: SystemTime) -> Result<RetentionOutcome, LogError> {
+    pub fn enforce_retention(
+        &mut self,
+        io: &mut dyn Io,
+        now: SystemTime,
+    ) -> Result<RetentionOutcome, LogError> {
         let now_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        // Durations too long for i64 milliseconds mean "forever", never a negative age.
+        let oldest_kept_ms = self
+            .config
+            .retention_age
+            .map(|age| now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
         let mut outcome = RetentionOutcome {
             log_start_offset: self.log_start_offset,
             ..Default::default()
         };
+        // An idle active segment past its age rolls, so that age retention can reach it.
+        let active = &self.segments[self.segments.len() - 1];
+        let aged = now
+            .duration_since(active.created())
+            .is_ok_and(|age| age >= self.config.segment_age);
+        if aged && !active.is_empty() {
+            self.roll(io)?;
+        }
         let mut total = self.size_bytes();
         while self.segments.len() > 1 {
             let oldest = &self.segments[0];
@@ -34,24 +53,24 @@ impl Partition {
                 .config
                 .retention_bytes
                 .is_some_and(|max| total - oldest.len() >= max);
-            let too_old = self.config.retention_age.is_some_and(|age| {
-                oldest.max_timestamp() < now_ms.saturating_sub(age.as_millis() as i64)
-            });
+            let too_old = oldest_kept_ms.is_some_and(|kept| oldest.max_timestamp() < kept);
             if !(too_big || too_old) {
                 break;
             }
-            let seg = self.segments.pop_front().expect("checked len > 1");
-            let (len, path) = (seg.len(), seg.log_path());
+            // Remove the files first: if that fails, the segment stays in the log, readable, and
+            // the log start offset still matches the first segment.
+            let (len, path) = (oldest.len(), oldest.log_path());
+            oldest.delete_files().map_err(|e| LogError::fs(&path, e))?;
+            self.segments.pop_front();
+            self.log_start_offset = self.segments[0].base_offset();
             total -= len;
-            seg.delete().map_err(|e| LogError::fs(&path, e))?;
             tracing::info!(file = %path.display(), too_big, too_old, "retention deleted segment");
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += len;
         }
+        outcome.log_start_offset = self.log_start_offset;
         if outcome.segments_deleted > 0 {
             sync_dir(&self.dir)?;
-            self.log_start_offset = self.segments[0].base_offset();
-            outcome.log_start_offset = self.log_start_offset;
         }
         Ok(outcome)
     }

@@ -300,7 +300,7 @@ fn retention_by_size_and_age_advances_the_log_start() {
         ..config.clone()
     })
     .unwrap();
-    let out = p.enforce_retention(now).unwrap();
+    let out = p.enforce_retention(&mut io, now).unwrap();
     assert!(out.segments_deleted >= 1);
     assert_eq!(p.log_start_offset(), out.log_start_offset);
     let start = p.log_start_offset();
@@ -326,7 +326,7 @@ fn retention_by_size_and_age_advances_the_log_start() {
         ..config.clone()
     })
     .unwrap();
-    let out = p.enforce_retention(now).unwrap();
+    let out = p.enforce_retention(&mut io, now).unwrap();
     assert!(out.segments_deleted >= 1);
     assert_eq!(p.segments().len(), 1, "only the active segment is left");
     assert_eq!(p.size_bytes(), limit);
@@ -989,4 +989,202 @@ fn a_batch_larger_than_a_segment_gets_a_segment_of_its_own() {
     drop(p);
     let p = Partition::open(dir.path(), config, &mut io).unwrap();
     assert_eq!(read_all(&p).len(), 3);
+}
+
+fn value_batch(value_len: usize, records: usize, timestamp: i64) -> Vec<u8> {
+    let v = vec![b'x'; value_len];
+    let mut b = BatchBuilder::new(BatchOptions::default());
+    for _ in 0..records {
+        b.push(&Record {
+            timestamp,
+            key: None,
+            value: Some(&v),
+            headers: &[],
+        });
+    }
+    b.finish()
+}
+
+#[test]
+fn a_failed_roll_fails_the_partition_and_the_commit_so_nothing_waits_forever() {
+    // The roll's seal fsync fails (the first fsync of this fresh log).
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan {
+        fail_fsync: Some((1, libc::EIO)),
+        ..Default::default()
+    };
+    let mut io = FaultIo::new(FallbackIo::new(), plan);
+    let config = LogConfig {
+        segment_bytes: 1024,
+        ..LogConfig::default()
+    };
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    let mut staged = Vec::new();
+    let err = loop {
+        match p.append(&mut io, value_batch(100, 1, 1), SystemTime::now()) {
+            Ok(info) => staged.push(info),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, LogError::Io { .. }), "{err}");
+    assert!(!staged.is_empty());
+    let out = commit(&mut io, &mut [&mut p], Instant::now());
+    assert!(matches!(out, Err(LogError::Failed { .. })), "{out:?}");
+    assert_eq!(p.high_watermark(), 0, "nothing acknowledged");
+}
+
+#[test]
+fn a_roll_that_cannot_create_the_next_segment_fails_the_partition() {
+    let config = LogConfig {
+        segment_bytes: 1024,
+        ..LogConfig::default()
+    };
+    // Learn where the first roll happens, on a scratch log.
+    let mut io = FallbackIo::new();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut s = Partition::open(scratch.path(), config.clone(), &mut io).unwrap();
+    while s.segments().len() == 1 {
+        s.append(&mut io, value_batch(100, 1, 1), SystemTime::now())
+            .unwrap();
+    }
+    let next_base = s.segments().last().unwrap().base_offset();
+    // Occupy that file name so the roll cannot create it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    std::fs::write(crate::segment::log_path(dir.path(), next_base), b"").unwrap();
+    let err = loop {
+        if let Err(e) = p.append(&mut io, value_batch(100, 1, 1), SystemTime::now()) {
+            break e;
+        }
+    };
+    assert!(matches!(err, LogError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("file-system call"), "{err}");
+    // What the seal made durable is visible; nothing more is accepted, not even a tiny batch.
+    assert_eq!(p.high_watermark(), next_base);
+    let tiny = p.append(&mut io, value_batch(1, 1, 1), SystemTime::now());
+    assert!(matches!(tiny, Err(LogError::Failed { .. })), "{tiny:?}");
+}
+
+#[test]
+fn a_failed_retention_delete_keeps_the_log_start_consistent() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1024,
+        durability: Durability::Never,
+        ..LogConfig::default()
+    };
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    for _ in 0..40 {
+        p.append(&mut io, value_batch(100, 1, 1), SystemTime::now())
+            .unwrap();
+    }
+    p.flush(&mut io).unwrap();
+    let bases: Vec<i64> = p.segments().map(|s| s.base_offset()).collect();
+    // The second segment's index cannot be removed: a directory stands in its place.
+    let idx = crate::segment::index_path(dir.path(), bases[1]);
+    std::fs::remove_file(&idx).unwrap();
+    std::fs::create_dir(&idx).unwrap();
+    p.set_config(LogConfig {
+        retention_bytes: Some(1),
+        ..config
+    })
+    .unwrap();
+    assert!(p.enforce_retention(&mut io, SystemTime::now()).is_err());
+    assert_eq!(
+        p.log_start_offset(),
+        bases[1],
+        "the first segment went, the second stayed"
+    );
+    assert_eq!(p.segments().next().unwrap().base_offset(), bases[1]);
+    assert!(matches!(
+        p.read(0, 1),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(p.read(bases[1], 1).unwrap().first_offset, bases[1]);
+}
+
+#[test]
+fn retention_age_too_long_for_milliseconds_means_forever() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let now_ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let config = LogConfig {
+        segment_bytes: 1024,
+        durability: Durability::Never,
+        retention_age: Some(Duration::MAX),
+        ..LogConfig::default()
+    };
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    for _ in 0..40 {
+        p.append(&mut io, value_batch(100, 1, now_ms), now).unwrap();
+    }
+    p.flush(&mut io).unwrap();
+    assert_eq!(
+        p.enforce_retention(&mut io, now).unwrap().segments_deleted,
+        0
+    );
+}
+
+#[test]
+fn an_idle_active_segment_rolls_and_expires_by_age() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_age: Duration::from_secs(3600),
+        retention_age: Some(Duration::from_secs(7200)),
+        ..LogConfig::default()
+    };
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    let t0 = SystemTime::now();
+    let t0_ms = t0
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    p.append(&mut io, value_batch(10, 3, t0_ms), t0).unwrap();
+    p.flush(&mut io).unwrap();
+    // Three hours later, with no appends in between: the active segment rolls, then expires.
+    let later = t0 + Duration::from_secs(3 * 3600);
+    let out = p.enforce_retention(&mut io, later).unwrap();
+    assert_eq!(out.segments_deleted, 1);
+    assert_eq!(p.log_start_offset(), 3);
+    assert_eq!(p.next_offset(), 3);
+    assert!(matches!(
+        p.read(0, 1),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn the_high_watermark_never_moves_back_when_durability_changes() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let never = LogConfig {
+        durability: Durability::Never,
+        ..LogConfig::default()
+    };
+    let mut p = Partition::open(dir.path(), never.clone(), &mut io).unwrap();
+    p.append(&mut io, value_batch(10, 5, 1), SystemTime::now())
+        .unwrap();
+    commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
+    assert_eq!((p.high_watermark(), p.durable_end()), (5, 0));
+    p.set_config(LogConfig {
+        durability: Durability::Always,
+        ..never
+    })
+    .unwrap();
+    assert_eq!(p.high_watermark(), 5);
+    assert_eq!(
+        p.read(0, 1 << 20).unwrap().next_offset,
+        5,
+        "what readers saw stays readable"
+    );
+    p.append(&mut io, value_batch(10, 2, 1), SystemTime::now())
+        .unwrap();
+    commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
+    assert_eq!((p.high_watermark(), p.durable_end()), (7, 7));
 }

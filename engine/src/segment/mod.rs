@@ -69,6 +69,8 @@ pub struct Segment {
     written_len: u64,
     /// Bytes covered by a completed fdatasync.
     durable_len: u64,
+    /// Bytes below the partition's high watermark: what readers may see.
+    visible_len: u64,
     /// Batches accepted but not yet handed to the I/O layer.
     staged: Vec<Vec<u8>>,
     staged_len: u64,
@@ -121,6 +123,7 @@ impl Segment {
             file: Arc::new(file),
             written_len,
             durable_len: written_len,
+            visible_len: written_len,
             staged: Vec::new(),
             staged_len: 0,
             next_offset: outcome.next_offset,
@@ -156,6 +159,16 @@ impl Segment {
 
     pub fn durable_len(&self) -> u64 {
         self.durable_len
+    }
+
+    pub fn visible_len(&self) -> u64 {
+        self.visible_len
+    }
+
+    /// Raises the visible length (never lowers it: the high watermark only moves forward).
+    pub fn mark_visible(&mut self, len: u64) {
+        debug_assert!(len <= self.written_len);
+        self.visible_len = self.visible_len.max(len);
     }
 
     pub fn max_timestamp(&self) -> i64 {
@@ -257,6 +270,7 @@ impl Segment {
             .map_err(SealError::Io)?;
         self.mark_written();
         self.mark_synced();
+        self.visible_len = self.written_len;
         // The last entry of the time index must carry the segment's largest timestamp: retention
         // by age and lookups by time read it without scanning.
         if let Some(last) = self.last_batch_relative_offset() {
@@ -397,6 +411,7 @@ impl Segment {
         self.file.set_len(len)?;
         self.written_len = len;
         self.durable_len = len;
+        self.visible_len = len;
         self.next_offset = outcome.next_offset;
         self.max_timestamp = outcome.max_timestamp;
         self.index = outcome.index;
@@ -405,9 +420,9 @@ impl Segment {
         Ok(())
     }
 
-    /// Removes the segment's files.
-    pub fn delete(self) -> std::io::Result<()> {
-        std::fs::remove_file(log_path(&self.dir, self.base_offset))?;
+    /// Removes the segment's files: indexes first, the log last, so that a failure part-way
+    /// leaves at worst a log without indexes, which recovery rebuilds.
+    pub fn delete_files(&self) -> std::io::Result<()> {
         for p in [
             index_path(&self.dir, self.base_offset),
             time_index_path(&self.dir, self.base_offset),
@@ -417,7 +432,7 @@ impl Segment {
                 _ => {}
             }
         }
-        Ok(())
+        std::fs::remove_file(log_path(&self.dir, self.base_offset))
     }
 }
 
