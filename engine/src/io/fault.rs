@@ -2,9 +2,12 @@
 //!
 //! It wraps a real backend writing real files, and decides per operation what reaches them:
 //! - **crash after the n-th fsync**: every write and fsync after the n-th completed fsync is
-//!   dropped while reporting success, so the files hold what a power cut at that moment could
-//!   leave (everything written before it, nothing after). Reopening the directory afterwards is
-//!   the restart after the crash.
+//!   dropped while reporting success. By default the files keep everything written before the
+//!   crash (a process crash: the page cache survives). With `power_cut`, the crash also throws
+//!   away every write not yet covered by an fsync of its file, by truncating each such file back
+//!   to its length at its last fsync (a power cut: the page cache is lost). Reopening the
+//!   directory afterwards is the restart.
+//! - **crash after the n-th write**: the same, with the crash right after a write completes.
 //! - **torn write**: the n-th write reaches the file only in part, then the machine "crashes" as
 //!   above.
 //! - **errors**: the n-th write or the n-th fsync fails with a chosen errno (EIO, ENOSPC, ...).
@@ -12,6 +15,7 @@
 //! Operations are counted one by one, writes per request and fsyncs per file, in the order a
 //! backend would issue them (a submission's writes, then its fsyncs).
 
+use std::collections::HashMap;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +35,10 @@ pub struct TornWrite {
 pub struct FaultPlan {
     /// Drop every write and fsync after the n-th fsync has completed.
     pub crash_after_fsync: Option<u64>,
+    /// Drop every write and fsync after the n-th write has completed.
+    pub crash_after_write: Option<u64>,
+    /// At the crash, also lose every write that no fsync of its file covered.
+    pub power_cut: bool,
     pub torn_write: Option<TornWrite>,
     /// The n-th write fails with this errno, writing nothing.
     pub fail_write: Option<(u64, i32)>,
@@ -76,6 +84,26 @@ pub struct FaultIo<I: Io> {
     plan: FaultPlan,
     state: Arc<FaultState>,
     stats: IoStats,
+    /// Per descriptor, for `power_cut`: the file's identity and its length at its last fsync,
+    /// present while it has writes that no fsync covered yet.
+    unsynced: HashMap<i32, FileMark>,
+}
+
+/// A file with unsynced writes: which file (the descriptor number may be reused once closed)
+/// and how long it was when last synced.
+#[derive(Debug, Clone, Copy)]
+struct FileMark {
+    dev: u64,
+    ino: u64,
+    synced_len: u64,
+}
+
+fn identity(fd: BorrowedFd<'_>) -> Option<(u64, u64, u64)> {
+    // SAFETY: `libc::stat` is plain old data, for which all-zero bytes are a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is a valid descriptor borrowed for this call; `st` is ours to write.
+    let rc = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    (rc == 0).then_some((st.st_dev, st.st_ino, st.st_size as u64))
 }
 
 impl<I: Io> FaultIo<I> {
@@ -85,6 +113,7 @@ impl<I: Io> FaultIo<I> {
             plan,
             state: Arc::new(FaultState::default()),
             stats: IoStats::default(),
+            unsynced: HashMap::new(),
         }
     }
 
@@ -129,9 +158,24 @@ impl<I: Io> FaultIo<I> {
                 return Ok(());
             }
         }
+        if self.plan.power_cut {
+            let fd = w.fd.as_raw_fd();
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.unsynced.entry(fd) {
+                if let Some((dev, ino, len)) = identity(w.fd) {
+                    slot.insert(FileMark {
+                        dev,
+                        ino,
+                        synced_len: len,
+                    });
+                }
+            }
+        }
         self.inner.submit(std::slice::from_ref(w), &[])?;
         self.stats.writes += 1;
         self.stats.write_bytes += w.len() as u64;
+        if self.plan.crash_after_write == Some(n) {
+            self.crash();
+        }
         Ok(())
     }
 
@@ -152,10 +196,41 @@ impl<I: Io> FaultIo<I> {
         }
         self.inner.submit(&[], &[fd])?;
         self.stats.fsyncs += 1;
+        self.unsynced.remove(&fd.as_raw_fd());
         if self.plan.crash_after_fsync == Some(n) {
-            self.state.crashed.store(true, Ordering::SeqCst);
+            self.crash();
         }
         Ok(())
+    }
+
+    fn crash(&mut self) {
+        self.state.crashed.store(true, Ordering::SeqCst);
+        if self.plan.power_cut {
+            self.lose_unsynced_writes();
+        }
+    }
+
+    /// The power cut: every file with unsynced writes goes back to its length at its last fsync.
+    fn lose_unsynced_writes(&mut self) {
+        for (fd, mark) in self.unsynced.drain() {
+            // SAFETY: the descriptor may have been closed since; it is only used after fstat
+            // shows it still refers to the same file, and ftruncate on it is harmless otherwise.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+            match identity(borrowed) {
+                Some((dev, ino, _)) if dev == mark.dev && ino == mark.ino => {
+                    // SAFETY: `fd` is open and refers to the file the writes went to.
+                    let rc = unsafe { libc::ftruncate(fd, mark.synced_len as libc::off_t) };
+                    assert_eq!(
+                        rc,
+                        0,
+                        "power cut: ftruncate failed: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                // Closed (or reused) since: its unsynced writes stay, as a process crash leaves them.
+                _ => {}
+            }
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 
 pub mod fallback;
 pub mod fault;
+mod plan;
 pub mod uring;
 
 use std::fmt;

@@ -275,3 +275,31 @@ fn fault_io_tears_a_write_and_fails_on_request() {
         assert_eq!((err.op, err.raw_os_error()), (op, Some(errno)));
     }
 }
+
+#[test]
+fn a_chain_longer_than_the_ring_runs_synchronously_and_completely() {
+    // One write of more than RING_ENTRIES * IOV_MAX slices: its chain cannot fit in one round.
+    let count = (uring::RING_ENTRIES as usize + 1) * IOV_MAX + 5;
+    let bytes: Vec<u8> = (0..count).map(|i| (i % 251) as u8).collect();
+    for mut io in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file(&dir, "big");
+        let slices: Vec<IoSlice<'_>> = bytes.chunks(1).map(IoSlice::new).collect();
+        io.submit(
+            &[Write {
+                fd: f.as_fd(),
+                offset: 0,
+                bufs: &slices,
+            }],
+            &[f.as_fd()],
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("big")).unwrap(),
+            bytes,
+            "{}",
+            io.backend()
+        );
+        assert_eq!(io.stats().fsyncs, 1);
+    }
+}

@@ -1,46 +1,32 @@
-//! The io_uring backend: one ring, linked `writev -> fdatasync` chains, one enter per group.
+//! The io_uring backend: one ring, linked `writev -> fdatasync` chains, one enter per round.
 //!
-//! Each [`Io::submit`] becomes, per file that must be synced, a chain of linked SQEs
+//! Each [`Io::submit`] follows its [`Plan`]: per file that must be synced, a chain of linked SQEs
 //! `writev(chunk 1) -> writev(chunk 2) -> ... -> fdatasync`; writes to files that need no sync go
 //! unlinked. Chains of different files run in parallel inside the kernel; the submitting thread
-//! makes one `io_uring_enter` per round and waits for every completion of that round.
+//! makes one `io_uring_enter` per round (at most [`RING_ENTRIES`] SQEs of whole chains) and waits
+//! for every completion of that round. A chain longer than the ring runs synchronously.
 //!
-//! A short write breaks a link chain: the kernel cancels the rest with `-ECANCELED`. That case is
-//! completed here with plain `pwritev`/`fdatasync` so that callers never see a short write.
+//! Memory safety rests on one rule: once an SQE is pushed, this code does not return until its
+//! CQE has been reaped, because the kernel holds pointers into the caller's buffers and the
+//! iovec array. If the ring becomes unusable with operations in flight, the process aborts:
+//! returning would hand freed memory to the kernel.
 
-use std::collections::HashMap;
-use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
-use super::{fdatasync, pwritev_all, Backend, Io, IoError, IoOp, IoStats, Write, IOV_MAX};
+use super::plan::{OpKind, Plan};
+use super::{Backend, Io, IoError, IoOp, IoStats, Write};
 
 /// Submission queue entries per ring. A round holds whole chains up to this many SQEs.
-const RING_ENTRIES: u32 = 256;
-
-#[derive(Debug)]
-enum OpKind {
-    /// Chunk of request `write` (at most IOV_MAX slices), covering `slices` of its bufs.
-    Write {
-        write: usize,
-        slices: std::ops::Range<usize>,
-        offset: u64,
-        len: usize,
-    },
-    Fsync,
-}
-
-#[derive(Debug)]
-struct Op {
-    fd: i32,
-    kind: OpKind,
-}
+pub const RING_ENTRIES: u32 = 256;
 
 /// One ring, owned by one shard thread.
 pub struct UringIo {
     ring: IoUring,
     stats: IoStats,
+    /// Tags every SQE of a submission, so a CQE that is not ours can never be mistaken for one.
+    generation: u32,
 }
 
 impl std::fmt::Debug for UringIo {
@@ -86,23 +72,30 @@ impl UringIo {
         Ok(UringIo {
             ring,
             stats: IoStats::default(),
+            generation: 0,
         })
     }
 
-    /// Runs `ops[range]`, a sequence of whole chains, as one round; fills `results`.
+    /// Runs the chains `round` of `plan` and records each operation's result.
     fn run_round(
         &mut self,
-        ops: &[Op],
-        chains: &[std::ops::Range<usize>],
+        plan: &Plan,
+        round: &[std::ops::Range<usize>],
         iovecs: &[libc::iovec],
         iov_base: &[usize],
-        results: &mut [i32],
-    ) -> Result<(), IoError> {
+        results: &mut [Option<i32>],
+    ) {
+        // Rounds are sized to the ring and every round is drained before the next, so the queue
+        // is empty here and every push below fits.
+        assert!(
+            self.ring.submission().is_empty(),
+            "io_uring submission queue not drained"
+        );
         let mut pushed = 0usize;
-        for chain in chains {
+        for chain in round {
             for i in chain.clone() {
-                let op = &ops[i];
-                let mut entry = match &op.kind {
+                let op = &plan.ops[i];
+                let entry = match &op.kind {
                     OpKind::Write {
                         write,
                         slices,
@@ -122,65 +115,67 @@ impl UringIo {
                         .flags(types::FsyncFlags::DATASYNC)
                         .build(),
                 };
-                entry = entry.user_data(i as u64);
+                let mut entry = entry.user_data((u64::from(self.generation) << 32) | i as u64);
                 if i + 1 < chain.end {
                     entry = entry.flags(squeue::Flags::IO_LINK);
                 }
-                // SAFETY: the iovecs and the buffers they point to are borrowed by `submit` and
-                // outlive this round, which waits below for every completion it pushed; the file
-                // descriptors are borrowed for the same span.
-                unsafe { self.ring.submission().push(&entry) }.map_err(|_| {
-                    IoError::new(
-                        IoOp::Setup,
-                        -1,
-                        std::io::Error::other("io_uring submission queue full"),
-                    )
-                })?;
+                // SAFETY: the iovecs, the buffers they point to and the file descriptors are
+                // borrowed by `submit` for longer than this round, and this function does not
+                // return before every pushed entry has completed (or the process aborts).
+                if unsafe { self.ring.submission().push(&entry) }.is_err() {
+                    // Unreachable by the sizing above; entries already pushed are not yet
+                    // submitted, and the ring cannot forget them, so stopping here is the only
+                    // safe move.
+                    abort_ring("submission queue full despite sizing");
+                }
                 pushed += 1;
             }
         }
-        // Wait for every completion of the round before returning: the kernel holds pointers into
-        // the caller's buffers until then. `io_uring_enter` errors other than EINTR (EBUSY,
-        // EBADR) arrive before the SQEs are consumed, so nothing is left in flight on that path.
         let mut done = 0usize;
         while done < pushed {
             match self.ring.submit_and_wait(pushed - done) {
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(IoError::new(IoOp::Setup, self.ring.as_raw_fd(), e)),
+                // Interrupted, or the kernel is short of resources or has a full completion
+                // queue: reap what is there and wait again.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) => {}
+                Err(e) => abort_ring(&format!(
+                    "io_uring_enter failed with operations in flight: {e}"
+                )),
             }
             for cqe in self.ring.completion() {
-                results[cqe.user_data() as usize] = cqe.result();
+                let data = cqe.user_data();
+                let index = (data & u64::from(u32::MAX)) as usize;
+                if data >> 32 != u64::from(self.generation) || index >= results.len() {
+                    tracing::error!(
+                        user_data = data,
+                        "ignoring an io_uring completion that is not ours"
+                    );
+                    continue;
+                }
+                results[index] = Some(cqe.result());
                 done += 1;
             }
         }
-        Ok(())
     }
 }
 
-/// Skips the first `n` bytes of `bufs[slices]`, returning the remaining slices.
-fn remainder<'a>(
-    bufs: &'a [IoSlice<'a>],
-    slices: std::ops::Range<usize>,
-    mut n: usize,
-) -> Vec<IoSlice<'a>> {
-    let mut out = Vec::new();
-    for b in &bufs[slices] {
-        let s: &'a [u8] = b;
-        if n >= s.len() {
-            n -= s.len();
-        } else {
-            out.push(IoSlice::new(&s[n..]));
-            n = 0;
-        }
-    }
-    out
+/// The ring can no longer be trusted with memory it points into: stop the process.
+fn abort_ring(why: &str) -> ! {
+    tracing::error!("{why}; aborting to keep the kernel from writing freed memory");
+    eprintln!("spate: fatal: {why}");
+    std::process::abort()
 }
 
 impl Io for UringIo {
     fn submit(&mut self, writes: &[Write<'_>], syncs: &[BorrowedFd<'_>]) -> Result<(), IoError> {
         self.stats.submits += 1;
-        // Flatten all buffers into one iovec array that lives until every round has completed.
+        self.generation = self.generation.wrapping_add(1);
+        let plan = Plan::build(writes, syncs);
+        // Every buffer as one iovec array that lives until every round has completed.
         let mut iovecs: Vec<libc::iovec> = Vec::new();
         let mut iov_base = Vec::with_capacity(writes.len());
         for w in writes {
@@ -190,67 +185,16 @@ impl Io for UringIo {
                 iov_len: b.len(),
             }));
         }
-        // Build chains: for each synced file its writes then the fsync; unsynced writes alone.
-        let mut ops: Vec<Op> = Vec::new();
-        let mut chains: Vec<std::ops::Range<usize>> = Vec::new();
-        let push_chunks = |ops: &mut Vec<Op>, wi: usize, w: &Write<'_>| {
-            let mut offset = w.offset;
-            let mut start = 0;
-            while start < w.bufs.len() {
-                let end = (start + IOV_MAX).min(w.bufs.len());
-                let len: usize = w.bufs[start..end].iter().map(|b| b.len()).sum();
-                ops.push(Op {
-                    fd: w.fd.as_raw_fd(),
-                    kind: OpKind::Write {
-                        write: wi,
-                        slices: start..end,
-                        offset,
-                        len,
-                    },
-                });
-                offset += len as u64;
-                start = end;
-            }
-        };
-        // Writes grouped by file, in request order, so each synced file gets one chain.
-        let mut by_fd: HashMap<i32, Vec<usize>> = HashMap::new();
-        for (wi, w) in writes.iter().enumerate() {
-            if !w.is_empty() {
-                by_fd.entry(w.fd.as_raw_fd()).or_default().push(wi);
-            }
-        }
-        for fd in syncs.iter().map(|f| f.as_raw_fd()) {
-            let start = ops.len();
-            for wi in by_fd.remove(&fd).unwrap_or_default() {
-                push_chunks(&mut ops, wi, &writes[wi]);
-            }
-            ops.push(Op {
-                fd,
-                kind: OpKind::Fsync,
-            });
-            chains.push(start..ops.len());
-        }
-        // Files that are not synced: each write chunk stands alone.
-        let mut unsynced: Vec<usize> = by_fd.into_values().flatten().collect();
-        unsynced.sort_unstable();
-        for wi in unsynced {
-            let start = ops.len();
-            push_chunks(&mut ops, wi, &writes[wi]);
-            chains.extend((start..ops.len()).map(|i| i..i + 1));
-        }
-
-        // Rounds of whole chains; a chain longer than the ring is run synchronously instead.
-        let mut results = vec![0i32; ops.len()];
+        let mut results: Vec<Option<i32>> = vec![None; plan.ops.len()];
         let mut round: Vec<std::ops::Range<usize>> = Vec::new();
         let mut round_len = 0usize;
-        let mut oversized: Vec<std::ops::Range<usize>> = Vec::new();
-        for chain in &chains {
+        for chain in &plan.chains {
             if chain.len() > RING_ENTRIES as usize {
-                oversized.push(chain.clone());
+                // Left as `None`: `complete` runs it synchronously, in order.
                 continue;
             }
             if round_len + chain.len() > RING_ENTRIES as usize {
-                self.run_round(&ops, &round, &iovecs, &iov_base, &mut results)?;
+                self.run_round(&plan, &round, &iovecs, &iov_base, &mut results);
                 round.clear();
                 round_len = 0;
             }
@@ -258,54 +202,9 @@ impl Io for UringIo {
             round.push(chain.clone());
         }
         if !round.is_empty() {
-            self.run_round(&ops, &round, &iovecs, &iov_base, &mut results)?;
+            self.run_round(&plan, &round, &iovecs, &iov_base, &mut results);
         }
-
-        // Check results chain by chain, completing short writes and what they cancelled.
-        for chain in &chains {
-            let run_sync = oversized.contains(chain);
-            let mut broken = false;
-            for i in chain.clone() {
-                let op = &ops[i];
-                // SAFETY: `op.fd` was taken from a `BorrowedFd` the caller holds across this call.
-                let fd = unsafe { BorrowedFd::borrow_raw(op.fd) };
-                let res = results[i];
-                match &op.kind {
-                    OpKind::Write {
-                        write,
-                        slices,
-                        offset,
-                        len,
-                    } => {
-                        let bufs = writes[*write].bufs;
-                        if run_sync || (broken && res == -libc::ECANCELED) {
-                            pwritev_all(fd, *offset, &bufs[slices.clone()])?;
-                        } else if res < 0 {
-                            return Err(IoError::new(
-                                IoOp::Write,
-                                op.fd,
-                                std::io::Error::from_raw_os_error(-res),
-                            ));
-                        } else if (res as usize) < *len {
-                            let rest = remainder(bufs, slices.clone(), res as usize);
-                            pwritev_all(fd, offset + res as u64, &rest)?;
-                            broken = true;
-                        }
-                    }
-                    OpKind::Fsync => {
-                        if run_sync || (broken && res == -libc::ECANCELED) {
-                            fdatasync(fd)?;
-                        } else if res < 0 {
-                            return Err(IoError::new(
-                                IoOp::Fsync,
-                                op.fd,
-                                std::io::Error::from_raw_os_error(-res),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
+        plan.complete(writes, &results)?;
         self.stats.writes += writes.len() as u64;
         self.stats.write_bytes += writes.iter().map(|w| w.len() as u64).sum::<u64>();
         self.stats.fsyncs += syncs.len() as u64;

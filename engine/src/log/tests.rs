@@ -563,33 +563,37 @@ fn recovery_rebuilds_missing_or_corrupt_indexes() {
     );
 }
 
-/// What a crash test expects after reopening: a prefix of what was appended, holding every
-/// record that was acknowledged as durable before the crash.
+/// What a crash test expects after reopening: a prefix of what was appended, holding at least
+/// the first `must_keep` records.
 fn check_prefix(
     dir: &std::path::Path,
     config: &LogConfig,
     appended: &[Vec<u8>],
-    durable: usize,
+    must_keep: usize,
     what: &str,
 ) {
     let mut io = FallbackIo::new();
     let mut p = Partition::open(dir, config.clone(), &mut io)
         .unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
-    let got: Vec<Vec<u8>> = read_all(&p).into_iter().map(|(_, v)| v).collect();
-    let offsets: Vec<i64> = read_all(&p).into_iter().map(|(o, _)| o).collect();
+    let all = read_all(&p);
+    let got: Vec<&Vec<u8>> = all.iter().map(|(_, v)| v).collect();
     assert!(
         got.len() <= appended.len(),
         "{what}: more records than appended"
     );
-    assert_eq!(&got[..], &appended[..got.len()], "{what}: not a prefix");
+    assert!(
+        got.iter().zip(appended).all(|(g, a)| *g == a),
+        "{what}: not a prefix"
+    );
+    let offsets: Vec<i64> = all.iter().map(|(o, _)| *o).collect();
     assert_eq!(
         offsets,
         (0..got.len() as i64).collect::<Vec<_>>(),
         "{what}: offsets"
     );
     assert!(
-        got.len() >= durable,
-        "{what}: lost acknowledged records: {} < {durable}",
+        got.len() >= must_keep,
+        "{what}: lost records it had to keep: {} < {must_keep}",
         got.len()
     );
     // The recovered log takes appends.
@@ -600,40 +604,53 @@ fn check_prefix(
     p.flush(&mut io).unwrap();
 }
 
-/// Appends one-record batches under `plan`, tracking which were acknowledged as durable before
-/// the injected crash; returns (all values appended, count durably acknowledged).
+/// What a run under injected faults did before its crash or error.
+struct CrashRun {
+    /// Every value appended, in order.
+    appended: Vec<Vec<u8>>,
+    /// Records acknowledged (below the high watermark) while nothing had been dropped yet.
+    acked: usize,
+    /// Records covered by a completed fsync while nothing had been dropped yet.
+    durable: usize,
+}
+
+/// Appends one-record batches, three per commit, under `plan` until the crash or an error.
 fn run_until_crash(
     dir: &std::path::Path,
     config: &LogConfig,
     plan: FaultPlan,
     rounds: usize,
-) -> (Vec<Vec<u8>>, usize) {
-    let mut io = FaultIo::new(FallbackIo::new(), plan);
+    inner: Box<dyn Io>,
+) -> CrashRun {
+    let mut io = FaultIo::new(inner, plan);
     let state = io.state();
-    let mut appended = Vec::new();
-    let mut durable = 0;
+    let mut run = CrashRun {
+        appended: Vec::new(),
+        acked: 0,
+        durable: 0,
+    };
     let Ok(mut p) = Partition::open(dir, config.clone(), &mut io) else {
-        return (appended, 0);
+        return run;
     };
     for i in 0..rounds {
-        // Three batches share each commit, to exercise group commit under faults.
         for j in 0..3 {
             let value = format!("v{i}-{j}");
             if p.append(&mut io, batch_of(&value), SystemTime::now())
                 .is_err()
             {
-                return (appended, durable);
+                return run;
             }
-            appended.push(value.into_bytes());
+            run.appended.push(value.into_bytes());
         }
         if commit(&mut io, &mut [&mut p], Instant::now()).is_err() {
-            return (appended, durable);
+            return run;
         }
         if state.dropped() == 0 {
-            durable = p.durable_end() as usize;
+            run.acked = p.high_watermark() as usize;
+            run.durable = p.durable_end() as usize;
         }
     }
-    (appended, durable)
+    run
 }
 
 fn batch_of(value: &str) -> Vec<u8> {
@@ -647,62 +664,71 @@ fn batch_of(value: &str) -> Vec<u8> {
     b.finish()
 }
 
-#[test]
-fn crash_after_every_fsync_leaves_a_prefix_with_every_durable_record() {
-    let config = LogConfig {
+fn crash_config(durability: Durability) -> LogConfig {
+    LogConfig {
         segment_bytes: 2048,
         index_interval_bytes: 128,
         batch_bytes_max: 1024,
+        durability,
         ..LogConfig::default()
-    };
-    // Count the fsyncs of a full run, then crash after each of them.
-    let dir = tempfile::tempdir().unwrap();
-    let mut counter = FaultIo::new(FallbackIo::new(), FaultPlan::default());
-    let state = counter.state();
-    {
-        let mut p = Partition::open(dir.path(), config.clone(), &mut counter).unwrap();
-        for i in 0..40 {
-            for j in 0..3 {
-                p.append(
-                    &mut counter,
-                    batch_of(&format!("v{i}-{j}")),
-                    SystemTime::now(),
-                )
-                .unwrap();
-            }
-            commit(&mut counter, &mut [&mut p], Instant::now()).unwrap();
-        }
     }
-    let total_fsyncs = state.fsyncs();
+}
+
+/// Counts the (writes, fsyncs) of a full fault-free run of `run_until_crash`.
+fn ops_of_a_full_run(config: &LogConfig, rounds: usize) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = FaultIo::new(FallbackIo::new(), FaultPlan::default());
+    let state = io.state();
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    for i in 0..rounds {
+        for j in 0..3 {
+            p.append(&mut io, batch_of(&format!("v{i}-{j}")), SystemTime::now())
+                .unwrap();
+        }
+        commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
+    }
+    (state.writes(), state.fsyncs())
+}
+
+#[test]
+fn a_crash_after_any_write_or_fsync_leaves_a_prefix_with_every_acknowledged_record() {
+    let config = crash_config(Durability::Always);
+    let (total_writes, total_fsyncs) = ops_of_a_full_run(&config, 40);
     assert!(
         total_fsyncs > 40,
         "one per commit plus rolls: {total_fsyncs}"
     );
-    for n in 1..=total_fsyncs {
-        let dir = tempfile::tempdir().unwrap();
-        let plan = FaultPlan {
+    let crash_points = (1..=total_fsyncs)
+        .map(|n| FaultPlan {
             crash_after_fsync: Some(n),
             ..Default::default()
-        };
-        let (appended, durable) = run_until_crash(dir.path(), &config, plan, 40);
-        check_prefix(
-            dir.path(),
-            &config,
-            &appended,
-            durable,
-            &format!("crash after fsync {n}"),
-        );
+        })
+        .chain((1..=total_writes).map(|n| FaultPlan {
+            crash_after_write: Some(n),
+            ..Default::default()
+        }));
+    // A process crash (page cache kept) and a power cut (unsynced writes lost), on each backend.
+    for crash in crash_points {
+        for power_cut in [false, true] {
+            for inner in backends() {
+                let backend = inner.backend();
+                let dir = tempfile::tempdir().unwrap();
+                let plan = FaultPlan { power_cut, ..crash };
+                let run = run_until_crash(dir.path(), &config, plan, 40, inner);
+                let what = format!("{backend}, {plan:?}");
+                assert_eq!(
+                    run.acked, run.durable,
+                    "{what}: under always, acknowledged means durable"
+                );
+                check_prefix(dir.path(), &config, &run.appended, run.acked, &what);
+            }
+        }
     }
 }
 
 #[test]
-fn torn_writes_and_write_errors_never_lose_durable_records() {
-    let config = LogConfig {
-        segment_bytes: 2048,
-        index_interval_bytes: 128,
-        batch_bytes_max: 1024,
-        ..LogConfig::default()
-    };
+fn torn_writes_and_write_errors_never_lose_acknowledged_records() {
+    let config = crash_config(Durability::Always);
     for write in 1..=30u64 {
         for keep_bytes in [0, 1, 30, 61, 100] {
             let dir = tempfile::tempdir().unwrap();
@@ -710,68 +736,64 @@ fn torn_writes_and_write_errors_never_lose_durable_records() {
                 torn_write: Some(TornWrite { write, keep_bytes }),
                 ..Default::default()
             };
-            let (appended, durable) = run_until_crash(dir.path(), &config, plan, 15);
-            check_prefix(
-                dir.path(),
-                &config,
-                &appended,
-                durable,
-                &format!("torn write {write} keeping {keep_bytes}"),
-            );
+            let run = run_until_crash(dir.path(), &config, plan, 15, Box::new(FallbackIo::new()));
+            let what = format!("torn write {write} keeping {keep_bytes}");
+            check_prefix(dir.path(), &config, &run.appended, run.acked, &what);
         }
         for errno in [libc::EIO, libc::ENOSPC] {
-            let dir = tempfile::tempdir().unwrap();
-            let plan = FaultPlan {
-                fail_write: Some((write, errno)),
-                ..Default::default()
-            };
-            let (appended, durable) = run_until_crash(dir.path(), &config, plan, 15);
-            check_prefix(
-                dir.path(),
-                &config,
-                &appended,
-                durable,
-                &format!("write {write} fails with {errno}"),
-            );
-            let dir = tempfile::tempdir().unwrap();
-            let plan = FaultPlan {
-                fail_fsync: Some((write, errno)),
-                ..Default::default()
-            };
-            let (appended, durable) = run_until_crash(dir.path(), &config, plan, 15);
-            check_prefix(
-                dir.path(),
-                &config,
-                &appended,
-                durable,
-                &format!("fsync {write} fails with {errno}"),
-            );
+            for plan in [
+                FaultPlan {
+                    fail_write: Some((write, errno)),
+                    ..Default::default()
+                },
+                FaultPlan {
+                    fail_fsync: Some((write, errno)),
+                    ..Default::default()
+                },
+            ] {
+                let dir = tempfile::tempdir().unwrap();
+                let run =
+                    run_until_crash(dir.path(), &config, plan, 15, Box::new(FallbackIo::new()));
+                check_prefix(
+                    dir.path(),
+                    &config,
+                    &run.appended,
+                    run.acked,
+                    &format!("{plan:?}"),
+                );
+            }
         }
     }
 }
 
 #[test]
-fn durability_never_may_lose_the_tail_but_keeps_a_prefix() {
-    let config = LogConfig {
-        durability: Durability::Never,
-        segment_bytes: 2048,
-        batch_bytes_max: 1024,
-        ..LogConfig::default()
-    };
-    for n in 1..=6 {
-        let dir = tempfile::tempdir().unwrap();
-        let plan = FaultPlan {
-            crash_after_fsync: Some(n),
-            ..Default::default()
-        };
-        let (appended, durable) = run_until_crash(dir.path(), &config, plan, 30);
-        check_prefix(
-            dir.path(),
-            &config,
-            &appended,
-            durable,
-            &format!("never, crash after fsync {n}"),
-        );
+fn interval_and_never_keep_a_prefix_with_every_synced_record_after_a_power_cut() {
+    for durability in [
+        Durability::Never,
+        Durability::Interval(Duration::from_millis(1)),
+    ] {
+        let config = crash_config(durability);
+        let (total_writes, total_fsyncs) = ops_of_a_full_run(&config, 30);
+        let crash_points = (1..=total_fsyncs)
+            .map(|n| FaultPlan {
+                crash_after_fsync: Some(n),
+                ..Default::default()
+            })
+            .chain((1..=total_writes).map(|n| FaultPlan {
+                crash_after_write: Some(n),
+                ..Default::default()
+            }));
+        for crash in crash_points {
+            for power_cut in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let plan = FaultPlan { power_cut, ..crash };
+                let run =
+                    run_until_crash(dir.path(), &config, plan, 30, Box::new(FallbackIo::new()));
+                let what = format!("{durability}, {plan:?}");
+                // Acknowledged is not durable here; only what an fsync covered must survive.
+                check_prefix(dir.path(), &config, &run.appended, run.durable, &what);
+            }
+        }
     }
 }
 

@@ -1,0 +1,333 @@
+//! The order of a submission, shared by every backend: which operations, in which chains.
+//!
+//! A submission becomes, for each file to sync, one *chain*: all writes to that file in request
+//! order (split into pieces of at most [`IOV_MAX`] slices), then its `fdatasync`. Writes to files
+//! that are not synced stand alone. A chain runs in order — io_uring links its entries, the
+//! fallback runs them one after the other — so a file's fsync never starts before its writes
+//! have completed, which is what durability under `always` rests on. Chains are independent and
+//! may run in parallel.
+//!
+//! [`Plan::complete`] turns the results of running a plan (some operations may not have run at
+//! all) into the submission's result, doing synchronously whatever is missing: an operation
+//! that did not run, the rest of a short write, and what a short write cancelled in its chain.
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use super::{fdatasync, pwritev_all, IoError, IoOp, Write, IOV_MAX};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OpKind {
+    /// Slices `slices` of request `write`, written at `offset` (`len` bytes).
+    Write {
+        write: usize,
+        slices: Range<usize>,
+        offset: u64,
+        len: usize,
+    },
+    Fsync,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Op {
+    pub fd: i32,
+    pub kind: OpKind,
+}
+
+/// Operations in chain order; `chains` partitions `ops` into consecutive ranges.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub ops: Vec<Op>,
+    pub chains: Vec<Range<usize>>,
+}
+
+impl Plan {
+    pub fn build(writes: &[Write<'_>], syncs: &[BorrowedFd<'_>]) -> Plan {
+        let mut plan = Plan::default();
+        let mut by_fd: HashMap<i32, Vec<usize>> = HashMap::new();
+        for (wi, w) in writes.iter().enumerate() {
+            if !w.is_empty() {
+                by_fd.entry(w.fd.as_raw_fd()).or_default().push(wi);
+            }
+        }
+        for fd in syncs.iter().map(|f| f.as_raw_fd()) {
+            let start = plan.ops.len();
+            for wi in by_fd.remove(&fd).unwrap_or_default() {
+                plan.push_write(wi, &writes[wi]);
+            }
+            plan.ops.push(Op {
+                fd,
+                kind: OpKind::Fsync,
+            });
+            plan.chains.push(start..plan.ops.len());
+        }
+        let mut unsynced: Vec<usize> = by_fd.into_values().flatten().collect();
+        unsynced.sort_unstable();
+        for wi in unsynced {
+            let start = plan.ops.len();
+            plan.push_write(wi, &writes[wi]);
+            plan.chains
+                .extend((start..plan.ops.len()).map(|i| i..i + 1));
+        }
+        plan
+    }
+
+    fn push_write(&mut self, wi: usize, w: &Write<'_>) {
+        let mut offset = w.offset;
+        let mut start = 0;
+        while start < w.bufs.len() {
+            let end = (start + IOV_MAX).min(w.bufs.len());
+            let len: usize = w.bufs[start..end].iter().map(|b| b.len()).sum();
+            self.ops.push(Op {
+                fd: w.fd.as_raw_fd(),
+                kind: OpKind::Write {
+                    write: wi,
+                    slices: start..end,
+                    offset,
+                    len,
+                },
+            });
+            offset += len as u64;
+            start = end;
+        }
+    }
+
+    /// Finishes a run of this plan. `results[i]` is the kernel's result for operation `i`
+    /// (bytes written, 0 for an fsync, or `-errno`), or `None` if it did not run. Runs what is
+    /// missing synchronously and returns the first real error.
+    pub fn complete(&self, writes: &[Write<'_>], results: &[Option<i32>]) -> Result<(), IoError> {
+        debug_assert_eq!(results.len(), self.ops.len());
+        for chain in &self.chains {
+            // After a short write the kernel cancels the rest of the chain; those run here.
+            let mut broken = false;
+            for i in chain.clone() {
+                let op = &self.ops[i];
+                // SAFETY: `op.fd` was taken from a `BorrowedFd` that the caller of `Io::submit`
+                // holds for the whole call, and `complete` runs within that call.
+                let fd = unsafe { BorrowedFd::borrow_raw(op.fd) };
+                let res = results[i];
+                let rerun = res.is_none() || (broken && res == Some(-libc::ECANCELED));
+                match (&op.kind, res) {
+                    (
+                        OpKind::Write {
+                            write,
+                            slices,
+                            offset,
+                            ..
+                        },
+                        _,
+                    ) if rerun => {
+                        pwritev_all(fd, *offset, &writes[*write].bufs[slices.clone()])?;
+                    }
+                    (OpKind::Fsync, _) if rerun => fdatasync(fd)?,
+                    (OpKind::Write { .. }, Some(r)) if r < 0 => {
+                        return Err(IoError::new(
+                            IoOp::Write,
+                            op.fd,
+                            std::io::Error::from_raw_os_error(-r),
+                        ));
+                    }
+                    (OpKind::Fsync, Some(r)) if r < 0 => {
+                        return Err(IoError::new(
+                            IoOp::Fsync,
+                            op.fd,
+                            std::io::Error::from_raw_os_error(-r),
+                        ));
+                    }
+                    (
+                        OpKind::Write {
+                            write,
+                            slices,
+                            offset,
+                            len,
+                        },
+                        Some(r),
+                    ) if (r as usize) < *len => {
+                        let bufs: &[IoSlice<'_>] = writes[*write].bufs;
+                        let rest = remainder(&bufs[slices.clone()], r as usize);
+                        pwritev_all(fd, offset + r as u64, &rest)?;
+                        broken = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The slices left after skipping the first `n` bytes.
+fn remainder<'a>(bufs: &'a [IoSlice<'a>], mut n: usize) -> Vec<IoSlice<'a>> {
+    let mut out = Vec::new();
+    for b in bufs {
+        let s: &'a [u8] = b;
+        if n >= s.len() {
+            n -= s.len();
+        } else {
+            out.push(IoSlice::new(&s[n..]));
+            n = 0;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    fn scratch(dir: &tempfile::TempDir, name: &str) -> File {
+        File::options()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(dir.path().join(name))
+            .unwrap()
+    }
+
+    #[test]
+    fn each_synced_file_is_one_chain_with_its_writes_before_its_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (scratch(&dir, "a"), scratch(&dir, "b"), scratch(&dir, "c"));
+        let one = [IoSlice::new(b"x")];
+        let many: Vec<IoSlice<'_>> = (0..IOV_MAX + 3).map(|_| IoSlice::new(b"yy")).collect();
+        let writes = [
+            Write {
+                fd: a.as_fd(),
+                offset: 0,
+                bufs: &one,
+            },
+            Write {
+                fd: b.as_fd(),
+                offset: 0,
+                bufs: &many,
+            },
+            Write {
+                fd: a.as_fd(),
+                offset: 1,
+                bufs: &one,
+            },
+            Write {
+                fd: c.as_fd(),
+                offset: 0,
+                bufs: &one,
+            },
+        ];
+        let plan = Plan::build(&writes, &[b.as_fd(), a.as_fd()]);
+        let (fa, fb, fc) = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
+        let w = |fd, write, slices: Range<usize>, offset, len| Op {
+            fd,
+            kind: OpKind::Write {
+                write,
+                slices,
+                offset,
+                len,
+            },
+        };
+        let sync = |fd| Op {
+            fd,
+            kind: OpKind::Fsync,
+        };
+        assert_eq!(
+            plan.ops,
+            vec![
+                // b: split at IOV_MAX slices, offsets continue, then its fsync.
+                w(fb, 1, 0..IOV_MAX, 0, 2 * IOV_MAX),
+                w(fb, 1, IOV_MAX..IOV_MAX + 3, 2 * IOV_MAX as u64, 6),
+                sync(fb),
+                // a: both writes in request order, then its fsync.
+                w(fa, 0, 0..1, 0, 1),
+                w(fa, 2, 0..1, 1, 1),
+                sync(fa),
+                // c is not synced: alone.
+                w(fc, 3, 0..1, 0, 1),
+            ]
+        );
+        assert_eq!(plan.chains, vec![0..3, 3..6, 6..7]);
+    }
+
+    #[test]
+    fn a_short_write_is_completed_with_what_it_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = scratch(&dir, "f");
+        let parts = [IoSlice::new(b"hello "), IoSlice::new(b"world")];
+        let tail = [IoSlice::new(b"!")];
+        let writes = [
+            Write {
+                fd: f.as_fd(),
+                offset: 0,
+                bufs: &parts,
+            },
+            Write {
+                fd: f.as_fd(),
+                offset: 11,
+                bufs: &tail,
+            },
+        ];
+        let plan = Plan::build(&writes, &[f.as_fd()]);
+        assert_eq!(plan.ops.len(), 3);
+        // The kernel wrote 4 bytes of the first write and cancelled the rest of the chain.
+        std::fs::write(dir.path().join("f"), b"hell").unwrap();
+        plan.complete(
+            &writes,
+            &[Some(4), Some(-libc::ECANCELED), Some(-libc::ECANCELED)],
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("f")).unwrap(),
+            b"hello world!"
+        );
+    }
+
+    #[test]
+    fn errors_are_reported_and_unexplained_cancellations_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = scratch(&dir, "f");
+        let data = [IoSlice::new(b"abc")];
+        let writes = [Write {
+            fd: f.as_fd(),
+            offset: 0,
+            bufs: &data,
+        }];
+        let plan = Plan::build(&writes, &[f.as_fd()]);
+        let err = plan
+            .complete(&writes, &[Some(-libc::ENOSPC), Some(-libc::ECANCELED)])
+            .unwrap_err();
+        assert_eq!(
+            (err.op, err.raw_os_error()),
+            (IoOp::Write, Some(libc::ENOSPC))
+        );
+        let err = plan
+            .complete(&writes, &[Some(3), Some(-libc::EIO)])
+            .unwrap_err();
+        assert_eq!((err.op, err.raw_os_error()), (IoOp::Fsync, Some(libc::EIO)));
+        // A cancellation without a short write before it is not ours to paper over.
+        let err = plan
+            .complete(&writes, &[Some(3), Some(-libc::ECANCELED)])
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ECANCELED));
+    }
+
+    #[test]
+    fn operations_that_did_not_run_run_synchronously_in_chain_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = scratch(&dir, "f");
+        let data = [IoSlice::new(b"abc")];
+        let writes = [Write {
+            fd: f.as_fd(),
+            offset: 5,
+            bufs: &data,
+        }];
+        let plan = Plan::build(&writes, &[f.as_fd()]);
+        plan.complete(&writes, &[None, None]).unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("f")).unwrap(),
+            b"\0\0\0\0\0abc"
+        );
+    }
+}
