@@ -43,11 +43,7 @@ enum Scenario {
         #[arg(long, default_value_t = 4)]
         producers: usize,
         /// Comma-separated: always, never, interval:<ms>.
-        #[arg(
-            long,
-            default_value = "never,interval:10,always",
-            value_delimiter = ','
-        )]
+        #[arg(long, default_value = "never,interval:10,always", value_delimiter = ',')]
         durability: Vec<Durability>,
     },
 }
@@ -78,13 +74,7 @@ fn main() -> anyhow::Result<()> {
     });
     let progress = |what: &str| eprintln!("[spate-bench] {what} ...");
     let (name, params, rows) = match scenario {
-        Scenario::Produce {
-            message_bytes,
-            batch_messages,
-            total_mib,
-            producers,
-            durability,
-        } => {
+        Scenario::Produce { message_bytes, batch_messages, total_mib, producers, durability } => {
             anyhow::ensure!(
                 producers > 0 && batch_messages > 0 && message_bytes > 0,
                 "sizes and counts must be positive"
@@ -108,10 +98,7 @@ fn main() -> anyhow::Result<()> {
     };
     print!("{}", report::table(&rows));
     if let Some(path) = &cli.json {
-        std::fs::write(
-            path,
-            serde_json::to_string_pretty(&report::document(name, params, &rows))?,
-        )?;
+        std::fs::write(path, serde_json::to_string_pretty(&report::document(name, params, &rows))?)?;
         eprintln!("[spate-bench] wrote {}", path.display());
     }
     Ok(())
@@ -139,20 +126,13 @@ mod tests {
             assert!(ratio.is_finite() && ratio > 0.0, "{r:?}");
             assert!(r.msgs_per_s.unwrap() > 0.0);
         }
-        assert_eq!(
-            rows[0].fsyncs,
-            Some(0),
-            "never syncs only at shutdown, outside the commit loop"
-        );
+        assert_eq!(rows[0].fsyncs, Some(0), "never syncs only at shutdown, outside the commit loop");
         assert!(rows[1].fsyncs.unwrap() >= 1);
         let doc = report::document("produce", json!({"x": 1}), &rows);
         assert_eq!(doc["scenario"], "produce");
         assert_eq!(doc["results"].as_array().unwrap().len(), 2);
         assert!(doc["results"][0]["ratio_to_reference"].is_number());
-        assert!(
-            doc["results"][0].get("p99_us").is_none(),
-            "fields that do not apply are omitted"
-        );
+        assert!(doc["results"][0].get("p99_us").is_none(), "fields that do not apply are omitted");
         let table = report::table(&rows);
         assert!(table.contains("produce never") && table.contains("produce always"));
     }

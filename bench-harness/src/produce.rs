@@ -22,11 +22,7 @@ pub struct ProduceParams {
 }
 
 /// Runs every durability mode, each followed by its reference, in a fresh directory under `root`.
-pub fn run(
-    root: &std::path::Path,
-    p: &ProduceParams,
-    progress: &dyn Fn(&str),
-) -> anyhow::Result<Vec<Row>> {
+pub fn run(root: &std::path::Path, p: &ProduceParams, progress: &dyn Fn(&str)) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     let batch = build_batch(p.message_bytes, p.batch_messages);
     let batches_total = (p.total_bytes / batch.len() as u64).max(1);
@@ -35,12 +31,8 @@ pub fn run(
     for &durability in &p.durabilities {
         progress(&format!("produce durability={durability}"));
         let dir = tempfile::tempdir_in(root)?;
-        let config = LogConfig {
-            durability,
-            retention_age: None,
-            batch_bytes_max: 8 << 20,
-            ..LogConfig::default()
-        };
+        let config =
+            LogConfig { durability, retention_age: None, batch_bytes_max: 8 << 20, ..LogConfig::default() };
         let (appender, thread) = Appender::spawn(dir.path(), config, p.backend)?;
         let per_producer = batches_total / p.producers as u64;
         let start = Instant::now();
@@ -49,8 +41,7 @@ pub fn run(
                 .map(|i| {
                     let appender = appender.clone();
                     let batch = batch.clone();
-                    let n =
-                        per_producer + u64::from((i as u64) < batches_total % p.producers as u64);
+                    let n = per_producer + u64::from((i as u64) < batches_total % p.producers as u64);
                     s.spawn(move || -> anyhow::Result<()> {
                         for _ in 0..n {
                             appender.append(batch.clone())?;
@@ -60,15 +51,11 @@ pub fn run(
                 })
                 .collect();
             for h in handles {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+                h.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
             }
             Ok(())
         })?;
-        let fsyncs = appender
-            .stats()
-            .fsyncs
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let fsyncs = appender.stats().fsyncs.load(std::sync::atomic::Ordering::Relaxed);
         drop(appender);
         // Shutdown flushes and syncs what is left: the covering sync the reference also pays.
         thread.join()?;
@@ -88,14 +75,7 @@ pub fn run(
     Ok(rows)
 }
 
-fn row(
-    name: String,
-    messages: u64,
-    bytes: u64,
-    elapsed: Duration,
-    reference: Duration,
-    fsyncs: u64,
-) -> Row {
+fn row(name: String, messages: u64, bytes: u64, elapsed: Duration, reference: Duration, fsyncs: u64) -> Row {
     let secs = elapsed.as_secs_f64();
     let reference_bytes_per_s = bytes as f64 / reference.as_secs_f64();
     let bytes_per_s = bytes as f64 / secs;
@@ -114,12 +94,7 @@ fn build_batch(bytes: usize, count: usize) -> Vec<u8> {
     let value: Vec<u8> = (0..bytes).map(|i| (i % 253) as u8).collect();
     let mut b = BatchBuilder::new(BatchOptions::default());
     for _ in 0..count {
-        b.push(&Record {
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(&value),
-            headers: &[],
-        });
+        b.push(&Record { timestamp: 1_700_000_000_000, key: None, value: Some(&value), headers: &[] });
     }
     b.finish()
 }

@@ -8,17 +8,9 @@ use std::time::{Duration, Instant};
 
 /// Writes `total_bytes` in `chunk_bytes` pieces with `pwrite`, then one `fdatasync`; returns
 /// the elapsed time. The engine's runs also end with one covering sync, so both sides pay it.
-pub fn pwrite_reference(
-    dir: &Path,
-    total_bytes: u64,
-    chunk_bytes: usize,
-) -> anyhow::Result<Duration> {
+pub fn pwrite_reference(dir: &Path, total_bytes: u64, chunk_bytes: usize) -> anyhow::Result<Duration> {
     let path = dir.join("reference.dat");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)?;
+    let file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
     let chunk: Vec<u8> = (0..chunk_bytes).map(|i| (i * 31 % 251) as u8).collect();
     let start = Instant::now();
     let mut offset = 0u64;

@@ -15,12 +15,7 @@ fn batch(messages: usize, message_bytes: usize) -> Vec<u8> {
     let value = vec![7u8; message_bytes];
     let mut b = BatchBuilder::new(BatchOptions::default());
     for _ in 0..messages {
-        b.push(&Record {
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(&value),
-            headers: &[],
-        });
+        b.push(&Record { timestamp: 1_700_000_000_000, key: None, value: Some(&value), headers: &[] });
     }
     b.finish()
 }
@@ -30,14 +25,8 @@ fn index_lookup(c: &mut Criterion) {
     let mut offsets = OffsetIndex::default();
     let mut times = TimeIndex::default();
     for i in 0..262_144u32 {
-        offsets.push(OffsetEntry {
-            relative_offset: i * 4,
-            position: i * 4096,
-        });
-        times.push(TimeEntry {
-            timestamp: 1_000 + i64::from(i),
-            relative_offset: i * 4,
-        });
+        offsets.push(OffsetEntry { relative_offset: i * 4, position: i * 4096 });
+        times.push(TimeEntry { timestamp: 1_000 + i64::from(i), relative_offset: i * 4 });
     }
     let mut g = c.benchmark_group("index");
     let mut probe = 0u32;
@@ -68,18 +57,13 @@ fn append_path(c: &mut Criterion) {
                 continue;
             };
             let dir = root.path().join(format!("{backend}-{durability}"));
-            let config = LogConfig {
-                durability,
-                retention_age: None,
-                ..LogConfig::default()
-            };
+            let config = LogConfig { durability, retention_age: None, ..LogConfig::default() };
             let mut p = Partition::open(&dir, config, &mut *io).expect("open");
             g.bench_function(format!("commit_64x1KiB_{durability}_{backend}"), |bench| {
                 bench.iter_batched(
                     || b.clone(),
                     |batch| {
-                        p.append(&mut *io, batch, SystemTime::now())
-                            .expect("append");
+                        p.append(&mut *io, batch, SystemTime::now()).expect("append");
                         commit(&mut *io, &mut [&mut p], Instant::now()).expect("commit")
                     },
                     BatchSize::SmallInput,
@@ -89,11 +73,7 @@ fn append_path(c: &mut Criterion) {
     }
     // Staging alone (validation, CRC check, offset assignment, indexing), without I/O.
     let mut io = FallbackIo::new();
-    let config = LogConfig {
-        segment_bytes: 1 << 30,
-        retention_age: None,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { segment_bytes: 1 << 30, retention_age: None, ..LogConfig::default() };
     let mut p = Partition::open(&root.path().join("stage"), config, &mut io).expect("open");
     let small = batch(100, 100);
     g.throughput(Throughput::Elements(100));
@@ -104,11 +84,7 @@ fn append_path(c: &mut Criterion) {
             let mut elapsed = std::time::Duration::ZERO;
             let mut done = 0;
             while done < iters {
-                let round: Vec<Vec<u8>> = batches
-                    .iter()
-                    .take((iters - done) as usize)
-                    .cloned()
-                    .collect();
+                let round: Vec<Vec<u8>> = batches.iter().take((iters - done) as usize).cloned().collect();
                 let n = round.len() as u64;
                 let start = Instant::now();
                 for batch in round {

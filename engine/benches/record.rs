@@ -11,9 +11,7 @@ use spate::record::{Batch, BatchBuilder, BatchOptions, Record};
 const SHAPES: [(&str, usize, usize); 2] = [("100x100B", 100, 100), ("16x1KiB", 16, 1024)];
 
 fn values(count: usize, size: usize) -> Vec<Vec<u8>> {
-    (0..count)
-        .map(|i| (0..size).map(|j| (i * 31 + j) as u8).collect())
-        .collect()
+    (0..count).map(|i| (0..size).map(|j| (i * 31 + j) as u8).collect()).collect()
 }
 
 fn encode(builder: &mut BatchBuilder, keys: &[Vec<u8>], vals: &[Vec<u8>], out: &mut Vec<u8>) {
@@ -54,12 +52,7 @@ fn bench_decode(c: &mut Criterion) {
         let keys = values(count, 8);
         let vals = values(count, size);
         let mut out = Vec::new();
-        encode(
-            &mut BatchBuilder::new(BatchOptions::default()),
-            &keys,
-            &vals,
-            &mut out,
-        );
+        encode(&mut BatchBuilder::new(BatchOptions::default()), &keys, &vals, &mut out);
         g.throughput(Throughput::Bytes(out.len() as u64));
         g.bench_function(name, |b| {
             b.iter(|| {

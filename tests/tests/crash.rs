@@ -20,11 +20,7 @@ const THREADS: u32 = 4;
 /// Every record of the partition: offset → value.
 fn read_back(dir: &std::path::Path) -> BTreeMap<i64, Vec<u8>> {
     let mut io = FallbackIo::new();
-    let config = LogConfig {
-        segment_bytes: 64 * 1024,
-        batch_bytes_max: 16 * 1024,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { segment_bytes: 64 * 1024, batch_bytes_max: 16 * 1024, ..LogConfig::default() };
     let p = Partition::open(dir, config, &mut io).expect("reopen after kill");
     let mut out = BTreeMap::new();
     let mut offset = p.log_start_offset();
@@ -54,19 +50,10 @@ fn sigkill_during_durable_appends_loses_nothing_acknowledged() {
     let mut acked: BTreeMap<i64, (u32, u32, u64, u32)> = BTreeMap::new();
     for round in 0..ROUNDS {
         // Alternate backends; `auto` may fall back where io_uring is blocked, unless CI requires it.
-        let uring = if std::env::var_os("SPATE_REQUIRE_URING").is_some() {
-            "uring"
-        } else {
-            "auto"
-        };
+        let uring = if std::env::var_os("SPATE_REQUIRE_URING").is_some() { "uring" } else { "auto" };
         let backend = if round % 2 == 0 { uring } else { "fallback" };
         let mut child = Command::new(exe)
-            .args([
-                dir.path().to_str().unwrap(),
-                backend,
-                &round.to_string(),
-                &THREADS.to_string(),
-            ])
+            .args([dir.path().to_str().unwrap(), backend, &round.to_string(), &THREADS.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -81,12 +68,7 @@ fn sigkill_during_durable_appends_loses_nothing_acknowledged() {
                 }
             }
         });
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(30))
-                .expect("child ready"),
-            "ready",
-            "round {round}"
-        );
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).expect("child ready"), "ready", "round {round}");
         // Wait for the first acknowledgement, so every round proves that appends work after a
         // restart, then let it run for a random time and kill it mid-flight.
         let first = rx.recv_timeout(Duration::from_secs(30)).expect("first ack");
@@ -109,11 +91,7 @@ fn sigkill_during_durable_appends_loses_nothing_acknowledged() {
             );
             for i in 0..n {
                 let prev = acked.insert(base + i64::from(i), (r, t, seq, i));
-                assert!(
-                    prev.is_none(),
-                    "offset {} acknowledged twice",
-                    base + i64::from(i)
-                );
+                assert!(prev.is_none(), "offset {} acknowledged twice", base + i64::from(i));
             }
             this_round += 1;
         }
@@ -126,30 +104,19 @@ fn sigkill_during_durable_appends_loses_nothing_acknowledged() {
         );
         // Every acknowledged record, byte-identical, at its acknowledged offset.
         for (offset, &(r, t, seq, i)) in &acked {
-            let got = log
-                .get(offset)
-                .unwrap_or_else(|| panic!("round {round}: acknowledged offset {offset} lost"));
-            assert_eq!(
-                got,
-                &crash_record_value(r, t, seq, i),
-                "round {round}: offset {offset} differs"
-            );
+            let got =
+                log.get(offset).unwrap_or_else(|| panic!("round {round}: acknowledged offset {offset} lost"));
+            assert_eq!(got, &crash_record_value(r, t, seq, i), "round {round}: offset {offset} differs");
         }
         // In order: each producer's batches appear in the order it sent them.
         let mut last: BTreeMap<(u32, u32), (u64, u32)> = BTreeMap::new();
         for value in log.values() {
-            let head: Vec<u64> = String::from_utf8_lossy(value)
-                .split('/')
-                .take(4)
-                .map(|s| s.parse().unwrap())
-                .collect();
+            let head: Vec<u64> =
+                String::from_utf8_lossy(value).split('/').take(4).map(|s| s.parse().unwrap()).collect();
             let key = (head[0] as u32, head[1] as u32);
             let pos = (head[2], head[3] as u32);
             if let Some(prev) = last.insert(key, pos) {
-                assert!(
-                    pos > prev,
-                    "round {round}: producer {key:?} out of order: {prev:?} then {pos:?}"
-                );
+                assert!(pos > prev, "round {round}: producer {key:?} out of order: {prev:?} then {pos:?}");
             }
         }
         eprintln!(

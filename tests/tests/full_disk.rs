@@ -31,17 +31,9 @@ fn mount_tmpfs(dir: &std::path::Path, bytes: u64) -> Option<Mount> {
 }
 
 fn batch(i: usize) -> (Vec<u8>, Vec<u8>) {
-    let value: Vec<u8> = format!("record-{i:06}-")
-        .bytes()
-        .chain((0..1000).map(|j| (i + j) as u8))
-        .collect();
+    let value: Vec<u8> = format!("record-{i:06}-").bytes().chain((0..1000).map(|j| (i + j) as u8)).collect();
     let mut b = BatchBuilder::new(BatchOptions::default());
-    b.push(&Record {
-        timestamp: 1,
-        key: None,
-        value: Some(&value),
-        headers: &[],
-    });
+    b.push(&Record { timestamp: 1, key: None, value: Some(&value), headers: &[] });
     (b.finish(), value)
 }
 
@@ -55,10 +47,7 @@ fn filling_the_disk_gives_enospc_and_keeps_every_acknowledged_record() {
         };
         let dir = scratch.path().join("p");
         let mut io = io::open(choice).unwrap();
-        let config = LogConfig {
-            segment_bytes: 128 * 1024,
-            ..LogConfig::default()
-        };
+        let config = LogConfig { segment_bytes: 128 * 1024, ..LogConfig::default() };
         let mut p = Partition::open(&dir, config.clone(), &mut *io).unwrap();
         let mut acked = Vec::new();
         let err = loop {
@@ -78,18 +67,11 @@ fn filling_the_disk_gives_enospc_and_keeps_every_acknowledged_record() {
             _ => false,
         };
         assert!(enospc, "{choice}: expected ENOSPC, got {err}");
-        assert!(
-            acked.len() > 100,
-            "{choice}: {} acknowledged before the disk filled",
-            acked.len()
-        );
+        assert!(acked.len() > 100, "{choice}: {} acknowledged before the disk filled", acked.len());
         let (more, _) = batch(0);
         let refused = p.append(&mut *io, more, SystemTime::now());
         if matches!(err, LogError::Io { .. }) {
-            assert!(
-                matches!(refused, Err(LogError::Failed { .. })),
-                "{choice}: {refused:?}"
-            );
+            assert!(matches!(refused, Err(LogError::Failed { .. })), "{choice}: {refused:?}");
         }
         drop(p);
         // Reopen on the still-full file system: recovery keeps every acknowledged record.
@@ -110,15 +92,9 @@ fn filling_the_disk_gives_enospc_and_keeps_every_acknowledged_record() {
             }
             offset = slice.next_offset;
         }
-        assert!(
-            values.len() >= acked.len(),
-            "{choice}: lost acknowledged records"
-        );
+        assert!(values.len() >= acked.len(), "{choice}: lost acknowledged records");
         assert_eq!(&values[..acked.len()], &acked[..], "{choice}");
-        eprintln!(
-            "{choice}: {} records acknowledged before ENOSPC ({err}); all recovered",
-            acked.len()
-        );
+        eprintln!("{choice}: {} records acknowledged before ENOSPC ({err}); all recovered", acked.len());
     }
 }
 
@@ -132,10 +108,7 @@ fn every_producer_gets_an_answer_when_the_disk_fills_during_a_roll() {
             eprintln!("skipped: cannot mount a tmpfs here (not root?)");
             return;
         };
-        let config = LogConfig {
-            segment_bytes: 1024,
-            ..LogConfig::default()
-        };
+        let config = LogConfig { segment_bytes: 1024, ..LogConfig::default() };
         let (app, writer) =
             Appender::spawn(&scratch.path().join("p"), config, BackendChoice::Fallback).unwrap();
         app.append(batch(0).0).unwrap();
@@ -157,12 +130,7 @@ fn every_producer_gets_an_answer_when_the_disk_fills_during_a_roll() {
         while rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok() {
             answered += 1;
         }
-        assert_eq!(
-            answered,
-            32,
-            "attempt {attempt}: {} producers never got an answer",
-            32 - answered
-        );
+        assert_eq!(answered, 32, "attempt {attempt}: {} producers never got an answer", 32 - answered);
         for p in producers {
             p.join().unwrap();
         }

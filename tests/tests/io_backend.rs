@@ -5,10 +5,7 @@
 use std::process::Command;
 
 fn probe(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_spate-io-probe"))
-        .args(args)
-        .output()
-        .expect("run probe");
+    let out = Command::new(env!("CARGO_BIN_EXE_spate-io-probe")).args(args).output().expect("run probe");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -22,30 +19,11 @@ fn auto_falls_back_with_one_log_line_when_io_uring_is_forbidden() {
         let (ok, stdout, stderr) = probe(&["auto", deny]);
         assert!(ok, "{deny}: {stderr}");
         assert_eq!(stdout.trim(), "backend=fallback", "{deny}");
-        let lines: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.contains("io_uring unavailable"))
-            .collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "{deny}: exactly one log line, got:\n{stderr}"
-        );
-        assert!(
-            lines[0].contains("WARN") && lines[0].contains("fallback"),
-            "{}",
-            lines[0]
-        );
-        let errno_text = if deny == "deny-eperm" {
-            "Operation not permitted"
-        } else {
-            "not implemented"
-        };
-        assert!(
-            lines[0].contains(errno_text),
-            "the line names the cause: {}",
-            lines[0]
-        );
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("io_uring unavailable")).collect();
+        assert_eq!(lines.len(), 1, "{deny}: exactly one log line, got:\n{stderr}");
+        assert!(lines[0].contains("WARN") && lines[0].contains("fallback"), "{}", lines[0]);
+        let errno_text = if deny == "deny-eperm" { "Operation not permitted" } else { "not implemented" };
+        assert!(lines[0].contains(errno_text), "the line names the cause: {}", lines[0]);
     }
 }
 

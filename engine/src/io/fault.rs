@@ -148,11 +148,7 @@ impl<I: Io> FaultIo<I> {
                     kept.push(IoSlice::new(&b[..take]));
                     left -= take;
                 }
-                let part = Write {
-                    fd: w.fd,
-                    offset: w.offset,
-                    bufs: &kept,
-                };
+                let part = Write { fd: w.fd, offset: w.offset, bufs: &kept };
                 self.inner.submit(std::slice::from_ref(&part), &[])?;
                 self.state.crashed.store(true, Ordering::SeqCst);
                 return Ok(());
@@ -162,11 +158,7 @@ impl<I: Io> FaultIo<I> {
             let fd = w.fd.as_raw_fd();
             if let std::collections::hash_map::Entry::Vacant(slot) = self.unsynced.entry(fd) {
                 if let Some((dev, ino, len)) = identity(w.fd) {
-                    slot.insert(FileMark {
-                        dev,
-                        ino,
-                        synced_len: len,
-                    });
+                    slot.insert(FileMark { dev, ino, synced_len: len });
                 }
             }
         }
@@ -220,12 +212,7 @@ impl<I: Io> FaultIo<I> {
                 Some((dev, ino, _)) if dev == mark.dev && ino == mark.ino => {
                     // SAFETY: `fd` is open and refers to the file the writes went to.
                     let rc = unsafe { libc::ftruncate(fd, mark.synced_len as libc::off_t) };
-                    assert_eq!(
-                        rc,
-                        0,
-                        "power cut: ftruncate failed: {}",
-                        std::io::Error::last_os_error()
-                    );
+                    assert_eq!(rc, 0, "power cut: ftruncate failed: {}", std::io::Error::last_os_error());
                 }
                 // Closed (or reused) since: its unsynced writes stay, as a process crash leaves them.
                 _ => {}

@@ -110,11 +110,7 @@ impl IoError {
     /// A failed file-system call on `path`, kept with the path for the log line.
     pub fn file_system(path: &std::path::Path, source: std::io::Error) -> Self {
         let source = std::io::Error::new(source.kind(), format!("{}: {source}", path.display()));
-        IoError {
-            op: IoOp::FileSystem,
-            fd: -1,
-            source,
-        }
+        IoError { op: IoOp::FileSystem, fd: -1, source }
     }
 
     /// The errno, when the failure came from the kernel.
@@ -181,9 +177,7 @@ impl FromStr for BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "uring" => Ok(BackendChoice::Uring),
             "fallback" => Ok(BackendChoice::Fallback),
-            other => Err(format!(
-                "unknown I/O backend {other:?}: expected auto, uring or fallback"
-            )),
+            other => Err(format!("unknown I/O backend {other:?}: expected auto, uring or fallback")),
         }
     }
 }
@@ -225,11 +219,7 @@ pub fn probe(choice: BackendChoice) -> Result<Backend, IoError> {
 
 /// Writes `bufs` at `offset` with `pwritev`, completing short writes and retrying `EINTR`.
 /// Shared by the fallback backend and by the io_uring backend's short-write completion.
-pub(crate) fn pwritev_all(
-    fd: BorrowedFd<'_>,
-    mut offset: u64,
-    bufs: &[IoSlice<'_>],
-) -> Result<(), IoError> {
+pub(crate) fn pwritev_all(fd: BorrowedFd<'_>, mut offset: u64, bufs: &[IoSlice<'_>]) -> Result<(), IoError> {
     use std::os::fd::AsRawFd;
     let raw = fd.as_raw_fd();
     // Owned cursor over the slices: (index of first unfinished slice, bytes done within it).
@@ -239,17 +229,10 @@ pub(crate) fn pwritev_all(
         let mut iov: Vec<libc::iovec> = Vec::with_capacity((bufs.len() - first).min(IOV_MAX));
         for (i, b) in bufs[first..].iter().take(IOV_MAX).enumerate() {
             let s: &[u8] = if i == 0 { &b[skip..] } else { b };
-            iov.push(libc::iovec {
-                iov_base: s.as_ptr() as *mut libc::c_void,
-                iov_len: s.len(),
-            });
+            iov.push(libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() });
         }
         let Ok(off) = libc::off_t::try_from(offset) else {
-            return Err(IoError::new(
-                IoOp::Write,
-                raw,
-                std::io::Error::from_raw_os_error(libc::EFBIG),
-            ));
+            return Err(IoError::new(IoOp::Write, raw, std::io::Error::from_raw_os_error(libc::EFBIG)));
         };
         // SAFETY: every iovec points into a slice borrowed for the duration of this call, with its
         // true length; `raw` is a valid open descriptor borrowed through `fd`.
@@ -263,11 +246,7 @@ pub(crate) fn pwritev_all(
         }
         let mut n = n as usize;
         if n == 0 && iov.iter().any(|v| v.iov_len > 0) {
-            return Err(IoError::new(
-                IoOp::Write,
-                raw,
-                std::io::Error::from(std::io::ErrorKind::WriteZero),
-            ));
+            return Err(IoError::new(IoOp::Write, raw, std::io::Error::from(std::io::ErrorKind::WriteZero)));
         }
         offset += n as u64;
         // Advance the cursor by n bytes.

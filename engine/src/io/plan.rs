@@ -57,10 +57,7 @@ impl Plan {
             for wi in by_fd.remove(&fd).unwrap_or_default() {
                 plan.push_write(wi, &writes[wi]);
             }
-            plan.ops.push(Op {
-                fd,
-                kind: OpKind::Fsync,
-            });
+            plan.ops.push(Op { fd, kind: OpKind::Fsync });
             plan.chains.push(start..plan.ops.len());
         }
         let mut unsynced: Vec<usize> = by_fd.into_values().flatten().collect();
@@ -68,8 +65,7 @@ impl Plan {
         for wi in unsynced {
             let start = plan.ops.len();
             plan.push_write(wi, &writes[wi]);
-            plan.chains
-                .extend((start..plan.ops.len()).map(|i| i..i + 1));
+            plan.chains.extend((start..plan.ops.len()).map(|i| i..i + 1));
         }
         plan
     }
@@ -82,12 +78,7 @@ impl Plan {
             let len: usize = w.bufs[start..end].iter().map(|b| b.len()).sum();
             self.ops.push(Op {
                 fd: w.fd.as_raw_fd(),
-                kind: OpKind::Write {
-                    write: wi,
-                    slices: start..end,
-                    offset,
-                    len,
-                },
+                kind: OpKind::Write { write: wi, slices: start..end, offset, len },
             });
             offset += len as u64;
             start = end;
@@ -110,41 +101,17 @@ impl Plan {
                 let res = results[i];
                 let rerun = res.is_none() || (broken && res == Some(-libc::ECANCELED));
                 match (&op.kind, res) {
-                    (
-                        OpKind::Write {
-                            write,
-                            slices,
-                            offset,
-                            ..
-                        },
-                        _,
-                    ) if rerun => {
+                    (OpKind::Write { write, slices, offset, .. }, _) if rerun => {
                         pwritev_all(fd, *offset, &writes[*write].bufs[slices.clone()])?;
                     }
                     (OpKind::Fsync, _) if rerun => fdatasync(fd)?,
                     (OpKind::Write { .. }, Some(r)) if r < 0 => {
-                        return Err(IoError::new(
-                            IoOp::Write,
-                            op.fd,
-                            std::io::Error::from_raw_os_error(-r),
-                        ));
+                        return Err(IoError::new(IoOp::Write, op.fd, std::io::Error::from_raw_os_error(-r)));
                     }
                     (OpKind::Fsync, Some(r)) if r < 0 => {
-                        return Err(IoError::new(
-                            IoOp::Fsync,
-                            op.fd,
-                            std::io::Error::from_raw_os_error(-r),
-                        ));
+                        return Err(IoError::new(IoOp::Fsync, op.fd, std::io::Error::from_raw_os_error(-r)));
                     }
-                    (
-                        OpKind::Write {
-                            write,
-                            slices,
-                            offset,
-                            len,
-                        },
-                        Some(r),
-                    ) if (r as usize) < *len => {
+                    (OpKind::Write { write, slices, offset, len }, Some(r)) if (r as usize) < *len => {
                         let bufs: &[IoSlice<'_>] = writes[*write].bufs;
                         let rest = remainder(&bufs[slices.clone()], r as usize);
                         pwritev_all(fd, offset + r as u64, &rest)?;
@@ -197,42 +164,18 @@ mod tests {
         let one = [IoSlice::new(b"x")];
         let many: Vec<IoSlice<'_>> = (0..IOV_MAX + 3).map(|_| IoSlice::new(b"yy")).collect();
         let writes = [
-            Write {
-                fd: a.as_fd(),
-                offset: 0,
-                bufs: &one,
-            },
-            Write {
-                fd: b.as_fd(),
-                offset: 0,
-                bufs: &many,
-            },
-            Write {
-                fd: a.as_fd(),
-                offset: 1,
-                bufs: &one,
-            },
-            Write {
-                fd: c.as_fd(),
-                offset: 0,
-                bufs: &one,
-            },
+            Write { fd: a.as_fd(), offset: 0, bufs: &one },
+            Write { fd: b.as_fd(), offset: 0, bufs: &many },
+            Write { fd: a.as_fd(), offset: 1, bufs: &one },
+            Write { fd: c.as_fd(), offset: 0, bufs: &one },
         ];
         let plan = Plan::build(&writes, &[b.as_fd(), a.as_fd()]);
         let (fa, fb, fc) = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
         let w = |fd, write, slices: Range<usize>, offset, len| Op {
             fd,
-            kind: OpKind::Write {
-                write,
-                slices,
-                offset,
-                len,
-            },
+            kind: OpKind::Write { write, slices, offset, len },
         };
-        let sync = |fd| Op {
-            fd,
-            kind: OpKind::Fsync,
-        };
+        let sync = |fd| Op { fd, kind: OpKind::Fsync };
         assert_eq!(
             plan.ops,
             vec![
@@ -258,30 +201,15 @@ mod tests {
         let parts = [IoSlice::new(b"hello "), IoSlice::new(b"world")];
         let tail = [IoSlice::new(b"!")];
         let writes = [
-            Write {
-                fd: f.as_fd(),
-                offset: 0,
-                bufs: &parts,
-            },
-            Write {
-                fd: f.as_fd(),
-                offset: 11,
-                bufs: &tail,
-            },
+            Write { fd: f.as_fd(), offset: 0, bufs: &parts },
+            Write { fd: f.as_fd(), offset: 11, bufs: &tail },
         ];
         let plan = Plan::build(&writes, &[f.as_fd()]);
         assert_eq!(plan.ops.len(), 3);
         // The kernel wrote 4 bytes of the first write and cancelled the rest of the chain.
         std::fs::write(dir.path().join("f"), b"hell").unwrap();
-        plan.complete(
-            &writes,
-            &[Some(4), Some(-libc::ECANCELED), Some(-libc::ECANCELED)],
-        )
-        .unwrap();
-        assert_eq!(
-            std::fs::read(dir.path().join("f")).unwrap(),
-            b"hello world!"
-        );
+        plan.complete(&writes, &[Some(4), Some(-libc::ECANCELED), Some(-libc::ECANCELED)]).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello world!");
     }
 
     #[test]
@@ -289,27 +217,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = scratch(&dir, "f");
         let data = [IoSlice::new(b"abc")];
-        let writes = [Write {
-            fd: f.as_fd(),
-            offset: 0,
-            bufs: &data,
-        }];
+        let writes = [Write { fd: f.as_fd(), offset: 0, bufs: &data }];
         let plan = Plan::build(&writes, &[f.as_fd()]);
-        let err = plan
-            .complete(&writes, &[Some(-libc::ENOSPC), Some(-libc::ECANCELED)])
-            .unwrap_err();
-        assert_eq!(
-            (err.op, err.raw_os_error()),
-            (IoOp::Write, Some(libc::ENOSPC))
-        );
-        let err = plan
-            .complete(&writes, &[Some(3), Some(-libc::EIO)])
-            .unwrap_err();
+        let err = plan.complete(&writes, &[Some(-libc::ENOSPC), Some(-libc::ECANCELED)]).unwrap_err();
+        assert_eq!((err.op, err.raw_os_error()), (IoOp::Write, Some(libc::ENOSPC)));
+        let err = plan.complete(&writes, &[Some(3), Some(-libc::EIO)]).unwrap_err();
         assert_eq!((err.op, err.raw_os_error()), (IoOp::Fsync, Some(libc::EIO)));
         // A cancellation without a short write before it is not ours to paper over.
-        let err = plan
-            .complete(&writes, &[Some(3), Some(-libc::ECANCELED)])
-            .unwrap_err();
+        let err = plan.complete(&writes, &[Some(3), Some(-libc::ECANCELED)]).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ECANCELED));
     }
 
@@ -318,16 +233,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = scratch(&dir, "f");
         let data = [IoSlice::new(b"abc")];
-        let writes = [Write {
-            fd: f.as_fd(),
-            offset: 5,
-            bufs: &data,
-        }];
+        let writes = [Write { fd: f.as_fd(), offset: 5, bufs: &data }];
         let plan = Plan::build(&writes, &[f.as_fd()]);
         plan.complete(&writes, &[None, None]).unwrap();
-        assert_eq!(
-            std::fs::read(dir.path().join("f")).unwrap(),
-            b"\0\0\0\0\0abc"
-        );
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"\0\0\0\0\0abc");
     }
 }

@@ -45,9 +45,7 @@ fn writes_and_syncs_many_files_in_one_submission() {
         let b = file(&dir, "b");
         let c = file(&dir, "c");
         // More slices than IOV_MAX forces chunking; slices of varied length check ordering.
-        let pieces: Vec<Vec<u8>> = (0..IOV_MAX * 2 + 7)
-            .map(|i| vec![(i % 251) as u8; 1 + i % 13])
-            .collect();
+        let pieces: Vec<Vec<u8>> = (0..IOV_MAX * 2 + 7).map(|i| vec![(i % 251) as u8; 1 + i % 13]).collect();
         let slices: Vec<IoSlice<'_>> = pieces.iter().map(|p| IoSlice::new(p)).collect();
         let expect_a: Vec<u8> = pieces.concat();
         let b1 = b"hello ".to_vec();
@@ -57,45 +55,19 @@ fn writes_and_syncs_many_files_in_one_submission() {
         let c1 = vec![7u8; 100_000];
         let c1s = [IoSlice::new(&c1)];
         let writes = [
-            Write {
-                fd: a.as_fd(),
-                offset: 0,
-                bufs: &slices,
-            },
-            Write {
-                fd: b.as_fd(),
-                offset: 0,
-                bufs: &b1s,
-            },
-            Write {
-                fd: b.as_fd(),
-                offset: 6,
-                bufs: &b2s,
-            },
-            Write {
-                fd: c.as_fd(),
-                offset: 4096,
-                bufs: &c1s,
-            },
+            Write { fd: a.as_fd(), offset: 0, bufs: &slices },
+            Write { fd: b.as_fd(), offset: 0, bufs: &b1s },
+            Write { fd: b.as_fd(), offset: 6, bufs: &b2s },
+            Write { fd: c.as_fd(), offset: 4096, bufs: &c1s },
         ];
         io.submit(&writes, &[a.as_fd(), b.as_fd()]).unwrap();
-        assert_eq!(
-            std::fs::read(dir.path().join("a")).unwrap(),
-            expect_a,
-            "{}",
-            io.backend()
-        );
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), expect_a, "{}", io.backend());
         assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"hello world");
         let got_c = std::fs::read(dir.path().join("c")).unwrap();
         assert_eq!(got_c.len(), 4096 + 100_000);
         assert!(got_c[..4096].iter().all(|&x| x == 0) && got_c[4096..].iter().all(|&x| x == 7));
         let s = io.stats();
-        assert_eq!(
-            (s.submits, s.writes, s.fsyncs),
-            (1, 4, 2),
-            "{}",
-            io.backend()
-        );
+        assert_eq!((s.submits, s.writes, s.fsyncs), (1, 4, 2), "{}", io.backend());
         assert_eq!(s.write_bytes, (expect_a.len() + 11 + 100_000) as u64);
     }
 }
@@ -119,16 +91,7 @@ fn fsync_of_a_bad_descriptor_is_a_typed_error() {
         std::fs::write(&path, b"x").unwrap();
         let ro = File::open(&path).unwrap();
         let data = [IoSlice::new(b"abc")];
-        let err = io
-            .submit(
-                &[Write {
-                    fd: ro.as_fd(),
-                    offset: 0,
-                    bufs: &data,
-                }],
-                &[ro.as_fd()],
-            )
-            .unwrap_err();
+        let err = io.submit(&[Write { fd: ro.as_fd(), offset: 0, bufs: &data }], &[ro.as_fd()]).unwrap_err();
         assert_eq!(err.op, IoOp::Write, "{}: {err}", io.backend());
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
     }
@@ -136,18 +99,9 @@ fn fsync_of_a_bad_descriptor_is_a_typed_error() {
 
 #[test]
 fn backend_choice_parses_and_auto_resolves() {
-    assert_eq!(
-        "auto".parse::<BackendChoice>().unwrap(),
-        BackendChoice::Auto
-    );
-    assert_eq!(
-        "uring".parse::<BackendChoice>().unwrap(),
-        BackendChoice::Uring
-    );
-    assert_eq!(
-        "fallback".parse::<BackendChoice>().unwrap(),
-        BackendChoice::Fallback
-    );
+    assert_eq!("auto".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
+    assert_eq!("uring".parse::<BackendChoice>().unwrap(), BackendChoice::Uring);
+    assert_eq!("fallback".parse::<BackendChoice>().unwrap(), BackendChoice::Fallback);
     let err = "epoll".parse::<BackendChoice>().unwrap_err();
     assert!(err.contains("auto, uring or fallback"), "{err}");
     assert_eq!(probe(BackendChoice::Fallback).unwrap(), Backend::Fallback);
@@ -164,11 +118,7 @@ fn unavailable_errors_are_recognised() {
         let e = IoError::new(IoOp::Setup, -1, std::io::Error::from_raw_os_error(errno));
         assert!(uring::is_unavailable(&e));
     }
-    let missing = IoError::new(
-        IoOp::Setup,
-        -1,
-        std::io::Error::new(std::io::ErrorKind::Unsupported, "x"),
-    );
+    let missing = IoError::new(IoOp::Setup, -1, std::io::Error::new(std::io::ErrorKind::Unsupported, "x"));
     assert!(uring::is_unavailable(&missing));
     let eio = IoError::new(IoOp::Fsync, 3, std::io::Error::from_raw_os_error(libc::EIO));
     assert!(!uring::is_unavailable(&eio));
@@ -180,23 +130,12 @@ fn fault_io_drops_everything_after_the_nth_fsync() {
     let a = file(&dir, "a");
     let mut io = FaultIo::new(
         fallback::FallbackIo::new(),
-        FaultPlan {
-            crash_after_fsync: Some(2),
-            ..Default::default()
-        },
+        FaultPlan { crash_after_fsync: Some(2), ..Default::default() },
     );
     let state = io.state();
     for (i, chunk) in [b"aa", b"bb", b"cc"].iter().enumerate() {
         let bufs = [IoSlice::new(*chunk)];
-        io.submit(
-            &[Write {
-                fd: a.as_fd(),
-                offset: 2 * i as u64,
-                bufs: &bufs,
-            }],
-            &[a.as_fd()],
-        )
-        .unwrap();
+        io.submit(&[Write { fd: a.as_fd(), offset: 2 * i as u64, bufs: &bufs }], &[a.as_fd()]).unwrap();
     }
     assert!(state.crashed());
     assert_eq!(state.dropped(), 2, "third write and third fsync dropped");
@@ -208,70 +147,23 @@ fn fault_io_drops_everything_after_the_nth_fsync() {
 fn fault_io_tears_a_write_and_fails_on_request() {
     let dir = tempfile::tempdir().unwrap();
     let a = file(&dir, "a");
-    let torn = TornWrite {
-        write: 2,
-        keep_bytes: 3,
-    };
-    let mut io = FaultIo::new(
-        fallback::FallbackIo::new(),
-        FaultPlan {
-            torn_write: Some(torn),
-            ..Default::default()
-        },
-    );
+    let torn = TornWrite { write: 2, keep_bytes: 3 };
+    let mut io =
+        FaultIo::new(fallback::FallbackIo::new(), FaultPlan { torn_write: Some(torn), ..Default::default() });
     let one = [IoSlice::new(b"0123")];
     let two = [IoSlice::new(b"45"), IoSlice::new(b"6789")];
-    io.submit(
-        &[Write {
-            fd: a.as_fd(),
-            offset: 0,
-            bufs: &one,
-        }],
-        &[],
-    )
-    .unwrap();
-    io.submit(
-        &[Write {
-            fd: a.as_fd(),
-            offset: 4,
-            bufs: &two,
-        }],
-        &[a.as_fd()],
-    )
-    .unwrap();
+    io.submit(&[Write { fd: a.as_fd(), offset: 0, bufs: &one }], &[]).unwrap();
+    io.submit(&[Write { fd: a.as_fd(), offset: 4, bufs: &two }], &[a.as_fd()]).unwrap();
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"0123456");
     assert!(io.state().crashed());
 
     for (plan, op, errno) in [
-        (
-            FaultPlan {
-                fail_write: Some((1, libc::ENOSPC)),
-                ..Default::default()
-            },
-            IoOp::Write,
-            libc::ENOSPC,
-        ),
-        (
-            FaultPlan {
-                fail_fsync: Some((1, libc::EIO)),
-                ..Default::default()
-            },
-            IoOp::Fsync,
-            libc::EIO,
-        ),
+        (FaultPlan { fail_write: Some((1, libc::ENOSPC)), ..Default::default() }, IoOp::Write, libc::ENOSPC),
+        (FaultPlan { fail_fsync: Some((1, libc::EIO)), ..Default::default() }, IoOp::Fsync, libc::EIO),
     ] {
         let b = file(&dir, "b");
         let mut io = FaultIo::new(fallback::FallbackIo::new(), plan);
-        let err = io
-            .submit(
-                &[Write {
-                    fd: b.as_fd(),
-                    offset: 0,
-                    bufs: &one,
-                }],
-                &[b.as_fd()],
-            )
-            .unwrap_err();
+        let err = io.submit(&[Write { fd: b.as_fd(), offset: 0, bufs: &one }], &[b.as_fd()]).unwrap_err();
         assert_eq!((err.op, err.raw_os_error()), (op, Some(errno)));
     }
 }
@@ -285,21 +177,8 @@ fn a_chain_longer_than_the_ring_runs_synchronously_and_completely() {
         let dir = tempfile::tempdir().unwrap();
         let f = file(&dir, "big");
         let slices: Vec<IoSlice<'_>> = bytes.chunks(1).map(IoSlice::new).collect();
-        io.submit(
-            &[Write {
-                fd: f.as_fd(),
-                offset: 0,
-                bufs: &slices,
-            }],
-            &[f.as_fd()],
-        )
-        .unwrap();
-        assert_eq!(
-            std::fs::read(dir.path().join("big")).unwrap(),
-            bytes,
-            "{}",
-            io.backend()
-        );
+        io.submit(&[Write { fd: f.as_fd(), offset: 0, bufs: &slices }], &[f.as_fd()]).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("big")).unwrap(), bytes, "{}", io.backend());
         assert_eq!(io.stats().fsyncs, 1);
     }
 }

@@ -31,9 +31,7 @@ pub struct UringIo {
 
 impl std::fmt::Debug for UringIo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UringIo")
-            .field("stats", &self.stats)
-            .finish_non_exhaustive()
+        f.debug_struct("UringIo").field("stats", &self.stats).finish_non_exhaustive()
     }
 }
 
@@ -54,10 +52,7 @@ impl UringIo {
         ring.submitter()
             .register_probe(&mut probe)
             .map_err(|e| IoError::new(IoOp::Setup, ring.as_raw_fd(), e))?;
-        for (code, name) in [
-            (opcode::Writev::CODE, "writev"),
-            (opcode::Fsync::CODE, "fsync"),
-        ] {
+        for (code, name) in [(opcode::Writev::CODE, "writev"), (opcode::Fsync::CODE, "fsync")] {
             if !probe.is_supported(code) {
                 return Err(IoError::new(
                     IoOp::Setup,
@@ -69,11 +64,7 @@ impl UringIo {
                 ));
             }
         }
-        Ok(UringIo {
-            ring,
-            stats: IoStats::default(),
-            generation: 0,
-        })
+        Ok(UringIo { ring, stats: IoStats::default(), generation: 0 })
     }
 
     /// Runs the chains `round` of `plan` and records each operation's result.
@@ -87,33 +78,21 @@ impl UringIo {
     ) {
         // Rounds are sized to the ring and every round is drained before the next, so the queue
         // is empty here and every push below fits.
-        assert!(
-            self.ring.submission().is_empty(),
-            "io_uring submission queue not drained"
-        );
+        assert!(self.ring.submission().is_empty(), "io_uring submission queue not drained");
         let mut pushed = 0usize;
         for chain in round {
             for i in chain.clone() {
                 let op = &plan.ops[i];
                 let entry = match &op.kind {
-                    OpKind::Write {
-                        write,
-                        slices,
-                        offset,
-                        ..
-                    } => {
+                    OpKind::Write { write, slices, offset, .. } => {
                         let start = iov_base[*write] + slices.start;
-                        opcode::Writev::new(
-                            types::Fd(op.fd),
-                            iovecs[start..].as_ptr(),
-                            slices.len() as u32,
-                        )
-                        .offset(*offset)
-                        .build()
+                        opcode::Writev::new(types::Fd(op.fd), iovecs[start..].as_ptr(), slices.len() as u32)
+                            .offset(*offset)
+                            .build()
                     }
-                    OpKind::Fsync => opcode::Fsync::new(types::Fd(op.fd))
-                        .flags(types::FsyncFlags::DATASYNC)
-                        .build(),
+                    OpKind::Fsync => {
+                        opcode::Fsync::new(types::Fd(op.fd)).flags(types::FsyncFlags::DATASYNC).build()
+                    }
                 };
                 let mut entry = entry.user_data((u64::from(self.generation) << 32) | i as u64);
                 if i + 1 < chain.end {
@@ -137,23 +116,14 @@ impl UringIo {
                 Ok(_) => {}
                 // Interrupted, or the kernel is short of resources or has a full completion
                 // queue: reap what is there and wait again.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                    ) => {}
-                Err(e) => abort_ring(&format!(
-                    "io_uring_enter failed with operations in flight: {e}"
-                )),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
+                Err(e) => abort_ring(&format!("io_uring_enter failed with operations in flight: {e}")),
             }
             for cqe in self.ring.completion() {
                 let data = cqe.user_data();
                 let index = (data & u64::from(u32::MAX)) as usize;
                 if data >> 32 != u64::from(self.generation) || index >= results.len() {
-                    tracing::error!(
-                        user_data = data,
-                        "ignoring an io_uring completion that is not ours"
-                    );
+                    tracing::error!(user_data = data, "ignoring an io_uring completion that is not ours");
                     continue;
                 }
                 results[index] = Some(cqe.result());
@@ -180,10 +150,11 @@ impl Io for UringIo {
         let mut iov_base = Vec::with_capacity(writes.len());
         for w in writes {
             iov_base.push(iovecs.len());
-            iovecs.extend(w.bufs.iter().map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            }));
+            iovecs.extend(
+                w.bufs
+                    .iter()
+                    .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }),
+            );
         }
         let mut results: Vec<Option<i32>> = vec![None; plan.ops.len()];
         let mut round: Vec<std::ops::Range<usize>> = Vec::new();

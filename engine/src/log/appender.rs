@@ -70,9 +70,7 @@ pub struct AppenderThread {
 impl AppenderThread {
     /// Waits for the writer to flush and exit; call after dropping every [`Appender`].
     pub fn join(self) -> Result<(), LogError> {
-        self.join
-            .join()
-            .unwrap_or_else(|_| Err(LogError::BatchRejected("the writer thread panicked".into())))
+        self.join.join().unwrap_or_else(|_| Err(LogError::BatchRejected("the writer thread panicked".into())))
     }
 }
 
@@ -95,10 +93,7 @@ impl Appender {
                 let mut io = match io::open(backend) {
                     Ok(io) => io,
                     Err(e) => {
-                        let err = LogError::Io {
-                            dir: thread_dir.clone(),
-                            source: Arc::new(e),
-                        };
+                        let err = LogError::Io { dir: thread_dir.clone(), source: Arc::new(e) };
                         let _ = ready_tx.send(Err(err));
                         return Ok(());
                     }
@@ -115,29 +110,17 @@ impl Appender {
             })
             .map_err(|e| LogError::fs(dir, e))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok((
-                Appender {
-                    tx,
-                    stats,
-                    dir: dir.to_path_buf(),
-                },
-                AppenderThread { join },
-            )),
+            Ok(Ok(())) => Ok((Appender { tx, stats, dir: dir.to_path_buf() }, AppenderThread { join })),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(LogError::BatchRejected(
-                "the writer thread exited during open".into(),
-            )),
+            Err(_) => Err(LogError::BatchRejected("the writer thread exited during open".into())),
         }
     }
 
     /// Appends one batch and waits until the partition's durability holds for it.
     pub fn append(&self, batch: Vec<u8>) -> Result<AppendInfo, LogError> {
         let (reply_tx, reply_rx) = channel::bounded(1);
-        let gone =
-            || LogError::BatchRejected(format!("the writer of {} has stopped", self.dir.display()));
-        self.tx
-            .send(Request::Append(batch, reply_tx))
-            .map_err(|_| gone())?;
+        let gone = || LogError::BatchRejected(format!("the writer of {} has stopped", self.dir.display()));
+        self.tx.send(Request::Append(batch, reply_tx)).map_err(|_| gone())?;
         reply_rx.recv().map_err(|_| gone())?
     }
 
@@ -180,19 +163,14 @@ fn run(
         let result = commit(io, &mut [&mut p], Instant::now());
         stats.commits.fetch_add(1, Ordering::Relaxed);
         // Seals during appends and the commit's own sync both count.
-        stats
-            .fsyncs
-            .fetch_add(io.stats().fsyncs - fsyncs_before, Ordering::Relaxed);
+        stats.fsyncs.fetch_add(io.stats().fsyncs - fsyncs_before, Ordering::Relaxed);
         let hw = p.high_watermark();
         let mut still_waiting = Vec::new();
         for (info, reply) in waiting.drain(..) {
             let outcome = match p.failure() {
                 // Failed (by this commit or by a roll during the appends): the batch will never
                 // be acknowledged, whatever the commit returned.
-                Some(cause) => Err(LogError::Failed {
-                    dir: p.dir().to_path_buf(),
-                    cause: Arc::clone(cause),
-                }),
+                Some(cause) => Err(LogError::Failed { dir: p.dir().to_path_buf(), cause: Arc::clone(cause) }),
                 // Under `interval` and `never` the write alone acknowledges; under `always` the
                 // commit synced everything staged. Either way the high watermark covers it.
                 None if info.last_offset < hw => Ok(info),

@@ -50,22 +50,14 @@ pub(super) fn commit_with(
         for p in partitions.iter() {
             let syncs = p.failed.is_none() && (force_sync || p.wants_sync(now));
             sync_flags.push(syncs);
-            slice_sets.push(if p.failed.is_none() {
-                p.active().staged_slices()
-            } else {
-                Vec::new()
-            });
+            slice_sets.push(if p.failed.is_none() { p.active().staged_slices() } else { Vec::new() });
         }
         let mut writes = Vec::new();
         let mut syncs = Vec::new();
         for ((p, slices), &sync) in partitions.iter().zip(&slice_sets).zip(&sync_flags) {
             let active = p.active();
             if !slices.is_empty() {
-                writes.push(Write {
-                    fd: active.file().as_fd(),
-                    offset: active.written_len(),
-                    bufs: slices,
-                });
+                writes.push(Write { fd: active.file().as_fd(), offset: active.written_len(), bufs: slices });
             }
             if sync {
                 syncs.push(active.file().as_fd());

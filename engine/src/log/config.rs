@@ -32,7 +32,9 @@ impl FromStr for Durability {
                 })?;
                 match ms.parse::<u64>() {
                     Ok(ms) if ms > 0 => Ok(Durability::Interval(Duration::from_millis(ms))),
-                    _ => Err(format!("bad durability interval {ms:?}: expected a whole number of milliseconds >= 1")),
+                    _ => Err(format!(
+                        "bad durability interval {ms:?}: expected a whole number of milliseconds >= 1"
+                    )),
                 }
             }
         }
@@ -85,18 +87,12 @@ impl LogConfig {
     /// Checks the limits that the on-disk format imposes.
     pub fn validate(&self) -> Result<(), String> {
         if !(1024..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
-            return Err(format!(
-                "segment_bytes {} outside 1024..={SEGMENT_BYTES_MAX}",
-                self.segment_bytes
-            ));
+            return Err(format!("segment_bytes {} outside 1024..={SEGMENT_BYTES_MAX}", self.segment_bytes));
         }
         // A batch larger than `segment_bytes` gets a segment of its own, so the two limits are
         // independent (as in Kafka); only the format's own limits apply.
         if !(61..=SEGMENT_BYTES_MAX).contains(&self.batch_bytes_max) {
-            return Err(format!(
-                "batch_bytes_max {} outside 61..={SEGMENT_BYTES_MAX}",
-                self.batch_bytes_max
-            ));
+            return Err(format!("batch_bytes_max {} outside 61..={SEGMENT_BYTES_MAX}", self.batch_bytes_max));
         }
         if self.index_interval_bytes == 0 {
             return Err("index_interval_bytes must be at least 1".into());
@@ -121,14 +117,7 @@ mod tests {
             "interval:250".parse::<Durability>().unwrap(),
             Durability::Interval(Duration::from_millis(250))
         );
-        for bad in [
-            "",
-            "sometimes",
-            "interval:",
-            "interval:0",
-            "interval:-3",
-            "interval:x",
-        ] {
+        for bad in ["", "sometimes", "interval:", "interval:0", "interval:-3", "interval:x"] {
             assert!(bad.parse::<Durability>().is_err(), "{bad}");
         }
     }
@@ -136,24 +125,11 @@ mod tests {
     #[test]
     fn config_limits() {
         assert!(LogConfig::default().validate().is_ok());
-        let too_big = LogConfig {
-            segment_bytes: 1 << 32,
-            ..LogConfig::default()
-        };
+        let too_big = LogConfig { segment_bytes: 1 << 32, ..LogConfig::default() };
         assert!(too_big.validate().unwrap_err().contains("segment_bytes"));
-        let batch = LogConfig {
-            batch_bytes_max: 1 << 31,
-            ..LogConfig::default()
-        };
+        let batch = LogConfig { batch_bytes_max: 1 << 31, ..LogConfig::default() };
         assert!(batch.validate().unwrap_err().contains("batch_bytes_max"));
-        let small = LogConfig {
-            segment_bytes: 4096,
-            batch_bytes_max: 8192,
-            ..LogConfig::default()
-        };
-        assert!(
-            small.validate().is_ok(),
-            "a large batch gets a segment of its own"
-        );
+        let small = LogConfig { segment_bytes: 4096, batch_bytes_max: 8192, ..LogConfig::default() };
+        assert!(small.validate().is_ok(), "a large batch gets a segment of its own");
     }
 }

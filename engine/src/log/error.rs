@@ -43,28 +43,17 @@ pub enum LogError {
     BatchTooLarge { size: u64, max: u64 },
     /// The offset is below the log start (retention removed it) or above the end.
     #[error("offset {requested} out of range: the log holds [{start}, {end})")]
-    OffsetOutOfRange {
-        requested: i64,
-        start: i64,
-        end: i64,
-    },
+    OffsetOutOfRange { requested: i64, start: i64, end: i64 },
     /// A sealed segment read back does not hold what its index says.
     #[error("{} is corrupt at byte {position}: {reason}", path.display())]
-    Corrupt {
-        path: PathBuf,
-        position: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, position: u64, reason: String },
     #[error("invalid log configuration: {0}")]
     Config(String),
 }
 
 impl LogError {
     pub(crate) fn fs(path: impl Into<PathBuf>, source: std::io::Error) -> LogError {
-        LogError::Fs {
-            path: path.into(),
-            source,
-        }
+        LogError::Fs { path: path.into(), source }
     }
 }
 
@@ -72,25 +61,14 @@ impl From<ReadError> for LogError {
     fn from(e: ReadError) -> Self {
         match e {
             ReadError::Fs { path, source } => LogError::Fs { path, source },
-            ReadError::Corrupt {
-                path,
-                position,
-                reason,
-            } => LogError::Corrupt {
-                path,
-                position,
-                reason,
-            },
+            ReadError::Corrupt { path, position, reason } => LogError::Corrupt { path, position, reason },
         }
     }
 }
 
 pub(crate) fn from_seal(dir: &std::path::Path, e: SealError) -> LogError {
     match e {
-        SealError::Io(source) => LogError::Io {
-            dir: dir.to_path_buf(),
-            source: Arc::new(source),
-        },
+        SealError::Io(source) => LogError::Io { dir: dir.to_path_buf(), source: Arc::new(source) },
         SealError::Fs { path, source } => LogError::Fs { path, source },
     }
 }

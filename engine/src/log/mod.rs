@@ -35,7 +35,7 @@ pub use error::LogError;
 pub use retention::RetentionOutcome;
 
 use crate::io::{Io, IoError};
-use crate::record::{set_base_offset, verify_crc, BatchHeader};
+use crate::record::{set_base_offset, verify_crc, Batch, BatchHeader, Compression};
 use crate::segment::{SealError, Segment};
 
 /// Offsets assigned to one appended batch.
@@ -168,23 +168,16 @@ impl Partition {
     }
 
     fn active(&self) -> &Segment {
-        self.segments
-            .back()
-            .expect("a partition always has an active segment")
+        self.segments.back().expect("a partition always has an active segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments
-            .back_mut()
-            .expect("a partition always has an active segment")
+        self.segments.back_mut().expect("a partition always has an active segment")
     }
 
     fn check_writable(&self) -> Result<(), LogError> {
         match &self.failed {
-            Some(cause) => Err(LogError::Failed {
-                dir: self.dir.clone(),
-                cause: Arc::clone(cause),
-            }),
+            Some(cause) => Err(LogError::Failed { dir: self.dir.clone(), cause: Arc::clone(cause) }),
             None => Ok(()),
         }
     }
@@ -193,10 +186,7 @@ impl Partition {
     fn fail(&mut self, cause: Arc<IoError>) -> LogError {
         tracing::error!(dir = %self.dir.display(), error = %cause, "partition failed; refusing further writes");
         self.failed = Some(Arc::clone(&cause));
-        LogError::Io {
-            dir: self.dir.clone(),
-            source: cause,
-        }
+        LogError::Io { dir: self.dir.clone(), source: cause }
     }
 
     /// Validates `batch`, assigns its offsets and stages it. Nothing is written until [`commit`];
@@ -211,10 +201,7 @@ impl Partition {
         self.check_writable()?;
         let size = batch.len() as u64;
         if size > self.config.batch_bytes_max {
-            return Err(LogError::BatchTooLarge {
-                size,
-                max: self.config.batch_bytes_max,
-            });
+            return Err(LogError::BatchTooLarge { size, max: self.config.batch_bytes_max });
         }
         let header = BatchHeader::parse(&batch)?;
         if header.total_len() != batch.len() {
@@ -233,27 +220,19 @@ impl Partition {
                 header.records_count, header.last_offset_delta
             )));
         }
+        validate_records(&batch, &header)?;
         let count = i64::from(header.last_offset_delta) + 1;
         let active = self.active();
-        let aged = now
-            .duration_since(active.created())
-            .is_ok_and(|age| age >= self.config.segment_age);
-        if !active.is_empty() && (aged || !active.has_room(size, count, self.config.segment_bytes))
-        {
+        let aged = now.duration_since(active.created()).is_ok_and(|age| age >= self.config.segment_age);
+        if !active.is_empty() && (aged || !active.has_room(size, count, self.config.segment_bytes)) {
             self.roll(io)?;
         }
         let base_offset = self.next_offset();
         set_base_offset(&mut batch, base_offset);
-        let header = BatchHeader {
-            base_offset,
-            ..header
-        };
+        let header = BatchHeader { base_offset, ..header };
         let interval = self.config.index_interval_bytes;
         self.active_mut().stage(batch, &header, interval);
-        Ok(AppendInfo {
-            base_offset,
-            last_offset: header.last_offset(),
-        })
+        Ok(AppendInfo { base_offset, last_offset: header.last_offset() })
     }
 
     /// Seals the active segment and starts a new one at the next offset. Any failure fails the
@@ -282,11 +261,8 @@ impl Partition {
         }
         let end = self.active().next_offset();
         let path = crate::segment::log_path(&self.dir, end);
-        let segment =
-            Segment::create(&self.dir, end).map_err(|e| IoError::file_system(&path, e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| IoError::file_system(&self.dir, e))?;
+        let segment = Segment::create(&self.dir, end).map_err(|e| IoError::file_system(&path, e))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| IoError::file_system(&self.dir, e))?;
         tracing::debug!(dir = %self.dir.display(), base_offset = end, "rolled to a new segment");
         self.segments.push_back(segment);
         Ok(())
@@ -317,32 +293,18 @@ impl Partition {
     pub fn read(&self, offset: i64, max_bytes: u64) -> Result<ReadSlice, LogError> {
         let end = self.high_watermark();
         if offset < self.log_start_offset || offset > end {
-            return Err(LogError::OffsetOutOfRange {
-                requested: offset,
-                start: self.log_start_offset,
-                end,
-            });
+            return Err(LogError::OffsetOutOfRange { requested: offset, start: self.log_start_offset, end });
         }
-        let i = self
-            .segments
-            .partition_point(|s| s.base_offset() <= offset)
-            .saturating_sub(1);
+        let i = self.segments.partition_point(|s| s.base_offset() <= offset).saturating_sub(1);
         for seg in self.segments.iter().skip(i) {
             let limit = seg.visible_len();
             let Some(first) = seg.find_offset(offset, limit)? else {
                 continue;
             };
-            let mut len = first.header.total_len() as u64;
-            let mut next_offset = first.header.last_offset() + 1;
-            while len < max_bytes {
-                match seg.read_header(first.position + len, limit)? {
-                    Some(h) if len + h.total_len() as u64 <= max_bytes => {
-                        len += h.total_len() as u64;
-                        next_offset = h.last_offset() + 1;
-                    }
-                    _ => break,
-                }
-            }
+            // The offset at the segment's visible end: the next segment's base, or the high
+            // watermark for the active one.
+            let limit_offset = if seg.is_sealed() { seg.next_offset() } else { self.high_watermark };
+            let (len, next_offset) = seg.extent(&first, max_bytes, limit, limit_offset)?;
             return Ok(ReadSlice {
                 file: Arc::clone(seg.file()),
                 position: first.position,
@@ -368,10 +330,7 @@ impl Partition {
                 continue;
             }
             if let Some(at) = seg.find_timestamp(timestamp, seg.visible_len())? {
-                return Ok(Some((
-                    at.header.base_offset.max(self.log_start_offset),
-                    at.header.max_timestamp,
-                )));
+                return Ok(Some((at.header.base_offset.max(self.log_start_offset), at.header.max_timestamp)));
             }
         }
         Ok(None)
@@ -385,11 +344,28 @@ impl Partition {
     }
 }
 
+/// Checks the records of an uncompressed batch: every record decodes, there are exactly
+/// `records_count` of them, they fill the batch, and their offset deltas run 0, 1, 2, ...
+/// A compressed batch is stored as it is: its records are inside the compressed block.
+fn validate_records(batch: &[u8], header: &BatchHeader) -> Result<(), LogError> {
+    if header.attributes.compression()? != Compression::None {
+        return Ok(());
+    }
+    for (i, record) in Batch::parse(batch)?.records().enumerate() {
+        let record = record?;
+        if i64::from(record.offset_delta) != i as i64 {
+            return Err(LogError::BatchRejected(format!(
+                "record {i} has offset delta {}; deltas must run 0, 1, 2, ...",
+                record.offset_delta
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Makes a directory's entries (created or removed files) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| LogError::fs(dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| LogError::fs(dir, e))
 }
 
 #[cfg(test)]

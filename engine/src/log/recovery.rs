@@ -40,11 +40,8 @@ pub(super) fn recover(
             dir_changed = true;
             continue;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| LogError::fs(&path, e))?;
+        let file =
+            OpenOptions::new().read(true).write(true).open(&path).map_err(|e| LogError::fs(&path, e))?;
         let len = file.metadata().map_err(|e| LogError::fs(&path, e))?.len();
         let expected_base = segments.back().map(Segment::next_offset);
         if expected_base.is_some_and(|next| next != base) {
@@ -60,15 +57,26 @@ pub(super) fn recover(
             continue;
         }
         let next_base = bases.get(i + 1).copied();
-        if let Some(next_base) = next_base {
-            if let Some(outcome) = load_indexes(dir, base, len, next_base) {
-                segments.push_back(Segment::from_parts(dir, base, file, len, outcome, true));
-                continue;
+        let file = match next_base.and_then(|nb| load_indexes(dir, base, len, nb)) {
+            Some(outcome) => {
+                let seg = Segment::from_parts(dir, base, file, len, outcome, true);
+                if seg.check_end()? {
+                    segments.push_back(seg);
+                    continue;
+                }
+                tracing::warn!(file = %path.display(), "index files do not match the end of the log; rescanning");
+                drop(seg);
+                OpenOptions::new().read(true).write(true).open(&path).map_err(|e| LogError::fs(&path, e))?
             }
-            tracing::info!(file = %path.display(), "index files missing or stale; rebuilding them from the log");
-        }
-        let outcome = scan(&file, base, len, config.index_interval_bytes)
-            .map_err(|e| LogError::fs(&path, e))?;
+            None => {
+                if next_base.is_some() {
+                    tracing::info!(file = %path.display(), "index files missing or stale; rebuilding them from the log");
+                }
+                file
+            }
+        };
+        let outcome =
+            scan(&file, base, len, config.index_interval_bytes).map_err(|e| LogError::fs(&path, e))?;
         let valid_len = outcome.valid_len;
         if let Some((position, reason)) = &outcome.stopped {
             tracing::warn!(
@@ -84,19 +92,15 @@ pub(super) fn recover(
         let continues = !truncated && next_base.is_some_and(|nb| outcome.next_offset == nb);
         let mut seg = Segment::from_parts(dir, base, file, len, outcome.clone(), false);
         if truncated {
-            seg.truncate(valid_len, outcome)
-                .map_err(|e| LogError::fs(&path, e))?;
+            seg.truncate(valid_len, outcome).map_err(|e| LogError::fs(&path, e))?;
         }
         if continues {
             seg.seal(io).map_err(|e| super::error::from_seal(dir, e))?;
         } else {
             // The active segment's index files are rewritten when it is sealed.
-            remove_indexes(dir, base)?;
+            dir_changed |= remove_indexes(dir, base)?;
             io.submit(&[], &[seg.file().as_fd()])
-                .map_err(|e| LogError::Io {
-                    dir: dir.to_path_buf(),
-                    source: e.into(),
-                })?;
+                .map_err(|e| LogError::Io { dir: dir.to_path_buf(), source: e.into() })?;
             cut_short = next_base.is_some();
         }
         segments.push_back(seg);
@@ -104,8 +108,7 @@ pub(super) fn recover(
     // An empty active segment left behind by a roll is fine; no segment at all means a new log.
     if segments.is_empty() {
         let base = 0;
-        let seg = Segment::create(dir, base)
-            .map_err(|e| LogError::fs(segment::log_path(dir, base), e))?;
+        let seg = Segment::create(dir, base).map_err(|e| LogError::fs(segment::log_path(dir, base), e))?;
         segments.push_back(seg);
         dir_changed = true;
     }
@@ -125,16 +128,14 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
         let Some(name) = name.to_str() else { continue };
         if let Some(base) = segment::parse_log_name(name) {
             bases.push(base);
-        } else if name.ends_with(".index") || name.ends_with(".timeindex") || name.ends_with(".tmp")
-        {
+        } else if name.ends_with(".index") || name.ends_with(".timeindex") || name.ends_with(".tmp") {
             others.push(entry.path());
         }
     }
     bases.sort_unstable();
     for path in others {
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-        let has_log =
-            segment::parse_log_name(&format!("{stem}.log")).is_some_and(|b| bases.contains(&b));
+        let has_log = segment::parse_log_name(&format!("{stem}.log")).is_some_and(|b| bases.contains(&b));
         if !has_log || path.extension().is_some_and(|e| e == "tmp") {
             tracing::info!(file = %path.display(), "removing orphaned file");
             std::fs::remove_file(&path).map_err(|e| LogError::fs(&path, e))?;
@@ -145,12 +146,8 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>, LogError> {
 
 /// Loads a sealed segment's indexes if they are intact and describe a log of `len` bytes.
 fn load_indexes(dir: &Path, base: i64, len: u64, next_base: i64) -> Option<ScanOutcome> {
-    let index =
-        segment::OffsetIndex::decode(&std::fs::read(segment::index_path(dir, base)).ok()?, len)?;
-    let time_index = TimeIndex::decode(
-        &std::fs::read(segment::time_index_path(dir, base)).ok()?,
-        len,
-    )?;
+    let index = segment::OffsetIndex::decode(&std::fs::read(segment::index_path(dir, base)).ok()?, len)?;
+    let time_index = TimeIndex::decode(&std::fs::read(segment::time_index_path(dir, base)).ok()?, len)?;
     if len == 0 || index.entries().is_empty() || next_base <= base {
         return None;
     }
@@ -166,17 +163,15 @@ fn load_indexes(dir: &Path, base: i64, len: u64, next_base: i64) -> Option<ScanO
     })
 }
 
-fn remove_indexes(dir: &Path, base: i64) -> Result<(), LogError> {
-    for path in [
-        segment::index_path(dir, base),
-        segment::time_index_path(dir, base),
-    ] {
+/// Removes a segment's index files; returns whether any existed.
+fn remove_indexes(dir: &Path, base: i64) -> Result<bool, LogError> {
+    let mut removed = false;
+    for path in [segment::index_path(dir, base), segment::time_index_path(dir, base)] {
         match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(LogError::fs(&path, e))
-            }
-            _ => {}
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::fs(&path, e)),
         }
     }
-    Ok(())
+    Ok(removed)
 }

@@ -33,15 +33,10 @@ impl Partition {
             .config
             .retention_age
             .map(|age| now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
-        let mut outcome = RetentionOutcome {
-            log_start_offset: self.log_start_offset,
-            ..Default::default()
-        };
+        let mut outcome = RetentionOutcome { log_start_offset: self.log_start_offset, ..Default::default() };
         // An idle active segment past its age rolls, so that age retention can reach it.
         let active = &self.segments[self.segments.len() - 1];
-        let aged = now
-            .duration_since(active.created())
-            .is_ok_and(|age| age >= self.config.segment_age);
+        let aged = now.duration_since(active.created()).is_ok_and(|age| age >= self.config.segment_age);
         if aged && !active.is_empty() {
             self.roll(io)?;
         }
@@ -49,10 +44,7 @@ impl Partition {
         while self.segments.len() > 1 {
             let oldest = &self.segments[0];
             debug_assert!(oldest.is_sealed());
-            let too_big = self
-                .config
-                .retention_bytes
-                .is_some_and(|max| total - oldest.len() >= max);
+            let too_big = self.config.retention_bytes.is_some_and(|max| total - oldest.len() >= max);
             let too_old = oldest_kept_ms.is_some_and(|kept| oldest.max_timestamp() < kept);
             if !(too_big || too_old) {
                 break;

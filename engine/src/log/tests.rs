@@ -11,12 +11,7 @@ fn batch(tag: &str, n: usize, timestamp: i64) -> Vec<u8> {
     let mut b = BatchBuilder::new(BatchOptions::default());
     let values: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
     for v in &values {
-        b.push(&Record {
-            timestamp,
-            key: Some(tag.as_bytes()),
-            value: Some(v.as_bytes()),
-            headers: &[],
-        });
+        b.push(&Record { timestamp, key: Some(tag.as_bytes()), value: Some(v.as_bytes()), headers: &[] });
     }
     b.finish()
 }
@@ -60,10 +55,7 @@ fn with_captured_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
     }
     let buf = Buf::default();
     let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
     let out = tracing::subscriber::with_default(subscriber, f);
     let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     (out, text)
@@ -91,26 +83,15 @@ fn append_commit_read_round_trip_on_both_backends() {
         let now = SystemTime::now();
         let a = p.append(&mut *io, batch("a", 3, 10), now).unwrap();
         let b = p.append(&mut *io, batch("b", 2, 11), now).unwrap();
-        assert_eq!(
-            (a.base_offset, a.last_offset, b.base_offset, b.last_offset),
-            (0, 2, 3, 4)
-        );
+        assert_eq!((a.base_offset, a.last_offset, b.base_offset, b.last_offset), (0, 2, 3, 4));
         // Staged is not visible, and not acknowledged.
         assert_eq!(p.high_watermark(), 0);
         assert_eq!(read_all(&p), vec![]);
         let out = commit(&mut *io, &mut [&mut p], Instant::now()).unwrap();
-        assert_eq!(
-            out,
-            CommitOutcome {
-                written: 1,
-                synced: 1
-            }
-        );
+        assert_eq!(out, CommitOutcome { written: 1, synced: 1 });
         assert_eq!(p.high_watermark(), 5);
-        let values: Vec<_> = read_all(&p)
-            .into_iter()
-            .map(|(o, v)| (o, String::from_utf8(v).unwrap()))
-            .collect();
+        let values: Vec<_> =
+            read_all(&p).into_iter().map(|(o, v)| (o, String::from_utf8(v).unwrap())).collect();
         assert_eq!(
             values,
             vec![
@@ -126,14 +107,7 @@ fn append_commit_read_round_trip_on_both_backends() {
         assert_eq!((mid.first_offset, mid.next_offset), (3, 5));
         // Reading at the end is empty; past it, out of range.
         assert_eq!(p.read(5, 100).unwrap().len, 0);
-        assert!(matches!(
-            p.read(6, 100),
-            Err(LogError::OffsetOutOfRange {
-                requested: 6,
-                start: 0,
-                end: 5
-            })
-        ));
+        assert!(matches!(p.read(6, 100), Err(LogError::OffsetOutOfRange { requested: 6, start: 0, end: 5 })));
         drop(p);
         let p = Partition::open(dir.path(), LogConfig::default(), &mut *io).unwrap();
         assert_eq!(p.next_offset(), 5);
@@ -150,25 +124,13 @@ fn rejects_bad_batches_with_typed_errors() {
     let mut corrupt = batch("x", 2, 1);
     let last = corrupt.len() - 1;
     corrupt[last] ^= 1;
-    assert!(matches!(
-        p.append(&mut io, corrupt, now),
-        Err(LogError::InvalidBatch(_))
-    ));
+    assert!(matches!(p.append(&mut io, corrupt, now), Err(LogError::InvalidBatch(_))));
     let mut long = batch("x", 1, 1);
     long.push(0);
-    assert!(matches!(
-        p.append(&mut io, long, now),
-        Err(LogError::BatchRejected(_))
-    ));
-    assert!(matches!(
-        p.append(&mut io, vec![1, 2, 3], now),
-        Err(LogError::InvalidBatch(_))
-    ));
+    assert!(matches!(p.append(&mut io, long, now), Err(LogError::BatchRejected(_))));
+    assert!(matches!(p.append(&mut io, vec![1, 2, 3], now), Err(LogError::InvalidBatch(_))));
     let big = batch(&"y".repeat(3000), 1, 1);
-    assert!(matches!(
-        p.append(&mut io, big, now),
-        Err(LogError::BatchTooLarge { .. })
-    ));
+    assert!(matches!(p.append(&mut io, big, now), Err(LogError::BatchTooLarge { .. })));
     assert_eq!(p.next_offset(), 0, "nothing was assigned offsets");
 }
 
@@ -180,47 +142,29 @@ fn rolls_by_size_and_age_and_reopens_from_index_files() {
     let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
     let t0 = SystemTime::now();
     for i in 0..150 {
-        p.append(&mut io, batch(&format!("k{i}"), 4, 1000 + i), t0)
-            .unwrap();
+        p.append(&mut io, batch(&format!("k{i}"), 4, 1000 + i), t0).unwrap();
         commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
     }
     let segs = p.segments().len();
-    assert!(
-        segs >= 4,
-        "150 batches of ~125 B in 4 KiB segments roll several times, got {segs}"
-    );
+    assert!(segs >= 4, "150 batches of ~125 B in 4 KiB segments roll several times, got {segs}");
     assert!(p.segments().all(|s| s.len() <= 4096));
     for s in p.segments().take(segs - 1) {
         assert!(s.is_sealed());
         assert!(crate::segment::index_path(dir.path(), s.base_offset()).exists());
     }
     // Roll by age: the active segment is older than segment_age at the next append.
-    let aged = LogConfig {
-        segment_age: Duration::from_secs(60),
-        ..config.clone()
-    };
+    let aged = LogConfig { segment_age: Duration::from_secs(60), ..config.clone() };
     p.set_config(aged).unwrap();
-    p.append(
-        &mut io,
-        batch("late", 1, 5000),
-        t0 + Duration::from_secs(3600),
-    )
-    .unwrap();
+    p.append(&mut io, batch("late", 1, 5000), t0 + Duration::from_secs(3600)).unwrap();
     assert_eq!(p.segments().len(), segs + 1);
     p.flush(&mut io).unwrap();
     let before = read_all(&p);
     assert_eq!(before.len(), 601);
-    let indexes: Vec<_> = p
-        .segments()
-        .map(|s| (s.offset_index().clone(), s.time_index().clone()))
-        .collect();
+    let indexes: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
     drop(p);
     let p = Partition::open(dir.path(), config, &mut io).unwrap();
     assert_eq!(read_all(&p), before);
-    let reopened: Vec<_> = p
-        .segments()
-        .map(|s| (s.offset_index().clone(), s.time_index().clone()))
-        .collect();
+    let reopened: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
     // Sealed segments' indexes come back from their files unchanged.
     assert_eq!(reopened[..segs], indexes[..segs]);
     // Every offset is found by the index + scan lookup.
@@ -229,11 +173,7 @@ fn rolls_by_size_and_age_and_reopens_from_index_files() {
         let mut bytes = Vec::new();
         slice.read_into(&mut bytes).unwrap();
         let b = crate::record::Batch::parse(&bytes).unwrap();
-        let r = b
-            .records()
-            .map(|r| r.unwrap())
-            .find(|r| r.offset == *offset)
-            .unwrap();
+        let r = b.records().map(|r| r.unwrap()).find(|r| r.offset == *offset).unwrap();
         assert_eq!(r.value.unwrap(), &value[..]);
     }
 }
@@ -245,34 +185,18 @@ fn lookup_by_timestamp() {
     let mut p = Partition::open(dir.path(), small_config(Durability::Always), &mut io).unwrap();
     let now = SystemTime::now();
     // Timestamps 100, 110, ..., with one out-of-order batch (105 after 130).
-    let stamps = [
-        100, 110, 120, 130, 105, 140, 150, 160, 170, 180, 190, 200, 210, 220, 230, 240,
-    ];
+    let stamps = [100, 110, 120, 130, 105, 140, 150, 160, 170, 180, 190, 200, 210, 220, 230, 240];
     let mut offsets = Vec::new();
     for (i, ts) in stamps.iter().enumerate() {
         for _ in 0..3 {
-            offsets.push((
-                p.append(&mut io, batch(&format!("t{i}"), 2, *ts), now)
-                    .unwrap()
-                    .base_offset,
-                *ts,
-            ));
+            offsets.push((p.append(&mut io, batch(&format!("t{i}"), 2, *ts), now).unwrap().base_offset, *ts));
         }
     }
     p.flush(&mut io).unwrap();
     assert!(p.segments().len() > 1);
-    let expect = |target: i64| {
-        offsets
-            .iter()
-            .find(|(_, ts)| *ts >= target)
-            .map(|(o, ts)| (*o, *ts))
-    };
+    let expect = |target: i64| offsets.iter().find(|(_, ts)| *ts >= target).map(|(o, ts)| (*o, *ts));
     for target in [0, 100, 101, 105, 106, 130, 131, 175, 240] {
-        assert_eq!(
-            p.offset_for_timestamp(target).unwrap(),
-            expect(target),
-            "target {target}"
-        );
+        assert_eq!(p.offset_for_timestamp(target).unwrap(), expect(target), "target {target}");
     }
     assert_eq!(p.offset_for_timestamp(241).unwrap(), None);
 }
@@ -288,44 +212,25 @@ fn retention_by_size_and_age_advances_the_log_start() {
     // Old records first (two hours old), then fresh ones.
     for i in 0..80 {
         let ts = if i < 40 { now_ms - 7_200_000 } else { now_ms };
-        p.append(&mut io, batch(&format!("r{i}"), 4, ts), now)
-            .unwrap();
+        p.append(&mut io, batch(&format!("r{i}"), 4, ts), now).unwrap();
     }
     p.flush(&mut io).unwrap();
     let total = p.size_bytes();
     let segs = p.segments().len();
     // Age: one hour. Only segments holding nothing newer than an hour go.
-    p.set_config(LogConfig {
-        retention_age: Some(Duration::from_secs(3600)),
-        ..config.clone()
-    })
-    .unwrap();
+    p.set_config(LogConfig { retention_age: Some(Duration::from_secs(3600)), ..config.clone() }).unwrap();
     let out = p.enforce_retention(&mut io, now).unwrap();
     assert!(out.segments_deleted >= 1);
     assert_eq!(p.log_start_offset(), out.log_start_offset);
     let start = p.log_start_offset();
-    assert!(
-        start > 0 && start <= 160,
-        "old records are offsets 0..160, start {start}"
-    );
-    assert!(matches!(
-        p.read(0, 100),
-        Err(LogError::OffsetOutOfRange { requested: 0, .. })
-    ));
-    assert!(matches!(
-        p.read(start - 1, 100),
-        Err(LogError::OffsetOutOfRange { .. })
-    ));
+    assert!(start > 0 && start <= 160, "old records are offsets 0..160, start {start}");
+    assert!(matches!(p.read(0, 100), Err(LogError::OffsetOutOfRange { requested: 0, .. })));
+    assert!(matches!(p.read(start - 1, 100), Err(LogError::OffsetOutOfRange { .. })));
     assert!(p.read(start, 100).unwrap().len > 0);
     assert!(!crate::segment::log_path(dir.path(), 0).exists());
     // Size: a segment goes while the rest still holds the limit; the active one stays.
     let limit = p.segments().last().unwrap().len();
-    p.set_config(LogConfig {
-        retention_bytes: Some(limit),
-        retention_age: None,
-        ..config.clone()
-    })
-    .unwrap();
+    p.set_config(LogConfig { retention_bytes: Some(limit), retention_age: None, ..config.clone() }).unwrap();
     let out = p.enforce_retention(&mut io, now).unwrap();
     assert!(out.segments_deleted >= 1);
     assert_eq!(p.segments().len(), 1, "only the active segment is left");
@@ -345,24 +250,14 @@ fn group_commit_writes_many_partitions_with_one_submission() {
         let dir = tempfile::tempdir().unwrap();
         let mut parts: Vec<Partition> = (0..4)
             .map(|i| {
-                Partition::open(
-                    &dir.path().join(format!("p{i}")),
-                    LogConfig::default(),
-                    &mut *io,
-                )
-                .unwrap()
+                Partition::open(&dir.path().join(format!("p{i}")), LogConfig::default(), &mut *io).unwrap()
             })
             .collect();
         let base = io.stats();
         for round in 0..3 {
             for (i, p) in parts.iter_mut().enumerate() {
                 for j in 0..5 {
-                    p.append(
-                        &mut *io,
-                        batch(&format!("{round}-{i}-{j}"), 2, 1),
-                        SystemTime::now(),
-                    )
-                    .unwrap();
+                    p.append(&mut *io, batch(&format!("{round}-{i}-{j}"), 2, 1), SystemTime::now()).unwrap();
                 }
             }
             let mut refs: Vec<&mut Partition> = parts.iter_mut().collect();
@@ -381,57 +276,27 @@ fn group_commit_writes_many_partitions_with_one_submission() {
 fn interval_and_never_acknowledge_on_write_and_sync_on_schedule() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        durability: Durability::Interval(Duration::from_millis(50)),
-        ..LogConfig::default()
-    };
+    let config =
+        LogConfig { durability: Durability::Interval(Duration::from_millis(50)), ..LogConfig::default() };
     let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
     let t = Instant::now();
-    p.append(&mut io, batch("i", 1, 1), SystemTime::now())
-        .unwrap();
+    p.append(&mut io, batch("i", 1, 1), SystemTime::now()).unwrap();
     // First commit right after open: the interval has not elapsed since open.
     let first = commit(&mut io, &mut [&mut p], t).unwrap();
-    assert_eq!(
-        first,
-        CommitOutcome {
-            written: 1,
-            synced: 0
-        }
-    );
+    assert_eq!(first, CommitOutcome { written: 1, synced: 0 });
     assert_eq!((p.high_watermark(), p.durable_end()), (1, 0));
     let deadline = p.sync_deadline().unwrap();
     let later = commit(&mut io, &mut [&mut p], deadline).unwrap();
-    assert_eq!(
-        later,
-        CommitOutcome {
-            written: 0,
-            synced: 1
-        }
-    );
+    assert_eq!(later, CommitOutcome { written: 0, synced: 1 });
     assert_eq!(p.durable_end(), 1);
     assert_eq!(p.sync_deadline(), None);
 
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        durability: Durability::Never,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { durability: Durability::Never, ..LogConfig::default() };
     let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
-    p.append(&mut io, batch("n", 1, 1), SystemTime::now())
-        .unwrap();
-    let out = commit(
-        &mut io,
-        &mut [&mut p],
-        Instant::now() + Duration::from_secs(3600),
-    )
-    .unwrap();
-    assert_eq!(
-        out,
-        CommitOutcome {
-            written: 1,
-            synced: 0
-        }
-    );
+    p.append(&mut io, batch("n", 1, 1), SystemTime::now()).unwrap();
+    let out = commit(&mut io, &mut [&mut p], Instant::now() + Duration::from_secs(3600)).unwrap();
+    assert_eq!(out, CommitOutcome { written: 1, synced: 0 });
     assert_eq!(p.high_watermark(), 1);
 }
 
@@ -439,31 +304,21 @@ fn interval_and_never_acknowledge_on_write_and_sync_on_schedule() {
 fn an_fsync_error_fails_the_partition_until_reopened() {
     for errno in [libc::EIO, libc::ENOSPC] {
         let dir = tempfile::tempdir().unwrap();
-        let plan = FaultPlan {
-            fail_fsync: Some((1, errno)),
-            ..Default::default()
-        };
+        let plan = FaultPlan { fail_fsync: Some((1, errno)), ..Default::default() };
         let mut io = FaultIo::new(FallbackIo::new(), plan);
         let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
-        p.append(&mut io, batch("a", 1, 1), SystemTime::now())
-            .unwrap();
+        p.append(&mut io, batch("a", 1, 1), SystemTime::now()).unwrap();
         let err = commit(&mut io, &mut [&mut p], Instant::now()).unwrap_err();
-        assert!(
-            matches!(&err, LogError::Io { source, .. } if source.raw_os_error() == Some(errno)),
-            "{err}"
-        );
+        assert!(matches!(&err, LogError::Io { source, .. } if source.raw_os_error() == Some(errno)), "{err}");
         assert_eq!(p.high_watermark(), 0, "nothing acknowledged");
-        let again = p
-            .append(&mut io, batch("b", 1, 1), SystemTime::now())
-            .unwrap_err();
+        let again = p.append(&mut io, batch("b", 1, 1), SystemTime::now()).unwrap_err();
         assert!(matches!(again, LogError::Failed { .. }), "{again}");
         assert!(again.to_string().contains("refuses writes"));
         assert!(p.flush(&mut io).is_err());
         drop(p);
         let mut io = FallbackIo::new();
         let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
-        p.append(&mut io, batch("c", 1, 1), SystemTime::now())
-            .unwrap();
+        p.append(&mut io, batch("c", 1, 1), SystemTime::now()).unwrap();
         commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
         assert!(p.high_watermark() >= 1);
     }
@@ -476,8 +331,7 @@ fn recovery_truncates_a_torn_or_corrupt_tail() {
     let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
     let mut ends = Vec::new();
     for i in 0..10 {
-        p.append(&mut io, batch(&format!("b{i}"), 3, i), SystemTime::now())
-            .unwrap();
+        p.append(&mut io, batch(&format!("b{i}"), 3, i), SystemTime::now()).unwrap();
         p.flush(&mut io).unwrap();
         ends.push(p.segments().last().unwrap().len());
     }
@@ -489,21 +343,14 @@ fn recovery_truncates_a_torn_or_corrupt_tail() {
     let mut torn = good.clone();
     torn.extend_from_slice(&extra[..extra.len() / 2]);
     std::fs::write(&log, &torn).unwrap();
-    let (p, logged) =
-        with_captured_logs(|| Partition::open(dir.path(), LogConfig::default(), &mut io));
+    let (p, logged) = with_captured_logs(|| Partition::open(dir.path(), LogConfig::default(), &mut io));
     let p = p.unwrap();
     assert_eq!(p.next_offset(), 30);
     // One warning that names the file and the byte position where the valid prefix ends.
-    let warning = logged
-        .lines()
-        .find(|l| l.contains("truncating torn or corrupt tail"))
-        .expect(&logged);
+    let warning = logged.lines().find(|l| l.contains("truncating torn or corrupt tail")).expect(&logged);
     assert!(warning.contains("WARN"), "{warning}");
     assert!(warning.contains(&log.display().to_string()), "{warning}");
-    assert!(
-        warning.contains(&format!("position={}", good.len())),
-        "{warning}"
-    );
+    assert!(warning.contains(&format!("position={}", good.len())), "{warning}");
     assert_eq!(std::fs::read(&log).unwrap(), good);
     drop(p);
     // A flipped byte inside batch 7: batches 7.. are dropped.
@@ -514,9 +361,7 @@ fn recovery_truncates_a_torn_or_corrupt_tail() {
     assert_eq!(p.next_offset(), 21);
     assert_eq!(std::fs::metadata(&log).unwrap().len(), ends[6]);
     // And the log takes appends again at the right offset.
-    let info = p
-        .append(&mut io, batch("after", 1, 1), SystemTime::now())
-        .unwrap();
+    let info = p.append(&mut io, batch("after", 1, 1), SystemTime::now()).unwrap();
     assert_eq!(info.base_offset, 21);
 }
 
@@ -527,15 +372,11 @@ fn recovery_rebuilds_missing_or_corrupt_indexes() {
     let config = small_config(Durability::Never);
     let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
     for i in 0..120 {
-        p.append(&mut io, batch(&format!("x{i}"), 3, i), SystemTime::now())
-            .unwrap();
+        p.append(&mut io, batch(&format!("x{i}"), 3, i), SystemTime::now()).unwrap();
     }
     p.flush(&mut io).unwrap();
     let expect = read_all(&p);
-    let indexes: Vec<_> = p
-        .segments()
-        .map(|s| (s.offset_index().clone(), s.time_index().clone()))
-        .collect();
+    let indexes: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
     let bases: Vec<i64> = p.segments().map(|s| s.base_offset()).collect();
     drop(p);
     assert!(bases.len() >= 3);
@@ -548,19 +389,10 @@ fn recovery_rebuilds_missing_or_corrupt_indexes() {
     std::fs::write(dir.path().join("00000000000000099999.index"), b"orphan").unwrap();
     let p = Partition::open(dir.path(), config, &mut io).unwrap();
     assert_eq!(read_all(&p), expect);
-    let rebuilt: Vec<_> = p
-        .segments()
-        .map(|s| (s.offset_index().clone(), s.time_index().clone()))
-        .collect();
+    let rebuilt: Vec<_> = p.segments().map(|s| (s.offset_index().clone(), s.time_index().clone())).collect();
     assert_eq!(rebuilt[..bases.len() - 1], indexes[..bases.len() - 1]);
-    assert!(
-        crate::segment::index_path(dir.path(), bases[0]).exists(),
-        "rewritten"
-    );
-    assert!(
-        !dir.path().join("00000000000000099999.index").exists(),
-        "orphan removed"
-    );
+    assert!(crate::segment::index_path(dir.path(), bases[0]).exists(), "rewritten");
+    assert!(!dir.path().join("00000000000000099999.index").exists(), "orphan removed");
 }
 
 /// What a crash test expects after reopening: a prefix of what was appended, holding at least
@@ -573,33 +405,17 @@ fn check_prefix(
     what: &str,
 ) {
     let mut io = FallbackIo::new();
-    let mut p = Partition::open(dir, config.clone(), &mut io)
-        .unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
+    let mut p =
+        Partition::open(dir, config.clone(), &mut io).unwrap_or_else(|e| panic!("{what}: reopen: {e}"));
     let all = read_all(&p);
     let got: Vec<&Vec<u8>> = all.iter().map(|(_, v)| v).collect();
-    assert!(
-        got.len() <= appended.len(),
-        "{what}: more records than appended"
-    );
-    assert!(
-        got.iter().zip(appended).all(|(g, a)| *g == a),
-        "{what}: not a prefix"
-    );
+    assert!(got.len() <= appended.len(), "{what}: more records than appended");
+    assert!(got.iter().zip(appended).all(|(g, a)| *g == a), "{what}: not a prefix");
     let offsets: Vec<i64> = all.iter().map(|(o, _)| *o).collect();
-    assert_eq!(
-        offsets,
-        (0..got.len() as i64).collect::<Vec<_>>(),
-        "{what}: offsets"
-    );
-    assert!(
-        got.len() >= must_keep,
-        "{what}: lost records it had to keep: {} < {must_keep}",
-        got.len()
-    );
+    assert_eq!(offsets, (0..got.len() as i64).collect::<Vec<_>>(), "{what}: offsets");
+    assert!(got.len() >= must_keep, "{what}: lost records it had to keep: {} < {must_keep}", got.len());
     // The recovered log takes appends.
-    let info = p
-        .append(&mut io, batch("post", 1, 1), SystemTime::now())
-        .unwrap();
+    let info = p.append(&mut io, batch("post", 1, 1), SystemTime::now()).unwrap();
     assert_eq!(info.base_offset, got.len() as i64, "{what}");
     p.flush(&mut io).unwrap();
 }
@@ -624,20 +440,14 @@ fn run_until_crash(
 ) -> CrashRun {
     let mut io = FaultIo::new(inner, plan);
     let state = io.state();
-    let mut run = CrashRun {
-        appended: Vec::new(),
-        acked: 0,
-        durable: 0,
-    };
+    let mut run = CrashRun { appended: Vec::new(), acked: 0, durable: 0 };
     let Ok(mut p) = Partition::open(dir, config.clone(), &mut io) else {
         return run;
     };
     for i in 0..rounds {
         for j in 0..3 {
             let value = format!("v{i}-{j}");
-            if p.append(&mut io, batch_of(&value), SystemTime::now())
-                .is_err()
-            {
+            if p.append(&mut io, batch_of(&value), SystemTime::now()).is_err() {
                 return run;
             }
             run.appended.push(value.into_bytes());
@@ -655,12 +465,7 @@ fn run_until_crash(
 
 fn batch_of(value: &str) -> Vec<u8> {
     let mut b = BatchBuilder::new(BatchOptions::default());
-    b.push(&Record {
-        timestamp: 7,
-        key: None,
-        value: Some(value.as_bytes()),
-        headers: &[],
-    });
+    b.push(&Record { timestamp: 7, key: None, value: Some(value.as_bytes()), headers: &[] });
     b.finish()
 }
 
@@ -682,8 +487,7 @@ fn ops_of_a_full_run(config: &LogConfig, rounds: usize) -> (u64, u64) {
     let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
     for i in 0..rounds {
         for j in 0..3 {
-            p.append(&mut io, batch_of(&format!("v{i}-{j}")), SystemTime::now())
-                .unwrap();
+            p.append(&mut io, batch_of(&format!("v{i}-{j}")), SystemTime::now()).unwrap();
         }
         commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
     }
@@ -694,19 +498,10 @@ fn ops_of_a_full_run(config: &LogConfig, rounds: usize) -> (u64, u64) {
 fn a_crash_after_any_write_or_fsync_leaves_a_prefix_with_every_acknowledged_record() {
     let config = crash_config(Durability::Always);
     let (total_writes, total_fsyncs) = ops_of_a_full_run(&config, 40);
-    assert!(
-        total_fsyncs > 40,
-        "one per commit plus rolls: {total_fsyncs}"
-    );
+    assert!(total_fsyncs > 40, "one per commit plus rolls: {total_fsyncs}");
     let crash_points = (1..=total_fsyncs)
-        .map(|n| FaultPlan {
-            crash_after_fsync: Some(n),
-            ..Default::default()
-        })
-        .chain((1..=total_writes).map(|n| FaultPlan {
-            crash_after_write: Some(n),
-            ..Default::default()
-        }));
+        .map(|n| FaultPlan { crash_after_fsync: Some(n), ..Default::default() })
+        .chain((1..=total_writes).map(|n| FaultPlan { crash_after_write: Some(n), ..Default::default() }));
     // A process crash (page cache kept) and a power cut (unsynced writes lost), on each backend.
     for crash in crash_points {
         for power_cut in [false, true] {
@@ -716,10 +511,7 @@ fn a_crash_after_any_write_or_fsync_leaves_a_prefix_with_every_acknowledged_reco
                 let plan = FaultPlan { power_cut, ..crash };
                 let run = run_until_crash(dir.path(), &config, plan, 40, inner);
                 let what = format!("{backend}, {plan:?}");
-                assert_eq!(
-                    run.acked, run.durable,
-                    "{what}: under always, acknowledged means durable"
-                );
+                assert_eq!(run.acked, run.durable, "{what}: under always, acknowledged means durable");
                 check_prefix(dir.path(), &config, &run.appended, run.acked, &what);
             }
         }
@@ -732,35 +524,19 @@ fn torn_writes_and_write_errors_never_lose_acknowledged_records() {
     for write in 1..=30u64 {
         for keep_bytes in [0, 1, 30, 61, 100] {
             let dir = tempfile::tempdir().unwrap();
-            let plan = FaultPlan {
-                torn_write: Some(TornWrite { write, keep_bytes }),
-                ..Default::default()
-            };
+            let plan = FaultPlan { torn_write: Some(TornWrite { write, keep_bytes }), ..Default::default() };
             let run = run_until_crash(dir.path(), &config, plan, 15, Box::new(FallbackIo::new()));
             let what = format!("torn write {write} keeping {keep_bytes}");
             check_prefix(dir.path(), &config, &run.appended, run.acked, &what);
         }
         for errno in [libc::EIO, libc::ENOSPC] {
             for plan in [
-                FaultPlan {
-                    fail_write: Some((write, errno)),
-                    ..Default::default()
-                },
-                FaultPlan {
-                    fail_fsync: Some((write, errno)),
-                    ..Default::default()
-                },
+                FaultPlan { fail_write: Some((write, errno)), ..Default::default() },
+                FaultPlan { fail_fsync: Some((write, errno)), ..Default::default() },
             ] {
                 let dir = tempfile::tempdir().unwrap();
-                let run =
-                    run_until_crash(dir.path(), &config, plan, 15, Box::new(FallbackIo::new()));
-                check_prefix(
-                    dir.path(),
-                    &config,
-                    &run.appended,
-                    run.acked,
-                    &format!("{plan:?}"),
-                );
+                let run = run_until_crash(dir.path(), &config, plan, 15, Box::new(FallbackIo::new()));
+                check_prefix(dir.path(), &config, &run.appended, run.acked, &format!("{plan:?}"));
             }
         }
     }
@@ -768,27 +544,18 @@ fn torn_writes_and_write_errors_never_lose_acknowledged_records() {
 
 #[test]
 fn interval_and_never_keep_a_prefix_with_every_synced_record_after_a_power_cut() {
-    for durability in [
-        Durability::Never,
-        Durability::Interval(Duration::from_millis(1)),
-    ] {
+    for durability in [Durability::Never, Durability::Interval(Duration::from_millis(1))] {
         let config = crash_config(durability);
         let (total_writes, total_fsyncs) = ops_of_a_full_run(&config, 30);
-        let crash_points = (1..=total_fsyncs)
-            .map(|n| FaultPlan {
-                crash_after_fsync: Some(n),
-                ..Default::default()
-            })
-            .chain((1..=total_writes).map(|n| FaultPlan {
-                crash_after_write: Some(n),
-                ..Default::default()
-            }));
+        let crash_points =
+            (1..=total_fsyncs).map(|n| FaultPlan { crash_after_fsync: Some(n), ..Default::default() }).chain(
+                (1..=total_writes).map(|n| FaultPlan { crash_after_write: Some(n), ..Default::default() }),
+            );
         for crash in crash_points {
             for power_cut in [false, true] {
                 let dir = tempfile::tempdir().unwrap();
                 let plan = FaultPlan { power_cut, ..crash };
-                let run =
-                    run_until_crash(dir.path(), &config, plan, 30, Box::new(FallbackIo::new()));
+                let run = run_until_crash(dir.path(), &config, plan, 30, Box::new(FallbackIo::new()));
                 let what = format!("{durability}, {plan:?}");
                 // Acknowledged is not durable here; only what an fsync covered must survive.
                 check_prefix(dir.path(), &config, &run.appended, run.durable, &what);
@@ -799,13 +566,9 @@ fn interval_and_never_keep_a_prefix_with_every_synced_record_after_a_power_cut()
 
 #[test]
 fn concurrent_appends_share_one_fdatasync() {
-    for backend in [
-        crate::io::BackendChoice::Fallback,
-        crate::io::tests::uring_choice(),
-    ] {
+    for backend in [crate::io::BackendChoice::Fallback, crate::io::tests::uring_choice()] {
         let dir = tempfile::tempdir().unwrap();
-        let (appender, thread) =
-            Appender::spawn(dir.path(), LogConfig::default(), backend).unwrap();
+        let (appender, thread) = Appender::spawn(dir.path(), LogConfig::default(), backend).unwrap();
         const THREADS: usize = 8;
         const PER_THREAD: usize = 200;
         let handles: Vec<_> = (0..THREADS)
@@ -824,21 +587,12 @@ fn concurrent_appends_share_one_fdatasync() {
         for h in handles {
             h.join().unwrap();
         }
-        let appends = appender
-            .stats()
-            .appends
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let fsyncs = appender
-            .stats()
-            .fsyncs
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let appends = appender.stats().appends.load(std::sync::atomic::Ordering::Relaxed);
+        let fsyncs = appender.stats().fsyncs.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(appends, (THREADS * PER_THREAD) as u64);
         eprintln!("{backend}: {appends} acknowledged appends shared {fsyncs} fdatasyncs");
         assert!(fsyncs >= 1);
-        assert!(
-            fsyncs * 2 <= appends,
-            "group commit must share fsyncs: {fsyncs} for {appends} appends"
-        );
+        assert!(fsyncs * 2 <= appends, "group commit must share fsyncs: {fsyncs} for {appends} appends");
         drop(appender);
         thread.join().unwrap();
         // Every acknowledged append is there, in per-producer order.
@@ -873,9 +627,7 @@ mod fixtures {
     };
 
     fn fixture_dir(name: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name)
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
     }
 
     fn fixture_value(i: usize) -> String {
@@ -908,8 +660,7 @@ mod fixtures {
                 value: Some(v.as_bytes()),
                 headers: &[],
             });
-            p.append(&mut io, b.finish(), SystemTime::UNIX_EPOCH)
-                .unwrap();
+            p.append(&mut io, b.finish(), SystemTime::UNIX_EPOCH).unwrap();
         }
         p.flush(&mut io).unwrap();
         drop(p);
@@ -941,27 +692,17 @@ mod fixtures {
         let tmp = scratch_copy("partition-v1");
         let mut io = FallbackIo::new();
         let p = Partition::open(tmp.path(), FIXTURE_CONFIG(), &mut io).unwrap();
-        assert!(
-            p.segments().len() >= 3,
-            "the fixture spans sealed segments and an active one"
-        );
+        assert!(p.segments().len() >= 3, "the fixture spans sealed segments and an active one");
         let all = read_all(&p);
-        let expect: Vec<(i64, Vec<u8>)> = (0..60)
-            .map(|i| (i as i64, fixture_value(i).into_bytes()))
-            .collect();
+        let expect: Vec<(i64, Vec<u8>)> =
+            (0..60).map(|i| (i as i64, fixture_value(i).into_bytes())).collect();
         assert_eq!(all, expect);
-        assert_eq!(
-            p.offset_for_timestamp(1_700_000_030_500).unwrap(),
-            Some((31, 1_700_000_031_000))
-        );
+        assert_eq!(p.offset_for_timestamp(1_700_000_030_500).unwrap(), Some((31, 1_700_000_031_000)));
         // Sealed segments were trusted: their index files are untouched.
         for s in p.segments().take(p.segments().len() - 1) {
             let name = crate::segment::index_path(tmp.path(), s.base_offset());
             let original = fixture_dir("partition-v1").join(name.file_name().unwrap());
-            assert_eq!(
-                std::fs::read(&name).unwrap(),
-                std::fs::read(original).unwrap()
-            );
+            assert_eq!(std::fs::read(&name).unwrap(), std::fs::read(original).unwrap());
         }
     }
 
@@ -971,18 +712,12 @@ mod fixtures {
         let mut io = FallbackIo::new();
         let mut p = Partition::open(tmp.path(), FIXTURE_CONFIG(), &mut io).unwrap();
         let all = read_all(&p);
-        let expect: Vec<(i64, Vec<u8>)> = (0..59)
-            .map(|i| (i as i64, fixture_value(i).into_bytes()))
-            .collect();
+        let expect: Vec<(i64, Vec<u8>)> =
+            (0..59).map(|i| (i as i64, fixture_value(i).into_bytes())).collect();
         assert_eq!(all, expect, "the torn last record is dropped, nothing else");
         // The corrupt time index was rebuilt: lookups by time still work in the first segment.
-        assert_eq!(
-            p.offset_for_timestamp(1_700_000_000_500).unwrap(),
-            Some((1, 1_700_000_001_000))
-        );
-        let info = p
-            .append(&mut io, batch("new", 1, 1), SystemTime::now())
-            .unwrap();
+        assert_eq!(p.offset_for_timestamp(1_700_000_000_500).unwrap(), Some((1, 1_700_000_001_000)));
+        let info = p.append(&mut io, batch("new", 1, 1), SystemTime::now()).unwrap();
         assert_eq!(info.base_offset, 59);
     }
 }
@@ -991,18 +726,12 @@ mod fixtures {
 fn a_batch_larger_than_a_segment_gets_a_segment_of_its_own() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        segment_bytes: 1024,
-        batch_bytes_max: 8192,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { segment_bytes: 1024, batch_bytes_max: 8192, ..LogConfig::default() };
     let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
-    p.append(&mut io, batch("small", 1, 1), SystemTime::now())
-        .unwrap();
+    p.append(&mut io, batch("small", 1, 1), SystemTime::now()).unwrap();
     let big = batch(&"b".repeat(3000), 1, 2);
     let info = p.append(&mut io, big, SystemTime::now()).unwrap();
-    p.append(&mut io, batch("after", 1, 3), SystemTime::now())
-        .unwrap();
+    p.append(&mut io, batch("after", 1, 3), SystemTime::now()).unwrap();
     p.flush(&mut io).unwrap();
     let segs: Vec<(i64, u64)> = p.segments().map(|s| (s.base_offset(), s.len())).collect();
     assert_eq!(segs.len(), 3, "{segs:?}");
@@ -1017,12 +746,7 @@ fn value_batch(value_len: usize, records: usize, timestamp: i64) -> Vec<u8> {
     let v = vec![b'x'; value_len];
     let mut b = BatchBuilder::new(BatchOptions::default());
     for _ in 0..records {
-        b.push(&Record {
-            timestamp,
-            key: None,
-            value: Some(&v),
-            headers: &[],
-        });
+        b.push(&Record { timestamp, key: None, value: Some(&v), headers: &[] });
     }
     b.finish()
 }
@@ -1031,15 +755,9 @@ fn value_batch(value_len: usize, records: usize, timestamp: i64) -> Vec<u8> {
 fn a_failed_roll_fails_the_partition_and_the_commit_so_nothing_waits_forever() {
     // The roll's seal fsync fails (the first fsync of this fresh log).
     let dir = tempfile::tempdir().unwrap();
-    let plan = FaultPlan {
-        fail_fsync: Some((1, libc::EIO)),
-        ..Default::default()
-    };
+    let plan = FaultPlan { fail_fsync: Some((1, libc::EIO)), ..Default::default() };
     let mut io = FaultIo::new(FallbackIo::new(), plan);
-    let config = LogConfig {
-        segment_bytes: 1024,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { segment_bytes: 1024, ..LogConfig::default() };
     let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
     let mut staged = Vec::new();
     let err = loop {
@@ -1057,17 +775,13 @@ fn a_failed_roll_fails_the_partition_and_the_commit_so_nothing_waits_forever() {
 
 #[test]
 fn a_roll_that_cannot_create_the_next_segment_fails_the_partition() {
-    let config = LogConfig {
-        segment_bytes: 1024,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { segment_bytes: 1024, ..LogConfig::default() };
     // Learn where the first roll happens, on a scratch log.
     let mut io = FallbackIo::new();
     let scratch = tempfile::tempdir().unwrap();
     let mut s = Partition::open(scratch.path(), config.clone(), &mut io).unwrap();
     while s.segments().len() == 1 {
-        s.append(&mut io, value_batch(100, 1, 1), SystemTime::now())
-            .unwrap();
+        s.append(&mut io, value_batch(100, 1, 1), SystemTime::now()).unwrap();
     }
     let next_base = s.segments().last().unwrap().base_offset();
     // Occupy that file name so the roll cannot create it.
@@ -1091,15 +805,10 @@ fn a_roll_that_cannot_create_the_next_segment_fails_the_partition() {
 fn a_failed_retention_delete_keeps_the_log_start_consistent() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = LogConfig {
-        segment_bytes: 1024,
-        durability: Durability::Never,
-        ..LogConfig::default()
-    };
+    let config = LogConfig { segment_bytes: 1024, durability: Durability::Never, ..LogConfig::default() };
     let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
     for _ in 0..40 {
-        p.append(&mut io, value_batch(100, 1, 1), SystemTime::now())
-            .unwrap();
+        p.append(&mut io, value_batch(100, 1, 1), SystemTime::now()).unwrap();
     }
     p.flush(&mut io).unwrap();
     let bases: Vec<i64> = p.segments().map(|s| s.base_offset()).collect();
@@ -1107,22 +816,11 @@ fn a_failed_retention_delete_keeps_the_log_start_consistent() {
     let idx = crate::segment::index_path(dir.path(), bases[1]);
     std::fs::remove_file(&idx).unwrap();
     std::fs::create_dir(&idx).unwrap();
-    p.set_config(LogConfig {
-        retention_bytes: Some(1),
-        ..config
-    })
-    .unwrap();
+    p.set_config(LogConfig { retention_bytes: Some(1), ..config }).unwrap();
     assert!(p.enforce_retention(&mut io, SystemTime::now()).is_err());
-    assert_eq!(
-        p.log_start_offset(),
-        bases[1],
-        "the first segment went, the second stayed"
-    );
+    assert_eq!(p.log_start_offset(), bases[1], "the first segment went, the second stayed");
     assert_eq!(p.segments().next().unwrap().base_offset(), bases[1]);
-    assert!(matches!(
-        p.read(0, 1),
-        Err(LogError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(p.read(0, 1), Err(LogError::OffsetOutOfRange { .. })));
     assert_eq!(p.read(bases[1], 1).unwrap().first_offset, bases[1]);
 }
 
@@ -1131,10 +829,7 @@ fn retention_age_too_long_for_milliseconds_means_forever() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
-    let now_ms = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i64;
     let config = LogConfig {
         segment_bytes: 1024,
         durability: Durability::Never,
@@ -1146,10 +841,7 @@ fn retention_age_too_long_for_milliseconds_means_forever() {
         p.append(&mut io, value_batch(100, 1, now_ms), now).unwrap();
     }
     p.flush(&mut io).unwrap();
-    assert_eq!(
-        p.enforce_retention(&mut io, now).unwrap().segments_deleted,
-        0
-    );
+    assert_eq!(p.enforce_retention(&mut io, now).unwrap().segments_deleted, 0);
 }
 
 #[test]
@@ -1163,10 +855,7 @@ fn an_idle_active_segment_rolls_and_expires_by_age() {
     };
     let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
     let t0 = SystemTime::now();
-    let t0_ms = t0
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let t0_ms = t0.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i64;
     p.append(&mut io, value_batch(10, 3, t0_ms), t0).unwrap();
     p.flush(&mut io).unwrap();
     // Three hours later, with no appends in between: the active segment rolls, then expires.
@@ -1175,38 +864,148 @@ fn an_idle_active_segment_rolls_and_expires_by_age() {
     assert_eq!(out.segments_deleted, 1);
     assert_eq!(p.log_start_offset(), 3);
     assert_eq!(p.next_offset(), 3);
-    assert!(matches!(
-        p.read(0, 1),
-        Err(LogError::OffsetOutOfRange { .. })
-    ));
+    assert!(matches!(p.read(0, 1), Err(LogError::OffsetOutOfRange { .. })));
 }
 
 #[test]
 fn the_high_watermark_never_moves_back_when_durability_changes() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();
-    let never = LogConfig {
-        durability: Durability::Never,
-        ..LogConfig::default()
-    };
+    let never = LogConfig { durability: Durability::Never, ..LogConfig::default() };
     let mut p = Partition::open(dir.path(), never.clone(), &mut io).unwrap();
-    p.append(&mut io, value_batch(10, 5, 1), SystemTime::now())
-        .unwrap();
+    p.append(&mut io, value_batch(10, 5, 1), SystemTime::now()).unwrap();
     commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
     assert_eq!((p.high_watermark(), p.durable_end()), (5, 0));
-    p.set_config(LogConfig {
-        durability: Durability::Always,
-        ..never
-    })
-    .unwrap();
+    p.set_config(LogConfig { durability: Durability::Always, ..never }).unwrap();
     assert_eq!(p.high_watermark(), 5);
-    assert_eq!(
-        p.read(0, 1 << 20).unwrap().next_offset,
-        5,
-        "what readers saw stays readable"
-    );
-    p.append(&mut io, value_batch(10, 2, 1), SystemTime::now())
-        .unwrap();
+    assert_eq!(p.read(0, 1 << 20).unwrap().next_offset, 5, "what readers saw stays readable");
+    p.append(&mut io, value_batch(10, 2, 1), SystemTime::now()).unwrap();
     commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
     assert_eq!((p.high_watermark(), p.durable_end()), (7, 7));
+}
+
+/// Rewrites the CRC of a batch after editing it, as a client computing its CRC over garbage would.
+fn fix_crc(batch: &mut [u8]) {
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+#[test]
+fn append_rejects_undecodable_records_even_with_a_valid_crc() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+    // Record length varint -2.
+    let mut bad_length = value_batch(10, 2, 1);
+    bad_length[61] = 0x03;
+    fix_crc(&mut bad_length);
+    let err = p.append(&mut io, bad_length, SystemTime::now()).unwrap_err();
+    assert!(matches!(err, LogError::InvalidBatch(_)), "{err}");
+    // Offset deltas 0, 0 instead of 0, 1 (the second record's delta byte follows its length,
+    // attributes and timestamp delta).
+    let mut dup_delta = value_batch(10, 2, 1);
+    let first_len = (dup_delta[61] >> 1) as usize + 1;
+    let second = 61 + first_len;
+    assert_eq!(dup_delta[second + 3], 2, "zigzag 1");
+    dup_delta[second + 3] = 0;
+    fix_crc(&mut dup_delta);
+    let err = p.append(&mut io, dup_delta, SystemTime::now()).unwrap_err();
+    assert!(matches!(&err, LogError::BatchRejected(m) if m.contains("offset delta")), "{err}");
+    assert_eq!(p.next_offset(), 0);
+    // A compressed batch is taken as it is (its records are inside the compressed block).
+    let mut compressed = value_batch(10, 1, 1);
+    compressed[22] |= 4; // zstd
+    fix_crc(&mut compressed);
+    assert_eq!(p.append(&mut io, compressed, SystemTime::now()).unwrap().base_offset, 0);
+}
+
+#[test]
+fn recovery_rescans_a_sealed_segment_whose_index_does_not_reach_the_next_segment() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes: 1024, durability: Durability::Never, ..LogConfig::default() };
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    for _ in 0..30 {
+        p.append(&mut io, value_batch(100, 1, 1), SystemTime::now()).unwrap();
+    }
+    p.flush(&mut io).unwrap();
+    let bases: Vec<i64> = p.segments().map(|s| s.base_offset()).collect();
+    drop(p);
+    assert!(bases.len() >= 3);
+    // Rename the second segment's files so that a gap of offsets opens before it.
+    let gap = bases[1] + 5;
+    for (from, to) in [
+        (crate::segment::log_path(dir.path(), bases[1]), crate::segment::log_path(dir.path(), gap)),
+        (crate::segment::index_path(dir.path(), bases[1]), crate::segment::index_path(dir.path(), gap)),
+        (crate::segment::time_index_path(dir.path(), bases[1]), crate::segment::time_index_path(dir.path(), gap)),
+    ] {
+        std::fs::rename(from, to).unwrap();
+    }
+    let p = Partition::open(dir.path(), config, &mut io).unwrap();
+    // The first segment no longer reaches the next base: the log ends there, nothing past the gap.
+    assert_eq!(p.next_offset(), bases[1]);
+    assert_eq!(read_all(&p).len() as i64, bases[1]);
+    assert!(!crate::segment::log_path(dir.path(), gap).exists());
+}
+
+#[test]
+fn recovery_does_not_panic_on_batches_beyond_the_segment_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut file, mut base) = (Vec::new(), 0i64);
+    for _ in 0..4 {
+        let mut b = value_batch(10, 1, 1);
+        b[0..8].copy_from_slice(&base.to_be_bytes());
+        b[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+        fix_crc(&mut b);
+        base += i64::from(i32::MAX);
+        file.extend_from_slice(&b);
+    }
+    std::fs::write(crate::segment::log_path(dir.path(), 0), &file).unwrap();
+    let mut io = FallbackIo::new();
+    let config = LogConfig { index_interval_bytes: 1, ..LogConfig::default() };
+    let p = Partition::open(dir.path(), config, &mut io).unwrap();
+    // The first batch ends at relative offset 2^31 - 2 and stays; the second would pass 2^31.
+    assert_eq!(p.next_offset(), i64::from(i32::MAX));
+}
+
+#[test]
+fn reads_of_every_offset_and_size_match_a_model() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        LogConfig { segment_bytes: 4096, index_interval_bytes: 300, durability: Durability::Never, ..LogConfig::default() };
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    // Model: (base offset, last offset, byte length) of every batch, in order.
+    let mut model: Vec<(i64, i64, u64)> = Vec::new();
+    for i in 0..120usize {
+        let b = value_batch(10 + (i * 37) % 400, 1 + i % 4, 1);
+        let len = b.len() as u64;
+        let info = p.append(&mut io, b, SystemTime::now()).unwrap();
+        model.push((info.base_offset, info.last_offset, len));
+    }
+    p.flush(&mut io).unwrap();
+    let segment_of = |offset: i64| p.segments().filter(|s| s.base_offset() <= offset).last().unwrap().base_offset();
+    for offset in 0..=model.last().unwrap().1 {
+        for max_bytes in [0, 1, 100, 500, 1000, 3000, 10_000] {
+            let slice = p.read(offset, max_bytes).unwrap();
+            let first = model.iter().position(|b| b.1 >= offset).unwrap();
+            // Expected: the containing batch, then following batches of the same segment while
+            // the total stays within max_bytes.
+            let seg = segment_of(model[first].0);
+            let mut len = model[first].2;
+            let mut last = first;
+            while last + 1 < model.len()
+                && segment_of(model[last + 1].0) == seg
+                && len + model[last + 1].2 <= max_bytes
+            {
+                last += 1;
+                len += model[last].2;
+            }
+            assert_eq!(
+                (slice.first_offset, slice.len, slice.next_offset),
+                (model[first].0, len, model[last].1 + 1),
+                "offset {offset}, max_bytes {max_bytes}"
+            );
+        }
+    }
 }

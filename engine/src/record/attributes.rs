@@ -104,10 +104,7 @@ impl Attributes {
 
     /// These attributes with the timestamp type bit set for `t`.
     pub const fn with_timestamp_type(self, t: TimestampType) -> Attributes {
-        self.with_bit(
-            TIMESTAMP_TYPE_BIT,
-            matches!(t, TimestampType::LogAppendTime),
-        )
+        self.with_bit(TIMESTAMP_TYPE_BIT, matches!(t, TimestampType::LogAppendTime))
     }
 
     /// These attributes with the transactional bit set to `on`.
@@ -167,20 +164,13 @@ mod tests {
 
     #[test]
     fn compression_ids() {
-        for c in [
-            Compression::None,
-            Compression::Gzip,
-            Compression::Snappy,
-            Compression::Lz4,
-            Compression::Zstd,
-        ] {
+        for c in
+            [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd]
+        {
             assert_eq!(Compression::from_id(c.id()), Ok(c));
         }
         for id in 5..8 {
-            assert_eq!(
-                Attributes(id).compression(),
-                Err(RecordError::UnknownCompression(id))
-            );
+            assert_eq!(Attributes(id).compression(), Err(RecordError::UnknownCompression(id)));
         }
     }
 }

@@ -13,8 +13,7 @@ use std::iter::FusedIterator;
 
 use super::error::RecordError;
 use super::header::{
-    check_crc, BatchHeader, BATCH_HEADER_LEN, LENGTH_AT, LOG_OVERHEAD, MAGIC_AT, MAGIC_V2,
-    MIN_BATCH_LENGTH,
+    check_crc, BatchHeader, BATCH_HEADER_LEN, LENGTH_AT, LOG_OVERHEAD, MAGIC_AT, MAGIC_V2, MIN_BATCH_LENGTH,
 };
 use super::records::RecordIter;
 
@@ -33,10 +32,7 @@ impl<'a> Batch<'a> {
         let header = BatchHeader::parse(buf)?;
         let total = header.total_len();
         let Some(bytes) = buf.get(..total) else {
-            return Err(RecordError::Truncated {
-                needed: total,
-                available: buf.len(),
-            });
+            return Err(RecordError::Truncated { needed: total, available: buf.len() });
         };
         check_crc(bytes, header.crc)?;
         Ok(Batch { header, bytes })
@@ -69,11 +65,7 @@ impl<'a> Batch<'a> {
 
 /// Iterates the complete, CRC-valid batches at the front of `buf`.
 pub fn batches(buf: &[u8]) -> BatchIter<'_> {
-    BatchIter {
-        buf,
-        pos: 0,
-        done: false,
-    }
+    BatchIter { buf, pos: 0, done: false }
 }
 
 /// Iterator returned by [`batches`].
@@ -113,9 +105,7 @@ impl<'a> BatchIter<'a> {
         if batch_length < MIN_BATCH_LENGTH {
             return Err(RecordError::BadLength(batch_length));
         }
-        let total = usize::try_from(batch_length)
-            .unwrap_or(0)
-            .saturating_add(LOG_OVERHEAD);
+        let total = usize::try_from(batch_length).unwrap_or(0).saturating_add(LOG_OVERHEAD);
         if rest.len() < total {
             return Ok(None);
         }

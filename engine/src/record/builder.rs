@@ -118,13 +118,7 @@ impl BatchBuilder {
     pub fn with_capacity(opts: BatchOptions, bytes: usize) -> Self {
         let mut buf = Vec::with_capacity(BATCH_HEADER_LEN.saturating_add(bytes));
         buf.resize(BATCH_HEADER_LEN, 0);
-        BatchBuilder {
-            opts,
-            buf,
-            count: 0,
-            first_timestamp: -1,
-            max_timestamp: -1,
-        }
+        BatchBuilder { opts, buf, count: 0, first_timestamp: -1, max_timestamp: -1 }
     }
 
     /// The options the next batch will carry.
@@ -162,16 +156,10 @@ impl BatchBuilder {
     pub fn try_push(&mut self, record: &Record<'_>) -> Result<(), RecordError> {
         let offset_delta = self.count;
         if offset_delta == i32::MAX {
-            return Err(RecordError::TooLarge {
-                field: "records count",
-                len: LIMIT + 1,
-            });
+            return Err(RecordError::TooLarge { field: "records count", len: LIMIT + 1 });
         }
-        let timestamp_delta = if self.count == 0 {
-            0
-        } else {
-            record.timestamp.wrapping_sub(self.first_timestamp)
-        };
+        let timestamp_delta =
+            if self.count == 0 { 0 } else { record.timestamp.wrapping_sub(self.first_timestamp) };
         let header_count = check_len("header count", record.headers.len())?;
         let mut body = 1usize // attributes
             + varlong_len(timestamp_delta)
@@ -187,10 +175,7 @@ impl BatchBuilder {
         }
         let body = check_len("record length", body)?;
         let record_len = varint_len(body as i32) + body;
-        check_len(
-            "batch length",
-            (self.buf.len() - LOG_OVERHEAD).saturating_add(record_len),
-        )?;
+        check_len("batch length", (self.buf.len() - LOG_OVERHEAD).saturating_add(record_len))?;
 
         let start = self.buf.len();
         self.buf.reserve(record_len);

@@ -86,10 +86,7 @@ impl BatchHeader {
     /// nor that the rest of the batch is present.
     pub fn parse(buf: &[u8]) -> Result<BatchHeader, RecordError> {
         let Some(h) = buf.first_chunk::<BATCH_HEADER_LEN>() else {
-            return Err(RecordError::Truncated {
-                needed: BATCH_HEADER_LEN,
-                available: buf.len(),
-            });
+            return Err(RecordError::Truncated { needed: BATCH_HEADER_LEN, available: buf.len() });
         };
         // Magic first: the other fields mean something else in older formats.
         let magic = h[MAGIC_AT] as i8;
@@ -126,16 +123,13 @@ impl BatchHeader {
     /// Total bytes of the batch: `12 + batch_length`. A negative `batch_length`
     /// (possible only in a hand-built header) counts as 0.
     pub fn total_len(&self) -> usize {
-        usize::try_from(self.batch_length)
-            .unwrap_or(0)
-            .saturating_add(LOG_OVERHEAD)
+        usize::try_from(self.batch_length).unwrap_or(0).saturating_add(LOG_OVERHEAD)
     }
 
     /// Offset of the last record, `base_offset + last_offset_delta`, saturating
     /// at `i64::MAX` (such offsets are invalid anyway; this only avoids a panic).
     pub fn last_offset(&self) -> i64 {
-        self.base_offset
-            .saturating_add(i64::from(self.last_offset_delta))
+        self.base_offset.saturating_add(i64::from(self.last_offset_delta))
     }
 
     /// The 61 header bytes, with `crc` written as stored in `self` (the builder
@@ -148,23 +142,11 @@ impl BatchHeader {
         put(&mut h, MAGIC_AT, &self.magic.to_be_bytes());
         put(&mut h, CRC_AT, &self.crc.to_be_bytes());
         put(&mut h, ATTRIBUTES_AT, &self.attributes.0.to_be_bytes());
-        put(
-            &mut h,
-            LAST_OFFSET_DELTA_AT,
-            &self.last_offset_delta.to_be_bytes(),
-        );
-        put(
-            &mut h,
-            BASE_TIMESTAMP_AT,
-            &self.base_timestamp.to_be_bytes(),
-        );
+        put(&mut h, LAST_OFFSET_DELTA_AT, &self.last_offset_delta.to_be_bytes());
+        put(&mut h, BASE_TIMESTAMP_AT, &self.base_timestamp.to_be_bytes());
         put(&mut h, MAX_TIMESTAMP_AT, &self.max_timestamp.to_be_bytes());
         put(&mut h, PRODUCER_ID_AT, &self.producer_id.to_be_bytes());
-        put(
-            &mut h,
-            PRODUCER_EPOCH_AT,
-            &self.producer_epoch.to_be_bytes(),
-        );
+        put(&mut h, PRODUCER_EPOCH_AT, &self.producer_epoch.to_be_bytes());
         put(&mut h, BASE_SEQUENCE_AT, &self.base_sequence.to_be_bytes());
         put(&mut h, RECORDS_COUNT_AT, &self.records_count.to_be_bytes());
         h
@@ -182,10 +164,7 @@ fn put(h: &mut Raw, at: usize, bytes: &[u8]) {
 /// [`BatchHeader::parse`] and [`super::Batch::parse`] check.
 pub fn verify_crc(batch: &[u8]) -> Result<(), RecordError> {
     let Some(head) = batch.first_chunk::<BATCH_HEADER_LEN>() else {
-        return Err(RecordError::Truncated {
-            needed: BATCH_HEADER_LEN,
-            available: batch.len(),
-        });
+        return Err(RecordError::Truncated { needed: BATCH_HEADER_LEN, available: batch.len() });
     };
     let batch_length = i32::from_be_bytes(field(head, LENGTH_AT));
     if batch_length < MIN_BATCH_LENGTH {
@@ -193,10 +172,7 @@ pub fn verify_crc(batch: &[u8]) -> Result<(), RecordError> {
     }
     let total = LOG_OVERHEAD.saturating_add(usize::try_from(batch_length).unwrap_or(0));
     let Some(bytes) = batch.get(..total) else {
-        return Err(RecordError::Truncated {
-            needed: total,
-            available: batch.len(),
-        });
+        return Err(RecordError::Truncated { needed: total, available: batch.len() });
     };
     check_crc(bytes, u32::from_be_bytes(field(head, CRC_AT)))
 }
@@ -236,17 +212,14 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
 /// # Panics
 /// If `batch.len() < BATCH_HEADER_LEN` (a caller bug, as for [`set_base_offset`]).
 pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
-    header_mut(batch, "set_partition_leader_epoch")[EPOCH_AT..MAGIC_AT]
-        .copy_from_slice(&epoch.to_be_bytes());
+    header_mut(batch, "set_partition_leader_epoch")[EPOCH_AT..MAGIC_AT].copy_from_slice(&epoch.to_be_bytes());
 }
 
 fn header_mut<'b>(batch: &'b mut [u8], what: &str) -> &'b mut Raw {
     let len = batch.len();
     match batch.first_chunk_mut::<BATCH_HEADER_LEN>() {
         Some(h) => h,
-        None => panic!(
-            "{what}: buffer of {len} bytes is shorter than a batch header ({BATCH_HEADER_LEN})"
-        ),
+        None => panic!("{what}: buffer of {len} bytes is shorter than a batch header ({BATCH_HEADER_LEN})"),
     }
 }
 
@@ -293,56 +266,25 @@ mod tests {
         b[MAGIC_AT] = 1;
         assert_eq!(BatchHeader::parse(&b), Err(RecordError::BadMagic(1)));
 
-        let b = BatchHeader {
-            batch_length: 12,
-            ..sample()
-        }
-        .to_bytes();
+        let b = BatchHeader { batch_length: 12, ..sample() }.to_bytes();
         let e = BatchHeader::parse(&b).unwrap_err();
         assert_eq!(e, RecordError::BadLength(12));
         assert_eq!(e.to_string(), "batch length 12 below minimum 49");
 
-        let b = BatchHeader {
-            last_offset_delta: -1,
-            ..sample()
-        }
-        .to_bytes();
-        assert_eq!(
-            BatchHeader::parse(&b),
-            Err(RecordError::BadLastOffsetDelta(-1))
-        );
+        let b = BatchHeader { last_offset_delta: -1, ..sample() }.to_bytes();
+        assert_eq!(BatchHeader::parse(&b), Err(RecordError::BadLastOffsetDelta(-1)));
 
-        let b = BatchHeader {
-            records_count: -5,
-            ..sample()
-        }
-        .to_bytes();
-        assert_eq!(
-            BatchHeader::parse(&b),
-            Err(RecordError::BadRecordsCount(-5))
-        );
+        let b = BatchHeader { records_count: -5, ..sample() }.to_bytes();
+        assert_eq!(BatchHeader::parse(&b), Err(RecordError::BadRecordsCount(-5)));
 
-        assert_eq!(
-            BatchHeader::parse(&b[..60]),
-            Err(RecordError::Truncated {
-                needed: 61,
-                available: 60
-            })
-        );
+        assert_eq!(BatchHeader::parse(&b[..60]), Err(RecordError::Truncated { needed: 61, available: 60 }));
     }
 
     #[test]
     fn last_offset_saturates() {
-        let h = BatchHeader {
-            base_offset: i64::MAX - 1,
-            last_offset_delta: 5,
-            ..sample()
-        };
+        let h = BatchHeader { base_offset: i64::MAX - 1, last_offset_delta: 5, ..sample() };
         assert_eq!(h.last_offset(), i64::MAX);
-        let h = BatchHeader {
-            batch_length: -3,
-            ..sample()
-        };
+        let h = BatchHeader { batch_length: -3, ..sample() };
         assert_eq!(h.total_len(), LOG_OVERHEAD);
     }
 
@@ -363,17 +305,8 @@ mod tests {
         b.extend_from_slice(b"trailing garbage");
         verify_crc(&b).unwrap();
         b[ATTRIBUTES_AT] ^= 1;
-        assert!(matches!(
-            verify_crc(&b),
-            Err(RecordError::CrcMismatch { .. })
-        ));
-        assert_eq!(
-            verify_crc(&b[..20]),
-            Err(RecordError::Truncated {
-                needed: 61,
-                available: 20
-            })
-        );
+        assert!(matches!(verify_crc(&b), Err(RecordError::CrcMismatch { .. })));
+        assert_eq!(verify_crc(&b[..20]), Err(RecordError::Truncated { needed: 61, available: 20 }));
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub use batch::{batches, Batch, BatchIter};
 pub use builder::{BatchBuilder, BatchOptions, Record};
 pub use error::RecordError;
 pub use header::{
-    set_base_offset, set_partition_leader_epoch, verify_crc, BatchHeader, BATCH_HEADER_LEN,
-    LOG_OVERHEAD, MAGIC_V2, MIN_BATCH_LENGTH,
+    set_base_offset, set_partition_leader_epoch, verify_crc, BatchHeader, BATCH_HEADER_LEN, LOG_OVERHEAD,
+    MAGIC_V2, MIN_BATCH_LENGTH,
 };
 pub use records::{HeaderIter, RecordIter, RecordView};

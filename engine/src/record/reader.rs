@@ -35,10 +35,7 @@ impl<'a> Reader<'a> {
 
     #[inline]
     pub(crate) fn i8(&mut self) -> Result<i8, RecordError> {
-        let (&b, rest) = self.buf.split_first().ok_or(RecordError::Truncated {
-            needed: 1,
-            available: 0,
-        })?;
+        let (&b, rest) = self.buf.split_first().ok_or(RecordError::Truncated { needed: 1, available: 0 })?;
         self.buf = rest;
         Ok(b as i8)
     }
@@ -60,10 +57,7 @@ impl<'a> Reader<'a> {
     #[inline]
     pub(crate) fn bytes(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
         if n > self.buf.len() {
-            return Err(RecordError::Truncated {
-                needed: n,
-                available: self.buf.len(),
-            });
+            return Err(RecordError::Truncated { needed: n, available: self.buf.len() });
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
@@ -74,16 +68,12 @@ impl<'a> Reader<'a> {
     /// reader treats any negative length as null, but only -1 is ever written,
     /// so anything below -1 is reported as corruption.
     #[inline]
-    pub(crate) fn nullable_bytes(
-        &mut self,
-        field: &'static str,
-    ) -> Result<Option<&'a [u8]>, RecordError> {
+    pub(crate) fn nullable_bytes(&mut self, field: &'static str) -> Result<Option<&'a [u8]>, RecordError> {
         let len = self.varint()?;
         if len == -1 {
             return Ok(None);
         }
-        let n =
-            usize::try_from(len).map_err(|_| RecordError::BadFieldLength { field, value: len })?;
+        let n = usize::try_from(len).map_err(|_| RecordError::BadFieldLength { field, value: len })?;
         self.bytes(n).map(Some)
     }
 

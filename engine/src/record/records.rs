@@ -50,10 +50,7 @@ impl<'a> RecordView<'a> {
     /// For views yielded by [`RecordIter`] the headers were already validated,
     /// so this never yields an error; the `Result` keeps it total anyway.
     pub fn headers(&self) -> HeaderIter<'a> {
-        HeaderIter {
-            rd: Reader::new(self.headers),
-            remaining: self.headers_count,
-        }
+        HeaderIter { rd: Reader::new(self.headers), remaining: self.headers_count }
     }
 
     /// Number of headers.
@@ -157,22 +154,15 @@ impl<'a> RecordIter<'a> {
             read_header(&mut rd)?;
         }
         if !rd.is_empty() {
-            return Err(RecordError::RecordSizeMismatch {
-                declared: len,
-                consumed: len - rd.remaining(),
-            });
+            return Err(RecordError::RecordSizeMismatch { declared: len, consumed: len - rd.remaining() });
         }
         // A count that walked the loop above without error is at most len / 2.
-        let headers_count = u32::try_from(count).map_err(|_| RecordError::TooLarge {
-            field: "header count",
-            len: count,
-        })?;
+        let headers_count =
+            u32::try_from(count).map_err(|_| RecordError::TooLarge { field: "header count", len: count })?;
         Ok(RecordView {
             offset: self.base_offset.saturating_add(i64::from(offset_delta)),
             offset_delta,
-            timestamp: self
-                .log_append_time
-                .unwrap_or(self.base_timestamp.wrapping_add(timestamp_delta)),
+            timestamp: self.log_append_time.unwrap_or(self.base_timestamp.wrapping_add(timestamp_delta)),
             timestamp_delta,
             attributes,
             key,

@@ -35,10 +35,7 @@ fn decode_unsigned(buf: &[u8], max_len: usize) -> Result<(u64, usize), RecordErr
     let mut value = 0u64;
     for i in 0..max_len {
         let Some(&b) = buf.get(i) else {
-            return Err(RecordError::Truncated {
-                needed: i + 1,
-                available: buf.len(),
-            });
+            return Err(RecordError::Truncated { needed: i + 1, available: buf.len() });
         };
         // i <= 9, so the shift is at most 63: bits past 64 fall off, never a panic.
         value |= u64::from(b & 0x7f) << (7 * i);
@@ -130,27 +127,12 @@ mod tests {
         assert_eq!(enc32(64), [0x80, 0x01]);
         assert_eq!(enc32(i32::MAX), [0xfe, 0xff, 0xff, 0xff, 0x0f]);
         assert_eq!(enc32(i32::MIN), [0xff, 0xff, 0xff, 0xff, 0x0f]);
-        assert_eq!(
-            enc64(i64::MIN),
-            [0xff; 9].iter().chain(&[0x01]).copied().collect::<Vec<_>>()
-        );
+        assert_eq!(enc64(i64::MIN), [0xff; 9].iter().chain(&[0x01]).copied().collect::<Vec<_>>());
     }
 
     #[test]
     fn varint_extremes_round_trip() {
-        for v in [
-            0,
-            1,
-            -1,
-            63,
-            -64,
-            64,
-            -65,
-            i32::MAX,
-            i32::MIN,
-            i32::MAX - 1,
-            i32::MIN + 1,
-        ] {
+        for v in [0, 1, -1, 63, -64, 64, -65, i32::MAX, i32::MIN, i32::MAX - 1, i32::MIN + 1] {
             let e = enc32(v);
             assert_eq!(e.len(), varint_len(v), "len of {v}");
             assert_eq!(decode_varint(&e), Ok((v, e.len())), "{v}");
@@ -161,15 +143,7 @@ mod tests {
 
     #[test]
     fn varlong_extremes_round_trip() {
-        for v in [
-            0,
-            1,
-            -1,
-            i64::MAX,
-            i64::MIN,
-            i64::from(i32::MAX) + 1,
-            i64::from(i32::MIN) - 1,
-        ] {
+        for v in [0, 1, -1, i64::MAX, i64::MIN, i64::from(i32::MAX) + 1, i64::from(i32::MIN) - 1] {
             let e = enc64(v);
             assert_eq!(e.len(), varlong_len(v), "len of {v}");
             assert_eq!(decode_varlong(&e), Ok((v, e.len())), "{v}");
@@ -180,18 +154,12 @@ mod tests {
 
     #[test]
     fn overlong_is_rejected() {
-        assert_eq!(
-            decode_varint(&[0x80; 6]),
-            Err(RecordError::BadVarint { max_len: 5 })
-        );
+        assert_eq!(decode_varint(&[0x80; 6]), Err(RecordError::BadVarint { max_len: 5 }));
         assert_eq!(
             decode_varint(&[0xff, 0xff, 0xff, 0xff, 0x80, 0x00]),
             Err(RecordError::BadVarint { max_len: 5 })
         );
-        assert_eq!(
-            decode_varlong(&[0x80; 11]),
-            Err(RecordError::BadVarint { max_len: 10 })
-        );
+        assert_eq!(decode_varlong(&[0x80; 11]), Err(RecordError::BadVarint { max_len: 10 }));
         // A padded but terminated encoding within the limit is accepted, as in Kafka.
         assert_eq!(decode_varint(&[0x82, 0x80, 0x00]), Ok((1, 3)));
     }
@@ -205,38 +173,16 @@ mod tests {
 
     #[test]
     fn truncated_is_rejected() {
-        assert_eq!(
-            decode_varint(&[]),
-            Err(RecordError::Truncated {
-                needed: 1,
-                available: 0
-            })
-        );
-        assert_eq!(
-            decode_varint(&[0x80, 0x80]),
-            Err(RecordError::Truncated {
-                needed: 3,
-                available: 2
-            })
-        );
+        assert_eq!(decode_varint(&[]), Err(RecordError::Truncated { needed: 1, available: 0 }));
+        assert_eq!(decode_varint(&[0x80, 0x80]), Err(RecordError::Truncated { needed: 3, available: 2 }));
         let full = enc64(i64::MIN);
-        assert_eq!(
-            decode_varlong(&full[..9]),
-            Err(RecordError::Truncated {
-                needed: 10,
-                available: 9
-            })
-        );
+        assert_eq!(decode_varlong(&full[..9]), Err(RecordError::Truncated { needed: 10, available: 9 }));
     }
 
     #[test]
     fn lengths_match_encoding_everywhere() {
         for shift in 0..64 {
-            for v in [
-                1i64 << shift,
-                (1i64 << shift).wrapping_neg(),
-                (1i64 << shift).wrapping_sub(1),
-            ] {
+            for v in [1i64 << shift, (1i64 << shift).wrapping_neg(), (1i64 << shift).wrapping_sub(1)] {
                 assert_eq!(enc64(v).len(), varlong_len(v), "{v}");
                 let w = v as i32;
                 assert_eq!(enc32(w).len(), varint_len(w), "{w}");

@@ -42,9 +42,7 @@ pub struct OffsetIndex {
 impl OffsetIndex {
     pub fn push(&mut self, entry: OffsetEntry) {
         if let Some(last) = self.entries.last() {
-            debug_assert!(
-                entry.relative_offset > last.relative_offset && entry.position > last.position
-            );
+            debug_assert!(entry.relative_offset > last.relative_offset && entry.position > last.position);
         }
         self.entries.push(entry);
     }
@@ -55,9 +53,13 @@ impl OffsetIndex {
 
     /// The last entry at or before `relative_offset`: the position to start scanning from.
     pub fn floor(&self, relative_offset: u32) -> Option<OffsetEntry> {
-        let i = self
-            .entries
-            .partition_point(|e| e.relative_offset <= relative_offset);
+        let i = self.entries.partition_point(|e| e.relative_offset <= relative_offset);
+        i.checked_sub(1).map(|i| self.entries[i])
+    }
+
+    /// The last entry whose position is at or before `position`.
+    pub fn floor_position(&self, position: u32) -> Option<OffsetEntry> {
+        let i = self.entries.partition_point(|e| e.position <= position);
         i.checked_sub(1).map(|i| self.entries[i])
     }
 
@@ -136,9 +138,7 @@ impl TimeIndex {
     }
 
     pub fn truncate_to_relative_offset(&mut self, relative_offset: u32) {
-        let keep = self
-            .entries
-            .partition_point(|e| e.relative_offset < relative_offset);
+        let keep = self.entries.partition_point(|e| e.relative_offset < relative_offset);
         self.entries.truncate(keep);
     }
 
@@ -210,14 +210,8 @@ mod tests {
         let mut o = OffsetIndex::default();
         let mut t = TimeIndex::default();
         for i in 0..50u32 {
-            o.push(OffsetEntry {
-                relative_offset: i * 10,
-                position: i * 4096 + 1,
-            });
-            t.push(TimeEntry {
-                timestamp: 1_000 + i64::from(i) * 7,
-                relative_offset: i * 10 + 3,
-            });
+            o.push(OffsetEntry { relative_offset: i * 10, position: i * 4096 + 1 });
+            t.push(TimeEntry { timestamp: 1_000 + i64::from(i) * 7, relative_offset: i * 10 + 3 });
         }
         (o, t)
     }
@@ -239,22 +233,10 @@ mod tests {
     #[test]
     fn time_index_keeps_only_rising_timestamps() {
         let mut t = TimeIndex::default();
-        assert!(t.push(TimeEntry {
-            timestamp: 10,
-            relative_offset: 0
-        }));
-        assert!(!t.push(TimeEntry {
-            timestamp: 9,
-            relative_offset: 5
-        }));
-        assert!(!t.push(TimeEntry {
-            timestamp: 10,
-            relative_offset: 6
-        }));
-        assert!(t.push(TimeEntry {
-            timestamp: 11,
-            relative_offset: 7
-        }));
+        assert!(t.push(TimeEntry { timestamp: 10, relative_offset: 0 }));
+        assert!(!t.push(TimeEntry { timestamp: 9, relative_offset: 5 }));
+        assert!(!t.push(TimeEntry { timestamp: 10, relative_offset: 6 }));
+        assert!(t.push(TimeEntry { timestamp: 11, relative_offset: 7 }));
         assert_eq!(t.entries().len(), 2);
     }
 
@@ -277,10 +259,7 @@ mod tests {
             assert!(OffsetIndex::decode(&bad, log_len).is_none(), "flip at {i}");
         }
         for cut in 0..ob.len() {
-            assert!(
-                OffsetIndex::decode(&ob[..cut], log_len).is_none(),
-                "cut at {cut}"
-            );
+            assert!(OffsetIndex::decode(&ob[..cut], log_len).is_none(), "cut at {cut}");
         }
         assert!(OffsetIndex::decode(&[], 0).is_none());
     }

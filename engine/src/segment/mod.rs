@@ -12,21 +12,22 @@
 //! relative offsets fit in `u32` (segments are limited to 2 GiB and 2^31 offsets).
 
 pub mod index;
+mod read;
 mod scan;
 
 use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+pub use read::HeaderCursor;
 pub use scan::{scan, ScanOutcome};
 
 use crate::io::{Io, IoError, Write};
-use crate::record::{BatchHeader, BATCH_HEADER_LEN};
+use crate::record::BatchHeader;
 
 /// Largest segment: positions are stored as `u32`, and Kafka clients treat sizes as `i32`.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
@@ -89,19 +90,9 @@ pub struct Segment {
 impl Segment {
     /// Creates an empty active segment. The caller makes the directory entry durable.
     pub fn create(dir: &Path, base_offset: i64) -> std::io::Result<Segment> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(log_path(dir, base_offset))?;
-        Ok(Segment::from_parts(
-            dir,
-            base_offset,
-            file,
-            0,
-            ScanOutcome::empty(base_offset),
-            false,
-        ))
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).open(log_path(dir, base_offset))?;
+        Ok(Segment::from_parts(dir, base_offset, file, 0, ScanOutcome::empty(base_offset), false))
     }
 
     /// Builds a segment from a file and what a scan (or its index files) established about it.
@@ -113,10 +104,7 @@ impl Segment {
         outcome: ScanOutcome,
         sealed: bool,
     ) -> Segment {
-        let created = file
-            .metadata()
-            .and_then(|m| m.modified())
-            .unwrap_or_else(|_| SystemTime::now());
+        let created = file.metadata().and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
         Segment {
             base_offset,
             dir: dir.to_path_buf(),
@@ -215,14 +203,8 @@ impl Segment {
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
         // The first batch is always indexed, then one entry per `index_interval_bytes` of log.
         if self.index.entries().is_empty() || self.bytes_since_index >= index_interval_bytes {
-            self.index.push(OffsetEntry {
-                relative_offset: relative,
-                position: position as u32,
-            });
-            self.time_index.push(TimeEntry {
-                timestamp: self.max_timestamp,
-                relative_offset: relative,
-            });
+            self.index.push(OffsetEntry { relative_offset: relative, position: position as u32 });
+            self.time_index.push(TimeEntry { timestamp: self.max_timestamp, relative_offset: relative });
             self.bytes_since_index = 0;
         }
         self.bytes_since_index += batch.len() as u64;
@@ -256,28 +238,16 @@ impl Segment {
     /// and makes them durable. After this the segment takes no appends.
     pub fn seal(&mut self, io: &mut dyn Io) -> Result<(), SealError> {
         let slices = self.staged_slices();
-        let pending = Write {
-            fd: self.file.as_fd(),
-            offset: self.written_len,
-            bufs: &slices,
-        };
-        let writes = if slices.is_empty() {
-            &[][..]
-        } else {
-            std::slice::from_ref(&pending)
-        };
-        io.submit(writes, &[self.file.as_fd()])
-            .map_err(SealError::Io)?;
+        let pending = Write { fd: self.file.as_fd(), offset: self.written_len, bufs: &slices };
+        let writes = if slices.is_empty() { &[][..] } else { std::slice::from_ref(&pending) };
+        io.submit(writes, &[self.file.as_fd()]).map_err(SealError::Io)?;
         self.mark_written();
         self.mark_synced();
         self.visible_len = self.written_len;
         // The last entry of the time index must carry the segment's largest timestamp: retention
         // by age and lookups by time read it without scanning.
         if let Some(last) = self.last_batch_relative_offset() {
-            self.time_index.push(TimeEntry {
-                timestamp: self.max_timestamp,
-                relative_offset: last,
-            });
+            self.time_index.push(TimeEntry { timestamp: self.max_timestamp, relative_offset: last });
         }
         let index_bytes = self.index.encode(self.written_len);
         let time_bytes = self.time_index.encode(self.written_len);
@@ -293,19 +263,10 @@ impl Segment {
         let time_file = open(time_index_path(&self.dir, self.base_offset))?;
         let (a, b) = ([IoSlice::new(&index_bytes)], [IoSlice::new(&time_bytes)]);
         let writes = [
-            Write {
-                fd: index_file.as_fd(),
-                offset: 0,
-                bufs: &a,
-            },
-            Write {
-                fd: time_file.as_fd(),
-                offset: 0,
-                bufs: &b,
-            },
+            Write { fd: index_file.as_fd(), offset: 0, bufs: &a },
+            Write { fd: time_file.as_fd(), offset: 0, bufs: &b },
         ];
-        io.submit(&writes, &[index_file.as_fd(), time_file.as_fd()])
-            .map_err(SealError::Io)?;
+        io.submit(&writes, &[index_file.as_fd(), time_file.as_fd()]).map_err(SealError::Io)?;
         self.sealed = true;
         Ok(())
     }
@@ -323,86 +284,6 @@ impl Segment {
             pos += h.total_len() as u64;
         }
         Some(rel)
-    }
-
-    /// Reads the batch header at `position`, if the whole batch lies below `limit` (capped at the
-    /// written length).
-    pub fn read_header(&self, position: u64, limit: u64) -> Result<Option<BatchHeader>, ReadError> {
-        let limit = limit.min(self.written_len);
-        if position + BATCH_HEADER_LEN as u64 > limit {
-            return Ok(None);
-        }
-        let mut buf = [0u8; BATCH_HEADER_LEN];
-        self.file
-            .read_exact_at(&mut buf, position)
-            .map_err(|source| ReadError::Fs {
-                path: self.log_path(),
-                source,
-            })?;
-        let header = BatchHeader::parse(&buf).map_err(|e| ReadError::Corrupt {
-            path: self.log_path(),
-            position,
-            reason: e.to_string(),
-        })?;
-        if position + header.total_len() as u64 > limit {
-            return Ok(None);
-        }
-        Ok(Some(header))
-    }
-
-    /// The batch containing `offset` (or the first one after it), searching from the index.
-    /// Only written bytes up to `limit` are considered.
-    pub fn find_offset(&self, offset: i64, limit: u64) -> Result<Option<BatchPosition>, ReadError> {
-        let rel = u32::try_from(offset.saturating_sub(self.base_offset).max(0)).unwrap_or(u32::MAX);
-        let mut position = self.index.floor(rel).map_or(0, |e| u64::from(e.position));
-        while position < limit {
-            let Some(header) = self.read_header(position, limit)? else {
-                return Ok(None);
-            };
-            if header.last_offset() >= offset {
-                return Ok(Some(BatchPosition { position, header }));
-            }
-            position += header.total_len() as u64;
-        }
-        Ok(None)
-    }
-
-    /// The first batch holding a timestamp >= `timestamp`, searching from the time index.
-    pub fn find_timestamp(
-        &self,
-        timestamp: i64,
-        limit: u64,
-    ) -> Result<Option<BatchPosition>, ReadError> {
-        if self.max_timestamp < timestamp {
-            return Ok(None);
-        }
-        let start_offset = self
-            .time_index
-            .floor_below(timestamp)
-            .map_or(self.base_offset, |e| {
-                self.base_offset + i64::from(e.relative_offset)
-            });
-        let Some(mut at) = self.find_offset(start_offset, limit)? else {
-            return Ok(None);
-        };
-        loop {
-            if at.header.max_timestamp >= timestamp {
-                return Ok(Some(at));
-            }
-            let next = at.position + at.header.total_len() as u64;
-            if next >= limit {
-                return Ok(None);
-            }
-            match self.read_header(next, limit)? {
-                Some(header) => {
-                    at = BatchPosition {
-                        position: next,
-                        header,
-                    }
-                }
-                None => return Ok(None),
-            }
-        }
     }
 
     /// Cuts the segment back to `len` bytes (recovery of a torn tail); the caller syncs.
@@ -423,10 +304,7 @@ impl Segment {
     /// Removes the segment's files: indexes first, the log last, so that a failure part-way
     /// leaves at worst a log without indexes, which recovery rebuilds.
     pub fn delete_files(&self) -> std::io::Result<()> {
-        for p in [
-            index_path(&self.dir, self.base_offset),
-            time_index_path(&self.dir, self.base_offset),
-        ] {
+        for p in [index_path(&self.dir, self.base_offset), time_index_path(&self.dir, self.base_offset)] {
             match std::fs::remove_file(&p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
@@ -457,9 +335,5 @@ pub enum ReadError {
         source: std::io::Error,
     },
     #[error("{} is corrupt at byte {position}: {reason}", path.display())]
-    Corrupt {
-        path: PathBuf,
-        position: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, position: u64, reason: String },
 }

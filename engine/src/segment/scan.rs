@@ -46,14 +46,8 @@ impl ScanOutcome {
         let relative = (header.base_offset - base_offset) as u32;
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
         if self.index.entries().is_empty() || self.bytes_since_index >= index_interval_bytes {
-            self.index.push(OffsetEntry {
-                relative_offset: relative,
-                position: self.valid_len as u32,
-            });
-            self.time_index.push(TimeEntry {
-                timestamp: self.max_timestamp,
-                relative_offset: relative,
-            });
+            self.index.push(OffsetEntry { relative_offset: relative, position: self.valid_len as u32 });
+            self.time_index.push(TimeEntry { timestamp: self.max_timestamp, relative_offset: relative });
             self.bytes_since_index = 0;
         }
         self.bytes_since_index += header.total_len() as u64;
@@ -80,13 +74,8 @@ pub fn scan(
             return Ok(out);
         }
         if position + BATCH_HEADER_LEN as u64 > file_len {
-            out.stopped = Some((
-                position,
-                format!(
-                    "{} trailing bytes, less than a batch header",
-                    file_len - position
-                ),
-            ));
+            out.stopped =
+                Some((position, format!("{} trailing bytes, less than a batch header", file_len - position)));
             return Ok(out);
         }
         // Keep a window of the file in memory; refill when the next header is not inside it.
@@ -115,13 +104,23 @@ pub fn scan(
             ));
             return Ok(out);
         }
-        if header.base_offset != out.next_offset {
+        // The format's own limits: positions and relative offsets are stored as u32 and kept
+        // below 2^31, so a batch breaking them cannot belong to this segment.
+        let relative_end = header.last_offset().saturating_sub(base_offset);
+        if position + total > super::SEGMENT_BYTES_MAX || relative_end > i64::from(i32::MAX) {
             out.stopped = Some((
                 position,
                 format!(
-                    "batch base offset {} where {} was expected",
-                    header.base_offset, out.next_offset
+                    "batch exceeds the segment limits (ends at byte {}, relative offset {relative_end})",
+                    position + total
                 ),
+            ));
+            return Ok(out);
+        }
+        if header.base_offset != out.next_offset {
+            out.stopped = Some((
+                position,
+                format!("batch base offset {} where {} was expected", header.base_offset, out.next_offset),
             ));
             return Ok(out);
         }

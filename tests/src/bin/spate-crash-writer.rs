@@ -15,11 +15,7 @@ use spate_tests::{crash_batch_records, crash_record_value};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    anyhow::ensure!(
-        args.len() == 5,
-        "usage: {} <dir> <backend> <round> <threads>",
-        args[0]
-    );
+    anyhow::ensure!(args.len() == 5, "usage: {} <dir> <backend> <round> <threads>", args[0]);
     let dir = std::path::PathBuf::from(&args[1]);
     let backend: BackendChoice = args[2].parse().map_err(anyhow::Error::msg)?;
     let round: u32 = args[3].parse()?;
@@ -43,9 +39,8 @@ fn main() -> anyhow::Result<()> {
             std::thread::spawn(move || -> anyhow::Result<()> {
                 for seq in 0.. {
                     let n = crash_batch_records(seq);
-                    let values: Vec<Vec<u8>> = (0..n)
-                        .map(|i| crash_record_value(round, thread, seq, i))
-                        .collect();
+                    let values: Vec<Vec<u8>> =
+                        (0..n).map(|i| crash_record_value(round, thread, seq, i)).collect();
                     let mut b = BatchBuilder::new(BatchOptions::default());
                     for v in &values {
                         b.push(&Record {

@@ -9,11 +9,7 @@ fn crc32c_reference(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82f6_3b78
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
         }
     }
     !crc
@@ -36,12 +32,7 @@ fn known_small_batch_bytes() {
         partition_leader_epoch: 3,
         attributes: Attributes::default(),
     });
-    b.push(&Record {
-        timestamp: 1000,
-        key: Some(b"k"),
-        value: Some(b"v"),
-        headers: &[(b"h", Some(b"x"))],
-    });
+    b.push(&Record { timestamp: 1000, key: Some(b"k"), value: Some(b"v"), headers: &[(b"h", Some(b"x"))] });
     assert_eq!(b.encoded_len(), 74);
     let bytes = b.finish();
 
@@ -75,26 +66,16 @@ fn known_small_batch_bytes() {
     let recs = decode_all(&batch).unwrap();
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].0, 5);
-    assert_eq!(
-        recs[0].1.headers,
-        vec![(b"h".to_vec(), Some(b"x".to_vec()))]
-    );
+    assert_eq!(recs[0].1.headers, vec![(b"h".to_vec(), Some(b"x".to_vec()))]);
 }
 
 #[test]
 fn empty_batch_is_valid() {
-    let bytes = BatchBuilder::new(BatchOptions {
-        base_offset: 9,
-        ..Default::default()
-    })
-    .finish();
+    let bytes = BatchBuilder::new(BatchOptions { base_offset: 9, ..Default::default() }).finish();
     assert_eq!(bytes.len(), BATCH_HEADER_LEN);
     let batch = Batch::parse(&bytes).unwrap();
     let h = batch.header();
-    assert_eq!(
-        (h.records_count, h.last_offset_delta, h.last_offset()),
-        (0, 0, 9)
-    );
+    assert_eq!((h.records_count, h.last_offset_delta, h.last_offset()), (0, 0, 9));
     assert_eq!((h.base_timestamp, h.max_timestamp), (-1, -1));
     assert_eq!(batch.records().count(), 0);
 }
@@ -112,12 +93,7 @@ fn header_fields_and_deltas() {
     // Out-of-order timestamps: base is the first, max the largest, deltas signed.
     let recs: Vec<Owned> = [50, 10, 70]
         .iter()
-        .map(|&t| Owned {
-            timestamp: t,
-            key: None,
-            value: Some(vec![1]),
-            headers: vec![],
-        })
+        .map(|&t| Owned { timestamp: t, key: None, value: Some(vec![1]), headers: vec![] })
         .collect();
     let bytes = build(opts, &recs);
     let batch = Batch::parse(&bytes).unwrap();
@@ -126,22 +102,14 @@ fn header_fields_and_deltas() {
     assert_eq!(h.max_timestamp, 70);
     assert_eq!(h.last_offset_delta, 2);
     assert_eq!(h.last_offset(), 102);
-    assert_eq!(
-        (h.producer_id, h.producer_epoch, h.base_sequence),
-        (12, 2, 40)
-    );
+    assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (12, 2, 40));
     assert!(h.attributes.is_transactional());
     let views: Vec<RecordView<'_>> = batch.records().map(Result::unwrap).collect();
-    let deltas: Vec<(i32, i64)> = views
-        .iter()
-        .map(|r| (r.offset_delta, r.timestamp_delta))
-        .collect();
+    let deltas: Vec<(i32, i64)> = views.iter().map(|r| (r.offset_delta, r.timestamp_delta)).collect();
     assert_eq!(deltas, vec![(0, 0), (1, -40), (2, 20)]);
     let got: Vec<(i64, Owned)> = decode_all(&batch).unwrap();
     assert_eq!(
-        got.into_iter()
-            .map(|(o, r)| (o, r.timestamp))
-            .collect::<Vec<_>>(),
+        got.into_iter().map(|(o, r)| (o, r.timestamp)).collect::<Vec<_>>(),
         vec![(100, 50), (101, 10), (102, 70)]
     );
 }
@@ -152,20 +120,9 @@ fn compression_bits_are_cleared() {
         attributes: Attributes::default().with_compression(Compression::Zstd),
         ..Default::default()
     };
-    let bytes = build(
-        opts,
-        &[Owned {
-            timestamp: 1,
-            key: None,
-            value: None,
-            headers: vec![],
-        }],
-    );
+    let bytes = build(opts, &[Owned { timestamp: 1, key: None, value: None, headers: vec![] }]);
     let batch = Batch::parse(&bytes).unwrap();
-    assert_eq!(
-        batch.header().attributes.compression(),
-        Ok(Compression::None)
-    );
+    assert_eq!(batch.header().attributes.compression(), Ok(Compression::None));
     assert_eq!(batch.records().count(), 1);
 }
 
@@ -175,15 +132,8 @@ fn log_append_time_records_take_max_timestamp() {
         attributes: Attributes::default().with_timestamp_type(TimestampType::LogAppendTime),
         ..Default::default()
     };
-    let recs: Vec<Owned> = [5, 9, 7]
-        .iter()
-        .map(|&t| Owned {
-            timestamp: t,
-            key: None,
-            value: None,
-            headers: vec![],
-        })
-        .collect();
+    let recs: Vec<Owned> =
+        [5, 9, 7].iter().map(|&t| Owned { timestamp: t, key: None, value: None, headers: vec![] }).collect();
     let bytes = build(opts, &recs);
     let batch = Batch::parse(&bytes).unwrap();
     let ts: Vec<(i64, i64)> = batch
@@ -198,18 +148,8 @@ fn log_append_time_records_take_max_timestamp() {
 fn finish_into_appends_and_reuses() {
     let mut b = BatchBuilder::new(BatchOptions::default());
     let mut out = b"prefix".to_vec();
-    b.push(&Record {
-        timestamp: 1,
-        key: Some(b"a"),
-        value: Some(&[0; 100]),
-        headers: &[],
-    });
-    b.push(&Record {
-        timestamp: 2,
-        key: Some(b"b"),
-        value: Some(&[1; 100]),
-        headers: &[],
-    });
+    b.push(&Record { timestamp: 1, key: Some(b"a"), value: Some(&[0; 100]), headers: &[] });
+    b.push(&Record { timestamp: 2, key: Some(b"b"), value: Some(&[1; 100]), headers: &[] });
     assert_eq!(b.len(), 2);
     let expected_len = b.encoded_len();
     let r1 = b.finish_into(&mut out);
@@ -217,16 +157,8 @@ fn finish_into_appends_and_reuses() {
     assert!(b.is_empty());
     assert_eq!(b.encoded_len(), BATCH_HEADER_LEN);
 
-    b.reset(BatchOptions {
-        base_offset: 2,
-        ..Default::default()
-    });
-    b.push(&Record {
-        timestamp: 3,
-        key: None,
-        value: Some(b"c"),
-        headers: &[],
-    });
+    b.reset(BatchOptions { base_offset: 2, ..Default::default() });
+    b.push(&Record { timestamp: 3, key: None, value: Some(b"c"), headers: &[] });
     let r2 = b.finish_into(&mut out);
     assert_eq!(r2.start, r1.end);
     assert_eq!(r2.end, out.len());
@@ -236,37 +168,17 @@ fn finish_into_appends_and_reuses() {
     assert_eq!(got[0].as_bytes(), &out[r1]);
     assert_eq!(got[1].header().base_offset, 2);
     assert_eq!(got[1].header().records_count, 1);
-    assert_eq!(
-        got[1].records().next().unwrap().unwrap().value,
-        Some(&b"c"[..])
-    );
+    assert_eq!(got[1].records().next().unwrap().unwrap().value, Some(&b"c"[..]));
 }
 
 #[test]
 fn oversized_record_is_rejected_without_change() {
     // 2100 headers sharing one 1 MiB value: over 2 GiB encoded, no 2 GiB allocation.
     let big = vec![0u8; 1 << 20];
-    let headers: Vec<(&[u8], Option<&[u8]>)> =
-        (0..2100).map(|_| (&b"h"[..], Some(&big[..]))).collect();
+    let headers: Vec<(&[u8], Option<&[u8]>)> = (0..2100).map(|_| (&b"h"[..], Some(&big[..]))).collect();
     let mut b = BatchBuilder::new(BatchOptions::default());
-    let e = b
-        .try_push(&Record {
-            timestamp: 0,
-            key: None,
-            value: None,
-            headers: &headers,
-        })
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            RecordError::TooLarge {
-                field: "record length",
-                ..
-            }
-        ),
-        "{e}"
-    );
+    let e = b.try_push(&Record { timestamp: 0, key: None, value: None, headers: &headers }).unwrap_err();
+    assert!(matches!(e, RecordError::TooLarge { field: "record length", .. }), "{e}");
     assert!(b.is_empty());
     assert_eq!(b.encoded_len(), BATCH_HEADER_LEN);
 }

@@ -4,12 +4,7 @@
 use super::*;
 
 fn one(key: &[u8], value: &[u8]) -> Owned {
-    Owned {
-        timestamp: 7,
-        key: Some(key.to_vec()),
-        value: Some(value.to_vec()),
-        headers: vec![],
-    }
+    Owned { timestamp: 7, key: Some(key.to_vec()), value: Some(value.to_vec()), headers: vec![] }
 }
 
 /// Records of `bytes` after resealing, as a list of results.
@@ -26,13 +21,7 @@ fn trailing_bytes_after_last_record() {
     let r = results(&mut b);
     assert_eq!(r.len(), 2);
     assert!(r[0].is_ok());
-    assert_eq!(
-        r[1],
-        Err(RecordError::TrailingBytes {
-            declared: 1,
-            trailing: 3
-        })
-    );
+    assert_eq!(r[1], Err(RecordError::TrailingBytes { declared: 1, trailing: 3 }));
 }
 
 #[test]
@@ -42,13 +31,7 @@ fn fewer_records_than_declared() {
     let r = results(&mut b);
     assert_eq!(r.len(), 2);
     let e = r[1].clone().unwrap_err();
-    assert_eq!(
-        e,
-        RecordError::RecordCountMismatch {
-            declared: 3,
-            found: 1
-        }
-    );
+    assert_eq!(e, RecordError::RecordCountMismatch { declared: 3, found: 1 });
     assert_eq!(e.to_string(), "batch declares 3 records but holds only 1");
 }
 
@@ -57,10 +40,7 @@ fn more_records_than_declared() {
     let mut b = build(BatchOptions::default(), &[one(b"k", b"v"), one(b"k", b"v")]);
     b[57..61].copy_from_slice(&1i32.to_be_bytes());
     let r = results(&mut b);
-    assert!(matches!(
-        r[1],
-        Err(RecordError::TrailingBytes { declared: 1, .. })
-    ));
+    assert!(matches!(r[1], Err(RecordError::TrailingBytes { declared: 1, .. })));
 }
 
 #[test]
@@ -71,13 +51,7 @@ fn record_length_longer_than_fields() {
     b[61] = 18;
     b.push(0);
     let r = results(&mut b);
-    assert_eq!(
-        r,
-        vec![Err(RecordError::RecordSizeMismatch {
-            declared: 9,
-            consumed: 8
-        })]
-    );
+    assert_eq!(r, vec![Err(RecordError::RecordSizeMismatch { declared: 9, consumed: 8 })]);
 }
 
 #[test]
@@ -93,13 +67,7 @@ fn record_length_past_batch_end() {
     let mut b = build(BatchOptions::default(), &[one(b"k", b"v")]);
     b[61] = 0x7e; // 63 bytes, more than the batch holds
     let r = results(&mut b);
-    assert_eq!(
-        r,
-        vec![Err(RecordError::Truncated {
-            needed: 63,
-            available: 8
-        })]
-    );
+    assert_eq!(r, vec![Err(RecordError::Truncated { needed: 63, available: 8 })]);
 }
 
 #[test]
@@ -110,24 +78,12 @@ fn negative_lengths() {
     b[65] = 3; // zigzag -2
     let r = results(&mut b);
     let e = r[0].clone().unwrap_err();
-    assert_eq!(
-        e,
-        RecordError::BadFieldLength {
-            field: "key length",
-            value: -2
-        }
-    );
+    assert_eq!(e, RecordError::BadFieldLength { field: "key length", value: -2 });
     assert_eq!(e.to_string(), "invalid key length -2");
 
     let mut b = build(BatchOptions::default(), &[one(b"k", b"v")]);
     b[61] = 1; // record length -1
-    assert_eq!(
-        results(&mut b),
-        vec![Err(RecordError::BadFieldLength {
-            field: "record length",
-            value: -1
-        })]
-    );
+    assert_eq!(results(&mut b), vec![Err(RecordError::BadFieldLength { field: "record length", value: -1 })]);
 
     let mut r = one(b"k", b"v");
     r.headers.push((b"".to_vec(), None));
@@ -137,10 +93,7 @@ fn negative_lengths() {
     b[hk] = 1; // header key length -1: keys are never null
     assert_eq!(
         results(&mut b),
-        vec![Err(RecordError::BadFieldLength {
-            field: "header key length",
-            value: -1
-        })]
+        vec![Err(RecordError::BadFieldLength { field: "header key length", value: -1 })]
     );
 }
 
@@ -149,10 +102,7 @@ fn overlong_varint_in_record() {
     let mut b = build(BatchOptions::default(), &[one(b"k", b"v")]);
     b.truncate(61);
     b.extend_from_slice(&[0x80; 7]);
-    assert_eq!(
-        results(&mut b),
-        vec![Err(RecordError::BadVarint { max_len: 5 })]
-    );
+    assert_eq!(results(&mut b), vec![Err(RecordError::BadVarint { max_len: 5 })]);
 }
 
 #[test]
@@ -163,34 +113,19 @@ fn compressed_and_unknown_codecs() {
     let e = r[0].clone().unwrap_err();
     assert_eq!(r.len(), 1);
     assert_eq!(e, RecordError::Compressed(Compression::Gzip));
-    assert_eq!(
-        e.to_string(),
-        "compressed batch (Gzip): records not decoded here"
-    );
+    assert_eq!(e.to_string(), "compressed batch (Gzip): records not decoded here");
     b[22] |= 7; // codec 7
-    assert_eq!(
-        results(&mut b),
-        vec![Err(RecordError::UnknownCompression(7))]
-    );
+    assert_eq!(results(&mut b), vec![Err(RecordError::UnknownCompression(7))]);
 }
 
 #[test]
 fn truncated_batch_and_bad_crc() {
     let b = build(BatchOptions::default(), &[one(b"k", b"v")]);
     let n = b.len();
-    assert_eq!(
-        Batch::parse(&b[..n - 1]),
-        Err(RecordError::Truncated {
-            needed: n,
-            available: n - 1
-        })
-    );
+    assert_eq!(Batch::parse(&b[..n - 1]), Err(RecordError::Truncated { needed: n, available: n - 1 }));
     let mut c = b.clone();
     c[n - 1] ^= 0x40;
-    assert!(matches!(
-        Batch::parse(&c),
-        Err(RecordError::CrcMismatch { .. })
-    ));
+    assert!(matches!(Batch::parse(&c), Err(RecordError::CrcMismatch { .. })));
     let mut d = b;
     d[16] = 1;
     assert_eq!(Batch::parse(&d), Err(RecordError::BadMagic(1)));
@@ -201,17 +136,9 @@ fn three() -> (Vec<u8>, Vec<usize>) {
     let mut ends = Vec::new();
     let mut b = BatchBuilder::new(BatchOptions::default());
     for i in 0..3i64 {
-        b.reset(BatchOptions {
-            base_offset: i * 10,
-            ..Default::default()
-        });
+        b.reset(BatchOptions { base_offset: i * 10, ..Default::default() });
         for j in 0..(i + 1) {
-            b.push(&Record {
-                timestamp: j,
-                key: None,
-                value: Some(b"payload"),
-                headers: &[],
-            });
+            b.push(&Record { timestamp: j, key: None, value: Some(b"payload"), headers: &[] });
         }
         ends.push(b.finish_into(&mut out).end);
     }
@@ -243,10 +170,7 @@ fn batches_stop_once_at_corruption() {
     buf[ends[1] - 1] ^= 0xff; // last byte of the middle batch
     let mut it = batches(&buf);
     assert!(it.next().unwrap().is_ok());
-    assert!(matches!(
-        it.next(),
-        Some(Err(RecordError::CrcMismatch { .. }))
-    ));
+    assert!(matches!(it.next(), Some(Err(RecordError::CrcMismatch { .. }))));
     assert!(it.next().is_none());
     assert_eq!(it.position(), ends[0]);
 }
@@ -258,14 +182,8 @@ fn batches_edge_cases() {
     // Fewer than 17 bytes: cannot tell anything yet, so an incomplete tail.
     assert!(batches(&buf[..16]).next().is_none());
     // A zero-filled region (e.g. preallocated file space) is not a batch.
-    assert_eq!(
-        batches(&[0u8; 100]).next(),
-        Some(Err(RecordError::BadMagic(0)))
-    );
+    assert_eq!(batches(&[0u8; 100]).next(), Some(Err(RecordError::BadMagic(0))));
     let mut short = buf[..61].to_vec();
     short[8..12].copy_from_slice(&12i32.to_be_bytes());
-    assert_eq!(
-        batches(&short).next(),
-        Some(Err(RecordError::BadLength(12)))
-    );
+    assert_eq!(batches(&short).next(), Some(Err(RecordError::BadLength(12))));
 }

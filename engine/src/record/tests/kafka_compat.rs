@@ -40,10 +40,7 @@ fn kp_record(offset: i64, timestamp: i64, key: Option<&[u8]>, value: Option<&[u8
 
 fn kp_encode(records: &[kp::Record]) -> Vec<u8> {
     let mut buf = BytesMut::new();
-    let opts = kp::RecordEncodeOptions {
-        version: 2,
-        compression: kp::Compression::None,
-    };
+    let opts = kp::RecordEncodeOptions { version: 2, compression: kp::Compression::None };
     kp::RecordBatchEncoder::encode(&mut buf, records, &opts).unwrap();
     buf.to_vec()
 }
@@ -75,10 +72,7 @@ fn known_small_batch_matches_kafka_protocol() {
     theirs.producer_id = 7;
     theirs.producer_epoch = 1;
     theirs.sequence = 0;
-    theirs.headers.insert(
-        StrBytes::from_static_str("h"),
-        Some(Bytes::from_static(b"x")),
-    );
+    theirs.headers.insert(StrBytes::from_static_str("h"), Some(Bytes::from_static(b"x")));
     let ours = BatchBuilder::new(BatchOptions {
         base_offset: 5,
         producer_id: 7,
@@ -170,13 +164,8 @@ fn our_parser_reads_kafka_protocol_batches() {
         kp_record(15, 900, Some(b"c"), None),
         kp_record(16, 300, Some(b"d"), Some(&[9; 200])),
     ];
-    theirs[1]
-        .headers
-        .insert(StrBytes::from_static_str("x"), None);
-    theirs[1].headers.insert(
-        StrBytes::from_static_str("y"),
-        Some(Bytes::from_static(b"yy")),
-    );
+    theirs[1].headers.insert(StrBytes::from_static_str("x"), None);
+    theirs[1].headers.insert(StrBytes::from_static_str("y"), Some(Bytes::from_static(b"yy")));
     // kafka-protocol batches consecutive records whose offset - sequence agree.
     for r in &mut theirs {
         r.sequence = (r.offset - 10) as i32;
@@ -191,17 +180,11 @@ fn our_parser_reads_kafka_protocol_batches() {
     assert_eq!(it.position(), bytes.len());
 
     let h = first.header();
-    assert_eq!(
-        (h.base_offset, h.last_offset(), h.records_count),
-        (10, 15, 3)
-    );
+    assert_eq!((h.base_offset, h.last_offset(), h.records_count), (10, 15, 3));
     assert_eq!((h.base_timestamp, h.max_timestamp), (100, 900));
     assert_eq!(second.header().producer_id, 5);
 
-    let ours: Vec<(i64, Owned)> = [first, second]
-        .iter()
-        .flat_map(|b| decode_all(b).unwrap())
-        .collect();
+    let ours: Vec<(i64, Owned)> = [first, second].iter().flat_map(|b| decode_all(b).unwrap()).collect();
     let want: Vec<(i64, Owned)> = theirs.iter().map(kp_to_owned).collect();
     assert_eq!(ours, want);
 }
@@ -211,20 +194,13 @@ fn arb_compat_record() -> impl Strategy<Value = Owned> {
         -1_000_000_000_000_000i64..1_000_000_000_000_000,
         option::of(vec(any::<u8>(), 0..40)),
         option::of(vec(any::<u8>(), 0..200)),
-        btree_map(
-            "[a-zA-Z0-9._-]{0,10}",
-            option::of(vec(any::<u8>(), 0..20)),
-            0..5,
-        ),
+        btree_map("[a-zA-Z0-9._-]{0,10}", option::of(vec(any::<u8>(), 0..20)), 0..5),
     )
         .prop_map(|(timestamp, key, value, headers)| Owned {
             timestamp,
             key,
             value,
-            headers: headers
-                .into_iter()
-                .map(|(k, v)| (k.into_bytes(), v))
-                .collect(),
+            headers: headers.into_iter().map(|(k, v)| (k.into_bytes(), v)).collect(),
         })
 }
 

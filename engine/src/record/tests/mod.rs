@@ -22,11 +22,8 @@ pub(super) struct Owned {
 pub(super) fn build(opts: BatchOptions, recs: &[Owned]) -> Vec<u8> {
     let mut b = BatchBuilder::new(opts);
     for r in recs {
-        let headers: Vec<(&[u8], Option<&[u8]>)> = r
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_deref()))
-            .collect();
+        let headers: Vec<(&[u8], Option<&[u8]>)> =
+            r.headers.iter().map(|(k, v)| (k.as_slice(), v.as_deref())).collect();
         b.push(&Record {
             timestamp: r.timestamp,
             key: r.key.as_deref(),

@@ -17,33 +17,20 @@ fn arb_record() -> impl Strategy<Value = Owned> {
         option::of(arb_bytes(256)),
         vec((arb_bytes(16), option::of(arb_bytes(32))), 0..5),
     )
-        .prop_map(|(timestamp, key, value, headers)| Owned {
-            timestamp,
-            key,
-            value,
-            headers,
-        })
+        .prop_map(|(timestamp, key, value, headers)| Owned { timestamp, key, value, headers })
 }
 
 fn arb_opts() -> impl Strategy<Value = BatchOptions> {
-    (
-        any::<i64>(),
-        any::<i64>(),
-        any::<i16>(),
-        any::<i32>(),
-        any::<i32>(),
-        any::<i16>(),
+    (any::<i64>(), any::<i64>(), any::<i16>(), any::<i32>(), any::<i32>(), any::<i16>()).prop_map(
+        |(base_offset, producer_id, producer_epoch, base_sequence, ple, attrs)| BatchOptions {
+            base_offset,
+            producer_id,
+            producer_epoch,
+            base_sequence,
+            partition_leader_epoch: ple,
+            attributes: Attributes(attrs),
+        },
     )
-        .prop_map(
-            |(base_offset, producer_id, producer_epoch, base_sequence, ple, attrs)| BatchOptions {
-                base_offset,
-                producer_id,
-                producer_epoch,
-                base_sequence,
-                partition_leader_epoch: ple,
-                attributes: Attributes(attrs),
-            },
-        )
 }
 
 /// A valid batch of 0..8 records.
