@@ -100,5 +100,31 @@ fn append_path(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, index_lookup, append_path);
+fn read_path(c: &mut Criterion) {
+    // A 64 MiB log of 200-byte batches; each fetch asks for 1 MiB from a random offset.
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut io = FallbackIo::new();
+    let config = LogConfig { durability: Durability::Never, retention_age: None, ..LogConfig::default() };
+    let mut p = Partition::open(root.path(), config, &mut io).expect("open");
+    let small = batch(1, 140);
+    let batches = (64 << 20) / small.len();
+    for _ in 0..batches {
+        p.append(&mut io, small.clone(), SystemTime::now()).expect("append");
+    }
+    commit(&mut io, &mut [&mut p], Instant::now()).expect("commit");
+    let end = p.high_watermark();
+    let mut g = c.benchmark_group("read");
+    g.throughput(Throughput::Bytes(1 << 20));
+    let mut probe = 1u64;
+    g.bench_function("locate_1MiB_of_200B_batches", |b| {
+        b.iter(|| {
+            probe = probe.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let offset = (probe >> 33) as i64 % end;
+            black_box(p.read(offset, 1 << 20).expect("read"))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, index_lookup, append_path, read_path);
 criterion_main!(benches);
