@@ -937,7 +937,10 @@ fn recovery_rescans_a_sealed_segment_whose_index_does_not_reach_the_next_segment
     for (from, to) in [
         (crate::segment::log_path(dir.path(), bases[1]), crate::segment::log_path(dir.path(), gap)),
         (crate::segment::index_path(dir.path(), bases[1]), crate::segment::index_path(dir.path(), gap)),
-        (crate::segment::time_index_path(dir.path(), bases[1]), crate::segment::time_index_path(dir.path(), gap)),
+        (
+            crate::segment::time_index_path(dir.path(), bases[1]),
+            crate::segment::time_index_path(dir.path(), gap),
+        ),
     ] {
         std::fs::rename(from, to).unwrap();
     }
@@ -972,8 +975,12 @@ fn recovery_does_not_panic_on_batches_beyond_the_segment_limits() {
 fn reads_of_every_offset_and_size_match_a_model() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        LogConfig { segment_bytes: 4096, index_interval_bytes: 300, durability: Durability::Never, ..LogConfig::default() };
+    let config = LogConfig {
+        segment_bytes: 4096,
+        index_interval_bytes: 300,
+        durability: Durability::Never,
+        ..LogConfig::default()
+    };
     let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
     // Model: (base offset, last offset, byte length) of every batch, in order.
     let mut model: Vec<(i64, i64, u64)> = Vec::new();
@@ -984,7 +991,8 @@ fn reads_of_every_offset_and_size_match_a_model() {
         model.push((info.base_offset, info.last_offset, len));
     }
     p.flush(&mut io).unwrap();
-    let segment_of = |offset: i64| p.segments().filter(|s| s.base_offset() <= offset).last().unwrap().base_offset();
+    let segment_of =
+        |offset: i64| p.segments().filter(|s| s.base_offset() <= offset).last().unwrap().base_offset();
     for offset in 0..=model.last().unwrap().1 {
         for max_bytes in [0, 1, 100, 500, 1000, 3000, 10_000] {
             let slice = p.read(offset, max_bytes).unwrap();
