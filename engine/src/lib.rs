@@ -4,7 +4,16 @@
 //! io_uring), [`segment`] (one log file and its indexes), [`log`] (a partition: segments, group
 //! commit, recovery, retention).
 
+mod engine;
 pub mod io;
 pub mod log;
+pub mod partitioner;
 pub mod record;
 pub mod segment;
+mod shard;
+
+pub use engine::{
+    shard_of, topics, Backpressure, Engine, EngineConfig, EngineError, FetchOptions, Fetched, OffsetSpec,
+    ProduceAck, Producer, ShardStats, Target, TopicInfo, OFFSETS_TOPIC,
+};
+pub use shard::mailbox;

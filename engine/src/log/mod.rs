@@ -148,6 +148,11 @@ impl Partition {
         }
     }
 
+    /// Whether batches are staged that no commit has written yet.
+    pub fn has_staged(&self) -> bool {
+        self.active().len() > self.active().written_len()
+    }
+
     /// One past the last offset covered by an fdatasync.
     pub fn durable_end(&self) -> i64 {
         self.durable_end

@@ -1,0 +1,40 @@
+//! The error type of the embedded API.
+
+use std::path::PathBuf;
+
+use crate::log::LogError;
+
+/// Why an engine call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("topic {topic:?} has no partition {partition}")]
+    UnknownPartition { topic: String, partition: u32 },
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName { name: String, reason: &'static str },
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// `Drop` backpressure: the watched consumer is too far behind, so the records were refused.
+    #[error("dropped: consumer {consumer:?} is too far behind")]
+    Dropped { consumer: String },
+    /// `Block` backpressure: too many produce requests are already parked on this shard.
+    #[error("too many blocked produce requests (more than {parked_bytes_max} bytes parked)")]
+    TooManyBlocked { parked_bytes_max: u64 },
+    /// The shard's mailbox is full and the caller asked not to wait.
+    #[error("shard {shard} is busy: its mailbox is full")]
+    Busy { shard: usize },
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}

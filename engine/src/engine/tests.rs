@@ -1,0 +1,332 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::io::BackendChoice;
+
+fn config(backend: BackendChoice, shards: usize) -> EngineConfig {
+    EngineConfig { shards, io_backend: backend, ..EngineConfig::default() }
+}
+
+/// Both I/O backends: the fallback, and io_uring (required where CI says so).
+fn backends() -> [BackendChoice; 2] {
+    [BackendChoice::Fallback, crate::io::tests::uring_choice()]
+}
+
+fn record<'a>(key: Option<&'a [u8]>, value: &'a [u8], timestamp: i64) -> Record<'a> {
+    Record { timestamp, key, value: Some(value), headers: &[] }
+}
+
+/// A minimal executor: polls a future on this thread, parking between wake-ups. Enough to show
+/// the async API needs no particular runtime.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+#[test]
+fn topics_are_created_listed_altered_and_deleted_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+    engine.create_topic("orders", 3, LogConfig::default()).unwrap();
+    let never = LogConfig { durability: Durability::Never, ..LogConfig::default() };
+    engine.create_topic("clicks", 1, never.clone()).unwrap();
+    assert!(matches!(
+        engine.create_topic("orders", 1, LogConfig::default()),
+        Err(EngineError::TopicExists(_))
+    ));
+    assert!(matches!(
+        engine.create_topic("bad name", 1, LogConfig::default()),
+        Err(EngineError::InvalidTopicName { .. })
+    ));
+    assert!(matches!(
+        engine.create_topic("__mine", 1, LogConfig::default()),
+        Err(EngineError::InvalidTopicName { .. })
+    ));
+    assert!(matches!(
+        engine.create_topic("zero", 0, LogConfig::default()),
+        Err(EngineError::InvalidConfig(_))
+    ));
+    let names: Vec<String> = engine.list_topics().iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(names, vec![OFFSETS_TOPIC, "clicks", "orders"]);
+    assert_eq!(engine.topic("orders").unwrap().partitions, 3);
+    assert_eq!(engine.topic("clicks").unwrap().config, never);
+    engine.alter_topic("orders", never.clone()).unwrap();
+    engine.produce("clicks", Target::Partition(0), &[record(None, b"x", 1)]).unwrap();
+    engine.shutdown().unwrap();
+    assert!(matches!(
+        engine.produce("clicks", Target::Any, &[record(None, b"y", 1)]),
+        Err(EngineError::ShuttingDown)
+    ));
+    drop(engine);
+
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 3)).unwrap();
+    assert_eq!(engine.topic("orders").unwrap().config, never, "altered config persisted");
+    assert_eq!(engine.list_offset("clicks", 0, OffsetSpec::Latest).unwrap(), Some(1));
+    engine.delete_topic("clicks").unwrap();
+    assert!(matches!(engine.topic("clicks"), Err(EngineError::UnknownTopic(_))));
+    assert!(matches!(
+        engine.fetch("clicks", 0, 0, FetchOptions::default()),
+        Err(EngineError::UnknownTopic(_))
+    ));
+    assert!(!dir.path().join("data/clicks-0").exists());
+    assert!(matches!(engine.delete_topic(OFFSETS_TOPIC), Err(EngineError::InvalidTopicName { .. })));
+    // Re-creating a deleted topic starts empty.
+    engine.create_topic("clicks", 1, LogConfig::default()).unwrap();
+    assert_eq!(engine.list_offset("clicks", 0, OffsetSpec::Latest).unwrap(), Some(0));
+}
+
+#[test]
+fn produce_by_partition_and_by_key_then_fetch_on_both_backends() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), config(backend, 2)).unwrap();
+        engine.create_topic("t", 4, LogConfig::default()).unwrap();
+        let headers: &[(&[u8], Option<&[u8]>)] = &[(b"h", Some(b"v"))];
+        let ack = engine
+            .produce(
+                "t",
+                Target::Partition(2),
+                &[Record { timestamp: 5, key: Some(b"k"), value: Some(b"one"), headers }],
+            )
+            .unwrap();
+        assert_eq!((ack.partition, ack.base_offset, ack.last_offset), (2, 0, 0));
+        // By key: exactly the partition Kafka's default partitioner picks.
+        for key in [&b"alpha"[..], b"beta", b"gamma", b"1234"] {
+            let ack = engine.produce("t", Target::Key(key), &[record(Some(key), b"v", 1)]).unwrap();
+            assert_eq!(ack.partition, crate::partitioner::partition_for_key(key, 4), "{backend}");
+        }
+        assert!(matches!(
+            engine.produce("t", Target::Partition(9), &[record(None, b"x", 1)]),
+            Err(EngineError::UnknownPartition { partition: 9, .. })
+        ));
+        let fetched = engine.fetch("t", 2, 0, FetchOptions::default()).unwrap();
+        let records = fetched.records(0).unwrap();
+        assert_eq!(records[0].value.as_deref(), Some(&b"one"[..]));
+        assert_eq!(records[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(records[0].headers, vec![(b"h".to_vec(), Some(b"v".to_vec()))]);
+        assert_eq!(records[0].timestamp, 5);
+        assert_eq!(fetched.log_start_offset, 0);
+        assert!(fetched.high_watermark >= 1);
+        engine.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn many_producer_threads_into_many_partitions_keep_per_partition_order() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), config(backend, 2)).unwrap();
+        const PARTITIONS: u32 = 6;
+        const THREADS: u32 = 6;
+        const PER_THREAD: u32 = 300;
+        engine.create_topic("t", PARTITIONS, LogConfig::default()).unwrap();
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let engine = engine.clone();
+                std::thread::spawn(move || {
+                    let mut last: HashMap<u32, i64> = HashMap::new();
+                    for i in 0..PER_THREAD {
+                        let p = (t + i) % PARTITIONS;
+                        let value = format!("{t}:{i}");
+                        let ack = engine
+                            .produce("t", Target::Partition(p), &[record(None, value.as_bytes(), 1)])
+                            .unwrap();
+                        // A producer's acknowledged offsets rise within each partition.
+                        if let Some(prev) = last.insert(p, ack.base_offset) {
+                            assert!(ack.base_offset > prev);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let mut total = 0;
+        for p in 0..PARTITIONS {
+            let mut offset = 0;
+            let mut next_seq: HashMap<u32, u32> = HashMap::new();
+            loop {
+                let f = engine.fetch("t", p, offset, FetchOptions::default()).unwrap();
+                if f.slice.len == 0 {
+                    break;
+                }
+                for r in f.records(offset).unwrap() {
+                    assert_eq!(r.offset, offset, "contiguous offsets");
+                    let v = String::from_utf8(r.value.unwrap()).unwrap();
+                    let (t, i) = v.split_once(':').unwrap();
+                    let (t, i): (u32, u32) = (t.parse().unwrap(), i.parse().unwrap());
+                    // Each thread's records appear in the order it sent them.
+                    let prev = next_seq.insert(t, i);
+                    assert!(
+                        prev.is_none_or(|prev| prev < i),
+                        "{backend}: partition {p}: thread {t} out of order"
+                    );
+                    offset += 1;
+                    total += 1;
+                }
+            }
+        }
+        assert_eq!(total, THREADS * PER_THREAD);
+        let stats = engine.stats().unwrap();
+        assert_eq!(stats.len(), 2);
+        assert!(stats.iter().all(|s| s.partitions > 0), "partitions are spread over both shards: {stats:?}");
+        let produced: u64 = stats.iter().map(|s| s.produced).sum();
+        assert_eq!(produced, u64::from(THREADS * PER_THREAD));
+        engine.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn long_poll_is_woken_by_an_append_and_otherwise_waits_out_max_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+    engine.create_topic("t", 1, LogConfig::default()).unwrap();
+    // Nothing arrives: the fetch returns empty after about max_wait.
+    let start = Instant::now();
+    let options = FetchOptions { max_wait: Duration::from_millis(200), ..FetchOptions::default() };
+    let f = engine.fetch("t", 0, 0, options).unwrap();
+    assert_eq!(f.slice.len, 0);
+    assert!(start.elapsed() >= Duration::from_millis(190), "{:?}", start.elapsed());
+    // A long wait is cut short by the append.
+    let waiting = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            let options = FetchOptions { max_wait: Duration::from_secs(30), ..FetchOptions::default() };
+            let start = Instant::now();
+            let f = engine.fetch("t", 0, 0, options).unwrap();
+            (start.elapsed(), f.records(0).unwrap())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    engine.produce("t", Target::Partition(0), &[record(None, b"wake", 1)]).unwrap();
+    let (waited, records) = waiting.join().unwrap();
+    assert!(waited < Duration::from_secs(10), "woken by the append, not the deadline: {waited:?}");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].value.as_deref(), Some(&b"wake"[..]));
+    // min_bytes: one small record is not enough for 10 KiB; the deadline answers with what is there.
+    let options =
+        FetchOptions { min_bytes: 10 << 10, max_wait: Duration::from_millis(150), ..FetchOptions::default() };
+    let start = Instant::now();
+    let f = engine.fetch("t", 0, 0, options).unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(140));
+    assert_eq!(f.records(0).unwrap().len(), 1);
+    // Fetching below the log start or past the end is a typed error.
+    assert!(matches!(
+        engine.fetch("t", 0, 5, FetchOptions::default()),
+        Err(EngineError::Log(crate::log::LogError::OffsetOutOfRange { .. }))
+    ));
+}
+
+#[test]
+fn list_offsets_earliest_latest_and_by_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 1)).unwrap();
+    engine.create_topic("t", 1, LogConfig::default()).unwrap();
+    assert_eq!(engine.list_offset("t", 0, OffsetSpec::Earliest).unwrap(), Some(0));
+    assert_eq!(engine.list_offset("t", 0, OffsetSpec::Latest).unwrap(), Some(0));
+    for ts in [1000, 2000, 3000] {
+        engine.produce("t", Target::Partition(0), &[record(None, b"a", ts), record(None, b"b", ts)]).unwrap();
+    }
+    assert_eq!(engine.list_offset("t", 0, OffsetSpec::Latest).unwrap(), Some(6));
+    assert_eq!(
+        engine.list_offset_with_timestamp("t", 0, OffsetSpec::Timestamp(1500)).unwrap(),
+        Some((2, 2000))
+    );
+    assert_eq!(engine.list_offset("t", 0, OffsetSpec::Timestamp(0)).unwrap(), Some(0));
+    assert_eq!(engine.list_offset("t", 0, OffsetSpec::Timestamp(3001)).unwrap(), None);
+}
+
+#[test]
+fn committed_offsets_per_consumer_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+        engine.create_topic("t", 2, LogConfig::default()).unwrap();
+        assert_eq!(engine.committed_offset("billing", "t", 0).unwrap(), None);
+        engine.commit_offset("billing", "t", 0, 10).unwrap();
+        engine.commit_offset("billing", "t", 0, 12).unwrap();
+        engine.commit_offset("billing", "t", 1, 3).unwrap();
+        engine.commit_offset("audit", "t", 0, 7).unwrap();
+        assert_eq!(engine.committed_offset("billing", "t", 0).unwrap(), Some(12));
+        assert!(matches!(engine.commit_offset("billing", "nope", 0, 1), Err(EngineError::UnknownTopic(_))));
+        // Dropped, not shut down: the drop flushes and joins too.
+    }
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 3)).unwrap();
+    assert_eq!(engine.committed_offset("billing", "t", 0).unwrap(), Some(12));
+    assert_eq!(engine.committed_offset("billing", "t", 1).unwrap(), Some(3));
+    assert_eq!(engine.committed_offset("audit", "t", 0).unwrap(), Some(7));
+    assert_eq!(engine.committed_offset("audit", "t", 1).unwrap(), None);
+}
+
+#[test]
+fn async_calls_run_on_any_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+    engine.create_topic("t", 1, LogConfig::default()).unwrap();
+    let fetch = engine.fetch_async(
+        "t",
+        0,
+        0,
+        FetchOptions { max_wait: Duration::from_secs(30), ..FetchOptions::default() },
+    );
+    let producer = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            block_on(engine.produce_async("t", Target::Any, &[record(None, b"async", 1)])).unwrap()
+        })
+    };
+    let fetched = block_on(fetch).unwrap();
+    assert_eq!(fetched.records(0).unwrap()[0].value.as_deref(), Some(&b"async"[..]));
+    assert_eq!(producer.join().unwrap().base_offset, 0);
+}
+
+#[test]
+fn dropping_the_engine_without_shutdown_keeps_every_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let never = LogConfig { durability: Durability::Never, ..LogConfig::default() };
+    {
+        let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+        engine.create_topic("t", 2, never).unwrap();
+        for i in 0..100u32 {
+            engine.produce("t", Target::Partition(i % 2), &[record(None, &i.to_be_bytes(), 1)]).unwrap();
+        }
+        let clone = engine.clone();
+        drop(engine);
+        // Still usable through the clone; the last drop shuts down.
+        clone.produce("t", Target::Partition(0), &[record(None, b"last", 1)]).unwrap();
+    }
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+    let latest: i64 = (0..2).map(|p| engine.list_offset("t", p, OffsetSpec::Latest).unwrap().unwrap()).sum();
+    assert_eq!(latest, 101);
+}
+
+#[test]
+fn handles_are_send_sync_and_cheap_to_clone() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+    assert_send_sync_clone::<Engine>();
+    assert_send_sync_clone::<Producer>();
+    fn assert_send<T: Send>(_: &T) {}
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 1)).unwrap();
+    engine.create_topic("t", 1, LogConfig::default()).unwrap();
+    let fut = engine.fetch_async("t", 0, 0, FetchOptions::default());
+    assert_send(&fut);
+    assert_eq!(std::mem::size_of::<Engine>(), std::mem::size_of::<usize>(), "a handle is one pointer");
+}

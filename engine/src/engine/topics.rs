@@ -1,0 +1,185 @@
+//! Topic metadata: names, partition counts and per-topic configuration, kept durably as one small
+//! text file per topic (`<dir>/topics/<name>.topic`, `key=value` lines).
+//!
+//! Files are replaced atomically (write a temporary file, fsync, rename, fsync the directory),
+//! so a crash leaves either the old or the new description, never half of one.
+
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::EngineError;
+use crate::log::{Durability, LogConfig};
+
+/// A topic as the engine knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: Arc<str>,
+    pub partitions: u32,
+    pub config: LogConfig,
+}
+
+/// Kafka's rules for topic names: 1 to 249 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub fn validate_name(name: &str) -> Result<(), EngineError> {
+    let bad = |reason| Err(EngineError::InvalidTopicName { name: name.to_string(), reason });
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > 249 {
+        return bad("longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are not allowed");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+pub fn encode(info: &TopicInfo) -> String {
+    let c = &info.config;
+    let opt = |v: Option<u128>| v.map_or("none".to_string(), |v| v.to_string());
+    format!(
+        "# Spate topic description; edit with the engine, not by hand.\n\
+         partitions={}\nsegment_bytes={}\nsegment_age_ms={}\nretention_bytes={}\nretention_ms={}\n\
+         index_interval_bytes={}\nbatch_bytes_max={}\ndurability={}\n",
+        info.partitions,
+        c.segment_bytes,
+        millis(c.segment_age),
+        opt(c.retention_bytes.map(u128::from)),
+        opt(c.retention_age.map(millis)),
+        c.index_interval_bytes,
+        c.batch_bytes_max,
+        c.durability,
+    )
+}
+
+pub fn decode(name: &str, text: &str) -> Result<TopicInfo, String> {
+    let mut partitions = None;
+    let mut c = LogConfig::default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) =
+            line.split_once('=').ok_or_else(|| format!("line {}: expected key=value", n + 1))?;
+        let num = || value.parse::<u64>().map_err(|e| format!("line {}: {key}: {e}", n + 1));
+        let opt = || if value == "none" { Ok(None) } else { num().map(Some) };
+        match key {
+            "partitions" => partitions = Some(u32::try_from(num()?).map_err(|e| e.to_string())?),
+            "segment_bytes" => c.segment_bytes = num()?,
+            "segment_age_ms" => c.segment_age = Duration::from_millis(num()?),
+            "retention_bytes" => c.retention_bytes = opt()?,
+            "retention_ms" => c.retention_age = opt()?.map(Duration::from_millis),
+            "index_interval_bytes" => c.index_interval_bytes = num()?,
+            "batch_bytes_max" => c.batch_bytes_max = num()?,
+            "durability" => c.durability = value.parse::<Durability>()?,
+            // Keys from a newer version are kept out rather than guessed at.
+            other => return Err(format!("line {}: unknown key {other:?}", n + 1)),
+        }
+    }
+    let partitions = partitions.filter(|&p| p > 0).ok_or("missing or zero partitions")?;
+    c.validate()?;
+    Ok(TopicInfo { name: Arc::from(name), partitions, config: c })
+}
+
+fn topic_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.topic"))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |source| EngineError::Io { path: path.to_path_buf(), source }
+}
+
+/// Writes a topic's description atomically and durably.
+pub fn store(dir: &Path, info: &TopicInfo) -> Result<(), EngineError> {
+    let path = topic_path(dir, &info.name);
+    let tmp = dir.join(format!("{}.topic.tmp", info.name));
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(encode(info).as_bytes()).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+pub fn remove(dir: &Path, name: &str) -> Result<(), EngineError> {
+    let path = topic_path(dir, name);
+    std::fs::remove_file(&path).map_err(io_err(&path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+/// Every topic described in `dir`, sorted by name; leftover temporary files are removed.
+pub fn load_all(dir: &Path) -> Result<Vec<TopicInfo>, EngineError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+        let path = entry.map_err(io_err(dir))?.path();
+        let Some(file) = path.file_name().and_then(|f| f.to_str()) else { continue };
+        if file.ends_with(".topic.tmp") {
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+            continue;
+        }
+        let Some(name) = file.strip_suffix(".topic") else { continue };
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let info = decode(name, &text)
+            .map_err(|e| EngineError::InvalidConfig(format!("{}: {e}", path.display())))?;
+        out.push(info);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_kafka_rules() {
+        for ok in ["orders", "a.b-c_d", "X9", &"x".repeat(249)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "with space", "slash/y", "ünï", &"x".repeat(250)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn descriptions_round_trip_and_bad_ones_are_refused() {
+        let info = TopicInfo {
+            name: Arc::from("orders"),
+            partitions: 12,
+            config: LogConfig {
+                retention_bytes: Some(1 << 30),
+                retention_age: None,
+                durability: Durability::Interval(Duration::from_millis(5)),
+                ..LogConfig::default()
+            },
+        };
+        assert_eq!(decode("orders", &encode(&info)).unwrap(), info);
+        assert!(decode("t", "partitions=0\n").is_err());
+        assert!(decode("t", "partitions=2\nmystery=1\n").unwrap_err().contains("unknown key"));
+        assert!(decode("t", "partitions=2\nsegment_bytes=x\n").is_err());
+        assert!(decode("t", "partitions=2\nsegment_bytes=10\n").unwrap_err().contains("segment_bytes"));
+    }
+
+    #[test]
+    fn store_load_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = TopicInfo { name: Arc::from("a"), partitions: 1, config: LogConfig::default() };
+        let b = TopicInfo { name: Arc::from("b"), partitions: 3, config: LogConfig::default() };
+        store(dir.path(), &b).unwrap();
+        store(dir.path(), &a).unwrap();
+        std::fs::write(dir.path().join("c.topic.tmp"), "partial").unwrap();
+        assert_eq!(load_all(dir.path()).unwrap(), vec![a.clone(), b]);
+        assert!(!dir.path().join("c.topic.tmp").exists());
+        remove(dir.path(), "b").unwrap();
+        assert_eq!(load_all(dir.path()).unwrap(), vec![a]);
+    }
+}

@@ -1,0 +1,215 @@
+//! The plain types of the embedded API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::EngineError;
+use crate::io::{BackendChoice, IoStats};
+use crate::log::ReadSlice;
+use crate::record::{batches, RecordError};
+
+/// How the engine runs. `Default` gives one pinned shard per core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Shard threads; 0 means one per available core.
+    pub shards: usize,
+    /// Pin shard `i` to core `i mod cores` with `sched_setaffinity`.
+    pub pin_threads: bool,
+    pub io_backend: BackendChoice,
+    /// Requests each shard's mailbox holds before senders wait.
+    pub mailbox_capacity: usize,
+    /// How often each shard applies retention.
+    pub retention_check_interval: Duration,
+    /// Partitions of the internal committed-offsets topic (fixed when the data directory is
+    /// created).
+    pub offsets_partitions: u32,
+    /// Bytes of produce requests a shard may hold parked by `Block` backpressure; beyond it,
+    /// produces fail with `TooManyBlocked`.
+    pub parked_bytes_max: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            shards: 0,
+            pin_threads: true,
+            io_backend: BackendChoice::Auto,
+            mailbox_capacity: 1024,
+            retention_check_interval: Duration::from_secs(300),
+            offsets_partitions: 8,
+            parked_bytes_max: 64 << 20,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Fills in defaults that depend on the machine and checks the limits.
+    pub(crate) fn resolved(mut self) -> Result<EngineConfig, EngineError> {
+        if self.shards == 0 {
+            self.shards = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        if self.shards > 1024 {
+            return Err(EngineError::InvalidConfig(format!("{} shards is more than 1024", self.shards)));
+        }
+        if self.mailbox_capacity == 0 || self.offsets_partitions == 0 {
+            return Err(EngineError::InvalidConfig(
+                "mailbox_capacity and offsets_partitions must be positive".into(),
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// Where a produce goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// This partition.
+    Partition(u32),
+    /// The partition Kafka's default partitioner picks for this key (murmur2), so records
+    /// land where Kafka clients would put them.
+    Key(&'a [u8]),
+    /// Any partition (round robin per calling thread).
+    Any,
+}
+
+/// What a producer does when the consumer it watches falls behind: the three answers to a
+/// producer that is faster than its consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Buffer: accept every record. Memory stays bounded (the mailbox and the staged bytes are
+    /// limited, and a full mailbox makes the producer wait for the disk); the backlog lives in
+    /// the log on disk, up to retention.
+    Buffer,
+    /// Block: while `consumer` is `max_lag` or more records behind the end of the partition,
+    /// the produce waits (parked in the shard, bounded by `parked_bytes_max`) until the
+    /// consumer commits progress.
+    Block { consumer: Arc<str>, max_lag: u64 },
+    /// Drop: while `consumer` is `max_lag` or more records behind, or the shard's mailbox is
+    /// full, the produce fails at once with `Dropped`; drops are counted.
+    Drop { consumer: Arc<str>, max_lag: u64 },
+}
+
+impl Backpressure {
+    /// The consumer a `Block` or `Drop` policy watches.
+    pub fn consumer(&self) -> Option<&str> {
+        match self {
+            Backpressure::Buffer => None,
+            Backpressure::Block { consumer, .. } | Backpressure::Drop { consumer, .. } => Some(consumer),
+        }
+    }
+}
+
+/// Offsets assigned to a produced batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceAck {
+    pub partition: u32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
+/// Limits of a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// About this many bytes of whole batches (at least one batch).
+    pub max_bytes: u64,
+    /// Wait until at least this many bytes are available...
+    pub min_bytes: u64,
+    /// ...but no longer than this.
+    pub max_wait: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions { max_bytes: 1 << 20, min_bytes: 1, max_wait: Duration::ZERO }
+    }
+}
+
+/// Which offset `list_offset` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    /// The first offset whose batch holds a timestamp at or after this one (ms).
+    Timestamp(i64),
+}
+
+/// The answer to a fetch: whole batches in a segment file, read on the caller's thread.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub slice: ReadSlice,
+}
+
+/// One record, owned: the convenient form of what a fetch returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedRecord {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Fetched {
+    /// The raw batches (RecordBatch v2 bytes).
+    pub fn bytes(&self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.slice.len as usize);
+        self.slice.read_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// The offset to fetch next.
+    pub fn next_offset(&self) -> i64 {
+        self.slice.next_offset
+    }
+
+    /// The records at or after `from` (a fetch starts at the batch holding `from`).
+    pub fn records(&self, from: i64) -> Result<Vec<FetchedRecord>, EngineError> {
+        let bytes =
+            self.bytes().map_err(|e| EngineError::Io { path: "fetched segment".into(), source: e })?;
+        let mut out = Vec::new();
+        for batch in batches(&bytes) {
+            let batch = batch.map_err(crate::log::LogError::from)?;
+            for r in batch.records() {
+                let r = r.map_err(crate::log::LogError::from)?;
+                if r.offset < from {
+                    continue;
+                }
+                let headers = r
+                    .headers()
+                    .map(|h| h.map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))))
+                    .collect::<Result<Vec<_>, RecordError>>()
+                    .map_err(crate::log::LogError::from)?;
+                out.push(FetchedRecord {
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    key: r.key.map(<[u8]>::to_vec),
+                    value: r.value.map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Counters of one shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub shard: usize,
+    pub partitions: usize,
+    /// Produce requests acknowledged.
+    pub produced: u64,
+    /// Produce requests refused by `Drop` backpressure in the shard.
+    pub dropped: u64,
+    /// Produce requests parked by `Block` backpressure.
+    pub parked: u64,
+    pub parked_bytes: u64,
+    /// Group commits made, and the fsyncs they issued.
+    pub commits: u64,
+    pub commit_fsyncs: u64,
+    pub turns: u64,
+    pub sleeps: u64,
+    pub io: IoStats,
+}

@@ -1,0 +1,378 @@
+//! A shard: one pinned thread that owns a set of partitions, their I/O ring and their waiters.
+//!
+//! Model: everything a shard owns is touched by its thread only. Other threads reach it through
+//! its [`mailbox`]. Each turn of the loop drains every pending request, stages the appends, makes
+//! one group commit over every partition that needs one, answers what the commit made visible,
+//! wakes the long-poll fetches whose data arrived, and sleeps on the mailbox's eventfd until the
+//! next request or timer (fetch deadlines, `interval` syncs, retention).
+//!
+//! Guarantees: a produce is answered only once its partition's durability holds for it (or with
+//! an error); a fetch is answered as soon as `min_bytes` are visible or at its deadline; no
+//! request waits for a timer it does not need, and no loop polls while idle.
+
+pub mod mailbox;
+pub(crate) mod request;
+mod slot;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use mailbox::{MailboxReceiver, MailboxSender, SendError};
+use request::{answer, PartitionId, Request};
+use slot::Slot;
+
+use crate::engine::{EngineError, OffsetSpec, ProduceAck, ShardStats};
+use crate::io::Io;
+use crate::log::{commit, Partition};
+
+/// Requests handled per turn at most, so acknowledgements are not delayed behind a flood.
+const REQUESTS_PER_TURN: usize = 4096;
+
+/// Everything a shard needs from the engine to start.
+pub(crate) struct ShardSetup {
+    pub id: usize,
+    pub data_dir: PathBuf,
+    pub rx: MailboxReceiver<Request>,
+    /// Every shard's mailbox, this one's included, indexed by shard id.
+    pub peers: Vec<MailboxSender<Request>>,
+    pub retention_check_interval: Duration,
+    pub offsets_topic: Arc<str>,
+    /// Upper bound on the bytes of produce requests parked by `Block` backpressure.
+    pub parked_bytes_max: u64,
+}
+
+pub(crate) struct Shard {
+    setup: ShardSetup,
+    io: Box<dyn Io>,
+    slots: HashMap<Arc<str>, HashMap<u32, Slot>>,
+    /// Committed offsets of the offsets-topic partitions this shard owns:
+    /// (consumer, topic, partition) → offset.
+    committed: HashMap<slot::OffsetKey, i64>,
+    /// Messages for other shards that did not fit in their mailbox yet.
+    outbox: Vec<(usize, Request)>,
+    next_retention: Instant,
+    parked_bytes: u64,
+    stats: ShardStats,
+    stopping: Option<request::Reply<()>>,
+}
+
+impl Shard {
+    pub fn new(setup: ShardSetup, io: Box<dyn Io>) -> Shard {
+        let next_retention = Instant::now() + setup.retention_check_interval;
+        let stats = ShardStats { shard: setup.id, ..ShardStats::default() };
+        Shard {
+            setup,
+            io,
+            slots: HashMap::new(),
+            committed: HashMap::new(),
+            outbox: Vec::new(),
+            next_retention,
+            parked_bytes: 0,
+            stats,
+            stopping: None,
+        }
+    }
+
+    /// Runs until a `Shutdown` request (which the engine sends when its last handle is dropped),
+    /// then flushes.
+    pub fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            let mut handled = 0;
+            while handled < REQUESTS_PER_TURN {
+                let Some(request) = self.setup.rx.try_recv() else { break };
+                self.handle(request, now);
+                handled += 1;
+            }
+            let committed = self.commit(now);
+            self.answer_waiters(Instant::now());
+            if now >= self.next_retention {
+                self.enforce_retention();
+                self.next_retention = now + self.setup.retention_check_interval;
+            }
+            self.flush_outbox();
+            self.stats.turns += 1;
+            if let Some(reply) = self.stopping.take() {
+                self.close_all();
+                answer(reply, Ok(()));
+                return;
+            }
+            if handled == 0 && !committed {
+                self.stats.sleeps += 1;
+                self.setup
+                    .rx
+                    .sleep(self.next_deadline().map(|d| d.saturating_duration_since(Instant::now())));
+            }
+        }
+    }
+
+    fn slot(&mut self, id: &PartitionId) -> Result<&mut Slot, EngineError> {
+        self.slots.get_mut(&*id.topic).and_then(|m| m.get_mut(&id.partition)).ok_or_else(|| {
+            EngineError::UnknownPartition { topic: id.topic.to_string(), partition: id.partition }
+        })
+    }
+
+    fn partition_dir(&self, id: &PartitionId) -> PathBuf {
+        self.setup.data_dir.join(format!("{}-{}", id.topic, id.partition))
+    }
+
+    fn handle(&mut self, request: Request, now: Instant) {
+        match request {
+            Request::Open { id, config, reply } => {
+                let result = self.open(id, config);
+                answer(reply, result);
+            }
+            Request::Close { id, delete, reply } => {
+                let result = self.close(&id, delete);
+                answer(reply, result);
+            }
+            Request::Configure { id, config, reply } => {
+                let result = self.slot(&id).and_then(|s| s.log.set_config(config).map_err(EngineError::from));
+                answer(reply, result);
+            }
+            Request::Produce { id, batch, backpressure, reply } => {
+                self.produce(id, batch, backpressure, reply)
+            }
+            Request::Fetch { id, offset, max_bytes, min_bytes, deadline, reply } => match self.slot(&id) {
+                Ok(slot) => slot.fetch(offset, max_bytes, min_bytes, deadline, now, reply),
+                Err(e) => answer(reply, Err(e)),
+            },
+            Request::ListOffset { id, spec, reply } => {
+                let result = self.slot(&id).and_then(|s| list_offset(&s.log, spec));
+                answer(reply, result);
+            }
+            Request::Commit { offsets_partition, consumer, id, offset, reply } => {
+                self.commit_offset(offsets_partition, consumer, id, offset, reply)
+            }
+            Request::Committed { consumer, id, reply } => {
+                let value = self.committed.get(&(consumer, id.topic, id.partition)).copied();
+                answer(reply, Ok(value));
+            }
+            Request::Progress { id, consumer, offset } => {
+                let io = &mut *self.io;
+                if let Some(slot) = self.slots.get_mut(&*id.topic).and_then(|m| m.get_mut(&id.partition)) {
+                    slot.consumers.insert(consumer, offset);
+                    self.parked_bytes -= slot.release_parked(io);
+                }
+            }
+            Request::Stats { reply } => {
+                let mut stats = self.stats.clone();
+                stats.partitions = self.slots.values().map(HashMap::len).sum();
+                stats.io = self.io.stats();
+                stats.parked_bytes = self.parked_bytes;
+                answer(reply, Ok(stats));
+            }
+            Request::Shutdown { reply } => self.stopping = Some(reply),
+        }
+    }
+
+    fn open(&mut self, id: PartitionId, config: crate::log::LogConfig) -> Result<(), EngineError> {
+        if self.slot(&id).is_ok() {
+            return Ok(());
+        }
+        let dir = self.partition_dir(&id);
+        let log = Partition::open(&dir, config, &mut *self.io)?;
+        let slot = Slot::new(log);
+        if id.topic == self.setup.offsets_topic {
+            // Rebuild the committed offsets this partition holds, and tell the data partitions'
+            // shards where their consumers stand.
+            for (key, offset) in slot.replay_offsets()? {
+                let (consumer, topic, partition) = key.clone();
+                let target = PartitionId { topic, partition };
+                let shard = crate::engine::shard_of(&target.topic, target.partition, self.setup.peers.len());
+                self.outbox.push((shard, Request::Progress { id: target, consumer, offset }));
+                self.committed.insert(key, offset);
+            }
+        }
+        self.slots.entry(Arc::clone(&id.topic)).or_default().insert(id.partition, slot);
+        Ok(())
+    }
+
+    fn close(&mut self, id: &PartitionId, delete: bool) -> Result<(), EngineError> {
+        let Some(topic) = self.slots.get_mut(&*id.topic) else { return Ok(()) };
+        let Some(mut slot) = topic.remove(&id.partition) else { return Ok(()) };
+        if topic.is_empty() {
+            self.slots.remove(&*id.topic);
+        }
+        self.parked_bytes -= slot.fail_everything(|| EngineError::UnknownTopic(id.topic.to_string()));
+        if delete {
+            drop(slot);
+            let dir = self.partition_dir(id);
+            std::fs::remove_dir_all(&dir).map_err(|e| EngineError::Io { path: dir, source: e })?;
+        } else {
+            slot.log.flush(&mut *self.io)?;
+        }
+        Ok(())
+    }
+
+    fn produce(
+        &mut self,
+        id: PartitionId,
+        batch: Vec<u8>,
+        backpressure: crate::engine::Backpressure,
+        reply: request::Reply<ProduceAck>,
+    ) {
+        let parked_max = self.setup.parked_bytes_max;
+        let parked_now = self.parked_bytes;
+        let io = &mut *self.io;
+        let slot = match self.slots.get_mut(&*id.topic).and_then(|m| m.get_mut(&id.partition)) {
+            Some(s) => s,
+            None => {
+                let err =
+                    EngineError::UnknownPartition { topic: id.topic.to_string(), partition: id.partition };
+                return answer(reply, Err(err));
+            }
+        };
+        match slot.admit(&backpressure) {
+            slot::Admission::Append => slot.append(io, id.partition, batch, reply),
+            slot::Admission::Drop => {
+                self.stats.dropped += 1;
+                answer(
+                    reply,
+                    Err(EngineError::Dropped { consumer: backpressure.consumer().unwrap_or("").into() }),
+                );
+            }
+            slot::Admission::Park if parked_now + batch.len() as u64 > parked_max => {
+                answer(reply, Err(EngineError::TooManyBlocked { parked_bytes_max: parked_max }));
+            }
+            slot::Admission::Park => {
+                self.parked_bytes += batch.len() as u64;
+                self.stats.parked += 1;
+                slot.park(id.partition, batch, backpressure, reply);
+            }
+        }
+    }
+
+    fn commit_offset(
+        &mut self,
+        offsets_partition: u32,
+        consumer: Arc<str>,
+        id: PartitionId,
+        offset: i64,
+        reply: request::Reply<()>,
+    ) {
+        let offsets_id =
+            PartitionId { topic: Arc::clone(&self.setup.offsets_topic), partition: offsets_partition };
+        let io = &mut *self.io;
+        match self.slots.get_mut(&*offsets_id.topic).and_then(|m| m.get_mut(&offsets_partition)) {
+            Some(slot) => slot.append_commit(io, (consumer, id.topic, id.partition), offset, reply),
+            None => answer(
+                reply,
+                Err(EngineError::UnknownPartition {
+                    topic: offsets_id.topic.to_string(),
+                    partition: offsets_partition,
+                }),
+            ),
+        }
+    }
+
+    /// One group commit over every partition with staged or unsynced data; then answers what it
+    /// made visible. Returns whether there was anything to commit.
+    fn commit(&mut self, now: Instant) -> bool {
+        let mut parts: Vec<&mut Partition> = self
+            .slots
+            .values_mut()
+            .flat_map(|m| m.values_mut())
+            .filter(|s| s.needs_commit(now))
+            .map(|s| &mut s.log)
+            .collect();
+        if parts.is_empty() {
+            return false;
+        }
+        let before = self.io.stats().fsyncs;
+        // Errors fail the partitions involved; each slot below answers from its own state.
+        let _ = commit(&mut *self.io, &mut parts, now);
+        self.stats.commits += 1;
+        self.stats.commit_fsyncs += self.io.stats().fsyncs - before;
+        for ((consumer, topic, partition), offset) in self.settle_acks() {
+            // A commit became durable: remember it and tell the data partition's shard.
+            let target = PartitionId { topic: Arc::clone(&topic), partition };
+            let shard = crate::engine::shard_of(&topic, partition, self.setup.peers.len());
+            self.outbox
+                .push((shard, Request::Progress { id: target, consumer: Arc::clone(&consumer), offset }));
+            self.committed.insert((consumer, topic, partition), offset);
+        }
+        true
+    }
+
+    /// Answers every acknowledgement the high watermarks now cover; returns the offset commits
+    /// that became durable.
+    fn settle_acks(&mut self) -> Vec<(slot::OffsetKey, i64)> {
+        let mut durable_commits = Vec::new();
+        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+            self.stats.produced += slot.settle(&mut durable_commits);
+        }
+        durable_commits
+    }
+
+    fn answer_waiters(&mut self, now: Instant) {
+        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+            slot.answer_waiters(now);
+        }
+    }
+
+    fn enforce_retention(&mut self) {
+        let now = SystemTime::now();
+        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+            if let Err(e) = slot.log.enforce_retention(&mut *self.io, now) {
+                tracing::error!(dir = %slot.log.dir().display(), error = %e, "retention failed");
+            }
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        let pending = std::mem::take(&mut self.outbox);
+        for (shard, request) in pending {
+            match self.setup.peers[shard].try_send(request) {
+                Ok(()) => {}
+                Err(SendError::Full(request)) => self.outbox.push((shard, request)),
+                Err(SendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    /// The earliest timer: a fetch deadline, an `interval` sync, retention, or a retry of the
+    /// outbox.
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next = Some(self.next_retention);
+        let mut earliest = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
+        for slot in self.slots.values().flat_map(|m| m.values()) {
+            earliest(slot.next_deadline());
+        }
+        if !self.outbox.is_empty() {
+            earliest(Some(Instant::now() + Duration::from_millis(1)));
+        }
+        next
+    }
+
+    /// Flushes every partition and answers everything still waiting.
+    fn close_all(&mut self) {
+        let io = &mut *self.io;
+        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+            if let Err(e) = slot.log.flush(io) {
+                tracing::error!(dir = %slot.log.dir().display(), error = %e, "flush at shutdown failed");
+            }
+        }
+        let mut durable = Vec::new();
+        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+            slot.settle(&mut durable);
+            slot.fail_everything(|| EngineError::ShuttingDown);
+        }
+        self.flush_outbox();
+    }
+}
+
+/// The offset a `ListOffsets` asks for, with its timestamp where there is one.
+fn list_offset(log: &Partition, spec: OffsetSpec) -> Result<Option<(i64, i64)>, EngineError> {
+    Ok(match spec {
+        OffsetSpec::Earliest => Some((log.log_start_offset(), -1)),
+        OffsetSpec::Latest => Some((log.high_watermark(), -1)),
+        OffsetSpec::Timestamp(ts) => log.offset_for_timestamp(ts)?,
+    })
+}

@@ -1,0 +1,108 @@
+//! What travels through a shard's mailbox, and what comes back.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::engine::{Backpressure, EngineError, Fetched, OffsetSpec, ProduceAck, ShardStats};
+use crate::log::LogConfig;
+
+/// A reply slot: a one-shot channel that a blocking caller waits on or an async caller awaits.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// Sends a reply; a caller that stopped waiting is not an error of the shard.
+pub(crate) fn answer<T>(reply: Reply<T>, value: Result<T, EngineError>) {
+    let _ = reply.send(value);
+}
+
+/// A partition of a topic, as the shards name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PartitionId {
+    pub topic: Arc<str>,
+    pub partition: u32,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Request::Open { .. } => "Open",
+            Request::Close { .. } => "Close",
+            Request::Configure { .. } => "Configure",
+            Request::Produce { .. } => "Produce",
+            Request::Fetch { .. } => "Fetch",
+            Request::ListOffset { .. } => "ListOffset",
+            Request::Commit { .. } => "Commit",
+            Request::Committed { .. } => "Committed",
+            Request::Progress { .. } => "Progress",
+            Request::Stats { .. } => "Stats",
+            Request::Shutdown { .. } => "Shutdown",
+        };
+        f.write_str(name)
+    }
+}
+
+pub(crate) enum Request {
+    /// Open (creating if needed) a partition this shard owns.
+    Open {
+        id: PartitionId,
+        config: LogConfig,
+        reply: Reply<()>,
+    },
+    /// Close a partition, deleting its files if `delete`.
+    Close {
+        id: PartitionId,
+        delete: bool,
+        reply: Reply<()>,
+    },
+    /// Change a partition's configuration.
+    Configure {
+        id: PartitionId,
+        config: LogConfig,
+        reply: Reply<()>,
+    },
+    Produce {
+        id: PartitionId,
+        batch: Vec<u8>,
+        backpressure: Backpressure,
+        reply: Reply<ProduceAck>,
+    },
+    Fetch {
+        id: PartitionId,
+        offset: i64,
+        max_bytes: u64,
+        min_bytes: u64,
+        deadline: Instant,
+        reply: Reply<Fetched>,
+    },
+    ListOffset {
+        id: PartitionId,
+        spec: OffsetSpec,
+        reply: Reply<Option<(i64, i64)>>,
+    },
+    /// Store a consumer's committed offset; sent to the shard owning the offsets partition.
+    Commit {
+        offsets_partition: u32,
+        consumer: Arc<str>,
+        id: PartitionId,
+        offset: i64,
+        reply: Reply<()>,
+    },
+    Committed {
+        consumer: Arc<str>,
+        id: PartitionId,
+        reply: Reply<Option<i64>>,
+    },
+    /// A consumer's committed position moved: sent to the shard owning the data partition, for
+    /// producers that wait on that consumer's lag.
+    Progress {
+        id: PartitionId,
+        consumer: Arc<str>,
+        offset: i64,
+    },
+    Stats {
+        reply: Reply<ShardStats>,
+    },
+    /// Flush everything and stop.
+    Shutdown {
+        reply: Reply<()>,
+    },
+}

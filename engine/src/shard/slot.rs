@@ -1,0 +1,337 @@
+//! One partition inside a shard, with everything waiting on it: produce acknowledgements until
+//! durability holds, long-poll fetches until data arrives, produces parked by `Block`
+//! backpressure until the watched consumer catches up, and consumers' committed positions.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::request::{answer, Reply};
+use crate::engine::{Backpressure, EngineError, Fetched, ProduceAck};
+use crate::io::Io;
+use crate::log::{AppendInfo, LogError, Partition};
+use crate::record::{batches, BatchBuilder, BatchOptions, Record};
+
+/// (consumer, topic, partition): the key of a committed offset.
+pub(crate) type OffsetKey = (Arc<str>, Arc<str>, u32);
+
+enum PendingAck {
+    Produce { partition: u32, info: AppendInfo, reply: Reply<ProduceAck> },
+    Commit { key: OffsetKey, offset: i64, last_offset: i64, reply: Reply<()> },
+}
+
+impl PendingAck {
+    fn last_offset(&self) -> i64 {
+        match self {
+            PendingAck::Produce { info, .. } => info.last_offset,
+            PendingAck::Commit { last_offset, .. } => *last_offset,
+        }
+    }
+}
+
+struct Waiter {
+    offset: i64,
+    max_bytes: u64,
+    min_bytes: u64,
+    deadline: Instant,
+    reply: Reply<Fetched>,
+}
+
+struct Parked {
+    partition: u32,
+    batch: Vec<u8>,
+    backpressure: Backpressure,
+    reply: Reply<ProduceAck>,
+}
+
+/// What backpressure decides for a produce.
+pub(crate) enum Admission {
+    Append,
+    Park,
+    Drop,
+}
+
+pub(crate) struct Slot {
+    pub log: Partition,
+    acks: VecDeque<PendingAck>,
+    waiters: Vec<Waiter>,
+    parked: VecDeque<Parked>,
+    /// Committed positions of consumers, as reported by the offsets shard.
+    pub consumers: HashMap<Arc<str>, i64>,
+}
+
+impl Slot {
+    pub fn new(log: Partition) -> Slot {
+        Slot {
+            log,
+            acks: VecDeque::new(),
+            waiters: Vec::new(),
+            parked: VecDeque::new(),
+            consumers: HashMap::new(),
+        }
+    }
+
+    /// Whether the next group commit must include this partition.
+    pub fn needs_commit(&self, now: Instant) -> bool {
+        self.log.failure().is_none()
+            && (self.log.has_staged() || self.log.sync_deadline().is_some_and(|d| d <= now))
+    }
+
+    /// How far `consumer` is behind the end of the log (staged batches included); a consumer
+    /// that never committed stands at the log start.
+    fn lag(&self, consumer: &str) -> u64 {
+        let position = self.consumers.get(consumer).copied().unwrap_or(self.log.log_start_offset());
+        u64::try_from(self.log.next_offset() - position.max(self.log.log_start_offset())).unwrap_or(0)
+    }
+
+    pub fn admit(&self, backpressure: &Backpressure) -> Admission {
+        match backpressure {
+            Backpressure::Buffer => Admission::Append,
+            // Parked produces keep their order: nothing overtakes them.
+            Backpressure::Block { .. } if !self.parked.is_empty() => Admission::Park,
+            Backpressure::Block { consumer, max_lag } if self.lag(consumer) >= *max_lag => Admission::Park,
+            Backpressure::Drop { consumer, max_lag } if self.lag(consumer) >= *max_lag => Admission::Drop,
+            _ => Admission::Append,
+        }
+    }
+
+    pub fn append(&mut self, io: &mut dyn Io, partition: u32, batch: Vec<u8>, reply: Reply<ProduceAck>) {
+        match self.log.append(io, batch, SystemTime::now()) {
+            Ok(info) => self.acks.push_back(PendingAck::Produce { partition, info, reply }),
+            Err(e) => answer(reply, Err(e.into())),
+        }
+    }
+
+    pub fn park(
+        &mut self,
+        partition: u32,
+        batch: Vec<u8>,
+        backpressure: Backpressure,
+        reply: Reply<ProduceAck>,
+    ) {
+        self.parked.push_back(Parked { partition, batch, backpressure, reply });
+    }
+
+    /// Appends parked produces whose consumer has caught up; returns the bytes released.
+    pub fn release_parked(&mut self, io: &mut dyn Io) -> u64 {
+        let mut released = 0;
+        while let Some(front) = self.parked.front() {
+            let Backpressure::Block { consumer, max_lag } = &front.backpressure else { unreachable!() };
+            if self.lag(consumer) >= *max_lag {
+                break;
+            }
+            let p = self.parked.pop_front().expect("front exists");
+            released += p.batch.len() as u64;
+            self.append(io, p.partition, p.batch, p.reply);
+        }
+        released
+    }
+
+    /// Appends a committed offset to this offsets-topic partition.
+    pub fn append_commit(&mut self, io: &mut dyn Io, key: OffsetKey, offset: i64, reply: Reply<()>) {
+        let encoded = encode_offset_key(&key);
+        let value = offset.to_be_bytes();
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        let now_ms =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        b.push(&Record { timestamp: now_ms, key: Some(&encoded), value: Some(&value), headers: &[] });
+        match self.log.append(io, b.finish(), SystemTime::now()) {
+            Ok(info) => {
+                self.acks.push_back(PendingAck::Commit { key, offset, last_offset: info.last_offset, reply })
+            }
+            Err(e) => answer(reply, Err(e.into())),
+        }
+    }
+
+    /// Answers the acknowledgements the high watermark now covers (all of them with an error if
+    /// the partition failed). Offset commits that became durable are added to `durable_commits`.
+    /// Returns the number of produces acknowledged.
+    pub fn settle(&mut self, durable_commits: &mut Vec<(OffsetKey, i64)>) -> u64 {
+        let mut produced = 0;
+        if let Some(cause) = self.log.failure() {
+            let dir = self.log.dir().to_path_buf();
+            for ack in self.acks.drain(..) {
+                let err =
+                    || EngineError::Log(LogError::Failed { dir: dir.clone(), cause: Arc::clone(cause) });
+                match ack {
+                    PendingAck::Produce { reply, .. } => answer(reply, Err(err())),
+                    PendingAck::Commit { reply, .. } => answer(reply, Err(err())),
+                }
+            }
+            return 0;
+        }
+        let hw = self.log.high_watermark();
+        while self.acks.front().is_some_and(|a| a.last_offset() < hw) {
+            match self.acks.pop_front().expect("front exists") {
+                PendingAck::Produce { partition, info, reply } => {
+                    produced += 1;
+                    let ack = ProduceAck {
+                        partition,
+                        base_offset: info.base_offset,
+                        last_offset: info.last_offset,
+                    };
+                    answer(reply, Ok(ack));
+                }
+                PendingAck::Commit { key, offset, reply, .. } => {
+                    durable_commits.push((key, offset));
+                    answer(reply, Ok(()));
+                }
+            }
+        }
+        produced
+    }
+
+    fn read(&self, offset: i64, max_bytes: u64) -> Result<Fetched, EngineError> {
+        let slice = self.log.read(offset, max_bytes)?;
+        Ok(Fetched {
+            high_watermark: self.log.high_watermark(),
+            log_start_offset: self.log.log_start_offset(),
+            slice,
+        })
+    }
+
+    /// Answers a fetch now if `min_bytes` are there (or its deadline passed); parks it otherwise.
+    pub fn fetch(
+        &mut self,
+        offset: i64,
+        max_bytes: u64,
+        min_bytes: u64,
+        deadline: Instant,
+        now: Instant,
+        reply: Reply<Fetched>,
+    ) {
+        match self.read(offset, max_bytes) {
+            Ok(f) if f.slice.len >= min_bytes.max(1) || deadline <= now => answer(reply, Ok(f)),
+            Ok(_) => self.waiters.push(Waiter { offset, max_bytes, min_bytes, deadline, reply }),
+            Err(e) => answer(reply, Err(e)),
+        }
+    }
+
+    /// Answers the waiting fetches whose data arrived or whose deadline passed.
+    pub fn answer_waiters(&mut self, now: Instant) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let hw = self.log.high_watermark();
+        let waiters = std::mem::take(&mut self.waiters);
+        for w in waiters {
+            if w.deadline > now && hw <= w.offset {
+                self.waiters.push(w);
+                continue;
+            }
+            match self.read(w.offset, w.max_bytes) {
+                Ok(f) if f.slice.len >= w.min_bytes.max(1) || w.deadline <= now => answer(w.reply, Ok(f)),
+                Ok(_) => self.waiters.push(w),
+                Err(e) => answer(w.reply, Err(e)),
+            }
+        }
+    }
+
+    /// The earliest time this slot needs the shard awake: a fetch deadline or an interval sync.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let waiters = self.waiters.iter().map(|w| w.deadline).min();
+        match (waiters, self.log.sync_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Answers everything waiting with `err()`; returns the parked bytes released.
+    pub fn fail_everything(&mut self, err: impl Fn() -> EngineError) -> u64 {
+        for ack in self.acks.drain(..) {
+            match ack {
+                PendingAck::Produce { reply, .. } => answer(reply, Err(err())),
+                PendingAck::Commit { reply, .. } => answer(reply, Err(err())),
+            }
+        }
+        for w in self.waiters.drain(..) {
+            answer(w.reply, Err(err()));
+        }
+        let mut released = 0;
+        for p in self.parked.drain(..) {
+            released += p.batch.len() as u64;
+            answer(p.reply, Err(err()));
+        }
+        released
+    }
+
+    /// Reads this offsets-topic partition from start to end: the latest offset per key.
+    pub fn replay_offsets(&self) -> Result<Vec<(OffsetKey, i64)>, EngineError> {
+        let mut latest: HashMap<OffsetKey, i64> = HashMap::new();
+        let mut offset = self.log.log_start_offset();
+        let mut bytes = Vec::new();
+        loop {
+            let slice = self.log.read(offset, 1 << 20)?;
+            if slice.len == 0 {
+                break;
+            }
+            bytes.clear();
+            slice
+                .read_into(&mut bytes)
+                .map_err(|e| EngineError::Io { path: self.log.dir().to_path_buf(), source: e })?;
+            for batch in batches(&bytes) {
+                let batch = batch.map_err(LogError::from)?;
+                for record in batch.records() {
+                    let record = record.map_err(LogError::from)?;
+                    let decoded = record.key.and_then(decode_offset_key);
+                    let value =
+                        record.value.and_then(|v| <[u8; 8]>::try_from(v).ok()).map(i64::from_be_bytes);
+                    match (decoded, value) {
+                        (Some(key), Some(v)) => {
+                            latest.insert(key, v);
+                        }
+                        (Some(key), None) => {
+                            latest.remove(&key);
+                        }
+                        (None, _) => {
+                            tracing::warn!(offset = record.offset, "skipping a malformed offset record")
+                        }
+                    }
+                }
+            }
+            offset = slice.next_offset;
+        }
+        Ok(latest.into_iter().collect())
+    }
+}
+
+/// Offset-record key: consumer and topic, each as a u16 length and UTF-8 bytes, then the
+/// partition as a big-endian u32.
+fn encode_offset_key((consumer, topic, partition): &OffsetKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + consumer.len() + topic.len());
+    for s in [consumer, topic] {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(&partition.to_be_bytes());
+    out
+}
+
+fn decode_offset_key(mut bytes: &[u8]) -> Option<OffsetKey> {
+    let mut take_str = || -> Option<Arc<str>> {
+        let len = u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
+        let s = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+        bytes = &bytes[2 + len..];
+        Some(Arc::from(s))
+    };
+    let consumer = take_str()?;
+    let topic = take_str()?;
+    let partition = u32::from_be_bytes(bytes.try_into().ok()?);
+    Some((consumer, topic, partition))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offset_keys_round_trip_and_reject_garbage() {
+        let key: OffsetKey = (Arc::from("billing"), Arc::from("orders"), 7);
+        assert_eq!(decode_offset_key(&encode_offset_key(&key)), Some(key));
+        assert_eq!(decode_offset_key(b""), None);
+        assert_eq!(decode_offset_key(&[0, 9, b'a']), None);
+        let mut long = encode_offset_key(&(Arc::from("c"), Arc::from("t"), 1));
+        long.push(0);
+        assert_eq!(decode_offset_key(&long), None);
+    }
+}
