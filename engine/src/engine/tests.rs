@@ -330,3 +330,220 @@ fn handles_are_send_sync_and_cheap_to_clone() {
     assert_send(&fut);
     assert_eq!(std::mem::size_of::<Engine>(), std::mem::size_of::<usize>(), "a handle is one pointer");
 }
+
+fn one(value: &[u8]) -> [Record<'_>; 1] {
+    [record(None, value, 1)]
+}
+
+#[test]
+fn drop_backpressure_fails_fast_and_counts_while_the_consumer_lags() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+    engine.create_topic("t", 1, LogConfig::default()).unwrap();
+    let producer =
+        engine.producer("t", Backpressure::Drop { consumer: Arc::from("slow"), max_lag: 10 }).unwrap();
+    for i in 0..10u8 {
+        producer.send(Target::Partition(0), &one(&[i])).unwrap();
+    }
+    for _ in 0..3 {
+        let err = producer.send(Target::Partition(0), &one(b"x")).unwrap_err();
+        assert!(matches!(&err, EngineError::Dropped { consumer } if consumer == "slow"), "{err}");
+    }
+    assert_eq!(producer.dropped(), 3);
+    let shard_drops: u64 = engine.stats().unwrap().iter().map(|s| s.dropped).sum();
+    assert_eq!(shard_drops, 3, "counted at the edge");
+    // Nothing dropped was written.
+    assert_eq!(engine.list_offset("t", 0, OffsetSpec::Latest).unwrap(), Some(10));
+    // The consumer catches up: room again.
+    engine.commit_offset("slow", "t", 0, 6).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ack = loop {
+        match producer.send(Target::Partition(0), &one(b"y")) {
+            Ok(ack) => break ack,
+            Err(EngineError::Dropped { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(ack.base_offset, 10);
+}
+
+#[test]
+fn block_backpressure_waits_for_the_consumer_and_keeps_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+    engine.create_topic("t", 1, LogConfig::default()).unwrap();
+    let producer =
+        engine.producer("t", Backpressure::Block { consumer: Arc::from("slow"), max_lag: 5 }).unwrap();
+    for i in 0..5u8 {
+        producer.send(Target::Partition(0), &one(&[i])).unwrap();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let blocked = {
+        let producer = producer.clone();
+        std::thread::spawn(move || {
+            for i in 5..8u8 {
+                let ack = producer.send(Target::Partition(0), &one(&[i])).unwrap();
+                tx.send(ack.base_offset).unwrap();
+            }
+        })
+    };
+    // The producer is parked, not refused, and not spinning.
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "must wait for the consumer");
+    let parked: u64 = engine.stats().unwrap().iter().map(|s| s.parked).sum();
+    assert_eq!(parked, 1);
+    // The consumer commits progress: the parked produce goes through, in order.
+    engine.commit_offset("slow", "t", 0, 3).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 5);
+    engine.commit_offset("slow", "t", 0, 8).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 6);
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 7);
+    blocked.join().unwrap();
+    let values: Vec<u8> = engine
+        .fetch("t", 0, 0, FetchOptions::default())
+        .unwrap()
+        .records(0)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.value.unwrap()[0])
+        .collect();
+    assert_eq!(values, (0..8).collect::<Vec<u8>>());
+    // Shutdown answers parked producers instead of leaving them hanging.
+    let stuck = {
+        let producer = producer.clone();
+        engine.commit_offset("slow", "t", 0, 0).unwrap();
+        std::thread::spawn(move || producer.send(Target::Partition(0), &one(b"z")))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    drop(producer);
+    engine.shutdown().unwrap();
+    assert!(matches!(stuck.join().unwrap(), Err(EngineError::ShuttingDown)));
+}
+
+/// A producer ten times faster than its consumer, under each policy: what was lost, and that
+/// memory stays bounded (parked bytes within their limit, the backlog on disk, not in memory).
+#[test]
+fn a_producer_ten_times_faster_than_its_consumer_keeps_memory_bounded_under_every_policy() {
+    let parked_bytes_max = 256 << 10;
+    for policy in ["buffer", "block", "drop"] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine =
+            Engine::open(dir.path(), EngineConfig { parked_bytes_max, ..config(BackendChoice::Fallback, 2) })
+                .unwrap();
+        engine.create_topic("t", 1, LogConfig::default()).unwrap();
+        let consumer: Arc<str> = Arc::from("slow");
+        let backpressure = match policy {
+            "buffer" => Backpressure::Buffer,
+            "block" => Backpressure::Block { consumer: Arc::clone(&consumer), max_lag: 200 },
+            _ => Backpressure::Drop { consumer: Arc::clone(&consumer), max_lag: 200 },
+        };
+        const PRODUCED: usize = 2_000;
+        let value = vec![7u8; 1000];
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The consumer: 10 records per 10 ms, committing as it goes.
+        let consuming = {
+            let (engine, done) = (engine.clone(), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let mut offset = 0i64;
+                let mut peak_parked = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    let options = FetchOptions {
+                        max_bytes: 10 * 1100,
+                        max_wait: Duration::from_millis(20),
+                        ..FetchOptions::default()
+                    };
+                    let f = engine.fetch("t", 0, offset, options).unwrap();
+                    let got = f.records(offset).unwrap().len().min(10);
+                    offset += got as i64;
+                    std::thread::sleep(Duration::from_millis(10));
+                    engine.commit_offset("slow", "t", 0, offset).unwrap();
+                    let parked = engine.stats().unwrap().iter().map(|s| s.parked_bytes).sum::<u64>();
+                    peak_parked = peak_parked.max(parked);
+                }
+                (offset, peak_parked)
+            })
+        };
+        // The producer: 10,000 records/s from 4 threads (so that Block has several parked),
+        // ten times the consumer's 1,000/s.
+        let start = Instant::now();
+        let results: Vec<(usize, usize)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let producer = engine.producer("t", backpressure.clone()).unwrap();
+                    let value = &value;
+                    s.spawn(move || {
+                        let (mut ok, mut dropped) = (0, 0);
+                        for j in 0..PRODUCED / 4 {
+                            let due = start + Duration::from_micros(400) * j as u32;
+                            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                            match producer.send(Target::Partition(0), &one(value)) {
+                                Ok(_) => ok += 1,
+                                Err(EngineError::Dropped { .. }) => dropped += 1,
+                                Err(e) => panic!("{policy}: {e}"),
+                            }
+                        }
+                        (ok, dropped)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let elapsed = start.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let (consumed, peak_parked) = consuming.join().unwrap();
+        let ok: usize = results.iter().map(|r| r.0).sum();
+        let dropped: usize = results.iter().map(|r| r.1).sum();
+        let end = engine.list_offset("t", 0, OffsetSpec::Latest).unwrap().unwrap();
+        eprintln!("{policy}: {ok} written, {dropped} dropped, {consumed} consumed in {elapsed:?}, peak parked {peak_parked} B");
+        assert_eq!(ok + dropped, PRODUCED, "{policy}: every produce answered");
+        assert_eq!(end as usize, ok, "{policy}: exactly the accepted records are in the log");
+        assert!(peak_parked <= parked_bytes_max, "{policy}: parked bytes within their bound");
+        match policy {
+            // Nothing lost; the backlog lives in the log.
+            "buffer" => assert_eq!(dropped, 0),
+            // Nothing lost; the producer was held to the consumer's pace.
+            "block" => {
+                assert_eq!(dropped, 0);
+                assert!(
+                    consumed as i64 >= end - 200 - 4,
+                    "{policy}: producer stayed within max_lag (+ in flight)"
+                );
+            }
+            // Losses, counted; the consumer is never more than max_lag behind.
+            _ => assert!(dropped > 0, "{policy}: a 10x faster producer must lose records"),
+        }
+    }
+}
+
+#[test]
+fn shard_threads_are_pinned_one_per_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let mut seen = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let Ok(name) = std::fs::read_to_string(task.join("comm")) else { continue };
+        let Some(id) = name.trim().strip_prefix("spate-shard-") else { continue };
+        let id: usize = id.parse().unwrap();
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let allowed =
+            status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_string();
+        assert_eq!(allowed, (id % cores).to_string(), "shard {id} pinned to its core");
+        seen += 1;
+    }
+    assert!(seen >= 2, "this engine's two shard threads are among them");
+    drop(engine);
+}
+
+#[test]
+fn partitions_map_to_shards_by_a_stable_hash() {
+    // Fixed values (FNV-1a of the topic name, then consecutive shards): computed independently,
+    // so a change to the mapping shows here.
+    let four: Vec<usize> = (0..6).map(|p| shard_of("orders", p, 4)).collect();
+    assert_eq!(four, vec![0, 1, 2, 3, 0, 1]);
+    let seven: Vec<usize> = (0..3).map(|p| shard_of("orders", p, 7)).collect();
+    assert_eq!(seven, vec![4, 5, 6]);
+    assert_eq!(shard_of("anything", 9, 1), 0);
+}
