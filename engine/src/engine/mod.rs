@@ -5,6 +5,29 @@
 //! waits on a one-shot reply: blocking calls wait on the calling thread, `*_async` calls return
 //! futures that depend on no particular runtime. The only state shared between threads is the
 //! topic table, replaced whole on create and delete and read without locks (`ArcSwap`).
+//!
+//! ```
+//! use spate::log::{Durability, LogConfig};
+//! use spate::record::Record;
+//! use spate::{Engine, EngineConfig, FetchOptions, Target};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! # let data = tmp.path();
+//! let engine = Engine::open(data, EngineConfig::default())?; // one pinned shard per core
+//! engine.create_topic("orders", 4, LogConfig { durability: Durability::Always, ..LogConfig::default() })?;
+//! let record = Record { timestamp: 1_700_000_000_000, key: Some(b"customer-7"), value: Some(b"order"), headers: &[] };
+//! let ack = engine.produce("orders", Target::Key(b"customer-7"), &[record])?; // returns once fdatasync'ed
+//! let options = FetchOptions { max_wait: std::time::Duration::from_secs(1), ..FetchOptions::default() };
+//! let fetched = engine.fetch("orders", ack.partition, 0, options)?; // long poll, woken by appends
+//! let records = fetched.records(0)?;
+//! assert_eq!(records[0].value.as_deref(), Some(&b"order"[..]));
+//! engine.commit_offset("billing", "orders", ack.partition, fetched.next_offset())?;
+//! assert_eq!(engine.committed_offset("billing", "orders", ack.partition)?, Some(1));
+//! engine.shutdown()?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod error;
 pub mod topics;
