@@ -29,6 +29,14 @@ pub enum EngineError {
     Busy { shard: usize },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// Another engine has the data directory open.
+    #[error("{} is in use by another engine", dir.display())]
+    Locked { dir: PathBuf },
+    #[error("invalid consumer name: {len} bytes (1 to 65535 allowed)")]
+    InvalidConsumerName { len: usize },
+    /// The shard already holds `fetch_waiters_max` long-poll fetches.
+    #[error("too many waiting fetches on shard {shard}")]
+    TooManyWaiters { shard: usize },
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("{}: {source}", path.display())]

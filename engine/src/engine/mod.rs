@@ -30,6 +30,7 @@
 //! ```
 
 mod error;
+mod lifecycle;
 pub mod topics;
 mod types;
 
@@ -39,6 +40,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use lifecycle::DirLock;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -51,9 +54,8 @@ pub use types::{
 
 use crate::log::{Durability, LogConfig};
 use crate::record::{BatchBuilder, BatchOptions, Record};
-use crate::shard::mailbox::{mailbox, MailboxSender, SendError};
+use crate::shard::mailbox::{MailboxSender, SendError};
 use crate::shard::request::{PartitionId, Reply, Request};
-use crate::shard::{Shard, ShardSetup};
 
 /// The internal topic holding consumers' committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
@@ -83,8 +85,11 @@ struct Inner {
     topics: ArcSwap<HashMap<Arc<str>, TopicInfo>>,
     /// Serialises topic creation and deletion (not on the data path).
     admin: Mutex<()>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The shard threads until shutdown has joined them; held for the whole shutdown, so a
+    /// second caller waits for the first to finish.
+    threads: Mutex<Option<Vec<JoinHandle<()>>>>,
     closed: AtomicBool,
+    _lock: DirLock,
 }
 
 impl Engine {
@@ -97,67 +102,24 @@ impl Engine {
         for d in [&topics_dir, &data_dir] {
             std::fs::create_dir_all(d).map_err(|e| EngineError::Io { path: d.clone(), source: e })?;
         }
+        let lock = DirLock::acquire(dir)?;
         let mut known = topics::load_all(&topics_dir)?;
         if !known.iter().any(|t| &*t.name == OFFSETS_TOPIC) {
             let info = offsets_topic(config.offsets_partitions);
             topics::store(&topics_dir, &info)?;
             known.push(info);
         }
-        let mut senders = Vec::with_capacity(config.shards);
-        let mut receivers = Vec::with_capacity(config.shards);
-        for _ in 0..config.shards {
-            let (tx, rx) = mailbox(config.mailbox_capacity)
-                .map_err(|e| EngineError::Io { path: PathBuf::from("eventfd"), source: e })?;
-            senders.push(tx);
-            receivers.push(rx);
-        }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut threads = Vec::with_capacity(config.shards);
-        let (ready_tx, ready_rx) = crossbeam::channel::bounded(config.shards);
-        for (id, rx) in receivers.into_iter().enumerate() {
-            let setup = ShardSetup {
-                id,
-                data_dir: data_dir.clone(),
-                rx,
-                peers: senders.clone(),
-                retention_check_interval: config.retention_check_interval,
-                offsets_topic: Arc::from(OFFSETS_TOPIC),
-                parked_bytes_max: config.parked_bytes_max,
-            };
-            let (pin, backend, ready) = (config.pin_threads, config.io_backend, ready_tx.clone());
-            let spawned = std::thread::Builder::new().name(format!("spate-shard-{id}")).spawn(move || {
-                if pin {
-                    pin_to_core(id % cores);
-                }
-                // The ring is created on the thread that uses it: one ring per shard.
-                match crate::io::open(backend) {
-                    Ok(io) => {
-                        let _ = ready.send(Ok(()));
-                        Shard::new(setup, io).run();
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(e));
-                    }
-                }
-            });
-            let handle =
-                spawned.map_err(|e| EngineError::Io { path: PathBuf::from("spawn shard"), source: e })?;
-            threads.push(handle);
-        }
-        drop(ready_tx);
-        let mut startup_error = None;
-        for _ in 0..config.shards {
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    startup_error = Some(EngineError::Log(crate::log::LogError::Io {
-                        dir: dir.to_path_buf(),
-                        source: Arc::new(e),
-                    }))
-                }
-                Err(_) => startup_error = Some(EngineError::ShuttingDown),
+        if let Some(stored) = known.iter().find(|t| &*t.name == OFFSETS_TOPIC) {
+            if stored.partitions != config.offsets_partitions {
+                tracing::warn!(
+                    stored = stored.partitions,
+                    configured = config.offsets_partitions,
+                    "offsets_partitions is fixed when the data directory is created; using the stored value"
+                );
             }
         }
+        lifecycle::remove_orphans(&data_dir, &known)?;
+        let (senders, threads) = lifecycle::spawn_shards(&config, &data_dir)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 topics_dir,
@@ -165,22 +127,35 @@ impl Engine {
                 shards: senders,
                 topics: ArcSwap::from_pointee(HashMap::new()),
                 admin: Mutex::new(()),
-                threads: Mutex::new(threads),
+                threads: Mutex::new(Some(threads)),
                 closed: AtomicBool::new(false),
+                _lock: lock,
             }),
         };
-        if let Some(e) = startup_error {
-            return Err(e);
-        }
-        // The offsets topic first: its shards tell the others where consumers stand.
-        known.sort_by_key(|t| &*t.name != OFFSETS_TOPIC);
+        // Data topics first, the offsets topic last: opening an offsets partition tells the
+        // data partitions' shards where their consumers stand, so those must exist by then.
+        known.sort_by_key(|t| &*t.name == OFFSETS_TOPIC);
         for info in known {
             engine.open_partitions(&info)?;
             engine.publish(|t| {
                 t.insert(Arc::clone(&info.name), info);
             });
         }
+        // Two barrier rounds: the first waits until every shard has handed its messages to the
+        // others' mailboxes, the second until those have been handled.
+        for _ in 0..2 {
+            engine.barrier()?;
+        }
         Ok(engine)
+    }
+
+    /// Returns once every shard has handled everything sent before, and has delivered what it
+    /// had to tell other shards.
+    fn barrier(&self) -> Result<(), EngineError> {
+        let waits: Vec<_> = (0..self.inner.shards.len())
+            .map(|s| self.request_to(s, |reply| Request::Barrier { reply }, false))
+            .collect::<Result<_, _>>()?;
+        waits.into_iter().try_for_each(wait)
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -234,37 +209,66 @@ impl Engine {
             return Err(EngineError::TopicExists(name.into()));
         }
         let info = TopicInfo { name: Arc::from(name), partitions, config };
-        topics::store(&self.inner.topics_dir, &info)?;
-        self.open_partitions(&info)?;
+        // Partitions first, the description last: a crash in between leaves data without a
+        // topic, which the next open removes; never a topic without its partitions.
+        let opened = self.open_partitions(&info).and_then(|()| topics::store(&self.inner.topics_dir, &info));
+        if let Err(e) = opened {
+            let _ = self.close_partitions(&info);
+            return Err(e);
+        }
         self.publish(|t| {
             t.insert(Arc::clone(&info.name), info);
         });
         Ok(())
     }
 
-    /// Deletes a topic and its data. Calls in flight on it fail with `UnknownTopic`.
+    /// Closes and deletes every partition of `info`, all of them even if some fail; returns the
+    /// first error.
+    fn close_partitions(&self, info: &TopicInfo) -> Result<(), EngineError> {
+        let mut first_error = None;
+        for p in 0..info.partitions {
+            let id = PartitionId { topic: Arc::clone(&info.name), partition: p };
+            let closed = self
+                .request(&id, |reply| Request::Close { id: id.clone(), delete: true, reply })
+                .and_then(wait);
+            if let Err(e) = closed {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Deletes a topic, its data and the offsets consumers committed on it. Calls in flight on
+    /// it fail with `UnknownTopic`.
     pub fn delete_topic(&self, name: &str) -> Result<(), EngineError> {
         let _admin = self.inner.admin.lock().unwrap_or_else(|p| p.into_inner());
         self.check_open()?;
         let info = self.topic(name)?;
-        if &*info.name == OFFSETS_TOPIC {
+        if name.starts_with("__") {
             return Err(EngineError::InvalidTopicName { name: name.into(), reason: "internal topic" });
         }
         self.publish(|t| {
             t.remove(name);
         });
+        // The description goes first: if the data deletion is interrupted, the next open
+        // removes what is left instead of bringing the topic back.
         topics::remove(&self.inner.topics_dir, name)?;
-        for p in 0..info.partitions {
-            let id = PartitionId { topic: Arc::clone(&info.name), partition: p };
-            wait(self.request(&id, |reply| Request::Close { id: id.clone(), delete: true, reply })?)?;
-        }
-        Ok(())
+        let closed = self.close_partitions(&info);
+        let forgotten = (0..self.inner.shards.len())
+            .map(|s| {
+                self.request_to(s, |reply| Request::Forget { topic: Arc::clone(&info.name), reply }, false)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|waits| waits.into_iter().try_for_each(wait));
+        closed.and(forgotten)
     }
 
     /// Changes a topic's configuration (segments, retention, durability); partitions keep theirs.
     pub fn alter_topic(&self, name: &str, config: LogConfig) -> Result<(), EngineError> {
         config.validate().map_err(EngineError::InvalidConfig)?;
         let _admin = self.inner.admin.lock().unwrap_or_else(|p| p.into_inner());
+        self.check_open()?;
+        reject_internal(name)?;
         let mut info = self.topic(name)?;
         info.config = config;
         topics::store(&self.inner.topics_dir, &info)?;
@@ -359,7 +363,7 @@ impl Engine {
         target: Target<'_>,
         records: &[Record<'_>],
     ) -> impl Future<Output = Result<ProduceAck, EngineError>> + Send + 'static {
-        let rx = self.resolve(topic, target).and_then(|id| {
+        let rx = reject_internal(topic).and_then(|()| self.resolve(topic, target)).and_then(|id| {
             let batch = build_batch(records)?;
             self.send_produce(id, batch, &Backpressure::Buffer)
         });
@@ -374,6 +378,8 @@ impl Engine {
         batch: Vec<u8>,
         backpressure: &Backpressure,
     ) -> Result<ProduceAck, EngineError> {
+        reject_internal(topic)?;
+        backpressure.validate()?;
         let id = self.resolve(topic, Target::Partition(partition))?;
         wait(self.send_produce(id, batch, backpressure)?)
     }
@@ -398,6 +404,8 @@ impl Engine {
 
     /// A producer bound to a topic and a backpressure policy.
     pub fn producer(&self, topic: &str, backpressure: Backpressure) -> Result<Producer, EngineError> {
+        reject_internal(topic)?;
+        backpressure.validate()?;
         self.topic(topic)?;
         Ok(Producer {
             engine: self.clone(),
@@ -439,7 +447,8 @@ impl Engine {
         options: FetchOptions,
     ) -> Result<oneshot::Receiver<Result<Fetched, EngineError>>, EngineError> {
         let id = self.resolve(topic, Target::Partition(partition))?;
-        let deadline = Instant::now() + options.max_wait;
+        // A wait longer than a day is as good as a day, and cannot overflow the clock.
+        let deadline = Instant::now() + options.max_wait.min(std::time::Duration::from_secs(86_400));
         self.request(&id, |reply| Request::Fetch {
             id: id.clone(),
             offset,
@@ -472,8 +481,27 @@ impl Engine {
         wait(self.request(&id, |reply| Request::ListOffset { id: id.clone(), spec, reply })?)
     }
 
-    fn offsets_partition(&self, consumer: &str) -> u32 {
-        crate::partitioner::partition_for_key(consumer.as_bytes(), self.inner.config.offsets_partitions)
+    /// [`Engine::list_offset_with_timestamp`] as a future.
+    pub fn list_offset_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> impl Future<Output = Result<Option<(i64, i64)>, EngineError>> + Send + 'static {
+        let rx = self
+            .resolve(topic, Target::Partition(partition))
+            .and_then(|id| self.request(&id, |reply| Request::ListOffset { id: id.clone(), spec, reply }));
+        async move { wait_async(rx?).await }
+    }
+
+    /// The offsets partition holding `consumer`'s commits, from the stored topic (its partition
+    /// count is fixed when the data directory is created).
+    fn offsets_partition(&self, consumer: &str) -> Result<u32, EngineError> {
+        if consumer.is_empty() || consumer.len() > usize::from(u16::MAX) {
+            return Err(EngineError::InvalidConsumerName { len: consumer.len() });
+        }
+        let partitions = self.topic(OFFSETS_TOPIC)?.partitions;
+        Ok(crate::partitioner::partition_for_key(consumer.as_bytes(), partitions))
     }
 
     /// Durably records that `consumer` has processed `topic`/`partition` up to (not including)
@@ -485,15 +513,39 @@ impl Engine {
         partition: u32,
         offset: i64,
     ) -> Result<(), EngineError> {
+        wait(self.send_commit(consumer, topic, partition, offset)?)
+    }
+
+    pub fn commit_offset_async(
+        &self,
+        consumer: &str,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send + 'static {
+        let rx = self.send_commit(consumer, topic, partition, offset);
+        async move { wait_async(rx?).await }
+    }
+
+    fn send_commit(
+        &self,
+        consumer: &str,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+    ) -> Result<oneshot::Receiver<Result<(), EngineError>>, EngineError> {
         let id = self.resolve(topic, Target::Partition(partition))?;
-        let offsets_partition = self.offsets_partition(consumer);
+        if offset < 0 {
+            return Err(EngineError::InvalidConfig(format!("committed offset {offset} is negative")));
+        }
+        let offsets_partition = self.offsets_partition(consumer)?;
         let shard = shard_of(OFFSETS_TOPIC, offsets_partition, self.inner.shards.len());
         let consumer: Arc<str> = Arc::from(consumer);
-        wait(self.request_to(
+        self.request_to(
             shard,
             |reply| Request::Commit { offsets_partition, consumer, id, offset, reply },
             false,
-        )?)
+        )
     }
 
     /// The offset `consumer` last committed for `topic`/`partition`, if any.
@@ -503,11 +555,30 @@ impl Engine {
         topic: &str,
         partition: u32,
     ) -> Result<Option<i64>, EngineError> {
+        wait(self.send_committed(consumer, topic, partition)?)
+    }
+
+    pub fn committed_offset_async(
+        &self,
+        consumer: &str,
+        topic: &str,
+        partition: u32,
+    ) -> impl Future<Output = Result<Option<i64>, EngineError>> + Send + 'static {
+        let rx = self.send_committed(consumer, topic, partition);
+        async move { wait_async(rx?).await }
+    }
+
+    fn send_committed(
+        &self,
+        consumer: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<oneshot::Receiver<Result<Option<i64>, EngineError>>, EngineError> {
         let id = self.resolve(topic, Target::Partition(partition))?;
-        let offsets_partition = self.offsets_partition(consumer);
+        let offsets_partition = self.offsets_partition(consumer)?;
         let shard = shard_of(OFFSETS_TOPIC, offsets_partition, self.inner.shards.len());
         let consumer: Arc<str> = Arc::from(consumer);
-        wait(self.request_to(shard, |reply| Request::Committed { consumer, id, reply }, false)?)
+        self.request_to(shard, |reply| Request::Committed { consumer, id, reply }, false)
     }
 
     /// Counters of every shard.
@@ -527,36 +598,44 @@ impl Engine {
 
 impl Inner {
     fn shutdown(&self) -> Result<(), EngineError> {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
+        // Held for the whole shutdown: a concurrent caller waits here until it is done.
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        self.closed.store(true, Ordering::Release);
+        match threads.take() {
+            Some(handles) => lifecycle::shutdown_shards(&self.shards, handles),
+            None => Ok(()),
         }
-        let mut waits = Vec::new();
-        for shard in &self.shards {
-            let (tx, rx) = oneshot::channel();
-            if shard.send(Request::Shutdown { reply: tx }).is_ok() {
-                waits.push(rx);
-            }
-        }
-        for w in waits {
-            // A shard that stopped already has nothing to say.
-            let _ = w.recv();
-        }
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in threads {
-            if t.join().is_err() {
-                tracing::error!("a shard thread panicked");
-            }
-        }
-        Ok(())
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if lifecycle::on_shard_thread() {
+            // The last handle went away on a shard thread (a future's waker, say): that shard
+            // cannot wait for its own reply, so another thread stops the engine.
+            let shards = std::mem::take(&mut self.shards);
+            let threads = self.threads.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(threads) = threads {
+                std::thread::spawn(move || {
+                    if let Err(e) = lifecycle::shutdown_shards(&shards, threads) {
+                        tracing::error!(error = %e, "shutdown on drop failed");
+                    }
+                });
+            }
+            return;
+        }
         if let Err(e) = self.shutdown() {
             tracing::error!(error = %e, "shutdown on drop failed");
         }
     }
+}
+
+/// Writes and configuration changes are for the engine itself on internal (`__`) topics.
+fn reject_internal(topic: &str) -> Result<(), EngineError> {
+    if topic.starts_with("__") {
+        return Err(EngineError::InvalidTopicName { name: topic.into(), reason: "internal topic" });
+    }
+    Ok(())
 }
 
 /// A producer bound to one topic and one [`Backpressure`] policy.
@@ -578,6 +657,29 @@ impl Producer {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         result
+    }
+
+    /// [`Producer::send`] as a future (queuing may wait briefly while the mailbox is full).
+    pub fn send_async(
+        &self,
+        target: Target<'_>,
+        records: &[Record<'_>],
+    ) -> impl Future<Output = Result<ProduceAck, EngineError>> + Send + 'static {
+        let rx = self
+            .engine
+            .resolve(&self.topic, target)
+            .and_then(|id| self.engine.send_produce(id, build_batch(records)?, &self.backpressure));
+        let dropped = Arc::clone(&self.dropped);
+        async move {
+            let result = match rx {
+                Ok(rx) => wait_async(rx).await,
+                Err(e) => Err(e),
+            };
+            if matches!(result, Err(EngineError::Dropped { .. })) {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            result
+        }
     }
 
     /// Batches this producer had refused under `Drop`.
@@ -632,21 +734,6 @@ fn offsets_topic(partitions: u32) -> TopicInfo {
             durability: Durability::Always,
             ..LogConfig::default()
         },
-    }
-}
-
-/// Pins the calling thread to one core; a failure (a restricted cpuset) is logged, not fatal.
-fn pin_to_core(core: usize) {
-    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write inside it, and
-    // sched_setaffinity reads it for the calling thread (pid 0).
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        tracing::warn!(core, error = %std::io::Error::last_os_error(), "could not pin shard thread");
     }
 }
 

@@ -517,7 +517,6 @@ fn a_producer_ten_times_faster_than_its_consumer_keeps_memory_bounded_under_ever
 fn shard_threads_are_pinned_one_per_core() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
-    let cores = std::thread::available_parallelism().unwrap().get();
     let mut seen = 0;
     for task in std::fs::read_dir("/proc/self/task").unwrap() {
         let task = task.unwrap().path();
@@ -527,7 +526,9 @@ fn shard_threads_are_pinned_one_per_core() {
         let status = std::fs::read_to_string(task.join("status")).unwrap();
         let allowed =
             status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_string();
-        assert_eq!(allowed, (id % cores).to_string(), "shard {id} pinned to its core");
+        // The id-th CPU of the process's own affinity mask, never one outside it.
+        let cpu = super::lifecycle::shard_cpu(id).unwrap();
+        assert_eq!(allowed, cpu.to_string(), "shard {id} pinned to its core");
         seen += 1;
     }
     assert!(seen >= 2, "this engine's two shard threads are among them");

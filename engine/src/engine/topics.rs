@@ -102,7 +102,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
 /// Writes a topic's description atomically and durably.
 pub fn store(dir: &Path, info: &TopicInfo) -> Result<(), EngineError> {
     let path = topic_path(dir, &info.name);
-    let tmp = dir.join(format!("{}.topic.tmp", info.name));
+    // `<name>.tmp` keeps a 249-character name within the 255 bytes a file name may have.
+    let tmp = dir.join(format!("{}.tmp", info.name));
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(encode(info).as_bytes()).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
@@ -122,7 +123,7 @@ pub fn load_all(dir: &Path) -> Result<Vec<TopicInfo>, EngineError> {
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();
         let Some(file) = path.file_name().and_then(|f| f.to_str()) else { continue };
-        if file.ends_with(".topic.tmp") {
+        if file.ends_with(".tmp") {
             std::fs::remove_file(&path).map_err(io_err(&path))?;
             continue;
         }
@@ -176,10 +177,16 @@ mod tests {
         let b = TopicInfo { name: Arc::from("b"), partitions: 3, config: LogConfig::default() };
         store(dir.path(), &b).unwrap();
         store(dir.path(), &a).unwrap();
-        std::fs::write(dir.path().join("c.topic.tmp"), "partial").unwrap();
+        std::fs::write(dir.path().join("c.tmp"), "partial").unwrap();
         assert_eq!(load_all(dir.path()).unwrap(), vec![a.clone(), b]);
-        assert!(!dir.path().join("c.topic.tmp").exists());
+        assert!(!dir.path().join("c.tmp").exists());
+
         remove(dir.path(), "b").unwrap();
-        assert_eq!(load_all(dir.path()).unwrap(), vec![a]);
+        assert_eq!(load_all(dir.path()).unwrap(), vec![a.clone()]);
+        // The longest valid name fits the file system's 255-byte name limit, temporary file too.
+        let long =
+            TopicInfo { name: Arc::from("x".repeat(249)), partitions: 1, config: LogConfig::default() };
+        store(dir.path(), &long).unwrap();
+        assert_eq!(load_all(dir.path()).unwrap(), vec![a, long]);
     }
 }

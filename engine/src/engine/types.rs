@@ -26,6 +26,9 @@ pub struct EngineConfig {
     /// Bytes of produce requests a shard may hold parked by `Block` backpressure; beyond it,
     /// produces fail with `TooManyBlocked`.
     pub parked_bytes_max: u64,
+    /// Long-poll fetches a shard may hold waiting; beyond it, fetches fail with
+    /// `TooManyWaiters`.
+    pub fetch_waiters_max: usize,
 }
 
 impl Default for EngineConfig {
@@ -38,6 +41,7 @@ impl Default for EngineConfig {
             retention_check_interval: Duration::from_secs(300),
             offsets_partitions: 8,
             parked_bytes_max: 64 << 20,
+            fetch_waiters_max: 65_536,
         }
     }
 }
@@ -76,8 +80,9 @@ pub enum Target<'a> {
 /// producer that is faster than its consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backpressure {
-    /// Buffer: accept every record. Memory stays bounded (the mailbox and the staged bytes are
-    /// limited, and a full mailbox makes the producer wait for the disk); the backlog lives in
+    /// Buffer: accept every record. Memory stays bounded: a shard holds at most its mailbox
+    /// (`mailbox_capacity` requests, each at most `batch_bytes_max`) plus one turn's staged
+    /// batches, and a full mailbox makes the producer wait for the disk. The backlog lives in
     /// the log on disk, up to retention.
     Buffer,
     /// Block: while `consumer` is `max_lag` or more records behind the end of the partition,
@@ -90,6 +95,16 @@ pub enum Backpressure {
 }
 
 impl Backpressure {
+    /// Checks the policy: a `max_lag` of 0 could never be met.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        match self {
+            Backpressure::Block { max_lag: 0, .. } | Backpressure::Drop { max_lag: 0, .. } => {
+                Err(EngineError::InvalidConfig("backpressure max_lag must be at least 1".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The consumer a `Block` or `Drop` policy watches.
     pub fn consumer(&self) -> Option<&str> {
         match self {
@@ -112,7 +127,7 @@ pub struct ProduceAck {
 pub struct FetchOptions {
     /// About this many bytes of whole batches (at least one batch).
     pub max_bytes: u64,
-    /// Wait until at least this many bytes are available...
+    /// Wait until at least this many bytes are available (0: answer at once, as Kafka does)...
     pub min_bytes: u64,
     /// ...but no longer than this.
     pub max_wait: Duration,
@@ -211,5 +226,7 @@ pub struct ShardStats {
     pub commit_fsyncs: u64,
     pub turns: u64,
     pub sleeps: u64,
+    /// The most bytes staged for one group commit so far: the memory `Buffer` costs.
+    pub staged_bytes_peak: u64,
     pub io: IoStats,
 }

@@ -148,6 +148,11 @@ impl Partition {
         }
     }
 
+    /// Bytes staged that no commit has written yet.
+    pub fn staged_bytes(&self) -> u64 {
+        self.active().len() - self.active().written_len()
+    }
+
     /// Whether batches are staged that no commit has written yet.
     pub fn has_staged(&self) -> bool {
         self.active().len() > self.active().written_len()

@@ -8,6 +8,12 @@
 //! each writes its flag (the queue, the `sleeping` bit) and then reads the other's, with a
 //! sequentially consistent fence in between, so at least one of them sees the other and a
 //! request can never sit in the queue of a sleeping shard.
+//!
+//! Closing uses the same handshake. A stopping shard sets `closed` and then drains its queue,
+//! dropping what it finds (a dropped request drops its reply sender, which its caller sees as
+//! "shutting down"). A sender checks `closed` after its push, and if it is set drains the queue
+//! itself. Either the shard's drain sees the message or the sender sees `closed`, so no message
+//! is ever left in a queue nobody reads, and no caller waits for a reply that cannot come.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
@@ -21,6 +27,7 @@ use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 pub struct Wake {
     eventfd: OwnedFd,
     sleeping: AtomicBool,
+    closed: AtomicBool,
 }
 
 impl Wake {
@@ -32,7 +39,7 @@ impl Wake {
         }
         // SAFETY: `fd` is a fresh descriptor that nothing else owns.
         let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Wake { eventfd, sleeping: AtomicBool::new(false) })
+        Ok(Wake { eventfd, sleeping: AtomicBool::new(false), closed: AtomicBool::new(false) })
     }
 
     /// Called by a sender after its push: wakes the shard if it is (about to be) asleep.
@@ -79,12 +86,14 @@ impl Wake {
 #[derive(Debug)]
 pub struct MailboxSender<T> {
     tx: Sender<T>,
+    /// For draining after the shard has closed (see the module documentation).
+    rx: Receiver<T>,
     wake: Arc<Wake>,
 }
 
 impl<T> Clone for MailboxSender<T> {
     fn clone(&self) -> Self {
-        MailboxSender { tx: self.tx.clone(), wake: Arc::clone(&self.wake) }
+        MailboxSender { tx: self.tx.clone(), rx: self.rx.clone(), wake: Arc::clone(&self.wake) }
     }
 }
 
@@ -100,19 +109,33 @@ pub enum SendError<T> {
 impl<T> MailboxSender<T> {
     /// Queues `msg`, waiting while the queue is full: backpressure on the sender.
     pub fn send(&self, msg: T) -> Result<(), SendError<T>> {
+        if self.wake.closed.load(Ordering::SeqCst) {
+            return Err(SendError::Closed(msg));
+        }
         self.tx.send(msg).map_err(|e| SendError::Closed(e.into_inner()))?;
-        self.wake.notify();
+        self.after_push();
         Ok(())
     }
 
     /// Queues `msg` if there is room now.
     pub fn try_send(&self, msg: T) -> Result<(), SendError<T>> {
+        if self.wake.closed.load(Ordering::SeqCst) {
+            return Err(SendError::Closed(msg));
+        }
         self.tx.try_send(msg).map_err(|e| match e {
             TrySendError::Full(m) => SendError::Full(m),
             TrySendError::Disconnected(m) => SendError::Closed(m),
         })?;
-        self.wake.notify();
+        self.after_push();
         Ok(())
+    }
+
+    fn after_push(&self) {
+        self.wake.notify();
+        // `notify` fenced; if the shard closed meanwhile, nobody else will read the queue.
+        if self.wake.closed.load(Ordering::SeqCst) {
+            while self.rx.try_recv().is_ok() {}
+        }
     }
 
     /// Messages waiting in the queue.
@@ -137,6 +160,14 @@ impl<T> MailboxReceiver<T> {
         self.rx.try_recv().ok()
     }
 
+    /// Closes the mailbox for good: later sends fail, and everything queued is dropped (its
+    /// senders' replies report the shutdown).
+    pub fn close(&self) {
+        self.wake.closed.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        while self.rx.try_recv().is_ok() {}
+    }
+
     /// Sleeps until a message may be waiting or `timeout` passes; returns at once if one is.
     pub fn sleep(&self, timeout: Option<Duration>) {
         self.wake.prepare_sleep();
@@ -152,7 +183,7 @@ impl<T> MailboxReceiver<T> {
 pub fn mailbox<T>(capacity: usize) -> std::io::Result<(MailboxSender<T>, MailboxReceiver<T>)> {
     let (tx, rx) = channel::bounded(capacity);
     let wake = Arc::new(Wake::new()?);
-    Ok((MailboxSender { tx, wake: Arc::clone(&wake) }, MailboxReceiver { rx, wake }))
+    Ok((MailboxSender { tx, rx: rx.clone(), wake: Arc::clone(&wake) }, MailboxReceiver { rx, wake }))
 }
 
 #[cfg(test)]
@@ -199,8 +230,35 @@ mod tests {
         tx.try_send(2).unwrap();
         assert_eq!(tx.try_send(3), Err(SendError::Full(3)));
         assert_eq!(tx.len(), 2);
-        drop(rx);
+        rx.close();
+        assert_eq!(tx.len(), 0, "closing drops what was queued");
         assert_eq!(tx.try_send(4), Err(SendError::Closed(4)));
+        assert_eq!(tx.send(5), Err(SendError::Closed(5)));
+    }
+
+    #[test]
+    fn nothing_stays_queued_once_closed_even_under_a_race() {
+        // Each message carries a guard; every guard must be dropped (delivered or discarded)
+        // once the receiver closes, however the sends interleave with the close.
+        for _ in 0..200 {
+            let (tx, rx) = mailbox::<Arc<()>>(8).unwrap();
+            let token = Arc::new(());
+            let sender = {
+                let (tx, token) = (tx.clone(), Arc::clone(&token));
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        if tx.send(Arc::clone(&token)).is_err() {
+                            break;
+                        }
+                    }
+                })
+            };
+            std::thread::yield_now();
+            rx.close();
+            sender.join().unwrap();
+            drop(tx);
+            assert_eq!(Arc::strong_count(&token), 1, "a message was left in a closed queue");
+        }
     }
 
     #[test]

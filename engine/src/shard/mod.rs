@@ -41,6 +41,8 @@ pub(crate) struct ShardSetup {
     pub offsets_topic: Arc<str>,
     /// Upper bound on the bytes of produce requests parked by `Block` backpressure.
     pub parked_bytes_max: u64,
+    /// Upper bound on long-poll fetches waiting in this shard.
+    pub waiters_max: usize,
 }
 
 pub(crate) struct Shard {
@@ -49,9 +51,15 @@ pub(crate) struct Shard {
     slots: HashMap<Arc<str>, HashMap<u32, Slot>>,
     /// Committed offsets of the offsets-topic partitions this shard owns:
     /// (consumer, topic, partition) → offset.
-    committed: HashMap<slot::OffsetKey, i64>,
-    /// Messages for other shards that did not fit in their mailbox yet.
-    outbox: Vec<(usize, Request)>,
+    /// (offset, the offsets partition holding it) per key.
+    committed: HashMap<slot::OffsetKey, (i64, u32)>,
+    /// Consumer positions to tell other shards, merged per (shard, partition, consumer) so the
+    /// outbox stays as small as the set of positions, however often consumers commit.
+    outbox: HashMap<(usize, PartitionId, Arc<str>), i64>,
+    /// Barrier requests waiting for the outbox to empty.
+    barriers: Vec<request::Reply<()>>,
+    /// Long-poll fetches waiting, as of the last turn.
+    waiting_fetches: usize,
     next_retention: Instant,
     parked_bytes: u64,
     stats: ShardStats,
@@ -67,7 +75,9 @@ impl Shard {
             io,
             slots: HashMap::new(),
             committed: HashMap::new(),
-            outbox: Vec::new(),
+            outbox: HashMap::new(),
+            barriers: Vec::new(),
+            waiting_fetches: 0,
             next_retention,
             parked_bytes: 0,
             stats,
@@ -93,10 +103,17 @@ impl Shard {
                 self.next_retention = now + self.setup.retention_check_interval;
             }
             self.flush_outbox();
+            if self.outbox.is_empty() {
+                for reply in self.barriers.drain(..) {
+                    answer(reply, Ok(()));
+                }
+            }
             self.stats.turns += 1;
             if let Some(reply) = self.stopping.take() {
-                self.close_all();
-                answer(reply, Ok(()));
+                let flushed = self.close_all();
+                // Anything still queued, or sent from now on, is answered "shutting down".
+                self.setup.rx.close();
+                answer(reply, flushed);
                 return;
             }
             if handled == 0 && !committed {
@@ -135,10 +152,20 @@ impl Shard {
             Request::Produce { id, batch, backpressure, reply } => {
                 self.produce(id, batch, backpressure, reply)
             }
-            Request::Fetch { id, offset, max_bytes, min_bytes, deadline, reply } => match self.slot(&id) {
-                Ok(slot) => slot.fetch(offset, max_bytes, min_bytes, deadline, now, reply),
-                Err(e) => answer(reply, Err(e)),
-            },
+            Request::Fetch { id, offset, max_bytes, min_bytes, deadline, reply } => {
+                // A full waiting room refuses long polls, not fetches that can be answered now:
+                // with no room the deadline is now.
+                let room = self.waiting_fetches < self.setup.waiters_max;
+                match self.slot(&id) {
+                    Ok(slot) => {
+                        let deadline = if room { deadline } else { now };
+                        if slot.fetch(offset, max_bytes, min_bytes, deadline, now, reply) {
+                            self.waiting_fetches += 1;
+                        }
+                    }
+                    Err(e) => answer(reply, Err(e)),
+                }
+            }
             Request::ListOffset { id, spec, reply } => {
                 let result = self.slot(&id).and_then(|s| list_offset(&s.log, spec));
                 answer(reply, result);
@@ -147,7 +174,7 @@ impl Shard {
                 self.commit_offset(offsets_partition, consumer, id, offset, reply)
             }
             Request::Committed { consumer, id, reply } => {
-                let value = self.committed.get(&(consumer, id.topic, id.partition)).copied();
+                let value = self.committed.get(&(consumer, id.topic, id.partition)).map(|&(o, _)| o);
                 answer(reply, Ok(value));
             }
             Request::Progress { id, consumer, offset } => {
@@ -163,6 +190,11 @@ impl Shard {
                 stats.io = self.io.stats();
                 stats.parked_bytes = self.parked_bytes;
                 answer(reply, Ok(stats));
+            }
+            Request::Barrier { reply } => self.barriers.push(reply),
+            Request::Forget { topic, reply } => {
+                let result = self.forget(&topic);
+                answer(reply, result);
             }
             Request::Shutdown { reply } => self.stopping = Some(reply),
         }
@@ -182,8 +214,8 @@ impl Shard {
                 let (consumer, topic, partition) = key.clone();
                 let target = PartitionId { topic, partition };
                 let shard = crate::engine::shard_of(&target.topic, target.partition, self.setup.peers.len());
-                self.outbox.push((shard, Request::Progress { id: target, consumer, offset }));
-                self.committed.insert(key, offset);
+                self.outbox.insert((shard, target, consumer), offset);
+                self.committed.insert(key, (offset, id.partition));
             }
         }
         self.slots.entry(Arc::clone(&id.topic)).or_default().insert(id.partition, slot);
@@ -203,6 +235,28 @@ impl Shard {
             std::fs::remove_dir_all(&dir).map_err(|e| EngineError::Io { path: dir, source: e })?;
         } else {
             slot.log.flush(&mut *self.io)?;
+        }
+        Ok(())
+    }
+
+    /// Drops (with tombstones) every committed offset of `topic` this shard holds.
+    fn forget(&mut self, topic: &str) -> Result<(), EngineError> {
+        let mut by_partition: HashMap<u32, Vec<slot::OffsetKey>> = HashMap::new();
+        self.committed.retain(|key, &mut (_, offsets_partition)| {
+            if &*key.1 == topic {
+                by_partition.entry(offsets_partition).or_default().push(key.clone());
+                false
+            } else {
+                true
+            }
+        });
+        let io = &mut *self.io;
+        for (partition, keys) in by_partition {
+            if let Some(slot) =
+                self.slots.get_mut(&*self.setup.offsets_topic).and_then(|m| m.get_mut(&partition))
+            {
+                slot.append_tombstones(io, &keys)?;
+            }
         }
         Ok(())
     }
@@ -278,39 +332,52 @@ impl Shard {
             .filter(|s| s.needs_commit(now))
             .map(|s| &mut s.log)
             .collect();
-        if parts.is_empty() {
-            return false;
+        let committed = !parts.is_empty();
+        let staged: u64 = parts.iter().map(|p| p.staged_bytes()).sum();
+        self.stats.staged_bytes_peak = self.stats.staged_bytes_peak.max(staged);
+        if committed {
+            let before = self.io.stats().fsyncs;
+            // Errors fail the partitions involved; each slot below answers from its own state.
+            let _ = commit(&mut *self.io, &mut parts, now);
+            self.stats.commits += 1;
+            self.stats.commit_fsyncs += self.io.stats().fsyncs - before;
+        } else {
+            drop(parts);
         }
-        let before = self.io.stats().fsyncs;
-        // Errors fail the partitions involved; each slot below answers from its own state.
-        let _ = commit(&mut *self.io, &mut parts, now);
-        self.stats.commits += 1;
-        self.stats.commit_fsyncs += self.io.stats().fsyncs - before;
-        for ((consumer, topic, partition), offset) in self.settle_acks() {
+        // Settle even without a commit: an append may have failed its partition (a roll that
+        // hit a full disk), and what waited on it must hear so now.
+        for ((consumer, topic, partition), offset, offsets_partition) in self.settle_acks() {
             // A commit became durable: remember it and tell the data partition's shard.
             let target = PartitionId { topic: Arc::clone(&topic), partition };
             let shard = crate::engine::shard_of(&topic, partition, self.setup.peers.len());
-            self.outbox
-                .push((shard, Request::Progress { id: target, consumer: Arc::clone(&consumer), offset }));
-            self.committed.insert((consumer, topic, partition), offset);
+            self.outbox.insert((shard, target, Arc::clone(&consumer)), offset);
+            self.committed.insert((consumer, topic, partition), (offset, offsets_partition));
         }
-        true
+        committed
     }
 
     /// Answers every acknowledgement the high watermarks now cover; returns the offset commits
     /// that became durable.
-    fn settle_acks(&mut self) -> Vec<(slot::OffsetKey, i64)> {
-        let mut durable_commits = Vec::new();
-        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
-            self.stats.produced += slot.settle(&mut durable_commits);
+    /// Answers every acknowledgement the high watermarks now cover; returns the offset commits
+    /// that became durable, with the offsets partition holding each.
+    fn settle_acks(&mut self) -> Vec<(slot::OffsetKey, i64, u32)> {
+        let mut durable = Vec::new();
+        let mut commits = Vec::new();
+        for (&partition, slot) in self.slots.values_mut().flat_map(|m| m.iter_mut()) {
+            self.stats.produced += slot.settle(&mut commits);
+            self.parked_bytes -= slot.take_released_bytes();
+            durable.extend(commits.drain(..).map(|(key, offset)| (key, offset, partition)));
         }
-        durable_commits
+        durable
     }
 
     fn answer_waiters(&mut self, now: Instant) {
+        let mut waiting = 0;
         for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
             slot.answer_waiters(now);
+            waiting += slot.waiter_count();
         }
+        self.waiting_fetches = waiting;
     }
 
     fn enforce_retention(&mut self) {
@@ -323,18 +390,23 @@ impl Shard {
     }
 
     fn flush_outbox(&mut self) {
-        let pending = std::mem::take(&mut self.outbox);
-        for (shard, request) in pending {
-            match self.setup.peers[shard].try_send(request) {
-                Ok(()) => {}
-                Err(SendError::Full(request)) => self.outbox.push((shard, request)),
-                Err(SendError::Closed(_)) => {}
+        if self.outbox.is_empty() {
+            return;
+        }
+        for ((shard, id, consumer), offset) in std::mem::take(&mut self.outbox) {
+            match self.setup.peers[shard].try_send(Request::Progress { id, consumer, offset }) {
+                Ok(()) | Err(SendError::Closed(_)) => {}
+                Err(SendError::Full(Request::Progress { id, consumer, offset })) => {
+                    // Retried next turn; a newer position for the same key replaces it.
+                    self.outbox.entry((shard, id, consumer)).or_insert(offset);
+                }
+                Err(SendError::Full(_)) => unreachable!("only Progress goes through the outbox"),
             }
         }
     }
 
     /// The earliest timer: a fetch deadline, an `interval` sync, retention, or a retry of the
-    /// outbox.
+    /// outbox (only while another shard's mailbox is full).
     fn next_deadline(&self) -> Option<Instant> {
         let mut next = Some(self.next_retention);
         let mut earliest = |t: Option<Instant>| {
@@ -352,11 +424,15 @@ impl Shard {
     }
 
     /// Flushes every partition and answers everything still waiting.
-    fn close_all(&mut self) {
+    /// Returns the first flush error: data acknowledged under `interval` or `never` may then
+    /// not be durable, and the caller of `shutdown` must hear of it.
+    fn close_all(&mut self) -> Result<(), EngineError> {
         let io = &mut *self.io;
+        let mut first_error = None;
         for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
             if let Err(e) = slot.log.flush(io) {
                 tracing::error!(dir = %slot.log.dir().display(), error = %e, "flush at shutdown failed");
+                first_error.get_or_insert(EngineError::from(e));
             }
         }
         let mut durable = Vec::new();
@@ -365,6 +441,7 @@ impl Shard {
             slot.fail_everything(|| EngineError::ShuttingDown);
         }
         self.flush_outbox();
+        first_error.map_or(Ok(()), Err)
     }
 }
 

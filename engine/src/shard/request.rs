@@ -34,6 +34,8 @@ impl std::fmt::Debug for Request {
             Request::Committed { .. } => "Committed",
             Request::Progress { .. } => "Progress",
             Request::Stats { .. } => "Stats",
+            Request::Barrier { .. } => "Barrier",
+            Request::Forget { .. } => "Forget",
             Request::Shutdown { .. } => "Shutdown",
         };
         f.write_str(name)
@@ -100,6 +102,15 @@ pub(crate) enum Request {
     },
     Stats {
         reply: Reply<ShardStats>,
+    },
+    /// Answered once everything before it was handled and the shard's outbox is empty.
+    Barrier {
+        reply: Reply<()>,
+    },
+    /// A topic was deleted: drop the offsets committed on it (with tombstones).
+    Forget {
+        topic: Arc<str>,
+        reply: Reply<()>,
     },
     /// Flush everything and stop.
     Shutdown {

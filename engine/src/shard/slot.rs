@@ -58,6 +58,8 @@ pub(crate) struct Slot {
     parked: VecDeque<Parked>,
     /// Committed positions of consumers, as reported by the offsets shard.
     pub consumers: HashMap<Arc<str>, i64>,
+    /// Parked bytes answered by `settle` since the shard last asked (for its accounting).
+    released_bytes: u64,
 }
 
 impl Slot {
@@ -68,6 +70,7 @@ impl Slot {
             waiters: Vec::new(),
             parked: VecDeque::new(),
             consumers: HashMap::new(),
+            released_bytes: 0,
         }
     }
 
@@ -85,6 +88,10 @@ impl Slot {
     }
 
     pub fn admit(&self, backpressure: &Backpressure) -> Admission {
+        if self.log.failure().is_some() {
+            // Straight to the append, which reports the failure.
+            return Admission::Append;
+        }
         match backpressure {
             Backpressure::Buffer => Admission::Append,
             // Parked produces keep their order: nothing overtakes them.
@@ -149,15 +156,12 @@ impl Slot {
     pub fn settle(&mut self, durable_commits: &mut Vec<(OffsetKey, i64)>) -> u64 {
         let mut produced = 0;
         if let Some(cause) = self.log.failure() {
+            // A failed partition will never acknowledge anything: everything waiting on it,
+            // acknowledgements, long polls and parked produces, hears so now.
             let dir = self.log.dir().to_path_buf();
-            for ack in self.acks.drain(..) {
-                let err =
-                    || EngineError::Log(LogError::Failed { dir: dir.clone(), cause: Arc::clone(cause) });
-                match ack {
-                    PendingAck::Produce { reply, .. } => answer(reply, Err(err())),
-                    PendingAck::Commit { reply, .. } => answer(reply, Err(err())),
-                }
-            }
+            let cause = Arc::clone(cause);
+            let err = || EngineError::Log(LogError::Failed { dir: dir.clone(), cause: Arc::clone(&cause) });
+            self.released_bytes += self.fail_everything(err);
             return 0;
         }
         let hw = self.log.high_watermark();
@@ -190,7 +194,8 @@ impl Slot {
         })
     }
 
-    /// Answers a fetch now if `min_bytes` are there (or its deadline passed); parks it otherwise.
+    /// Answers a fetch now if `min_bytes` are there (or its deadline passed); otherwise keeps it
+    /// waiting and returns true.
     pub fn fetch(
         &mut self,
         offset: i64,
@@ -199,12 +204,16 @@ impl Slot {
         deadline: Instant,
         now: Instant,
         reply: Reply<Fetched>,
-    ) {
+    ) -> bool {
         match self.read(offset, max_bytes) {
-            Ok(f) if f.slice.len >= min_bytes.max(1) || deadline <= now => answer(reply, Ok(f)),
-            Ok(_) => self.waiters.push(Waiter { offset, max_bytes, min_bytes, deadline, reply }),
+            Ok(f) if f.slice.len >= min_bytes || deadline <= now => answer(reply, Ok(f)),
+            Ok(_) => {
+                self.waiters.push(Waiter { offset, max_bytes, min_bytes, deadline, reply });
+                return true;
+            }
             Err(e) => answer(reply, Err(e)),
         }
+        false
     }
 
     /// Answers the waiting fetches whose data arrived or whose deadline passed.
@@ -220,7 +229,7 @@ impl Slot {
                 continue;
             }
             match self.read(w.offset, w.max_bytes) {
-                Ok(f) if f.slice.len >= w.min_bytes.max(1) || w.deadline <= now => answer(w.reply, Ok(f)),
+                Ok(f) if f.slice.len >= w.min_bytes || w.deadline <= now => answer(w.reply, Ok(f)),
                 Ok(_) => self.waiters.push(w),
                 Err(e) => answer(w.reply, Err(e)),
             }
@@ -234,6 +243,32 @@ impl Slot {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Parked bytes released by `settle` since the last call.
+    pub fn take_released_bytes(&mut self) -> u64 {
+        std::mem::take(&mut self.released_bytes)
+    }
+
+    pub fn waiter_count(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Appends tombstones for every committed offset of `topic` held in `committed` by this
+    /// offsets partition (`partition`), so that replay forgets them too.
+    pub fn append_tombstones(&mut self, io: &mut dyn Io, keys: &[OffsetKey]) -> Result<(), EngineError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let now_ms =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let encoded: Vec<Vec<u8>> = keys.iter().map(encode_offset_key).collect();
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        for k in &encoded {
+            b.push(&Record { timestamp: now_ms, key: Some(k), value: None, headers: &[] });
+        }
+        self.log.append(io, b.finish(), SystemTime::now())?;
+        Ok(())
     }
 
     /// Answers everything waiting with `err()`; returns the parked bytes released.
@@ -297,7 +332,7 @@ impl Slot {
 
 /// Offset-record key: consumer and topic, each as a u16 length and UTF-8 bytes, then the
 /// partition as a big-endian u32.
-fn encode_offset_key((consumer, topic, partition): &OffsetKey) -> Vec<u8> {
+pub(crate) fn encode_offset_key((consumer, topic, partition): &OffsetKey) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + consumer.len() + topic.len());
     for s in [consumer, topic] {
         out.extend_from_slice(&(s.len() as u16).to_be_bytes());
