@@ -108,11 +108,14 @@ pub(super) fn shard_cpu(id: usize) -> Option<usize> {
     (!cpus.is_empty()).then(|| cpus[id % cpus.len()])
 }
 
+/// Running shards: their mailboxes, indexed by shard id, and their threads.
+pub(super) struct Shards {
+    pub senders: Vec<MailboxSender<Request>>,
+    pub threads: Vec<JoinHandle<()>>,
+}
+
 /// Spawns the shard threads and waits until each has its I/O ring.
-pub(super) fn spawn_shards(
-    config: &EngineConfig,
-    data_dir: &Path,
-) -> Result<(Vec<MailboxSender<Request>>, Vec<JoinHandle<()>>), EngineError> {
+pub(super) fn spawn_shards(config: &EngineConfig, data_dir: &Path) -> Result<Shards, EngineError> {
     let mut senders = Vec::with_capacity(config.shards);
     let mut receivers = Vec::with_capacity(config.shards);
     for _ in 0..config.shards {
@@ -182,7 +185,7 @@ pub(super) fn spawn_shards(
         let _ = shutdown_shards(&senders, threads);
         return Err(e);
     }
-    Ok((senders, threads))
+    Ok(Shards { senders, threads })
 }
 
 /// Asks every shard to flush and stop, waits for their answers and joins their threads.

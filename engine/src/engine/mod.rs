@@ -119,7 +119,7 @@ impl Engine {
             }
         }
         lifecycle::remove_orphans(&data_dir, &known)?;
-        let (senders, threads) = lifecycle::spawn_shards(&config, &data_dir)?;
+        let lifecycle::Shards { senders, threads } = lifecycle::spawn_shards(&config, &data_dir)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 topics_dir,
