@@ -138,3 +138,73 @@ fn every_producer_gets_an_answer_when_the_disk_fills_during_a_roll() {
         let _ = writer.join();
     }
 }
+
+/// The engine on a file system that fills up: produces staged before a failed segment roll,
+/// and produces parked by `Block` backpressure, all get an answer (an error), none waits forever.
+fn record(v: &[u8]) -> [spate::record::Record<'_>; 1] {
+    [spate::record::Record { timestamp: 1, key: None, value: Some(v), headers: &[] }]
+}
+
+#[test]
+fn the_engine_answers_every_waiting_produce_when_the_disk_fills() {
+    use spate::{Backpressure, Engine, EngineConfig, EngineError, Target};
+    use std::io::Write as _;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(_mount) = mount_tmpfs(scratch.path(), 256 * 1024) else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let config = EngineConfig { shards: 1, io_backend: BackendChoice::Fallback, ..EngineConfig::default() };
+    let engine = Engine::open(scratch.path().join("engine"), config).unwrap();
+    let small = LogConfig { segment_bytes: 1024, ..LogConfig::default() };
+    engine.create_topic("t", 1, small.clone()).unwrap();
+    engine.create_topic("blocked", 1, small).unwrap();
+    let value = [7u8; 200];
+    // One produce parks behind a consumer that never commits.
+    let block =
+        engine.producer("blocked", Backpressure::Block { consumer: Arc::from("never"), max_lag: 1 }).unwrap();
+    block.send(Target::Partition(0), &record(&value)).unwrap();
+    let parked = {
+        let block = block.clone();
+        std::thread::spawn(move || block.send(Target::Partition(0), &record(&[1u8; 200])))
+    };
+    // Fill the file system.
+    let mut ballast = std::fs::File::create(scratch.path().join("ballast")).unwrap();
+    while ballast.write_all(&[0u8; 4096]).is_ok() {}
+    // Produces to "t" until its partition fails (a roll cannot write its index files); each must
+    // come back, and concurrent ones too.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let producers: Vec<_> = (0..8)
+        .map(|_| {
+            let (engine, tx) = (engine.clone(), tx.clone());
+            std::thread::spawn(move || {
+                let value = [9u8; 200];
+                for _ in 0..20 {
+                    let r = engine.produce("t", Target::Partition(0), &record(&value));
+                    let failed = r.is_err();
+                    tx.send(r.map(|_| ())).unwrap();
+                    if failed {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut errors = 0;
+    while let Ok(r) = rx.recv_timeout(Duration::from_secs(10)) {
+        errors += usize::from(r.is_err());
+    }
+    for p in producers {
+        p.join().expect("every producer finished");
+    }
+    assert!(errors > 0, "a 256 KiB file system must fill up");
+    // The parked produce on the other partition is answered once that partition fails too, or
+    // at shutdown; it never hangs.
+    drop(block);
+    engine.shutdown().unwrap_or_else(|e| eprintln!("shutdown reported: {e}"));
+    let outcome = parked.join().unwrap();
+    assert!(matches!(outcome, Err(EngineError::ShuttingDown) | Err(EngineError::Log(_))), "{outcome:?}");
+}

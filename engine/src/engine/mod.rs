@@ -351,6 +351,7 @@ impl Engine {
         target: Target<'_>,
         records: &[Record<'_>],
     ) -> Result<ProduceAck, EngineError> {
+        reject_internal(topic)?;
         let id = self.resolve(topic, target)?;
         wait(self.send_produce(id, build_batch(records)?, &Backpressure::Buffer)?)
     }
