@@ -1,9 +1,10 @@
-//! A small service that embeds Spate: producer threads append keyed orders, one consumer thread
-//! per partition long-polls them, processes them in order and commits its position. Prints
-//! throughput and end-to-end latency (from the moment a record was handed to `produce` to the
-//! moment its consumer saw it).
+//! A small service that embeds Spate: producer threads append keyed orders at a fixed rate, one
+//! consumer thread per partition long-polls them, processes them in order and commits its
+//! position. Prints throughput and end-to-end latency measured open loop: from the moment each
+//! record was *due* to be sent (its slot in the fixed-rate schedule) to the moment its consumer
+//! saw it, so a stall delays every record behind it and shows in the tail.
 //!
-//! Run: `cargo run --release -p spate --example embedded_service -- [seconds] [producers]`
+//! Run: `cargo run --release -p spate --example embedded_service -- [seconds] [producers] [records/s]`
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let seconds: u64 = args.next().map_or(Ok(5), |s| s.parse())?;
     let producers: usize = args.next().map_or(Ok(2), |s| s.parse())?;
+    let rate: u64 = args.next().map_or(Ok(5_000), |s| s.parse())?;
+    let interval_ns = 1_000_000_000 * producers as u64 / rate.max(1);
     let dir = tempfile::tempdir()?;
     let engine = Engine::open(dir.path(), EngineConfig::default())?;
     let config = LogConfig { durability: Durability::Always, ..LogConfig::default() };
@@ -64,8 +67,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::thread::spawn(move || -> Result<(), spate::EngineError> {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Acquire) {
+                    // Open loop: record n is due at a fixed time, whether or not the previous
+                    // produce has returned; a late start is measured, not forgiven.
+                    let due_ns = n * interval_ns + p as u64 * interval_ns / producers as u64;
+                    let now_ns = start.elapsed().as_nanos() as u64;
+                    if due_ns > now_ns {
+                        std::thread::sleep(Duration::from_nanos(due_ns - now_ns));
+                    }
                     let customer = format!("customer-{}", (n * 7 + p as u64) % 1000);
-                    let mut value = (start.elapsed().as_nanos() as u64).to_be_bytes().to_vec();
+                    let mut value = due_ns.to_be_bytes().to_vec();
                     value.extend_from_slice(
                         b" order payload of about a hundred bytes .............................",
                     );
@@ -100,7 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total = produced.load(Ordering::Relaxed);
     let fsyncs: u64 = stats.iter().map(|s| s.commit_fsyncs).sum();
     println!(
-        "produced {total} records in {elapsed:.1} s: {:.0} records/s (durability always, {fsyncs} fsyncs)",
+        "produced {total} records in {elapsed:.1} s: {:.0} records/s, target {rate}/s (durability always; {fsyncs} fsyncs, consumer commits included)",
         total as f64 / elapsed
     );
     println!(
