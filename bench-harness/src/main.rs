@@ -1,28 +1,39 @@
 //! `spate-bench`: measures Spate against the physical reference of the same machine, in one run.
 //!
-//! Run with no arguments for the quick default suite (about a minute on 2 cores); see
-//! `docs/benchmarks.md` for the method and for the figures of recorded runs.
+//! With no arguments it runs the quick default suite (well under two minutes on 2 cores): every
+//! scenario at small sizes, a table on stdout, JSON and latency plots under
+//! `target/spate-bench/results/`. Each scenario also runs on its own with its parameters; see
+//! `docs/benchmarks.md` for the method and the figures of recorded runs.
 
-mod produce;
+mod plot;
 mod reference;
 mod report;
+mod scenarios;
+mod workload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use clap::{Parser, Subcommand};
-use serde_json::json;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
 use spate::io::BackendChoice;
 use spate::log::Durability;
 
+use report::Outcome;
+use scenarios::{backpressure, consume, hol, latency, produce};
+
 #[derive(Debug, Parser)]
-#[command(name = "spate-bench", about = "Benchmarks for the Spate stream engine")]
+#[command(
+    name = "spate-bench",
+    about = "Benchmarks for the Spate stream engine, with a same-run physical reference"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Option<Scenario>,
-    /// Directory to write data in (default: a temporary directory under ./target).
+    /// Directory for the data written by the benchmark (default: target/spate-bench).
     #[arg(long, global = true)]
     dir: Option<PathBuf>,
-    /// Write the results as JSON to this file.
+    /// Write the results as JSON to this file; plots go next to it.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
     /// I/O backend: auto, uring or fallback.
@@ -32,20 +43,208 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// Appends fixed-size messages in batches through group commit, per durability mode.
-    Produce {
-        #[arg(long, default_value_t = 1024)]
-        message_bytes: usize,
-        #[arg(long, default_value_t = 64)]
-        batch_messages: usize,
-        #[arg(long, default_value_t = 512)]
-        total_mib: u64,
-        #[arg(long, default_value_t = 4)]
-        producers: usize,
-        /// Comma-separated: always, never, interval:<ms>.
-        #[arg(long, default_value = "never,interval:10,always", value_delimiter = ',')]
-        durability: Vec<Durability>,
-    },
+    /// The quick default suite: every scenario at small sizes.
+    Suite,
+    /// Append fixed-size messages in batches from N producers, per durability mode.
+    Produce(ProduceArgs),
+    /// Catch-up read of a pre-filled log by embedded consumers.
+    Consume(ConsumeArgs),
+    /// Open-loop end-to-end latency at fractions of the maximum rate (or fixed rates).
+    Latency(LatencyArgs),
+    /// Head-of-line blocking: the log with partition-exclusive consumers against a bounded queue.
+    Hol(HolArgs),
+    /// A producer faster than its consumer under each backpressure policy.
+    Backpressure(BackpressureArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    #[arg(long, default_value_t = 1024)]
+    message_bytes: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_messages: usize,
+    #[arg(long, default_value_t = 512)]
+    total_mib: u64,
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+    /// Shard threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+    /// Comma-separated: always, never, interval:<ms>.
+    #[arg(long, default_value = "never,interval:10,always", value_delimiter = ',')]
+    durability: Vec<Durability>,
+}
+
+#[derive(Debug, Args)]
+struct ConsumeArgs {
+    #[arg(long, default_value_t = 512)]
+    total_mib: u64,
+    #[arg(long, default_value_t = 1024)]
+    message_bytes: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_messages: usize,
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+    #[arg(long, default_value_t = 1 << 20)]
+    fetch_bytes: u64,
+}
+
+#[derive(Debug, Args)]
+struct LatencyArgs {
+    #[arg(long, default_value_t = 100)]
+    message_bytes: usize,
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+    #[arg(long, default_value = "never,always", value_delimiter = ',')]
+    durability: Vec<Durability>,
+    /// Fractions of the measured maximum rate.
+    #[arg(long, default_value = "0.1,0.5,0.8", value_delimiter = ',')]
+    fractions: Vec<f64>,
+    /// Fixed rates in messages per second, instead of fractions (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+}
+
+#[derive(Debug, Args)]
+struct HolArgs {
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
+    #[arg(long, default_value_t = 2_000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 4)]
+    workers: u32,
+    #[arg(long, default_value_t = 100)]
+    keys: u32,
+    /// Fraction of messages that are slow.
+    #[arg(long, default_value_t = 0.01)]
+    slow_fraction: f64,
+    #[arg(long, default_value_t = 10_000)]
+    slow_us: u64,
+    #[arg(long, default_value_t = 20)]
+    fast_us: u64,
+    #[arg(long, default_value_t = 1024)]
+    queue_capacity: usize,
+}
+
+#[derive(Debug, Args)]
+struct BackpressureArgs {
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 1_000.0)]
+    consumer_rate: f64,
+    /// How many times faster than the consumer the producer is.
+    #[arg(long, default_value_t = 10.0)]
+    factor: f64,
+    #[arg(long, default_value_t = 100)]
+    message_bytes: usize,
+    #[arg(long, default_value_t = 1_000)]
+    max_lag: u64,
+}
+
+/// Progress on stderr, with the time since the start, so a long run shows it is alive.
+fn progress_printer() -> impl Fn(&str) {
+    let start = Instant::now();
+    move |what: &str| eprintln!("[spate-bench {:>6.1}s] {what} ...", start.elapsed().as_secs_f64())
+}
+
+fn produce_params(a: &ProduceArgs, backend: BackendChoice, label: &str) -> produce::Params {
+    produce::Params {
+        message_bytes: a.message_bytes,
+        batch_messages: a.batch_messages,
+        total_bytes: a.total_mib << 20,
+        producers: a.producers.max(1),
+        partitions: a.partitions.max(1),
+        shards: a.shards,
+        durabilities: a.durability.clone(),
+        backend,
+        label: label.to_string(),
+    }
+}
+
+/// The default suite: each scenario small enough that the whole runs in well under 2 minutes.
+fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow::Result<(Value, Outcome)> {
+    let mut out = Outcome::default();
+    let mut params = serde_json::Map::new();
+    let mut add = |name: &str, p: Value, o: Outcome| {
+        params.insert(name.into(), p);
+        out.rows.extend(o.rows);
+        out.plots.extend(o.plots);
+    };
+    let p = produce::Params {
+        message_bytes: 1024,
+        batch_messages: 64,
+        total_bytes: 256 << 20,
+        producers: 4,
+        partitions: 2,
+        shards: 0,
+        durabilities: vec![
+            Durability::Never,
+            Durability::Interval(Duration::from_millis(10)),
+            Durability::Always,
+        ],
+        backend,
+        label: "produce 1KiB".into(),
+    };
+    add("produce", p.to_json(), produce::run(root, &p, progress)?);
+    let small = produce::Params {
+        message_bytes: 100,
+        batch_messages: 1000,
+        total_bytes: 128 << 20,
+        producers: 2,
+        partitions: 1,
+        shards: 1,
+        durabilities: vec![Durability::Never],
+        backend,
+        label: "produce 100B 1 shard".into(),
+    };
+    add("produce_100b", small.to_json(), produce::run(root, &small, progress)?);
+    let c = consume::Params {
+        total_bytes: 256 << 20,
+        message_bytes: 1024,
+        batch_messages: 64,
+        partitions: 2,
+        fetch_bytes: 1 << 20,
+        backend,
+    };
+    add("consume", c.to_json(), consume::run(root, &c, progress)?);
+    let l = latency::Params {
+        message_bytes: 100,
+        partitions: 2,
+        shards: 0,
+        durabilities: vec![Durability::Never, Durability::Always],
+        fractions: vec![0.1, 0.5, 0.8],
+        rates: vec![],
+        seconds: 2.0,
+        backend,
+        consumer_stall: None,
+    };
+    add("latency", l.to_json(), latency::run(root, &l, progress)?);
+    let h = hol::Params {
+        messages: 4_000,
+        rate: 2_000.0,
+        workers: 4,
+        keys: 100,
+        slow_fraction: 0.01,
+        slow: Duration::from_millis(10),
+        fast: Duration::from_micros(20),
+        queue_capacity: 1024,
+        backend,
+    };
+    add("hol", h.to_json(), hol::run(root, &h, progress)?);
+    let b = backpressure::Params {
+        seconds: 2.0,
+        consumer_rate: 1_000.0,
+        factor: 10.0,
+        message_bytes: 100,
+        max_lag: 1_000,
+        backend,
+    };
+    add("backpressure", b.to_json(), backpressure::run(root, &b, progress)?);
+    Ok((Value::Object(params), out))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,84 +255,91 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let root = match &cli.dir {
-        Some(d) => d.clone(),
-        None => PathBuf::from("target/spate-bench"),
-    };
+    let root = cli.dir.clone().unwrap_or_else(|| PathBuf::from("target/spate-bench"));
     std::fs::create_dir_all(&root)?;
-    let scenario = cli.scenario.unwrap_or(Scenario::Produce {
-        message_bytes: 1024,
-        batch_messages: 64,
-        total_mib: 512,
-        producers: 4,
-        durability: vec![
-            Durability::Never,
-            "interval:10".parse().map_err(anyhow::Error::msg)?,
-            Durability::Always,
-        ],
-    });
-    let progress = |what: &str| eprintln!("[spate-bench] {what} ...");
-    let (name, params, rows) = match scenario {
-        Scenario::Produce { message_bytes, batch_messages, total_mib, producers, durability } => {
-            anyhow::ensure!(
-                producers > 0 && batch_messages > 0 && message_bytes > 0,
-                "sizes and counts must be positive"
-            );
-            let p = produce::ProduceParams {
-                message_bytes,
-                batch_messages,
-                total_bytes: total_mib << 20,
-                producers,
-                durabilities: durability,
-                backend: cli.io_backend,
+    let backend = cli.io_backend;
+    let progress = progress_printer();
+    let started = Instant::now();
+    let scenario = cli.scenario.unwrap_or(Scenario::Suite);
+    let (name, params, outcome): (&str, Value, Outcome) = match &scenario {
+        Scenario::Suite => {
+            let (params, outcome) = suite(&root, backend, &progress)?;
+            ("suite", params, outcome)
+        }
+        Scenario::Produce(a) => {
+            let p = produce_params(a, backend, &format!("produce {}B", a.message_bytes));
+            ("produce", p.to_json(), produce::run(&root, &p, &progress)?)
+        }
+        Scenario::Consume(a) => {
+            let p = consume::Params {
+                total_bytes: a.total_mib << 20,
+                message_bytes: a.message_bytes,
+                batch_messages: a.batch_messages,
+                partitions: a.partitions.max(1),
+                fetch_bytes: a.fetch_bytes,
+                backend,
             };
-            let params = json!({
-                "message_bytes": message_bytes, "batch_messages": batch_messages, "total_mib": total_mib,
-                "producers": producers, "partitions": 1,
-                "durability": p.durabilities.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-                "io_backend": spate::io::probe(cli.io_backend)?.to_string(),
-            });
-            ("produce", params, produce::run(&root, &p, &progress)?)
+            ("consume", p.to_json(), consume::run(&root, &p, &progress)?)
+        }
+        Scenario::Latency(a) => {
+            let p = latency::Params {
+                message_bytes: a.message_bytes,
+                partitions: a.partitions.max(1),
+                shards: 0,
+                durabilities: a.durability.clone(),
+                fractions: if a.rates.is_empty() { a.fractions.clone() } else { Vec::new() },
+                rates: a.rates.clone(),
+                seconds: a.seconds,
+                backend,
+                consumer_stall: None,
+            };
+            ("latency", p.to_json(), latency::run(&root, &p, &progress)?)
+        }
+        Scenario::Hol(a) => {
+            let p = hol::Params {
+                messages: a.messages,
+                rate: a.rate,
+                workers: a.workers.max(1),
+                keys: a.keys.max(1),
+                slow_fraction: a.slow_fraction,
+                slow: Duration::from_micros(a.slow_us),
+                fast: Duration::from_micros(a.fast_us),
+                queue_capacity: a.queue_capacity.max(1),
+                backend,
+            };
+            ("hol", p.to_json(), hol::run(&root, &p, &progress)?)
+        }
+        Scenario::Backpressure(a) => {
+            let p = backpressure::Params {
+                seconds: a.seconds,
+                consumer_rate: a.consumer_rate,
+                factor: a.factor,
+                message_bytes: a.message_bytes,
+                max_lag: a.max_lag.max(1),
+                backend,
+            };
+            ("backpressure", p.to_json(), backpressure::run(&root, &p, &progress)?)
         }
     };
-    print!("{}", report::table(&rows));
-    if let Some(path) = &cli.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report::document(name, params, &rows))?)?;
-        eprintln!("[spate-bench] wrote {}", path.display());
+    let mut params = params;
+    if let Value::Object(m) = &mut params {
+        m.insert("io_backend".into(), json!(spate::io::probe(backend)?.to_string()));
     }
+    print!("{}", report::table(&outcome.rows));
+    let json_path = cli.json.clone().unwrap_or_else(|| root.join("results").join(format!("{name}.json")));
+    if let Some(parent) = json_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&report::document(name, params, &outcome.rows))?,
+    )?;
+    let stem = json_path.file_stem().and_then(|s| s.to_str()).unwrap_or(name).to_string();
+    let plot_dir = json_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    eprintln!("[spate-bench] results: {}", json_path.display());
+    for p in &outcome.plots {
+        eprintln!("[spate-bench] plot: {}", plot::write(plot_dir, &stem, p)?.display());
+    }
+    eprintln!("[spate-bench] done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn produce_reports_rows_with_reference_ratios_in_the_json_shape() {
-        let root = tempfile::tempdir().unwrap();
-        let p = produce::ProduceParams {
-            message_bytes: 1024,
-            batch_messages: 16,
-            total_bytes: 4 << 20,
-            producers: 2,
-            durabilities: vec![Durability::Never, Durability::Always],
-            backend: BackendChoice::Fallback,
-        };
-        let rows = produce::run(root.path(), &p, &|_| {}).unwrap();
-        assert_eq!(rows.len(), 2);
-        for r in &rows {
-            let ratio = r.ratio_to_reference.unwrap();
-            assert!(ratio.is_finite() && ratio > 0.0, "{r:?}");
-            assert!(r.msgs_per_s.unwrap() > 0.0);
-        }
-        assert_eq!(rows[0].fsyncs, Some(0), "never syncs only at shutdown, outside the commit loop");
-        assert!(rows[1].fsyncs.unwrap() >= 1);
-        let doc = report::document("produce", json!({"x": 1}), &rows);
-        assert_eq!(doc["scenario"], "produce");
-        assert_eq!(doc["results"].as_array().unwrap().len(), 2);
-        assert!(doc["results"][0]["ratio_to_reference"].is_number());
-        assert!(doc["results"][0].get("p99_us").is_none(), "fields that do not apply are omitted");
-        let table = report::table(&rows);
-        assert!(table.contains("produce never") && table.contains("produce always"));
-    }
 }

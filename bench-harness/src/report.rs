@@ -1,36 +1,110 @@
-//! Results: the JSON document of `docs/benchmarks.md`'s contract and a table for people.
-//! Fields that do not apply to a row are omitted, never filled with zeros.
+//! Results: the JSON document of the output contract (docs/benchmarks.md), a table for people,
+//! and latency plots next to the JSON. Fields that do not apply to a row are omitted, never
+//! filled with zeros.
 
+use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
+/// One result row.
 #[derive(Debug, Clone, Default)]
 pub struct Row {
     pub name: String,
     pub msgs_per_s: Option<f64>,
     pub bytes_per_s: Option<f64>,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub p999_us: Option<f64>,
+    pub max_us: Option<f64>,
     pub reference_bytes_per_s: Option<f64>,
     pub ratio_to_reference: Option<f64>,
-    pub fsyncs: Option<u64>,
+    pub order_violations: Option<u64>,
+    pub lost: Option<u64>,
+    /// Scenario-specific numbers (fsyncs, memory, per-key violations, ...).
+    pub extra: Vec<(&'static str, Value)>,
 }
 
 impl Row {
+    pub fn named(name: impl Into<String>) -> Row {
+        Row { name: name.into(), ..Row::default() }
+    }
+
+    /// Fills the latency columns from a histogram of microseconds.
+    pub fn with_latency(mut self, h: &Histogram<u64>) -> Row {
+        if !h.is_empty() {
+            self.p50_us = Some(h.value_at_quantile(0.5) as f64);
+            self.p99_us = Some(h.value_at_quantile(0.99) as f64);
+            self.p999_us = Some(h.value_at_quantile(0.999) as f64);
+            self.max_us = Some(h.max() as f64);
+        }
+        self
+    }
+
+    /// Sets throughput and, given the reference's bytes per second, the ratio to it.
+    pub fn with_throughput(
+        mut self,
+        msgs: u64,
+        bytes: u64,
+        secs: f64,
+        reference_bytes_per_s: Option<f64>,
+    ) -> Row {
+        self.msgs_per_s = Some(msgs as f64 / secs);
+        self.bytes_per_s = Some(bytes as f64 / secs);
+        if let Some(r) = reference_bytes_per_s {
+            self.reference_bytes_per_s = Some(r);
+            self.ratio_to_reference = Some(bytes as f64 / secs / r);
+        }
+        self
+    }
+
+    pub fn extra(mut self, key: &'static str, value: impl Into<Value>) -> Row {
+        self.extra.push((key, value.into()));
+        self
+    }
+
     fn to_json(&self) -> Value {
         let mut m = Map::new();
         m.insert("name".into(), json!(self.name));
-        let mut put = |k: &str, v: Option<f64>| {
+        let fields = [
+            ("msgs_per_s", self.msgs_per_s),
+            ("bytes_per_s", self.bytes_per_s),
+            ("p50_us", self.p50_us),
+            ("p99_us", self.p99_us),
+            ("p999_us", self.p999_us),
+            ("max_us", self.max_us),
+            ("reference_bytes_per_s", self.reference_bytes_per_s),
+            ("ratio_to_reference", self.ratio_to_reference),
+        ];
+        for (k, v) in fields {
             if let Some(v) = v {
                 m.insert(k.into(), json!(v));
             }
-        };
-        put("msgs_per_s", self.msgs_per_s);
-        put("bytes_per_s", self.bytes_per_s);
-        put("reference_bytes_per_s", self.reference_bytes_per_s);
-        put("ratio_to_reference", self.ratio_to_reference);
-        if let Some(f) = self.fsyncs {
-            m.insert("fsyncs".into(), json!(f));
+        }
+        if let Some(v) = self.order_violations {
+            m.insert("order_violations".into(), json!(v));
+        }
+        if let Some(v) = self.lost {
+            m.insert("lost".into(), json!(v));
+        }
+        for (k, v) in &self.extra {
+            m.insert((*k).into(), v.clone());
         }
         Value::Object(m)
     }
+}
+
+/// A latency distribution to draw: one series per label, all on one plot.
+#[derive(Debug, Clone)]
+pub struct LatencyPlot {
+    pub name: String,
+    pub title: String,
+    pub series: Vec<(String, Histogram<u64>)>,
+}
+
+/// What a scenario produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub rows: Vec<Row>,
+    pub plots: Vec<LatencyPlot>,
 }
 
 pub fn document(scenario: &str, params: Value, rows: &[Row]) -> Value {
@@ -39,7 +113,8 @@ pub fn document(scenario: &str, params: Value, rows: &[Row]) -> Value {
         "commit": commit(),
         "machine": {
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
-            "kernel": kernel(),
+            "kernel": read_trimmed("/proc/sys/kernel/osrelease"),
+            "memory_bytes": memory_bytes(),
         },
         "params": params,
         "results": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
@@ -47,28 +122,60 @@ pub fn document(scenario: &str, params: Value, rows: &[Row]) -> Value {
 }
 
 pub fn table(rows: &[Row]) -> String {
-    let mut out = format!(
-        "{:<24} {:>14} {:>12} {:>14} {:>8} {:>8}\n",
-        "scenario", "msgs/s", "MB/s", "reference MB/s", "ratio", "fsyncs"
-    );
+    let header = [
+        "scenario",
+        "msgs/s",
+        "MB/s",
+        "ref MB/s",
+        "ratio",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "order viol.",
+        "lost",
+    ];
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     let f = |v: Option<f64>, scale: f64, prec: usize| {
         v.map_or("-".to_string(), |v| format!("{:.*}", prec, v / scale))
     };
+    let n = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
     for r in rows {
-        out.push_str(&format!(
-            "{:<24} {:>14} {:>12} {:>14} {:>8} {:>8}\n",
-            r.name,
+        lines.push(vec![
+            r.name.clone(),
             f(r.msgs_per_s, 1.0, 0),
             f(r.bytes_per_s, 1e6, 1),
             f(r.reference_bytes_per_s, 1e6, 1),
             f(r.ratio_to_reference, 1.0, 3),
-            r.fsyncs.map_or("-".to_string(), |v| v.to_string()),
-        ));
+            f(r.p50_us, 1.0, 0),
+            f(r.p99_us, 1.0, 0),
+            f(r.p999_us, 1.0, 0),
+            f(r.max_us, 1.0, 0),
+            n(r.order_violations),
+            n(r.lost),
+        ]);
+    }
+    let widths: Vec<usize> =
+        (0..header.len()).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for l in &lines {
+        for (c, cell) in l.iter().enumerate() {
+            let pad = widths[c] - cell.chars().count();
+            if c == 0 {
+                out.push_str(cell);
+                out.push_str(&" ".repeat(pad));
+            } else {
+                out.push_str("  ");
+                out.push_str(&" ".repeat(pad));
+                out.push_str(cell);
+            }
+        }
+        out.push('\n');
     }
     out
 }
 
-fn commit() -> String {
+pub fn commit() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
@@ -77,7 +184,51 @@ fn commit() -> String {
         .map_or_else(|| "unknown".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
-fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+}
+
+fn memory_bytes() -> u64 {
+    read_trimmed("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Resident memory of this process, from /proc/self/statm.
+pub fn rss_bytes() -> u64 {
+    let page = 4096;
+    read_trimmed("/proc/self/statm")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(0, |p| p * page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_omits_what_does_not_apply_and_table_aligns() {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for v in [10, 20, 30, 1000] {
+            h.record(v).unwrap();
+        }
+        let rows = vec![
+            Row::named("a").with_throughput(100, 1000, 1.0, Some(2000.0)),
+            Row::named("b").with_latency(&h).extra("fsyncs", 7),
+        ];
+        let doc = document("produce", json!({"x": 1}), &rows);
+        assert_eq!(doc["scenario"], "produce");
+        assert_eq!(doc["results"][0]["ratio_to_reference"], 0.5);
+        assert!(doc["results"][0].get("p99_us").is_none());
+        assert!(doc["results"][1].get("msgs_per_s").is_none());
+        assert_eq!(doc["results"][1]["max_us"], 1000.0);
+        assert_eq!(doc["results"][1]["fsyncs"], 7);
+        let t = table(&rows);
+        let widths: Vec<usize> = t.lines().map(|l| l.chars().count()).collect();
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");
+    }
 }

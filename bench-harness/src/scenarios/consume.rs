@@ -1,0 +1,125 @@
+//! `consume`: catch-up read of a pre-filled log by embedded consumers (one per partition,
+//! fetching whole batches and reading their bytes with `pread` on the consumer's thread),
+//! compared with reading the same segment files sequentially with plain `pread` in the same run.
+//! The network variant (zero-copy over loopback) comes with the Kafka server.
+
+use std::time::Instant;
+
+use serde_json::json;
+use spate::io::BackendChoice;
+use spate::log::{Durability, LogConfig};
+use spate::{Backpressure, FetchOptions};
+
+use crate::reference::read_reference;
+use crate::report::{Outcome, Row};
+use crate::workload;
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub total_bytes: u64,
+    pub message_bytes: usize,
+    pub batch_messages: usize,
+    pub partitions: u32,
+    pub fetch_bytes: u64,
+    pub backend: BackendChoice,
+}
+
+impl Params {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "total_bytes": self.total_bytes, "message_bytes": self.message_bytes,
+            "batch_messages": self.batch_messages, "partitions": self.partitions, "fetch_bytes": self.fetch_bytes,
+        })
+    }
+}
+
+pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
+    let (engine, dir) = workload::engine(root, 2, p.backend)?;
+    engine.create_topic(
+        "bench",
+        p.partitions,
+        LogConfig { durability: Durability::Never, ..LogConfig::default() },
+    )?;
+    let batch = workload::batch(p.message_bytes, p.batch_messages);
+    let batches = (p.total_bytes / batch.len() as u64).max(u64::from(p.partitions));
+    progress(&format!("consume: filling {} MiB", (batches * batch.len() as u64) >> 20));
+    for i in 0..batches {
+        engine.produce_batch(
+            "bench",
+            (i % u64::from(p.partitions)) as u32,
+            batch.clone(),
+            &Backpressure::Buffer,
+        )?;
+    }
+    progress("consume: catch-up read, embedded");
+    let start = Instant::now();
+    let (bytes, messages) = std::thread::scope(|s| -> anyhow::Result<(u64, u64)> {
+        let handles: Vec<_> = (0..p.partitions)
+            .map(|partition| {
+                let engine = engine.clone();
+                s.spawn(move || -> anyhow::Result<(u64, u64)> {
+                    let end = engine.list_offset("bench", partition, spate::OffsetSpec::Latest)?.unwrap_or(0);
+                    let options = FetchOptions { max_bytes: p.fetch_bytes, ..FetchOptions::default() };
+                    let (mut offset, mut bytes) = (0i64, 0u64);
+                    let mut buf = Vec::with_capacity(p.fetch_bytes as usize * 2);
+                    while offset < end {
+                        let fetched = engine.fetch("bench", partition, offset, options)?;
+                        buf.clear();
+                        fetched.slice.read_into(&mut buf)?;
+                        bytes += buf.len() as u64;
+                        offset = fetched.next_offset();
+                    }
+                    Ok((bytes, end as u64))
+                })
+            })
+            .collect();
+        let mut total = (0, 0);
+        for h in handles {
+            let (b, m) = h.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+            total = (total.0 + b, total.1 + m);
+        }
+        Ok(total)
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    engine.shutdown()?;
+    progress("consume: reference read of the same files");
+    let mut files = Vec::new();
+    for partition in 0..p.partitions {
+        for e in std::fs::read_dir(dir.path().join("data").join(format!("bench-{partition}")))? {
+            let path = e?.path();
+            if path.extension().is_some_and(|x| x == "log") {
+                files.push(path);
+            }
+        }
+    }
+    let reference = read_reference(&files, p.fetch_bytes as usize)?;
+    let row = Row::named("consume embedded catch-up").with_throughput(messages, bytes, secs, Some(reference));
+    Ok(Outcome { rows: vec![row], plots: Vec::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_everything_back_with_a_reference_ratio() {
+        let root = tempfile::tempdir().unwrap();
+        let p = Params {
+            total_bytes: 4 << 20,
+            message_bytes: 1024,
+            batch_messages: 16,
+            partitions: 2,
+            fetch_bytes: 1 << 20,
+            backend: BackendChoice::Fallback,
+        };
+        let out = run(root.path(), &p, &|_| {}).unwrap();
+        let r = &out.rows[0];
+        let batch_len = workload::batch(1024, 16).len() as u64;
+        let expect_bytes = (4u64 << 20) / batch_len * batch_len;
+        assert!(r.bytes_per_s.unwrap() > 0.0);
+        assert!(r.ratio_to_reference.unwrap() > 0.0);
+        // msgs counted are offsets read: every message of every batch.
+        let msgs = r.msgs_per_s.unwrap() * (expect_bytes as f64 / r.bytes_per_s.unwrap());
+        assert!((msgs - (expect_bytes / batch_len * 16) as f64).abs() < 1.0, "{msgs}");
+    }
+}

@@ -1,0 +1,217 @@
+//! `latency`: open-loop end-to-end latency at fixed rates. A producer sends message `i` at its
+//! due time `start + i / rate` without waiting for anything; consumers long-poll each partition
+//! and record, for every message, the time from its *due* time to the moment they see it, in
+//! HdrHistogram. A stall anywhere (producer, engine or consumer) therefore shows for every
+//! message it delays: there is no coordinated omission.
+//!
+//! The sweep first measures the maximum rate (closed loop, as many single-record produces as the
+//! producers can complete), then reports latency at fractions of it (10%, 50%, 80% by default).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+use spate::io::BackendChoice;
+use spate::log::{Durability, LogConfig};
+use spate::record::Record;
+use spate::{Engine, FetchOptions, Target};
+
+use crate::report::{LatencyPlot, Outcome, Row};
+use crate::workload::{self, Schedule};
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub message_bytes: usize,
+    pub partitions: u32,
+    pub shards: usize,
+    pub durabilities: Vec<Durability>,
+    /// Fractions of the measured maximum rate to run at.
+    pub fractions: Vec<f64>,
+    /// Fixed rates (messages per second) instead of fractions of the maximum.
+    pub rates: Vec<f64>,
+    pub seconds: f64,
+    pub backend: BackendChoice,
+    /// Stall one consumer on purpose for `.1` after `.0` (for the coordinated-omission check).
+    pub consumer_stall: Option<(Duration, Duration)>,
+}
+
+impl Params {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "message_bytes": self.message_bytes, "partitions": self.partitions, "shards": self.shards,
+            "durability": self.durabilities.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            "fractions_of_max": self.fractions, "rates": self.rates, "seconds": self.seconds,
+        })
+    }
+}
+
+/// The closed-loop maximum: single-record produces from 8 threads for `seconds`.
+fn max_rate(engine: &Engine, message_bytes: usize, seconds: f64) -> anyhow::Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (stop, done, engine) = (Arc::clone(&stop), Arc::clone(&done), engine.clone());
+                s.spawn(move || -> anyhow::Result<()> {
+                    let value = vec![0u8; message_bytes];
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = Record { timestamp: 0, key: None, value: Some(&value), headers: &[] };
+                        engine.produce("lat", Target::Any, &[r])?;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// One open-loop run at `rate`; returns the latency histogram and the messages seen.
+pub fn open_loop(engine: &Engine, p: &Params, rate: f64) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let total = (rate * p.seconds).max(1.0) as u64;
+    let start = Instant::now() + Duration::from_millis(20);
+    let schedule = Schedule::new(start, rate);
+    // Consumers start at the current end of each partition.
+    let mut starts = Vec::new();
+    for partition in 0..p.partitions {
+        starts.push(engine.list_offset("lat", partition, spate::OffsetSpec::Latest)?.unwrap_or(0));
+    }
+    let seen = Arc::new(AtomicU64::new(0));
+    let histogram = std::thread::scope(|s| -> anyhow::Result<Histogram<u64>> {
+        let consumers: Vec<_> = (0..p.partitions)
+            .map(|partition| {
+                let (engine, seen, mut offset) =
+                    (engine.clone(), Arc::clone(&seen), starts[partition as usize]);
+                let stall = p.consumer_stall.filter(|_| partition == 0);
+                s.spawn(move || -> anyhow::Result<Histogram<u64>> {
+                    let mut h = workload::histogram();
+                    let options =
+                        FetchOptions { max_wait: Duration::from_millis(50), ..FetchOptions::default() };
+                    let mut stalled = false;
+                    while seen.load(Ordering::Acquire) < total {
+                        if let Some((at, for_)) = stall {
+                            if !stalled && start.elapsed() >= at {
+                                stalled = true;
+                                std::thread::sleep(for_);
+                            }
+                        }
+                        let fetched = engine.fetch("lat", partition, offset, options)?;
+                        for r in fetched.records(offset)? {
+                            let due = r
+                                .value
+                                .as_deref()
+                                .and_then(|v| v.get(..8))
+                                .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+                            h.saturating_record(schedule.latency_us(due).max(1));
+                            seen.fetch_add(1, Ordering::AcqRel);
+                            offset = r.offset + 1;
+                        }
+                    }
+                    Ok(h)
+                })
+            })
+            .collect();
+        // The producer: fire at each due time, never waiting for acknowledgements.
+        let value_len = p.message_bytes.max(8);
+        for i in 0..total {
+            let due = schedule.wait_for(i);
+            let mut value = vec![0u8; value_len];
+            value[..8].copy_from_slice(&due.to_be_bytes());
+            let r = Record { timestamp: 0, key: None, value: Some(&value), headers: &[] };
+            let partition = (i % u64::from(p.partitions)) as u32;
+            drop(engine.produce_async("lat", Target::Partition(partition), &[r]));
+        }
+        let mut all = workload::histogram();
+        for c in consumers {
+            all.add(c.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??)?;
+        }
+        Ok(all)
+    })?;
+    Ok((histogram, seen.load(Ordering::Acquire)))
+}
+
+pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
+    let mut out = Outcome::default();
+    for &durability in &p.durabilities {
+        let (engine, _dir) = workload::engine(root, p.shards, p.backend)?;
+        engine.create_topic("lat", p.partitions, LogConfig { durability, ..LogConfig::default() })?;
+        let mut rates: Vec<(String, f64)> = p.rates.iter().map(|&r| (format!("{r:.0}/s"), r)).collect();
+        if !p.fractions.is_empty() {
+            progress(&format!("latency {durability}: measuring the maximum rate"));
+            let max = max_rate(&engine, p.message_bytes, 1.0)?;
+            let mut row = Row::named(format!("latency {durability} max (closed loop)"));
+            row.msgs_per_s = Some(max);
+            out.rows.push(row);
+            rates.extend(p.fractions.iter().map(|f| (format!("{:.0}% of max", f * 100.0), max * f)));
+        }
+        let mut plot = LatencyPlot {
+            name: format!("latency-{durability}").replace(':', "-"),
+            title: format!("End-to-end latency, durability {durability}, open loop"),
+            series: Vec::new(),
+        };
+        for (label, rate) in rates {
+            progress(&format!("latency {durability}: {label} ({rate:.0} msgs/s) for {:.1} s", p.seconds));
+            let (h, seen) = open_loop(&engine, p, rate)?;
+            let mut row = Row::named(format!("latency {durability} {label}")).with_latency(&h);
+            row.msgs_per_s = Some(rate);
+            out.rows.push(row.extra("messages", seen));
+            plot.series.push((label, h));
+        }
+        out.plots.push(plot);
+        engine.shutdown()?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No coordinated omission: a consumer stalled for 300 ms must show in the tail, and in
+    /// every message that was due during the stall, not in one sample.
+    #[test]
+    fn a_stalled_consumer_shows_in_the_measured_tail() {
+        let root = tempfile::tempdir().unwrap();
+        let (engine, _dir) = workload::engine(root.path(), 1, BackendChoice::Fallback).unwrap();
+        engine
+            .create_topic("lat", 1, LogConfig { durability: Durability::Never, ..LogConfig::default() })
+            .unwrap();
+        let rate = 2_000.0;
+        let stall = Duration::from_millis(300);
+        let p = Params {
+            message_bytes: 16,
+            partitions: 1,
+            shards: 1,
+            durabilities: vec![],
+            fractions: vec![],
+            rates: vec![],
+            seconds: 1.2,
+            backend: BackendChoice::Fallback,
+            consumer_stall: Some((Duration::from_millis(400), stall)),
+        };
+        let (h, seen) = open_loop(&engine, &p, rate).unwrap();
+        assert_eq!(seen, 2_400);
+        assert!(h.max() >= 250_000, "the stall is in the tail: max {} µs", h.max());
+        // Messages due in the first half of the stall waited at least 150 ms: about 300 of them.
+        let delayed = h
+            .iter_recorded()
+            .filter(|v| v.value_iterated_to() >= 150_000)
+            .map(|v| v.count_at_value())
+            .sum::<u64>();
+        assert!(delayed >= 200, "every delayed message is counted, not just one: {delayed}");
+        // Without the stall the same run has a tail far below it.
+        let (calm, _) = open_loop(&engine, &Params { consumer_stall: None, ..p }, rate).unwrap();
+        assert!(calm.value_at_quantile(0.99) < 100_000, "p99 {} µs", calm.value_at_quantile(0.99));
+    }
+}

@@ -1,0 +1,7 @@
+//! The scenarios of docs/benchmarks.md, each returning rows and plots.
+
+pub mod backpressure;
+pub mod consume;
+pub mod hol;
+pub mod latency;
+pub mod produce;

@@ -1,0 +1,129 @@
+//! `produce`: N producer threads append batches of B messages of S bytes to P partitions of an
+//! embedded engine, once per durability mode; each row is compared with the `pwrite` reference of
+//! the same byte count measured right after it in the same directory (and with O_DIRECT where
+//! the file system allows it).
+
+use std::time::Instant;
+
+use serde_json::json;
+use spate::io::BackendChoice;
+use spate::log::{Durability, LogConfig};
+use spate::Backpressure;
+
+use crate::reference::write_reference;
+use crate::report::{Outcome, Row};
+use crate::workload;
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub message_bytes: usize,
+    pub batch_messages: usize,
+    pub total_bytes: u64,
+    pub producers: usize,
+    pub partitions: u32,
+    pub shards: usize,
+    pub durabilities: Vec<Durability>,
+    pub backend: BackendChoice,
+    /// Prefix of the row names.
+    pub label: String,
+}
+
+impl Params {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "message_bytes": self.message_bytes, "batch_messages": self.batch_messages,
+            "total_bytes": self.total_bytes, "producers": self.producers, "partitions": self.partitions,
+            "shards": self.shards,
+            "durability": self.durabilities.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        })
+    }
+}
+
+pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
+    let batch = workload::batch(p.message_bytes, p.batch_messages);
+    let batches_total = (p.total_bytes / batch.len() as u64).max(p.producers as u64);
+    let bytes_total = batches_total * batch.len() as u64;
+    let messages_total = batches_total * p.batch_messages as u64;
+    let mut out = Outcome::default();
+    for &durability in &p.durabilities {
+        progress(&format!("{} durability={durability}: {} MiB", p.label, bytes_total >> 20));
+        let (engine, dir) = workload::engine(root, p.shards, p.backend)?;
+        let config =
+            LogConfig { durability, retention_age: None, batch_bytes_max: 8 << 20, ..LogConfig::default() };
+        engine.create_topic("bench", p.partitions, config)?;
+        let per_producer = batches_total / p.producers as u64;
+        let start = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let handles: Vec<_> = (0..p.producers)
+                .map(|i| {
+                    let (engine, batch) = (engine.clone(), &batch);
+                    let n = per_producer + u64::from((i as u64) < batches_total % p.producers as u64);
+                    s.spawn(move || -> anyhow::Result<()> {
+                        for j in 0..n {
+                            let partition =
+                                ((i as u64 + j * p.producers as u64) % u64::from(p.partitions)) as u32;
+                            engine.produce_batch("bench", partition, batch.clone(), &Backpressure::Buffer)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+            }
+            Ok(())
+        })?;
+        let stats = engine.stats()?;
+        // Shutdown writes and syncs what is left: the covering sync the reference also pays.
+        engine.shutdown()?;
+        let secs = start.elapsed().as_secs_f64();
+        drop(engine);
+        drop(dir);
+        progress(&format!("{} reference writes of {} MiB", p.label, bytes_total >> 20));
+        let reference = write_reference(root, bytes_total, batch.len())?;
+        let fsyncs: u64 = stats.iter().map(|s| s.commit_fsyncs).sum();
+        let mut row = Row::named(format!("{} {durability}", p.label))
+            .with_throughput(messages_total, bytes_total, secs, Some(reference.pwrite_bytes_per_s))
+            .extra("fsyncs", fsyncs)
+            .extra("messages", messages_total);
+        if let Some(direct) = reference.direct_bytes_per_s {
+            row = row
+                .extra("direct_reference_bytes_per_s", direct)
+                .extra("ratio_to_direct", bytes_total as f64 / secs / direct);
+        }
+        out.rows.push(row);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_carry_reference_ratios() {
+        let root = tempfile::tempdir().unwrap();
+        let p = Params {
+            message_bytes: 1024,
+            batch_messages: 16,
+            total_bytes: 4 << 20,
+            producers: 2,
+            partitions: 2,
+            shards: 2,
+            durabilities: vec![Durability::Never, Durability::Always],
+            backend: BackendChoice::Fallback,
+            label: "produce 1KiB".into(),
+        };
+        let out = run(root.path(), &p, &|_| {}).unwrap();
+        assert_eq!(out.rows.len(), 2);
+        for r in &out.rows {
+            let ratio = r.ratio_to_reference.unwrap();
+            assert!(ratio.is_finite() && ratio > 0.0, "{r:?}");
+            assert!(r.msgs_per_s.unwrap() > 0.0);
+        }
+        assert_eq!(out.rows[0].name, "produce 1KiB never");
+        let fsyncs = |r: &Row| r.extra.iter().find(|(k, _)| *k == "fsyncs").unwrap().1.as_u64().unwrap();
+        assert_eq!(fsyncs(&out.rows[0]), 0, "never syncs only at shutdown, outside the commits");
+        assert!(fsyncs(&out.rows[1]) >= 1);
+    }
+}

@@ -1,0 +1,97 @@
+//! Shared pieces of the scenarios: batches of fixed-size messages, an engine in a scratch
+//! directory, an open-loop schedule, and a latency histogram.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use spate::io::BackendChoice;
+use spate::record::{BatchBuilder, BatchOptions, Record};
+use spate::{Engine, EngineConfig};
+
+/// One batch of `count` messages of `bytes` bytes each (values only, no key).
+pub fn batch(bytes: usize, count: usize) -> Vec<u8> {
+    let value: Vec<u8> = (0..bytes).map(|i| (i % 253) as u8).collect();
+    let mut b = BatchBuilder::new(BatchOptions::default());
+    for _ in 0..count {
+        b.push(&Record { timestamp: 1_700_000_000_000, key: None, value: Some(&value), headers: &[] });
+    }
+    b.finish()
+}
+
+/// An engine in a fresh directory under `root`, with `shards` shards.
+pub fn engine(
+    root: &Path,
+    shards: usize,
+    backend: BackendChoice,
+) -> anyhow::Result<(Engine, tempfile::TempDir)> {
+    let dir = tempfile::tempdir_in(root)?;
+    let engine =
+        Engine::open(dir.path(), EngineConfig { shards, io_backend: backend, ..EngineConfig::default() })?;
+    Ok((engine, dir))
+}
+
+/// A latency histogram in microseconds, 1 µs to 1 hour, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// An open-loop schedule: message `i` is due at `start + offset + i * interval`, whether or not
+/// anything before it has finished. Latency is measured from that due time, so a stall that
+/// delays sending is counted for every message it delays (no coordinated omission).
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub start: Instant,
+    pub interval: Duration,
+    pub offset: Duration,
+}
+
+impl Schedule {
+    pub fn new(start: Instant, per_second: f64) -> Schedule {
+        Schedule {
+            start,
+            interval: Duration::from_secs_f64(1.0 / per_second.max(1e-9)),
+            offset: Duration::ZERO,
+        }
+    }
+
+    /// The due time of message `i`, in nanoseconds since `start`.
+    pub fn due_ns(&self, i: u64) -> u64 {
+        (self.offset + self.interval.mul_f64(i as f64)).as_nanos() as u64
+    }
+
+    /// Waits until message `i` is due (sleeping, then spinning for the last stretch) and
+    /// returns its due time in nanoseconds since `start`.
+    pub fn wait_for(&self, i: u64) -> u64 {
+        let due = self.due_ns(i);
+        loop {
+            let now = self.start.elapsed().as_nanos() as u64;
+            if now >= due {
+                return due;
+            }
+            let left = due - now;
+            if left > 200_000 {
+                std::thread::sleep(Duration::from_nanos(left - 100_000));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Microseconds from message due at `due_ns` until now.
+    pub fn latency_us(&self, due_ns: u64) -> u64 {
+        (self.start.elapsed().as_nanos() as u64).saturating_sub(due_ns) / 1000
+    }
+}
+
+/// Busy-waits for `d`: simulated processing that occupies its thread like real work would.
+pub fn work_for(d: Duration) {
+    if d >= Duration::from_millis(2) {
+        std::thread::sleep(d);
+        return;
+    }
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
