@@ -99,24 +99,40 @@ fn direct_write(dir: &Path, total_bytes: u64) -> anyhow::Result<f64> {
     Ok((blocks * BLOCK as u64) as f64 / secs)
 }
 
-/// Reads every file in `files` sequentially with `pread` into a buffer of `chunk_bytes`;
-/// returns bytes per second. The catch-up read reference.
-pub fn read_reference(files: &[std::path::PathBuf], chunk_bytes: usize) -> anyhow::Result<f64> {
-    let mut buf = vec![0u8; chunk_bytes.max(4096)];
-    let mut total = 0u64;
+/// Reads every file of every group with `pread` into a buffer of `chunk_bytes`, one thread
+/// per group (the same parallelism as the readers it is compared with); returns bytes per
+/// second. The catch-up read reference.
+pub fn read_reference(groups: &[Vec<std::path::PathBuf>], chunk_bytes: usize) -> anyhow::Result<f64> {
     let start = Instant::now();
-    for path in files {
-        let file = std::fs::File::open(path)?;
-        let mut offset = 0u64;
-        loop {
-            let n = file.read_at(&mut buf, offset)?;
-            if n == 0 {
-                break;
-            }
-            offset += n as u64;
-            total += n as u64;
+    let total = std::thread::scope(|s| -> anyhow::Result<u64> {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|files| {
+                s.spawn(move || -> std::io::Result<u64> {
+                    let mut buf = vec![0u8; chunk_bytes.max(4096)];
+                    let mut total = 0u64;
+                    for path in files {
+                        let file = std::fs::File::open(path)?;
+                        let mut offset = 0u64;
+                        loop {
+                            let n = file.read_at(&mut buf, offset)?;
+                            if n == 0 {
+                                break;
+                            }
+                            offset += n as u64;
+                            total += n as u64;
+                        }
+                    }
+                    Ok(total)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for h in handles {
+            total += h.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
         }
-    }
+        Ok(total)
+    })?;
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
@@ -135,6 +151,6 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "reference files removed");
         let f = dir.path().join("x");
         std::fs::write(&f, vec![1u8; 100_000]).unwrap();
-        assert!(read_reference(&[f], 4096).unwrap() > 0.0);
+        assert!(read_reference(&[vec![f]], 4096).unwrap() > 0.0);
     }
 }

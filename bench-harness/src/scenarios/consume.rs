@@ -83,16 +83,20 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     let secs = start.elapsed().as_secs_f64();
     engine.shutdown()?;
     progress("consume: reference read of the same files");
-    let mut files = Vec::new();
+    let mut groups = Vec::new();
     for partition in 0..p.partitions {
+        let mut files = Vec::new();
         for e in std::fs::read_dir(dir.path().join("data").join(format!("bench-{partition}")))? {
             let path = e?.path();
             if path.extension().is_some_and(|x| x == "log") {
                 files.push(path);
             }
         }
+        files.sort();
+        groups.push(files);
     }
-    let reference = read_reference(&files, p.fetch_bytes as usize)?;
+    // One reader thread per partition, as the consumers had.
+    let reference = read_reference(&groups, p.fetch_bytes as usize)?;
     let row = Row::named("consume embedded catch-up").with_throughput(messages, bytes, secs, Some(reference));
     Ok(Outcome { rows: vec![row], plots: Vec::new() })
 }
