@@ -61,12 +61,14 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
                     let end = engine.list_offset("bench", partition, spate::OffsetSpec::Latest)?.unwrap_or(0);
                     let options = FetchOptions { max_bytes: p.fetch_bytes, ..FetchOptions::default() };
                     let (mut offset, mut bytes) = (0i64, 0u64);
-                    let mut buf = Vec::with_capacity(p.fetch_bytes as usize * 2);
+                    // One buffer, grown when a fetch needs more and never cleared.
+                    let mut buf = vec![0u8; p.fetch_bytes as usize];
                     while offset < end {
                         let fetched = engine.fetch("bench", partition, offset, options)?;
-                        buf.clear();
-                        fetched.slice.read_into(&mut buf)?;
-                        bytes += buf.len() as u64;
+                        if buf.len() < fetched.slice.len as usize {
+                            buf.resize(fetched.slice.len as usize, 0);
+                        }
+                        bytes += fetched.slice.read_to(&mut buf)?.len() as u64;
                         offset = fetched.next_offset();
                     }
                     Ok((bytes, end as u64))

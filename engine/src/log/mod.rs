@@ -59,6 +59,21 @@ pub struct ReadSlice {
 }
 
 impl ReadSlice {
+    /// Reads the slice's bytes into the front of `buf`, which must hold at least `len` bytes;
+    /// returns the filled part. Lets a reader reuse one buffer without clearing it.
+    pub fn read_to<'b>(&self, buf: &'b mut [u8]) -> std::io::Result<&'b [u8]> {
+        let len = self.len as usize;
+        let available = buf.len();
+        let dst = buf.get_mut(..len).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("buffer of {available} bytes for a {len}-byte slice"),
+            )
+        })?;
+        self.file.read_exact_at(dst, self.position)?;
+        Ok(dst)
+    }
+
     /// Copies the slice's bytes into `out` (for embedded readers; the network path uses sendfile).
     pub fn read_into(&self, out: &mut Vec<u8>) -> std::io::Result<()> {
         let start = out.len();
