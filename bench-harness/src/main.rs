@@ -67,6 +67,9 @@ struct ProduceArgs {
     total_mib: u64,
     #[arg(long, default_value_t = 4)]
     producers: usize,
+    /// Batches each producer keeps in flight.
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
     #[arg(long, default_value_t = 2)]
     partitions: u32,
     /// Shard threads (0: one per core).
@@ -161,6 +164,7 @@ fn produce_params(a: &ProduceArgs, backend: BackendChoice, label: &str) -> produ
         shards: a.shards,
         durabilities: a.durability.clone(),
         backend,
+        in_flight: a.in_flight.max(1),
         label: label.to_string(),
     }
 }
@@ -187,6 +191,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
             Durability::Always,
         ],
         backend,
+        in_flight: 8,
         label: "produce 1KiB".into(),
     };
     add("produce", p.to_json(), produce::run(root, &p, progress)?);
@@ -199,6 +204,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         shards: 1,
         durabilities: vec![Durability::Never],
         backend,
+        in_flight: 8,
         label: "produce 100B 1 shard".into(),
     };
     add("produce_100b", small.to_json(), produce::run(root, &small, progress)?);

@@ -24,6 +24,8 @@ pub struct Params {
     pub shards: usize,
     pub durabilities: Vec<Durability>,
     pub backend: BackendChoice,
+    /// Batches each producer keeps in flight (like a Kafka client's in-flight requests).
+    pub in_flight: usize,
     /// Prefix of the row names.
     pub label: String,
 }
@@ -33,7 +35,7 @@ impl Params {
         json!({
             "message_bytes": self.message_bytes, "batch_messages": self.batch_messages,
             "total_bytes": self.total_bytes, "producers": self.producers, "partitions": self.partitions,
-            "shards": self.shards,
+            "shards": self.shards, "in_flight": self.in_flight,
             "durability": self.durabilities.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
         })
     }
@@ -59,10 +61,24 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
                     let (engine, batch) = (engine.clone(), &batch);
                     let n = per_producer + u64::from((i as u64) < batches_total % p.producers as u64);
                     s.spawn(move || -> anyhow::Result<()> {
+                        // Up to `in_flight` batches queued before waiting for the oldest ack.
+                        let mut in_flight = std::collections::VecDeque::with_capacity(p.in_flight);
                         for j in 0..n {
                             let partition =
                                 ((i as u64 + j * p.producers as u64) % u64::from(p.partitions)) as u32;
-                            engine.produce_batch("bench", partition, batch.clone(), &Backpressure::Buffer)?;
+                            if in_flight.len() >= p.in_flight.max(1) {
+                                workload::block_on(in_flight.pop_front().expect("non-empty"))?;
+                            }
+                            let fut = engine.produce_batch_async(
+                                "bench",
+                                partition,
+                                batch.clone(),
+                                &Backpressure::Buffer,
+                            );
+                            in_flight.push_back(Box::pin(fut));
+                        }
+                        for fut in in_flight {
+                            workload::block_on(fut)?;
                         }
                         Ok(())
                     })
@@ -112,6 +128,7 @@ mod tests {
             shards: 2,
             durabilities: vec![Durability::Never, Durability::Always],
             backend: BackendChoice::Fallback,
+            in_flight: 4,
             label: "produce 1KiB".into(),
         };
         let out = run(root.path(), &p, &|_| {}).unwrap();

@@ -385,6 +385,23 @@ impl Engine {
         wait(self.send_produce(id, batch, backpressure)?)
     }
 
+    /// [`Engine::produce_batch`] as a future: the batch is queued when this is called, so a
+    /// producer can keep several batches in flight (as Kafka clients do) and let group commit
+    /// cover them with one fsync.
+    pub fn produce_batch_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Vec<u8>,
+        backpressure: &Backpressure,
+    ) -> impl Future<Output = Result<ProduceAck, EngineError>> + Send + 'static {
+        let rx = reject_internal(topic)
+            .and_then(|()| backpressure.validate())
+            .and_then(|()| self.resolve(topic, Target::Partition(partition)))
+            .and_then(|id| self.send_produce(id, batch, backpressure));
+        async move { wait_async(rx?).await }
+    }
+
     fn send_produce(
         &self,
         id: PartitionId,
