@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, and every test, with the I/O tests run on both
-# backends (io_uring and the pwritev fallback). Installs nothing yet: the suite needs only cargo.
-# Set SPATE_REQUIRE_URING=1 to fail, rather than skip, where io_uring is unavailable.
+# backends (io_uring and the pwritev fallback). Installs what the tests need that is missing:
+# nats-server and redis-server (Debian packages) for the peers benchmark test, when run as root.
+# Set SPATE_REQUIRE_URING=1 (and SPATE_REQUIRE_MOUNT=1, SPATE_REQUIRE_PEERS=1) to fail, rather
+# than skip, where io_uring (a tmpfs mount, the peers) is unavailable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  step "peers for the benchmark tests (nats-server, redis-server)"
+  bash scripts/install-peers.sh
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

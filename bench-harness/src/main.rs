@@ -20,7 +20,7 @@ use spate::io::BackendChoice;
 use spate::log::Durability;
 
 use report::Outcome;
-use scenarios::{backpressure, consume, hol, latency, produce};
+use scenarios::{backpressure, consume, hol, latency, peers, produce};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,6 +55,23 @@ enum Scenario {
     Hol(HolArgs),
     /// A producer faster than its consumer under each backpressure policy.
     Backpressure(BackpressureArgs),
+    /// The same produce/consume workload against Spate, Redis Streams and NATS JetStream
+    /// (install them with scripts/install-peers.sh).
+    Peers(PeersArgs),
+}
+
+#[derive(Debug, Args)]
+struct PeersArgs {
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    #[arg(long, default_value_t = 1024)]
+    message_bytes: usize,
+    /// never or always (interval:<ms> maps to Redis everysec).
+    #[arg(long, default_value = "never")]
+    durability: Durability,
+    /// Messages per pipelined round: a Spate batch, a Redis pipeline, a NATS round.
+    #[arg(long, default_value_t = 100)]
+    pipeline: usize,
 }
 
 #[derive(Debug, Args)]
@@ -325,6 +342,16 @@ fn main() -> anyhow::Result<()> {
                 backend,
             };
             ("backpressure", p.to_json(), backpressure::run(&root, &p, &progress)?)
+        }
+        Scenario::Peers(a) => {
+            let p = peers::Params {
+                messages: a.messages.max(1),
+                message_bytes: a.message_bytes.max(1),
+                durability: a.durability,
+                pipeline: a.pipeline.max(1),
+                backend,
+            };
+            ("peers", p.to_json(), peers::run(&root, &p, &progress)?)
         }
     };
     let mut params = params;

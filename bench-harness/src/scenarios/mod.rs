@@ -4,4 +4,5 @@ pub mod backpressure;
 pub mod consume;
 pub mod hol;
 pub mod latency;
+pub mod peers;
 pub mod produce;

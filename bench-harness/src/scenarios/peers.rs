@@ -1,0 +1,335 @@
+//! `peers`: the same produce-then-consume workload — same message size, count and durability
+//! request — against Spate (embedded), Redis Streams and NATS JetStream, all on this machine in
+//! this run, each client pipelining its sends. Servers are the Debian packages `redis-server` and
+//! `nats-server` (install with `scripts/install-peers.sh`), started here on loopback ports with
+//! their data in the benchmark directory, and stopped at the end.
+//!
+//! Durability, per system:
+//! - Spate: the topic's `never` / `always` (group commit, acknowledged after fdatasync);
+//! - Redis: `never` = no AOF; `always` = AOF with `appendfsync always`;
+//! - NATS JetStream 2.9 (Debian's): file storage, flushed on its own schedule either way (it has
+//!   no per-message sync setting before 2.10), so its `always` row is not equal durability; the
+//!   row says so.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use spate::io::BackendChoice;
+use spate::log::{Durability, LogConfig};
+use spate::{Backpressure, FetchOptions};
+
+use crate::report::{Outcome, Row};
+use crate::workload;
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub messages: u64,
+    pub message_bytes: usize,
+    pub durability: Durability,
+    /// Messages per pipelined round (a Spate batch, a Redis pipeline, a NATS flush).
+    pub pipeline: usize,
+    pub backend: BackendChoice,
+}
+
+impl Params {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "messages": self.messages, "message_bytes": self.message_bytes,
+            "durability": self.durability.to_string(), "pipeline": self.pipeline,
+        })
+    }
+}
+
+/// A server process, stopped when dropped.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(15),
+            "{what} did not start listening on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn spawn(program: &str, args: &[String]) -> anyhow::Result<Server> {
+    let child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot start {program} ({e}); install the peers with scripts/install-peers.sh")
+        })?;
+    Ok(Server(child))
+}
+
+/// One row per system and direction.
+fn rows(system: &str, durability: &str, p: &Params, produce_secs: f64, consume_secs: f64) -> [Row; 2] {
+    let bytes = p.messages * p.message_bytes as u64;
+    [
+        Row::named(format!("peers {system} produce ({durability})")).with_throughput(
+            p.messages,
+            bytes,
+            produce_secs,
+            None,
+        ),
+        Row::named(format!("peers {system} consume")).with_throughput(p.messages, bytes, consume_secs, None),
+    ]
+}
+
+fn run_spate(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
+    let (engine, _dir) = workload::engine(root, 0, p.backend)?;
+    engine.create_topic("peers", 1, LogConfig { durability: p.durability, ..LogConfig::default() })?;
+    let batch = workload::batch(p.message_bytes, p.pipeline);
+    let batches = p.messages / p.pipeline as u64;
+    let start = Instant::now();
+    let mut in_flight = std::collections::VecDeque::new();
+    for _ in 0..batches {
+        if in_flight.len() >= 8 {
+            workload::block_on(in_flight.pop_front().expect("non-empty"))?;
+        }
+        in_flight.push_back(Box::pin(engine.produce_batch_async(
+            "peers",
+            0,
+            batch.clone(),
+            &Backpressure::Buffer,
+        )));
+    }
+    for f in in_flight {
+        workload::block_on(f)?;
+    }
+    let produce = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let (mut offset, mut seen) = (0i64, 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    while seen < batches * p.pipeline as u64 {
+        let f = engine.fetch("peers", 0, offset, FetchOptions::default())?;
+        if buf.len() < f.slice.len as usize {
+            buf.resize(f.slice.len as usize, 0);
+        }
+        let bytes = f.slice.read_to(&mut buf)?;
+        for b in spate::record::batches(bytes) {
+            let b = b.map_err(spate::log::LogError::from)?;
+            seen += u64::from(b.header().last_offset_delta as u32) + 1;
+        }
+        offset = f.next_offset();
+    }
+    let consume = start.elapsed().as_secs_f64();
+    engine.shutdown()?;
+    Ok((produce, consume))
+}
+
+fn run_redis(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
+    let dir = tempfile::tempdir_in(root)?;
+    let port = free_port()?;
+    let mut args: Vec<String> =
+        ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--protected-mode", "no"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    args.extend(["--dir".to_string(), dir.path().display().to_string()]);
+    match p.durability {
+        Durability::Always => {
+            args.extend(["--appendonly", "yes", "--appendfsync", "always"].map(String::from))
+        }
+        Durability::Interval(_) => {
+            args.extend(["--appendonly", "yes", "--appendfsync", "everysec"].map(String::from))
+        }
+        Durability::Never => args.extend(["--appendonly", "no"].map(String::from)),
+    }
+    let _server = spawn("redis-server", &args)?;
+    wait_for_port(port, "redis-server")?;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let mut con = client.get_connection()?;
+    let value = vec![7u8; p.message_bytes];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < p.messages {
+        let n = (p.messages - sent).min(p.pipeline as u64);
+        let mut pipe = redis::pipe();
+        for _ in 0..n {
+            pipe.cmd("XADD").arg("bench").arg("*").arg("v").arg(&value[..]).ignore();
+        }
+        pipe.query::<()>(&mut con)?;
+        sent += n;
+    }
+    let produce = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let (mut from, mut seen) = ("-".to_string(), 0u64);
+    while seen < p.messages {
+        let reply: redis::streams::StreamRangeReply =
+            redis::cmd("XRANGE").arg("bench").arg(&from).arg("+").arg("COUNT").arg(1000).query(&mut con)?;
+        let Some(last) = reply.ids.last() else { break };
+        from = format!("({}", last.id);
+        seen += reply.ids.len() as u64;
+    }
+    anyhow::ensure!(seen == p.messages, "redis returned {seen} of {} entries", p.messages);
+    let consume = start.elapsed().as_secs_f64();
+    Ok((produce, consume))
+}
+
+fn run_nats(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir_in(root)?;
+    let port = free_port()?;
+    let args: Vec<String> =
+        ["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", &dir.path().display().to_string()]
+            .map(String::from)
+            .to_vec();
+    let mut server = spawn("nats-server", &args)?;
+    // Drain the server's log so it never blocks on a full pipe.
+    if let Some(stderr) = server.0.stderr.take() {
+        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    }
+    wait_for_port(port, "nats-server")?;
+    // The client is async (async-nats, the maintained one); one current-thread runtime drives it.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = async_nats::connect(format!("127.0.0.1:{port}")).await?;
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "bench".into(),
+                subjects: vec!["bench".into()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+        let payload = bytes::Bytes::from(vec![7u8; p.message_bytes]);
+        let start = Instant::now();
+        // Up to `pipeline` publishes awaiting their JetStream acknowledgement.
+        let mut acks = std::collections::VecDeque::with_capacity(p.pipeline);
+        for _ in 0..p.messages {
+            if acks.len() >= p.pipeline {
+                let ack: async_nats::jetstream::context::PublishAckFuture =
+                    acks.pop_front().expect("non-empty");
+                ack.await?;
+            }
+            acks.push_back(js.publish("bench", payload.clone()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        let produce = start.elapsed().as_secs_f64();
+        let stored = stream.info().await?.state.messages;
+        anyhow::ensure!(stored == p.messages, "JetStream stored {stored} of {} messages", p.messages);
+        let start = Instant::now();
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: "bench".into(),
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let mut seen = 0u64;
+        while seen < p.messages {
+            match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+                Ok(Some(m)) => {
+                    m?;
+                    seen += 1;
+                }
+                Ok(None) | Err(_) => anyhow::bail!("JetStream delivered {seen} of {} messages", p.messages),
+            }
+        }
+        Ok((produce, start.elapsed().as_secs_f64()))
+    })
+}
+
+pub fn run(root: &Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
+    let d = p.durability.to_string();
+    progress(&format!("peers: Spate, {} messages of {} B, durability {d}", p.messages, p.message_bytes));
+    let (sp, sc) = run_spate(root, p)?;
+    let mut out = Outcome::default();
+    out.rows.extend(rows("spate", &d, p, sp, sc));
+    progress("peers: Redis Streams");
+    let (rp, rc) = run_redis(root, p)?;
+    let redis_rows = rows(
+        "redis",
+        &format!(
+            "{d}: appendfsync {}",
+            match p.durability {
+                Durability::Always => "always",
+                Durability::Interval(_) => "everysec",
+                Durability::Never => "off (no AOF)",
+            }
+        ),
+        p,
+        rp,
+        rc,
+    );
+    progress("peers: NATS JetStream");
+    let (np, nc) = run_nats(root, p)?;
+    let nats_rows = rows("nats", "file storage, server-scheduled sync", p, np, nc);
+    for (mut row, spate_secs) in redis_rows.into_iter().chain(nats_rows).zip([sp, sc, sp, sc]) {
+        // How many times faster Spate was on the same work.
+        let peer_secs = p.messages as f64 / row.msgs_per_s.unwrap_or(f64::NAN);
+        row = row.extra("spate_speedup", peer_secs / spate_secs);
+        out.rows.push(row);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn installed(program: &str) -> bool {
+        Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    }
+
+    #[test]
+    fn spate_redis_and_nats_run_the_same_workload() {
+        if !(installed("redis-server") && installed("nats-server")) {
+            assert!(
+                std::env::var_os("SPATE_REQUIRE_PEERS").is_none(),
+                "SPATE_REQUIRE_PEERS is set but redis-server or nats-server is missing"
+            );
+            eprintln!("skipped: install the peers with scripts/install-peers.sh");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let p = Params {
+            messages: 2_000,
+            message_bytes: 256,
+            durability: Durability::Always,
+            pipeline: 100,
+            backend: BackendChoice::Fallback,
+        };
+        let out = run(root.path(), &p, &|_| {}).unwrap();
+        let names: Vec<&str> = out.rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names.len(), 6, "{names:?}");
+        for system in ["spate", "redis", "nats"] {
+            assert!(names.iter().any(|n| n.starts_with(&format!("peers {system} produce"))), "{names:?}");
+            assert!(names.contains(&format!("peers {system} consume").as_str()), "{names:?}");
+        }
+        for r in &out.rows {
+            assert!(r.msgs_per_s.unwrap() > 0.0, "{}", r.name);
+            if !r.name.contains("spate") {
+                assert!(
+                    r.extra.iter().any(|(k, v)| *k == "spate_speedup" && v.as_f64().unwrap() > 0.0),
+                    "{}",
+                    r.name
+                );
+            }
+        }
+    }
+}
