@@ -373,6 +373,9 @@ fn main() -> anyhow::Result<()> {
     for p in &outcome.plots {
         eprintln!("[spate-bench] plot: {}", plot::write(plot_dir, &stem, p)?.display());
     }
+    if let Some(path) = plot::write_throughput(plot_dir, &stem, &outcome.rows)? {
+        eprintln!("[spate-bench] plot: {}", path.display());
+    }
     eprintln!("[spate-bench] done in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }

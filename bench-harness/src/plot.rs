@@ -90,3 +90,79 @@ mod tests {
         assert!(svg.matches("<polyline").count() >= 2, "one line per series");
     }
 }
+
+/// Writes a bar chart of the throughput rows (those with a reference): the system's MB/s next to
+/// its reference's, as `<dir>/<stem>-throughput.svg`. `None` if no row has a reference.
+pub fn write_throughput(
+    dir: &Path,
+    stem: &str,
+    rows: &[crate::report::Row],
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    let bars: Vec<(&str, f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.name.as_str(), r.bytes_per_s? / 1e6, r.reference_bytes_per_s? / 1e6)))
+        .collect();
+    if bars.is_empty() {
+        return Ok(None);
+    }
+    let path = dir.join(format!("{stem}-throughput.svg"));
+    let y_max = bars.iter().map(|&(_, a, b)| a.max(b)).fold(1.0f64, f64::max) * 1.15;
+    let height = 120 + 70 * bars.len() as u32;
+    let root = SVGBackend::new(&path, (900, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let n = bars.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Throughput against the same-run reference (MB/s)", ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(10)
+        .build_cartesian_2d(0.0f64..y_max, 0.0f64..n as f64 + 0.8)?;
+    chart.configure_mesh().disable_y_mesh().disable_y_axis().x_desc("MB/s").draw()?;
+    for (i, &(name, value, reference)) in bars.iter().enumerate() {
+        let y = (n - 1 - i) as f64;
+        // The row's name above its pair of bars.
+        chart.draw_series([Text::new(name.to_string(), (y_max * 0.005, y + 1.05), ("sans-serif", 14))])?;
+        chart.draw_series([Rectangle::new([(0.0, y + 0.52), (value, y + 0.88)], BLUE.filled())])?;
+        chart.draw_series([Rectangle::new(
+            [(0.0, y + 0.12), (reference, y + 0.48)],
+            RGBColor(160, 160, 160).filled(),
+        )])?;
+    }
+    chart
+        .draw_series([Rectangle::new([(0.0, 0.0), (0.0, 0.0)], BLUE.filled())])?
+        .label("Spate")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], BLUE.filled()));
+    chart
+        .draw_series([Rectangle::new([(0.0, 0.0), (0.0, 0.0)], RGBColor(160, 160, 160).filled())])?
+        .label("reference (pwrite / pread)")
+        .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], RGBColor(160, 160, 160).filled()));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    drop(chart);
+    drop(root);
+    Ok(Some(path))
+}
+
+#[cfg(test)]
+mod throughput_tests {
+    use super::*;
+    use crate::report::Row;
+
+    #[test]
+    fn draws_one_pair_of_bars_per_throughput_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = vec![
+            Row::named("produce never").with_throughput(10, 2_000_000_000, 1.0, Some(1_800_000_000.0)),
+            Row::named("latency").with_throughput(10, 100, 1.0, None),
+        ];
+        let path = write_throughput(dir.path(), "run", &rows).unwrap().unwrap();
+        let svg = std::fs::read_to_string(path).unwrap();
+        assert!(svg.contains("produce never") && !svg.contains(">latency<"));
+        assert!(write_throughput(dir.path(), "none", &rows[1..]).unwrap().is_none());
+    }
+}
