@@ -84,6 +84,11 @@ impl Schedule {
     }
 }
 
+/// The due time (ns since the schedule's start) a message carries in its first 8 bytes.
+pub fn due_ns(value: Option<&[u8]>) -> u64 {
+    value.and_then(|v| v.get(..8)).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes)
+}
+
 /// Busy-waits for `d`: simulated processing that occupies its thread like real work would.
 pub fn work_for(d: Duration) {
     if d >= Duration::from_millis(2) {

@@ -81,11 +81,7 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
                 while !stop.load(Ordering::Acquire) {
                     let fetched = engine.fetch("bp", 0, offset, options)?;
                     for r in fetched.records(offset)?.into_iter().take(per_batch as usize) {
-                        let due = r
-                            .value
-                            .as_deref()
-                            .and_then(|v| v.get(..8))
-                            .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+                        let due = workload::due_ns(r.value.as_deref());
                         h.saturating_record(schedule.latency_us(due).max(1));
                         offset = r.offset + 1;
                         consumed.fetch_add(1, Ordering::Relaxed);

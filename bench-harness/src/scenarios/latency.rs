@@ -108,11 +108,7 @@ pub fn open_loop(engine: &Engine, p: &Params, rate: f64) -> anyhow::Result<(Hist
                         }
                         let fetched = engine.fetch("lat", partition, offset, options)?;
                         for r in fetched.records(offset)? {
-                            let due = r
-                                .value
-                                .as_deref()
-                                .and_then(|v| v.get(..8))
-                                .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+                            let due = workload::due_ns(r.value.as_deref());
                             h.saturating_record(schedule.latency_us(due).max(1));
                             seen.fetch_add(1, Ordering::AcqRel);
                             offset = r.offset + 1;

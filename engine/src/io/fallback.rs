@@ -27,9 +27,7 @@ impl Io for FallbackIo {
         let plan = Plan::build(writes, syncs);
         // Nothing ran asynchronously: `complete` runs every operation, chain by chain.
         plan.complete(writes, &vec![None; plan.ops.len()])?;
-        self.stats.writes += writes.len() as u64;
-        self.stats.write_bytes += writes.iter().map(|w| w.len() as u64).sum::<u64>();
-        self.stats.fsyncs += syncs.len() as u64;
+        self.stats.count(writes, syncs.len());
         Ok(())
     }
 

@@ -62,6 +62,15 @@ pub struct IoStats {
     pub fsyncs: u64,
 }
 
+impl IoStats {
+    /// Counts one completed submission of `writes` and `syncs` fsyncs.
+    pub(crate) fn count(&mut self, writes: &[Write<'_>], syncs: usize) {
+        self.writes += writes.len() as u64;
+        self.write_bytes += writes.iter().map(|w| w.len() as u64).sum::<u64>();
+        self.fsyncs += syncs as u64;
+    }
+}
+
 /// Which operation of a submission failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoOp {

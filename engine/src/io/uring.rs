@@ -176,9 +176,7 @@ impl Io for UringIo {
             self.run_round(&plan, &round, &iovecs, &iov_base, &mut results);
         }
         plan.complete(writes, &results)?;
-        self.stats.writes += writes.len() as u64;
-        self.stats.write_bytes += writes.iter().map(|w| w.len() as u64).sum::<u64>();
-        self.stats.fsyncs += syncs.len() as u64;
+        self.stats.count(writes, syncs.len());
         Ok(())
     }
 
