@@ -198,7 +198,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
     let p = produce::Params {
         message_bytes: 1024,
         batch_messages: 64,
-        total_bytes: 256 << 20,
+        total_bytes: 512 << 20,
         producers: 4,
         partitions: 2,
         shards: 0,
@@ -226,7 +226,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
     };
     add("produce_100b", small.to_json(), produce::run(root, &small, progress)?);
     let c = consume::Params {
-        total_bytes: 256 << 20,
+        total_bytes: 512 << 20,
         message_bytes: 1024,
         batch_messages: 64,
         partitions: 2,
@@ -244,6 +244,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         seconds: 2.0,
         backend,
         consumer_stall: None,
+        producer_stall: None,
     };
     add("latency", l.to_json(), latency::run(root, &l, progress)?);
     let h = hol::Params {
@@ -280,6 +281,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let root = cli.dir.clone().unwrap_or_else(|| PathBuf::from("target/spate-bench"));
     std::fs::create_dir_all(&root)?;
+    // Scratch directories of an earlier run that was interrupted (Ctrl-C) are ours to remove.
+    for entry in std::fs::read_dir(&root)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".tmp") && entry.path().is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        }
+    }
     let backend = cli.io_backend;
     let progress = progress_printer();
     let started = Instant::now();
@@ -315,6 +322,7 @@ fn main() -> anyhow::Result<()> {
                 seconds: a.seconds,
                 backend,
                 consumer_stall: None,
+                producer_stall: None,
             };
             ("latency", p.to_json(), latency::run(&root, &p, &progress)?)
         }

@@ -151,7 +151,11 @@ pub fn table(rows: &[Row]) -> String {
             f(r.p99_us, 1.0, 0),
             f(r.p999_us, 1.0, 0),
             f(r.max_us, 1.0, 0),
-            n(r.order_violations),
+            // Global violations, and per key where the scenario counts them.
+            match (r.order_violations, r.extra.iter().find(|(k, _)| *k == "order_violations_per_key")) {
+                (Some(g), Some((_, k))) => format!("{g} / {k} per key"),
+                (g, _) => n(g),
+            },
             n(r.lost),
         ]);
     }

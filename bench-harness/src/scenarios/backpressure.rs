@@ -2,8 +2,12 @@
 //! policy of the seed's three answers: `drop` (refuse, counted), `buffer` (the log absorbs the
 //! backlog) and `block` (the producer waits for the consumer). Reports what was lost, how memory
 //! grew (process RSS, bytes staged and parked in the shards) and how latency behaved (from each
-//! message's due time to its consumption, open loop). Each policy runs for a fixed time; what a
-//! blocked producer could not send in it is reported as `deferred`.
+//! message's due time to its consumption). Each policy runs for a fixed time; what a blocked
+//! producer could not send in it is reported as `deferred`. Messages still waiting at the end
+//! (unconsumed or deferred) enter the latency histogram with the time they had waited by then, a
+//! lower bound, so that the tail is not cut off at the end of the window. The producer calls the
+//! blocking `send` at each due time: under `block` it falls behind its schedule, and that lag is
+//! part of the latency, as it is for a real producer that blocks.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -104,6 +108,9 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
                 }
             });
             let mut produce_latency = workload::histogram();
+            // Due times of accepted messages, in offset order, to account at the end for those
+            // the consumer never reached.
+            let mut accepted_due: Vec<u64> = Vec::with_capacity(total as usize);
             let (mut accepted, mut lost) = (0u64, 0u64);
             let mut value = vec![0u8; p.message_bytes.max(8)];
             let window = Duration::from_secs_f64(p.seconds);
@@ -119,7 +126,10 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
                 value[..8].copy_from_slice(&due.to_be_bytes());
                 let r = Record { timestamp: 0, key: None, value: Some(&value), headers: &[] };
                 match producer.send(Target::Partition(0), &[r]) {
-                    Ok(_) => accepted += 1,
+                    Ok(_) => {
+                        accepted += 1;
+                        accepted_due.push(due);
+                    }
                     Err(EngineError::Dropped { .. }) => lost += 1,
                     Err(e) => return Err(e.into()),
                 }
@@ -127,7 +137,18 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
             }
             stop.store(true, Ordering::Release);
             deferred = total - sent;
-            let e2e = consumer.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+            let mut e2e = consumer.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+            // Messages still waiting when the run ends have waited at least until now: accepted
+            // but unconsumed ones, and those a blocked producer never got to send. They enter
+            // the histogram with that lower bound, so the tail is not cut off at the window.
+            let now_us = schedule.start.elapsed().as_micros() as u64;
+            let consumed_n = consumed.load(Ordering::Relaxed) as usize;
+            for &due in accepted_due.iter().skip(consumed_n) {
+                e2e.saturating_record(now_us.saturating_sub(due / 1000).max(1));
+            }
+            for i in sent..total {
+                e2e.saturating_record(now_us.saturating_sub(schedule.due_ns(i) / 1000).max(1));
+            }
             sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?;
             Ok((accepted, lost, e2e, produce_latency))
         })?;

@@ -35,6 +35,8 @@ pub struct Params {
     pub backend: BackendChoice,
     /// Stall one consumer on purpose for `.1` after `.0` (for the coordinated-omission check).
     pub consumer_stall: Option<(Duration, Duration)>,
+    /// Stall the producer on purpose for `.1` after `.0` (a sender paused by GC, say).
+    pub producer_stall: Option<(Duration, Duration)>,
 }
 
 impl Params {
@@ -99,7 +101,10 @@ pub fn open_loop(engine: &Engine, p: &Params, rate: f64) -> anyhow::Result<(Hist
                     let options =
                         FetchOptions { max_wait: Duration::from_millis(50), ..FetchOptions::default() };
                     let mut stalled = false;
-                    while seen.load(Ordering::Acquire) < total {
+                    // A message lost on the way must not hang the run: give up 10 s after the
+                    // last one was due, and report what never arrived.
+                    let give_up = start + Duration::from_secs_f64(p.seconds) + Duration::from_secs(10);
+                    while seen.load(Ordering::Acquire) < total && Instant::now() < give_up {
                         if let Some((at, for_)) = stall {
                             if !stalled && start.elapsed() >= at {
                                 stalled = true;
@@ -120,7 +125,14 @@ pub fn open_loop(engine: &Engine, p: &Params, rate: f64) -> anyhow::Result<(Hist
             .collect();
         // The producer: fire at each due time, never waiting for acknowledgements.
         let value_len = p.message_bytes.max(8);
+        let mut producer_stalled = false;
         for i in 0..total {
+            if let Some((at, for_)) = p.producer_stall {
+                if !producer_stalled && Duration::from_nanos(schedule.due_ns(i)) >= at {
+                    producer_stalled = true;
+                    std::thread::sleep(for_);
+                }
+            }
             let due = schedule.wait_for(i);
             let mut value = vec![0u8; value_len];
             value[..8].copy_from_slice(&due.to_be_bytes());
@@ -159,8 +171,12 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
         for (label, rate) in rates {
             progress(&format!("latency {durability}: {label} ({rate:.0} msgs/s) for {:.1} s", p.seconds));
             let (h, seen) = open_loop(&engine, p, rate)?;
+            let total = (rate * p.seconds).max(1.0) as u64;
             let mut row = Row::named(format!("latency {durability} {label}")).with_latency(&h);
-            row.msgs_per_s = Some(rate);
+            // What arrived over the run, not the target.
+            row.msgs_per_s = Some(seen as f64 / p.seconds);
+            row.lost = Some(total - seen);
+            let row = row.extra("target_msgs_per_s", rate);
             out.rows.push(row.extra("messages", seen));
             plot.series.push((label, h));
         }
@@ -195,6 +211,7 @@ mod tests {
             seconds: 1.2,
             backend: BackendChoice::Fallback,
             consumer_stall: Some((Duration::from_millis(400), stall)),
+            producer_stall: None,
         };
         let (h, seen) = open_loop(&engine, &p, rate).unwrap();
         assert_eq!(seen, 2_400);
@@ -209,5 +226,46 @@ mod tests {
         // Without the stall the same run has a tail far below it.
         let (calm, _) = open_loop(&engine, &Params { consumer_stall: None, ..p }, rate).unwrap();
         assert!(calm.value_at_quantile(0.99) < 100_000, "p99 {} µs", calm.value_at_quantile(0.99));
+    }
+}
+
+#[cfg(test)]
+mod producer_stall_tests {
+    use super::*;
+
+    /// The check that separates open-loop measurement from its imitation: when the *producer*
+    /// stalls, the messages due during the stall are sent late. Measured from their intended send
+    /// time they carry the rest of the stall; measured from the time they were actually sent (as
+    /// a closed-loop harness would) they would look fast, and this test would fail.
+    #[test]
+    fn a_stalled_producer_counts_for_every_message_due_during_the_stall() {
+        let root = tempfile::tempdir().unwrap();
+        let (engine, _dir) = workload::engine(root.path(), 1, BackendChoice::Fallback).unwrap();
+        engine
+            .create_topic("lat", 1, LogConfig { durability: Durability::Never, ..LogConfig::default() })
+            .unwrap();
+        let p = Params {
+            message_bytes: 16,
+            partitions: 1,
+            shards: 1,
+            durabilities: vec![],
+            fractions: vec![],
+            rates: vec![],
+            seconds: 1.2,
+            backend: BackendChoice::Fallback,
+            consumer_stall: None,
+            producer_stall: Some((Duration::from_millis(400), Duration::from_millis(300))),
+        };
+        let (h, seen) = open_loop(&engine, &p, 2_000.0).unwrap();
+        assert_eq!(seen, 2_400);
+        // 600 messages were due during the 300 ms stall; the first half of them waited at least
+        // 150 ms before they could even be sent.
+        let delayed = h
+            .iter_recorded()
+            .filter(|v| v.value_iterated_to() >= 150_000)
+            .map(|v| v.count_at_value())
+            .sum::<u64>();
+        assert!(delayed >= 250, "messages due during the stall carry it: {delayed} above 150 ms");
+        assert!(h.max() >= 250_000, "max {} µs", h.max());
     }
 }

@@ -1,12 +1,15 @@
 //! `peers`: the same produce-then-consume workload — same message size, count and durability
 //! request — against Spate (embedded), Redis Streams and NATS JetStream, all on this machine in
-//! this run, each client pipelining its sends. Servers are the Debian packages `redis-server` and
+//! this run. Each client has `pipeline` messages in flight: a Spate batch and a Redis pipeline
+//! are sent and acknowledged in rounds, NATS keeps a window of that many unacknowledged
+//! publishes. Every client encodes its messages inside the timed part and decodes every record
+//! when reading back. Servers are the Debian packages `redis-server` and
 //! `nats-server` (install with `scripts/install-peers.sh`), started here on loopback ports with
 //! their data in the benchmark directory, and stopped at the end.
 //!
 //! Durability, per system:
 //! - Spate: the topic's `never` / `always` (group commit, acknowledged after fdatasync);
-//! - Redis: `never` = no AOF; `always` = AOF with `appendfsync always`;
+//! - Redis: `never` = AOF with `appendfsync no`; `always` = AOF with `appendfsync always`;
 //! - NATS JetStream 2.9 (Debian's): file storage, flushed on its own schedule either way (it has
 //!   no per-message sync setting before 2.10), so its `always` row is not equal durability; the
 //!   row says so.
@@ -99,37 +102,39 @@ fn rows(system: &str, durability: &str, p: &Params, produce_secs: f64, consume_s
 fn run_spate(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
     let (engine, _dir) = workload::engine(root, 0, p.backend)?;
     engine.create_topic("peers", 1, LogConfig { durability: p.durability, ..LogConfig::default() })?;
-    let batch = workload::batch(p.message_bytes, p.pipeline);
-    let batches = p.messages / p.pipeline as u64;
+    let value = vec![7u8; p.message_bytes];
     let start = Instant::now();
-    let mut in_flight = std::collections::VecDeque::new();
-    for _ in 0..batches {
-        if in_flight.len() >= 8 {
-            workload::block_on(in_flight.pop_front().expect("non-empty"))?;
+    let mut sent = 0u64;
+    while sent < p.messages {
+        // One round: `pipeline` messages encoded into a batch here (the client's work, as the
+        // peers' clients encode theirs), sent, and acknowledged before the next round, as the
+        // Redis pipeline is.
+        let n = (p.messages - sent).min(p.pipeline as u64);
+        let mut b = spate::record::BatchBuilder::new(spate::record::BatchOptions::default());
+        for _ in 0..n {
+            b.push(&spate::record::Record { timestamp: 0, key: None, value: Some(&value), headers: &[] });
         }
-        in_flight.push_back(Box::pin(engine.produce_batch_async(
-            "peers",
-            0,
-            batch.clone(),
-            &Backpressure::Buffer,
-        )));
-    }
-    for f in in_flight {
-        workload::block_on(f)?;
+        engine.produce_batch("peers", 0, b.finish(), &Backpressure::Buffer)?;
+        sent += n;
     }
     let produce = start.elapsed().as_secs_f64();
     let start = Instant::now();
     let (mut offset, mut seen) = (0i64, 0u64);
     let mut buf = vec![0u8; 1 << 20];
-    while seen < batches * p.pipeline as u64 {
+    while seen < p.messages {
         let f = engine.fetch("peers", 0, offset, FetchOptions::default())?;
         if buf.len() < f.slice.len as usize {
             buf.resize(f.slice.len as usize, 0);
         }
         let bytes = f.slice.read_to(&mut buf)?;
+        // Every record is decoded, as the peers' clients parse every entry.
         for b in spate::record::batches(bytes) {
             let b = b.map_err(spate::log::LogError::from)?;
-            seen += u64::from(b.header().last_offset_delta as u32) + 1;
+            for r in b.records() {
+                let r = r.map_err(spate::log::LogError::from)?;
+                anyhow::ensure!(r.value.map_or(0, <[u8]>::len) == p.message_bytes, "short record");
+                seen += 1;
+            }
         }
         offset = f.next_offset();
     }
@@ -154,7 +159,8 @@ fn run_redis(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
         Durability::Interval(_) => {
             args.extend(["--appendonly", "yes", "--appendfsync", "everysec"].map(String::from))
         }
-        Durability::Never => args.extend(["--appendonly", "no"].map(String::from)),
+        // Writes to its log file, unsynced, as Spate's `never` does.
+        Durability::Never => args.extend(["--appendonly", "yes", "--appendfsync", "no"].map(String::from)),
     }
     let _server = spawn("redis-server", &args)?;
     wait_for_port(port, "redis-server")?;
@@ -269,7 +275,7 @@ pub fn run(root: &Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<O
             match p.durability {
                 Durability::Always => "always",
                 Durability::Interval(_) => "everysec",
-                Durability::Never => "off (no AOF)",
+                Durability::Never => "no (AOF, unsynced)",
             }
         ),
         p,
