@@ -87,6 +87,10 @@ struct ProduceArgs {
     /// Batches each producer keeps in flight.
     #[arg(long, default_value_t = 8)]
     in_flight: usize,
+    /// Measurements per durability mode (engine between two reference runs each); the row is
+    /// the median, with the spread.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
     #[arg(long, default_value_t = 2)]
     partitions: u32,
     /// Shard threads (0: one per core).
@@ -182,6 +186,7 @@ fn produce_params(a: &ProduceArgs, backend: BackendChoice, label: &str) -> produ
         durabilities: a.durability.clone(),
         backend,
         in_flight: a.in_flight.max(1),
+        repeats: a.repeats.max(1),
         label: label.to_string(),
     }
 }
@@ -198,7 +203,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
     let p = produce::Params {
         message_bytes: 1024,
         batch_messages: 64,
-        total_bytes: 512 << 20,
+        total_bytes: 256 << 20,
         producers: 4,
         partitions: 2,
         shards: 0,
@@ -209,6 +214,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         ],
         backend,
         in_flight: 8,
+        repeats: 3,
         label: "produce 1KiB".into(),
     };
     add("produce", p.to_json(), produce::run(root, &p, progress)?);
@@ -222,6 +228,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         durabilities: vec![Durability::Never],
         backend,
         in_flight: 8,
+        repeats: 3,
         label: "produce 100B 1 shard".into(),
     };
     add("produce_100b", small.to_json(), produce::run(root, &small, progress)?);

@@ -27,6 +27,8 @@ pub struct Params {
     pub backend: BackendChoice,
     /// Batches each producer keeps in flight (like a Kafka client's in-flight requests).
     pub in_flight: usize,
+    /// Measurements per durability mode; the row reports the median and the spread.
+    pub repeats: usize,
     /// Prefix of the row names.
     pub label: String,
 }
@@ -36,7 +38,7 @@ impl Params {
         json!({
             "message_bytes": self.message_bytes, "batch_messages": self.batch_messages,
             "total_bytes": self.total_bytes, "producers": self.producers, "partitions": self.partitions,
-            "shards": self.shards, "in_flight": self.in_flight,
+            "shards": self.shards, "in_flight": self.in_flight, "repeats": self.repeats,
             "durability": self.durabilities.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
         })
     }
@@ -49,82 +51,121 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     let messages_total = batches_total * p.batch_messages as u64;
     let mut out = Outcome::default();
     for &durability in &p.durabilities {
-        // The reference runs before and after the engine, each measurement after the machine's
-        // dirty pages are flushed; the stronger of the two is the one compared against.
-        progress(&format!("{} reference writes of {} MiB (before)", p.label, bytes_total >> 20));
-        workload::settle();
-        let before = write_reference(root, bytes_total, batch.len())?;
-        progress(&format!("{} durability={durability}: {} MiB", p.label, bytes_total >> 20));
-        workload::settle();
-        let (engine, dir) = workload::engine(root, p.shards, p.backend)?;
-        let config =
-            LogConfig { durability, retention_age: None, batch_bytes_max: 8 << 20, ..LogConfig::default() };
-        engine.create_topic("bench", p.partitions, config)?;
-        let per_producer = batches_total / p.producers as u64;
-        let start = Instant::now();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let handles: Vec<_> = (0..p.producers)
-                .map(|i| {
-                    let (engine, batch) = (engine.clone(), &batch);
-                    let n = per_producer + u64::from((i as u64) < batches_total % p.producers as u64);
-                    s.spawn(move || -> anyhow::Result<()> {
-                        // Up to `in_flight` batches queued before waiting for the oldest ack.
-                        let mut in_flight = std::collections::VecDeque::with_capacity(p.in_flight);
-                        for j in 0..n {
-                            let partition =
-                                ((i as u64 + j * p.producers as u64) % u64::from(p.partitions)) as u32;
-                            if in_flight.len() >= p.in_flight.max(1) {
-                                workload::block_on(in_flight.pop_front().expect("non-empty"))?;
-                            }
-                            let fut = engine.produce_batch_async(
-                                "bench",
-                                partition,
-                                batch.clone(),
-                                &Backpressure::Buffer,
-                            );
-                            in_flight.push_back(Box::pin(fut));
-                        }
-                        for fut in in_flight {
-                            workload::block_on(fut)?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
-            }
-            Ok(())
-        })?;
-        let stats = engine.stats()?;
-        // Shutdown writes and syncs what is left: the covering sync the reference also pays.
-        engine.shutdown()?;
-        let secs = start.elapsed().as_secs_f64();
-        drop(engine);
-        drop(dir);
-        progress(&format!("{} reference writes of {} MiB (after)", p.label, bytes_total >> 20));
-        workload::settle();
-        let after = write_reference(root, bytes_total, batch.len())?;
-        let reference = crate::reference::WriteReference {
-            pwrite_bytes_per_s: before.pwrite_bytes_per_s.max(after.pwrite_bytes_per_s),
-            direct_bytes_per_s: match (before.direct_bytes_per_s, after.direct_bytes_per_s) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            },
-        };
-        let fsyncs: u64 = stats.iter().map(|s| s.commit_fsyncs).sum();
+        // Several measurements, each engine run between two reference runs; the row is the
+        // one with the median ratio, and the spread of all of them goes with it.
+        let mut runs = Vec::with_capacity(p.repeats.max(1));
+        for r in 0..p.repeats.max(1) {
+            progress(&format!(
+                "{} durability={durability}: measurement {} of {}",
+                p.label,
+                r + 1,
+                p.repeats.max(1)
+            ));
+            runs.push(measure_once(root, p, durability, &batch, batches_total, bytes_total, progress)?);
+        }
+        let ratio = |m: &Measurement| bytes_total as f64 / m.secs / m.reference.pwrite_bytes_per_s;
+        runs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+        let (low, high) = (ratio(&runs[0]), ratio(&runs[runs.len() - 1]));
+        let m = &runs[runs.len() / 2];
         let mut row = Row::named(format!("{} {durability}", p.label))
-            .with_throughput(messages_total, bytes_total, secs, Some(reference.pwrite_bytes_per_s))
-            .extra("fsyncs", fsyncs)
-            .extra("messages", messages_total);
-        if let Some(direct) = reference.direct_bytes_per_s {
+            .with_throughput(messages_total, bytes_total, m.secs, Some(m.reference.pwrite_bytes_per_s))
+            .extra("fsyncs", m.fsyncs)
+            .extra("messages", messages_total)
+            .extra("repeats", runs.len())
+            .extra("ratio_min", low)
+            .extra("ratio_max", high);
+        if let Some(direct) = m.reference.direct_bytes_per_s {
             row = row
                 .extra("direct_reference_bytes_per_s", direct)
-                .extra("ratio_to_direct", bytes_total as f64 / secs / direct);
+                .extra("ratio_to_direct", bytes_total as f64 / m.secs / direct);
         }
         out.rows.push(row);
     }
     Ok(out)
+}
+
+/// One measurement: the reference before, the engine, the reference after.
+struct Measurement {
+    secs: f64,
+    fsyncs: u64,
+    reference: crate::reference::WriteReference,
+}
+
+fn measure_once(
+    root: &std::path::Path,
+    p: &Params,
+    durability: Durability,
+    batch: &[u8],
+    batches_total: u64,
+    bytes_total: u64,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<Measurement> {
+    let batch = batch.to_vec();
+    // The reference runs before and after the engine, each measurement after the machine's
+    // dirty pages are flushed; the stronger of the two is the one compared against.
+    progress(&format!("{} reference writes of {} MiB (before)", p.label, bytes_total >> 20));
+    workload::settle();
+    let before = write_reference(root, bytes_total, batch.len())?;
+    progress(&format!("{} durability={durability}: {} MiB", p.label, bytes_total >> 20));
+    workload::settle();
+    let (engine, dir) = workload::engine(root, p.shards, p.backend)?;
+    let config =
+        LogConfig { durability, retention_age: None, batch_bytes_max: 8 << 20, ..LogConfig::default() };
+    engine.create_topic("bench", p.partitions, config)?;
+    let per_producer = batches_total / p.producers as u64;
+    let start = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..p.producers)
+            .map(|i| {
+                let (engine, batch) = (engine.clone(), &batch);
+                let n = per_producer + u64::from((i as u64) < batches_total % p.producers as u64);
+                s.spawn(move || -> anyhow::Result<()> {
+                    // Up to `in_flight` batches queued before waiting for the oldest ack.
+                    let mut in_flight = std::collections::VecDeque::with_capacity(p.in_flight);
+                    for j in 0..n {
+                        let partition =
+                            ((i as u64 + j * p.producers as u64) % u64::from(p.partitions)) as u32;
+                        if in_flight.len() >= p.in_flight.max(1) {
+                            workload::block_on(in_flight.pop_front().expect("non-empty"))?;
+                        }
+                        let fut = engine.produce_batch_async(
+                            "bench",
+                            partition,
+                            batch.clone(),
+                            &Backpressure::Buffer,
+                        );
+                        in_flight.push_back(Box::pin(fut));
+                    }
+                    for fut in in_flight {
+                        workload::block_on(fut)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+        }
+        Ok(())
+    })?;
+    let stats = engine.stats()?;
+    // Shutdown writes and syncs what is left: the covering sync the reference also pays.
+    engine.shutdown()?;
+    let secs = start.elapsed().as_secs_f64();
+    drop(engine);
+    drop(dir);
+    progress(&format!("{} reference writes of {} MiB (after)", p.label, bytes_total >> 20));
+    workload::settle();
+    let after = write_reference(root, bytes_total, batch.len())?;
+    let reference = crate::reference::WriteReference {
+        pwrite_bytes_per_s: before.pwrite_bytes_per_s.max(after.pwrite_bytes_per_s),
+        direct_bytes_per_s: match (before.direct_bytes_per_s, after.direct_bytes_per_s) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        },
+    };
+    let fsyncs: u64 = stats.iter().map(|s| s.commit_fsyncs).sum();
+    Ok(Measurement { secs, fsyncs, reference })
 }
 
 #[cfg(test)]
@@ -144,6 +185,7 @@ mod tests {
             durabilities: vec![Durability::Never, Durability::Always],
             backend: BackendChoice::Fallback,
             in_flight: 4,
+            repeats: 1,
             label: "produce 1KiB".into(),
         };
         let out = run(root.path(), &p, &|_| {}).unwrap();
