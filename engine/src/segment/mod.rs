@@ -17,7 +17,7 @@ mod scan;
 
 use std::fs::{File, OpenOptions};
 use std::io::IoSlice;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -28,6 +28,9 @@ pub use scan::{scan, ScanOutcome};
 
 use crate::io::{Io, IoError, Write};
 use crate::record::BatchHeader;
+
+/// Disk space reserved ahead of the appends at a time (see [`Segment::reserve_ahead`]).
+pub const RESERVE_STEP_BYTES: u64 = 64 << 20;
 
 /// Largest segment: positions are stored as `u32`, and Kafka clients treat sizes as `i32`.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
@@ -85,6 +88,9 @@ pub struct Segment {
     /// When the segment was created (or, after a restart, last modified): drives roll by age.
     created: SystemTime,
     sealed: bool,
+    /// End of the blocks reserved with `fallocate` (beyond the file's size); `u64::MAX` once
+    /// the file system has refused, so that it is not asked again.
+    reserved_to: u64,
 }
 
 impl Segment {
@@ -121,6 +127,7 @@ impl Segment {
             bytes_since_index: outcome.bytes_since_index,
             created,
             sealed,
+            reserved_to: written_len,
         }
     }
 
@@ -234,6 +241,46 @@ impl Segment {
         self.file.as_fd()
     }
 
+    /// Reserves disk blocks ahead of the appends (`fallocate` with `KEEP_SIZE`, which leaves the
+    /// file's size, and so recovery, unchanged), `RESERVE_STEP_BYTES` at a time, up to
+    /// `segment_bytes`. Appends into reserved blocks skip the file system's block allocation:
+    /// measured on ext4, produce of 1 GiB rose from 1.36–1.47 to 1.57–1.64 of the `pwrite`
+    /// reference with `never`, and from 0.94–1.01 to 1.17–1.20 with `always` (docs/benchmarks.md).
+    /// A file system that refuses (no `fallocate`, or full) is simply not asked again.
+    pub fn reserve_ahead(&mut self, segment_bytes: u64) {
+        let need = self.len();
+        if self.reserved_to == u64::MAX || need <= self.reserved_to {
+            return;
+        }
+        let target = (need + RESERVE_STEP_BYTES).min(segment_bytes.max(need));
+        let (Ok(start), Ok(len)) =
+            (libc::off_t::try_from(self.reserved_to), libc::off_t::try_from(target - self.reserved_to))
+        else {
+            self.reserved_to = u64::MAX;
+            return;
+        };
+        // SAFETY: fallocate on a descriptor this segment owns; it changes no bytes of the file.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, start, len) };
+        if rc == 0 {
+            self.reserved_to = target;
+        } else {
+            tracing::debug!(file = %self.log_path().display(), error = %std::io::Error::last_os_error(), "no space reservation");
+            self.reserved_to = u64::MAX;
+        }
+    }
+
+    /// Gives back the blocks reserved beyond the end of the log (at seal: a sealed segment keeps
+    /// only what it holds). Truncating to the current size frees blocks past the end; punching a
+    /// hole would not, as file systems ignore holes beyond the end of a file.
+    fn release_reservation(&mut self) {
+        if self.reserved_to != u64::MAX && self.reserved_to > self.written_len {
+            if let Err(e) = self.file.set_len(self.written_len) {
+                tracing::debug!(file = %self.log_path().display(), error = %e, "reservation not released");
+            }
+        }
+        self.reserved_to = self.written_len;
+    }
+
     /// Seals the segment: writes its staged batches, makes the log durable, writes both indexes
     /// and makes them durable. After this the segment takes no appends.
     pub fn seal(&mut self, io: &mut dyn Io) -> Result<(), SealError> {
@@ -244,6 +291,7 @@ impl Segment {
         self.mark_written();
         self.mark_synced();
         self.visible_len = self.written_len;
+        self.release_reservation();
         // The last entry of the time index must carry the segment's largest timestamp: retention
         // by age and lookups by time read it without scanning.
         if let Some(last) = self.last_batch_relative_offset() {
