@@ -243,10 +243,9 @@ impl Segment {
 
     /// Reserves disk blocks ahead of the appends (`fallocate` with `KEEP_SIZE`, which leaves the
     /// file's size, and so recovery, unchanged), `RESERVE_STEP_BYTES` at a time, up to
-    /// `segment_bytes`. Appends into reserved blocks skip the file system's block allocation:
-    /// measured on ext4, produce of 1 GiB rose from 1.36–1.47 to 1.57–1.64 of the `pwrite`
-    /// reference with `never`, and from 0.94–1.01 to 1.17–1.20 with `always` (docs/benchmarks.md).
-    /// A file system that refuses (no `fallocate`, or full) is simply not asked again.
+    /// `segment_bytes`. Appends into reserved blocks skip the file system's block allocation on
+    /// the write path (measured in docs/benchmarks.md, "Space reservation"). A file system that
+    /// refuses (no `fallocate`, or full) is simply not asked again.
     pub fn reserve_ahead(&mut self, segment_bytes: u64) {
         let need = self.len();
         if self.reserved_to == u64::MAX || need <= self.reserved_to {
