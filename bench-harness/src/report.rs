@@ -179,13 +179,26 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// The commit of the working tree the harness runs in, with `-dirty` if it has uncommitted
+/// changes (figures from such a run cannot be reproduced from the commit alone).
 pub fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or_else(|| "unknown".into(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(hash)
+            if git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty()) =>
+        {
+            format!("{hash}-dirty")
+        }
+        Some(hash) => hash,
+        None => "unknown".into(),
+    }
 }
 
 fn read_trimmed(path: &str) -> String {

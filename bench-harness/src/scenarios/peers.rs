@@ -74,14 +74,22 @@ fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
 }
 
 fn spawn(program: &str, args: &[String]) -> anyhow::Result<Server> {
-    let child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            anyhow::anyhow!("cannot start {program} ({e}); install the peers with scripts/install-peers.sh")
-        })?;
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(program);
+    command.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: runs in the child between fork and exec, calling only prctl, which is
+    // async-signal-safe. The server then dies with the harness, even if the harness is killed.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|e| {
+        anyhow::anyhow!("cannot start {program} ({e}); install the peers with scripts/install-peers.sh")
+    })?;
     Ok(Server(child))
 }
 
