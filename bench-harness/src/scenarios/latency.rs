@@ -190,15 +190,22 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
 mod tests {
     use super::*;
 
+    /// An engine with one `never` partition named "lat", in a scratch directory. Bind the result
+    /// as `(_root, _dir, engine)`: the engine then drops before its directories.
+    fn one_partition_engine() -> (tempfile::TempDir, tempfile::TempDir, Engine) {
+        let root = tempfile::tempdir().unwrap();
+        let (engine, dir) = workload::engine(root.path(), 1, BackendChoice::Fallback).unwrap();
+        engine
+            .create_topic("lat", 1, LogConfig { durability: Durability::Never, ..LogConfig::default() })
+            .unwrap();
+        (root, dir, engine)
+    }
+
     /// No coordinated omission: a consumer stalled for 300 ms must show in the tail, and in
     /// every message that was due during the stall, not in one sample.
     #[test]
     fn a_stalled_consumer_shows_in_the_measured_tail() {
-        let root = tempfile::tempdir().unwrap();
-        let (engine, _dir) = workload::engine(root.path(), 1, BackendChoice::Fallback).unwrap();
-        engine
-            .create_topic("lat", 1, LogConfig { durability: Durability::Never, ..LogConfig::default() })
-            .unwrap();
+        let (_root, _dir, engine) = one_partition_engine();
         let rate = 2_000.0;
         let stall = Duration::from_millis(300);
         let p = Params {
@@ -227,11 +234,6 @@ mod tests {
         let (calm, _) = open_loop(&engine, &Params { consumer_stall: None, ..p }, rate).unwrap();
         assert!(calm.value_at_quantile(0.99) < 100_000, "p99 {} µs", calm.value_at_quantile(0.99));
     }
-}
-
-#[cfg(test)]
-mod producer_stall_tests {
-    use super::*;
 
     /// The check that separates open-loop measurement from its imitation: when the *producer*
     /// stalls, the messages due during the stall are sent late. Measured from their intended send
@@ -239,11 +241,7 @@ mod producer_stall_tests {
     /// a closed-loop harness would) they would look fast, and this test would fail.
     #[test]
     fn a_stalled_producer_counts_for_every_message_due_during_the_stall() {
-        let root = tempfile::tempdir().unwrap();
-        let (engine, _dir) = workload::engine(root.path(), 1, BackendChoice::Fallback).unwrap();
-        engine
-            .create_topic("lat", 1, LogConfig { durability: Durability::Never, ..LogConfig::default() })
-            .unwrap();
+        let (_root, _dir, engine) = one_partition_engine();
         let p = Params {
             message_bytes: 16,
             partitions: 1,
