@@ -201,14 +201,9 @@ mod tests {
         (root, dir, engine)
     }
 
-    /// No coordinated omission: a consumer stalled for 300 ms must show in the tail, and in
-    /// every message that was due during the stall, not in one sample.
-    #[test]
-    fn a_stalled_consumer_shows_in_the_measured_tail() {
-        let (_root, _dir, engine) = one_partition_engine();
-        let rate = 2_000.0;
-        let stall = Duration::from_millis(300);
-        let p = Params {
+    /// 1.2 s at one partition with no stall; each test adds its own.
+    fn stall_params() -> Params {
+        Params {
             message_bytes: 16,
             partitions: 1,
             shards: 1,
@@ -217,9 +212,19 @@ mod tests {
             rates: vec![],
             seconds: 1.2,
             backend: BackendChoice::Fallback,
-            consumer_stall: Some((Duration::from_millis(400), stall)),
+            consumer_stall: None,
             producer_stall: None,
-        };
+        }
+    }
+
+    /// No coordinated omission: a consumer stalled for 300 ms must show in the tail, and in
+    /// every message that was due during the stall, not in one sample.
+    #[test]
+    fn a_stalled_consumer_shows_in_the_measured_tail() {
+        let (_root, _dir, engine) = one_partition_engine();
+        let rate = 2_000.0;
+        let stall = Duration::from_millis(300);
+        let p = Params { consumer_stall: Some((Duration::from_millis(400), stall)), ..stall_params() };
         let (h, seen) = open_loop(&engine, &p, rate).unwrap();
         assert_eq!(seen, 2_400);
         assert!(h.max() >= 250_000, "the stall is in the tail: max {} µs", h.max());
@@ -243,16 +248,8 @@ mod tests {
     fn a_stalled_producer_counts_for_every_message_due_during_the_stall() {
         let (_root, _dir, engine) = one_partition_engine();
         let p = Params {
-            message_bytes: 16,
-            partitions: 1,
-            shards: 1,
-            durabilities: vec![],
-            fractions: vec![],
-            rates: vec![],
-            seconds: 1.2,
-            backend: BackendChoice::Fallback,
-            consumer_stall: None,
             producer_stall: Some((Duration::from_millis(400), Duration::from_millis(300))),
+            ..stall_params()
         };
         let (h, seen) = open_loop(&engine, &p, 2_000.0).unwrap();
         assert_eq!(seen, 2_400);
