@@ -319,6 +319,25 @@ impl Engine {
         Ok(PartitionId { topic: Arc::clone(&info.name), partition })
     }
 
+    /// Runs a task on shard `shard`'s event loop, on its thread, beside the partitions it owns.
+    /// `make` is called there and its future polled between the shard's turns: this is how
+    /// network connections live on shards. The task is dropped when the shard stops.
+    /// Calls the task makes to the engine must not block (use the `_async` calls; a full
+    /// mailbox answers [`EngineError::Busy`] on a shard thread instead of waiting).
+    pub fn spawn_on(&self, shard: usize, make: crate::shard::LocalTask) -> Result<(), EngineError> {
+        let mailbox = self.inner.shards.get(shard).ok_or_else(|| {
+            EngineError::InvalidConfig(format!("no shard {shard} (the engine has {})", self.shards()))
+        })?;
+        let request = Request::Spawn { task: make };
+        let sent =
+            if lifecycle::on_shard_thread() { mailbox.try_send(request) } else { mailbox.send(request) };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(SendError::Full(_)) => Err(EngineError::Busy { shard }),
+            Err(SendError::Closed(_)) => Err(EngineError::ShuttingDown),
+        }
+    }
+
     /// Sends a request to the shard owning `id`, waiting while its mailbox is full.
     fn request<T>(
         &self,
@@ -336,6 +355,9 @@ impl Engine {
     ) -> Result<oneshot::Receiver<Result<T, EngineError>>, EngineError> {
         let (tx, rx) = oneshot::channel();
         let mailbox = &self.inner.shards[shard];
+        // A shard thread never waits for a mailbox: the one it waits for may be its own, or one
+        // whose shard is waiting for it. Its tasks see `Busy` and retry after yielding.
+        let fail_fast = fail_fast || lifecycle::on_shard_thread();
         let sent = if fail_fast { mailbox.try_send(make(tx)) } else { mailbox.send(make(tx)) };
         match sent {
             Ok(()) => Ok(rx),

@@ -80,6 +80,14 @@ impl Wake {
         }
         self.sleeping.store(false, Ordering::SeqCst);
     }
+
+    /// Empties the eventfd's counter after a wake-up seen by someone else's poller.
+    fn drain(&self) {
+        let mut counter: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our own non-blocking eventfd; EAGAIN (an
+        // empty counter) is harmless.
+        unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut counter as *mut u64).cast(), 8) };
+    }
 }
 
 /// The sending half, cloned by every handle that talks to the shard.
@@ -176,6 +184,29 @@ impl<T> MailboxReceiver<T> {
             return;
         }
         self.wake.wait(timeout);
+    }
+
+    /// The descriptor an event loop polls for readability to learn of a wake-up; after it
+    /// fires, call [`MailboxReceiver::woken`].
+    pub fn wake_fd(&self) -> std::os::fd::RawFd {
+        self.wake.eventfd.as_raw_fd()
+    }
+
+    /// Shard side of an event-loop sleep: announces it, and says whether the loop may really
+    /// sleep (`false`: a message is already waiting, the announcement is withdrawn).
+    pub fn prepare_sleep(&self) -> bool {
+        self.wake.prepare_sleep();
+        if !self.rx.is_empty() {
+            self.wake.cancel_sleep();
+            return false;
+        }
+        true
+    }
+
+    /// Shard side: the event-loop sleep is over (woken, timed out, or other work ran).
+    pub fn woken(&self) {
+        self.wake.drain();
+        self.wake.cancel_sleep();
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod mailbox;
 pub(crate) mod request;
+pub use request::LocalTask;
 mod slot;
 
 use std::collections::HashMap;
@@ -64,6 +65,18 @@ pub(crate) struct Shard {
     parked_bytes: u64,
     stats: ShardStats,
     stopping: Option<request::Reply<()>>,
+    /// Whether tasks were spawned on this shard's event loop: then the loop yields to them
+    /// between busy turns.
+    has_tasks: bool,
+}
+
+/// The mailbox's eventfd, borrowed for polling (the mailbox owns and closes it).
+struct WakeFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for WakeFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
 }
 
 impl Shard {
@@ -82,12 +95,44 @@ impl Shard {
             parked_bytes: 0,
             stats,
             stopping: None,
+            has_tasks: false,
         }
     }
 
     /// Runs until a `Shutdown` request (which the engine sends when its last handle is dropped),
-    /// then flushes.
-    pub fn run(mut self) {
+    /// then flushes. The loop is the main task of a single-threaded tokio runtime, so that tasks
+    /// spawned on the shard (network connections) share its thread; the runtime only polls
+    /// sockets and timers, all storage I/O stays on the shard's own ring.
+    pub fn run(self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(shard = self.setup.id, error = %e, "cannot start the shard's event loop");
+                self.setup.rx.close();
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, self.turns());
+        // Dropping the set drops the tasks spawned on this shard (their sockets close).
+        drop(local);
+    }
+
+    async fn turns(mut self) {
+        let fd = WakeFd(self.setup.rx.wake_fd());
+        // SAFETY: the eventfd belongs to the mailbox, which `self` owns for the whole life of
+        // the registration (dropped at the end of this function), so it stays open and the same.
+        let registered =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+        let wake = match registered {
+            Ok(fd) => fd,
+            Err(e) => {
+                let e = e.into_parts().1;
+                tracing::error!(shard = self.setup.id, error = %e, "cannot poll the shard's mailbox");
+                self.setup.rx.close();
+                return;
+            }
+        };
         loop {
             let now = Instant::now();
             let mut handled = 0;
@@ -117,12 +162,39 @@ impl Shard {
                 return;
             }
             if handled == 0 && !committed {
-                self.stats.sleeps += 1;
-                self.setup
-                    .rx
-                    .sleep(self.next_deadline().map(|d| d.saturating_duration_since(Instant::now())));
+                self.sleep(&wake).await;
+            } else if self.has_tasks {
+                // Let the connections on this shard run between turns.
+                tokio::task::yield_now().await;
             }
         }
+    }
+
+    /// Sleeps until a message arrives (the eventfd turns readable) or the next timer is due,
+    /// while the shard's other tasks run.
+    async fn sleep(&mut self, wake: &tokio::io::unix::AsyncFd<WakeFd>) {
+        if !self.setup.rx.prepare_sleep() {
+            return;
+        }
+        self.stats.sleeps += 1;
+        let timeout = self.next_deadline().map(|d| {
+            // Round up to a whole millisecond, as the timer does, so a deadline 0.3 ms away
+            // does not turn into a busy loop.
+            let left = d.saturating_duration_since(Instant::now());
+            Duration::from_micros(left.as_micros().div_ceil(1000) as u64 * 1000)
+        });
+        let readable = async {
+            if let Ok(mut guard) = wake.readable().await {
+                guard.clear_ready();
+            }
+        };
+        match timeout {
+            Some(t) => {
+                let _ = tokio::time::timeout(t, readable).await;
+            }
+            None => readable.await,
+        }
+        self.setup.rx.woken();
     }
 
     fn slot(&mut self, id: &PartitionId) -> Result<&mut Slot, EngineError> {
@@ -197,6 +269,10 @@ impl Shard {
                 answer(reply, result);
             }
             Request::Shutdown { reply } => self.stopping = Some(reply),
+            Request::Spawn { task } => {
+                self.has_tasks = true;
+                tokio::task::spawn_local(task());
+            }
         }
     }
 

@@ -37,6 +37,7 @@ impl std::fmt::Debug for Request {
             Request::Barrier { .. } => "Barrier",
             Request::Forget { .. } => "Forget",
             Request::Shutdown { .. } => "Shutdown",
+            Request::Spawn { .. } => "Spawn",
         };
         f.write_str(name)
     }
@@ -116,4 +117,12 @@ pub(crate) enum Request {
     Shutdown {
         reply: Reply<()>,
     },
+    /// Run a task on the shard's event loop, beside its partitions (network connections).
+    Spawn {
+        task: LocalTask,
+    },
 }
+
+/// A task for a shard's event loop: made on the shard's thread, so the future need not be `Send`.
+pub type LocalTask =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send + 'static>;
