@@ -5,7 +5,9 @@
 //! commit, recovery, retention).
 
 mod engine;
+pub mod group;
 pub mod io;
+pub mod kafka;
 pub mod log;
 pub mod partitioner;
 pub mod record;
@@ -13,7 +15,7 @@ pub mod segment;
 mod shard;
 
 pub use engine::{
-    shard_of, topics, Backpressure, Engine, EngineConfig, EngineError, FetchOptions, Fetched, OffsetSpec,
-    ProduceAck, Producer, ShardStats, Target, TopicInfo, OFFSETS_TOPIC,
+    shard_of, topics, Backpressure, Engine, EngineConfig, EngineError, FetchOptions, Fetched, LatencyBuckets,
+    OffsetSpec, ProduceAck, Producer, ShardStats, Target, TopicInfo, OFFSETS_TOPIC,
 };
 pub use shard::mailbox;

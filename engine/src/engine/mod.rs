@@ -49,7 +49,8 @@ use arc_swap::ArcSwap;
 pub use error::EngineError;
 pub use topics::TopicInfo;
 pub use types::{
-    Backpressure, EngineConfig, FetchOptions, Fetched, OffsetSpec, ProduceAck, ShardStats, Target,
+    Backpressure, EngineConfig, FetchOptions, Fetched, LatencyBuckets, OffsetSpec, ProduceAck, ShardStats,
+    Target,
 };
 
 use crate::log::{Durability, LogConfig};
@@ -608,6 +609,19 @@ impl Engine {
         async move { wait_async(rx?).await }
     }
 
+    /// Every offset `consumer` committed: (topic, partition, offset), sorted.
+    pub fn committed_offsets_async(
+        &self,
+        consumer: &str,
+    ) -> impl Future<Output = Result<Vec<(Arc<str>, u32, i64)>, EngineError>> + Send + 'static {
+        let rx = self.offsets_partition(consumer).and_then(|offsets_partition| {
+            let shard = shard_of(OFFSETS_TOPIC, offsets_partition, self.inner.shards.len());
+            let consumer: Arc<str> = Arc::from(consumer);
+            self.request_to(shard, |reply| Request::CommittedAll { consumer, reply }, false)
+        });
+        async move { wait_async(rx?).await }
+    }
+
     fn send_committed(
         &self,
         consumer: &str,
@@ -627,6 +641,20 @@ impl Engine {
             .map(|s| self.request_to(s, |reply| Request::Stats { reply }, false))
             .collect::<Result<_, _>>()?;
         waits.into_iter().map(wait).collect()
+    }
+
+    /// [`Engine::stats`] as a future (for tasks running on a shard, which must not block).
+    pub fn stats_async(&self) -> impl Future<Output = Result<Vec<ShardStats>, EngineError>> + Send + 'static {
+        let waits: Result<Vec<_>, _> = (0..self.inner.shards.len())
+            .map(|s| self.request_to(s, |reply| Request::Stats { reply }, false))
+            .collect();
+        async move {
+            let mut all = Vec::new();
+            for w in waits? {
+                all.push(wait_async(w).await?);
+            }
+            Ok(all)
+        }
     }
 
     /// Flushes every partition, answers everything still waiting, and joins every shard

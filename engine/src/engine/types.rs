@@ -228,5 +228,38 @@ pub struct ShardStats {
     pub sleeps: u64,
     /// The most bytes staged for one group commit so far: the memory `Buffer` costs.
     pub staged_bytes_peak: u64,
+    /// Latency of the group commits that synced (their writes and fdatasyncs together).
+    pub sync_latency: LatencyBuckets,
     pub io: IoStats,
+}
+
+/// A fixed-bucket latency histogram, cheap enough to update on every commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencyBuckets {
+    /// `counts[i]`: observations at most `LatencyBuckets::BOUNDS_US[i]`; the last one counts
+    /// the rest.
+    pub counts: [u64; LatencyBuckets::BOUNDS_US.len() + 1],
+    pub sum_us: u64,
+    pub count: u64,
+}
+
+impl LatencyBuckets {
+    /// Upper bounds, in microseconds: 25 µs to about 3.3 s, doubling.
+    pub const BOUNDS_US: [u64; 18] = {
+        let mut b = [25; 18];
+        let mut i = 1;
+        while i < 18 {
+            b[i] = b[i - 1] * 2;
+            i += 1;
+        }
+        b
+    };
+
+    pub fn observe(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let i = Self::BOUNDS_US.iter().position(|&b| us <= b).unwrap_or(Self::BOUNDS_US.len());
+        self.counts[i] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+        self.count += 1;
+    }
 }

@@ -249,6 +249,16 @@ impl Shard {
                 let value = self.committed.get(&(consumer, id.topic, id.partition)).map(|&(o, _)| o);
                 answer(reply, Ok(value));
             }
+            Request::CommittedAll { consumer, reply } => {
+                let mut all: Vec<(Arc<str>, u32, i64)> = self
+                    .committed
+                    .iter()
+                    .filter(|((c, _, _), _)| *c == consumer)
+                    .map(|((_, topic, partition), &(offset, _))| (Arc::clone(topic), *partition, offset))
+                    .collect();
+                all.sort();
+                answer(reply, Ok(all));
+            }
             Request::Progress { id, consumer, offset } => {
                 let io = &mut *self.io;
                 if let Some(slot) = self.slots.get_mut(&*id.topic).and_then(|m| m.get_mut(&id.partition)) {
@@ -413,10 +423,15 @@ impl Shard {
         self.stats.staged_bytes_peak = self.stats.staged_bytes_peak.max(staged);
         if committed {
             let before = self.io.stats().fsyncs;
+            let started = Instant::now();
             // Errors fail the partitions involved; each slot below answers from its own state.
             let _ = commit(&mut *self.io, &mut parts, now);
+            let fsyncs = self.io.stats().fsyncs - before;
+            if fsyncs > 0 {
+                self.stats.sync_latency.observe(started.elapsed());
+            }
             self.stats.commits += 1;
-            self.stats.commit_fsyncs += self.io.stats().fsyncs - before;
+            self.stats.commit_fsyncs += fsyncs;
         } else {
             drop(parts);
         }

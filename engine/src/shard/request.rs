@@ -32,6 +32,7 @@ impl std::fmt::Debug for Request {
             Request::ListOffset { .. } => "ListOffset",
             Request::Commit { .. } => "Commit",
             Request::Committed { .. } => "Committed",
+            Request::CommittedAll { .. } => "CommittedAll",
             Request::Progress { .. } => "Progress",
             Request::Stats { .. } => "Stats",
             Request::Barrier { .. } => "Barrier",
@@ -93,6 +94,11 @@ pub(crate) enum Request {
         consumer: Arc<str>,
         id: PartitionId,
         reply: Reply<Option<i64>>,
+    },
+    /// Every committed offset of one consumer: (topic, partition, offset).
+    CommittedAll {
+        consumer: Arc<str>,
+        reply: Reply<Vec<(Arc<str>, u32, i64)>>,
     },
     /// A consumer's committed position moved: sent to the shard owning the data partition, for
     /// producers that wait on that consumer's lag.

@@ -1,0 +1,202 @@
+//! The `spate` command: `spate serve` runs the engine with its Kafka listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use spate::io::BackendChoice;
+use spate::kafka::{Server, ServerConfig};
+use spate::log::Durability;
+use spate::{Engine, EngineConfig};
+
+#[derive(Debug, Parser)]
+#[command(name = "spate", version, about = "A single-node stream engine speaking the Kafka protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve Kafka clients from a data directory until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Where topics live (created if missing). Required here or in the config file.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address for Kafka clients [default: 127.0.0.1:9092].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Host clients are told to connect to [default: the listen address].
+    #[arg(long)]
+    advertised_host: Option<String>,
+    /// Shard threads; 0 means one per core [default: 0].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Durability of topics created over the protocol: always, never or interval:<ms>
+    /// [default: always].
+    #[arg(long)]
+    durability: Option<Durability>,
+    /// I/O backend: auto, uring or fallback [default: auto].
+    #[arg(long)]
+    io_backend: Option<BackendChoice>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// A TOML file with any of these settings (command-line flags win); see docs/protocol.md.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The config file: the same settings as the flags, plus the limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    advertised_host: Option<String>,
+    shards: Option<usize>,
+    durability: Option<String>,
+    io_backend: Option<String>,
+    metrics_listen: Option<SocketAddr>,
+    pin_threads: Option<bool>,
+    produce_frame_bytes_max: Option<usize>,
+    request_frame_bytes_max: Option<usize>,
+    connections_max: Option<usize>,
+    auto_create_topics: Option<bool>,
+    default_partitions: Option<u32>,
+    segment_bytes: Option<u64>,
+    retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+    group_initial_rebalance_delay_ms: Option<u64>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let Some(data_dir) = args.data_dir.or(file.data_dir) else {
+        bail!("--data-dir (or data_dir in the config file) is required");
+    };
+    let io_backend = match (args.io_backend, file.io_backend) {
+        (Some(b), _) => b,
+        (None, Some(s)) => s.parse().map_err(anyhow::Error::msg)?,
+        (None, None) => BackendChoice::Auto,
+    };
+    let engine_config = EngineConfig {
+        shards: args.shards.or(file.shards).unwrap_or(0),
+        pin_threads: file.pin_threads.unwrap_or(true),
+        io_backend,
+        ..EngineConfig::default()
+    };
+    let mut config = ServerConfig::default();
+    if let Some(listen) = args.listen.or(file.listen) {
+        config.listen = listen;
+    }
+    config.advertised_host = args.advertised_host.or(file.advertised_host);
+    config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    if let Some(d) = match (args.durability, file.durability) {
+        (Some(d), _) => Some(d),
+        (None, Some(s)) => Some(s.parse().map_err(anyhow::Error::msg)?),
+        (None, None) => None,
+    } {
+        config.topic_defaults.durability = d;
+    }
+    if let Some(v) = file.produce_frame_bytes_max {
+        config.produce_frame_bytes_max = v;
+        config.request_bytes_in_flight_max = config.request_bytes_in_flight_max.max(v);
+    }
+    if let Some(v) = file.request_frame_bytes_max {
+        config.request_frame_bytes_max = v;
+    }
+    if let Some(v) = file.connections_max {
+        config.connections_max = v;
+    }
+    if let Some(v) = file.auto_create_topics {
+        config.auto_create_topics = v;
+    }
+    if let Some(v) = file.default_partitions {
+        config.default_partitions = v;
+    }
+    if let Some(v) = file.segment_bytes {
+        config.topic_defaults.segment_bytes = v;
+    }
+    if let Some(v) = file.retention_ms {
+        config.topic_defaults.retention_age = Some(Duration::from_millis(v));
+    }
+    if let Some(v) = file.retention_bytes {
+        config.topic_defaults.retention_bytes = Some(v);
+    }
+    if let Some(v) = file.group_initial_rebalance_delay_ms {
+        config.group_initial_rebalance_delay = Duration::from_millis(v);
+    }
+    config.validate().map_err(anyhow::Error::msg)?;
+
+    // SIGINT and SIGTERM are taken with sigwait below: blocked here, before any thread starts,
+    // so every thread inherits the mask and none is interrupted by them.
+    let signals = block_signals()?;
+    let engine =
+        Engine::open(&data_dir, engine_config).with_context(|| format!("opening {}", data_dir.display()))?;
+    let server = Server::start(&engine, config).context("starting the Kafka listener")?;
+    // One line on stdout that scripts can wait for.
+    println!("spate listening on {}", server.local_addr());
+    if let Some(m) = server.metrics_addr() {
+        println!("spate metrics on http://{m}/metrics");
+    }
+    let signal = wait_for(&signals);
+    tracing::info!(signal, "stopping");
+    server.shutdown();
+    engine.shutdown().context("flushing at shutdown")?;
+    Ok(())
+}
+
+fn block_signals() -> anyhow::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live sigset_t; the calls only write to it and to the thread's mask.
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        bail!("pthread_sigmask failed: {}", std::io::Error::from_raw_os_error(rc));
+    }
+    Ok(set)
+}
+
+fn wait_for(set: &libc::sigset_t) -> i32 {
+    loop {
+        let mut signal: libc::c_int = 0;
+        // SAFETY: `set` holds blocked signals; `signal` is a live int the call writes.
+        if unsafe { libc::sigwait(set, &mut signal) } == 0 {
+            return signal;
+        }
+    }
+}

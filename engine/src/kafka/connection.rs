@@ -1,0 +1,210 @@
+//! One client connection: frames in, handler tasks, responses out in request order.
+//!
+//! The reader reads a frame's size and fixed prefix, refuses frames over the API's limit before
+//! reading them, waits for room in the server-wide budget of request bytes, reads the frame and
+//! spawns its handler on this shard. Up to `in_flight_per_connection` handlers run at once (so
+//! pipelined produces share a group commit); the writer awaits them in order, because Kafka
+//! clients match responses to requests by order as well as correlation id. A request that
+//! cannot be understood closes the connection once the responses before it are written.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use super::codec::{Chunk, Outgoing, Prefix, PREFIX_BYTES};
+use super::handlers::{self, Handled};
+use super::server::Ctx;
+
+/// A handler task, aborted if the connection goes away before its response is written.
+struct Pending(JoinHandle<Handled>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub(crate) async fn serve(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "TCP_NODELAY");
+    }
+    let (reader, writer) = stream.into_split();
+    let (tx, rx) = tokio::sync::mpsc::channel(ctx.shared.config.in_flight_per_connection);
+    let mut stop = ctx.shared.stop.clone();
+    let mut stop2 = ctx.shared.stop.clone();
+    let mut write = std::pin::pin!(write_loop(Rc::clone(&ctx), writer, rx, peer));
+    let read = read_loop(Rc::clone(&ctx), reader, tx, peer);
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        _ = &mut write => {}
+        _ = read => {
+            // The client finished sending (or sent something to close on): write what is owed.
+            tokio::select! {
+                _ = stop2.wait_for(|s| *s) => {}
+                _ = write => {}
+            }
+        }
+    }
+}
+
+async fn read_loop(
+    ctx: Rc<Ctx>,
+    mut reader: OwnedReadHalf,
+    tx: tokio::sync::mpsc::Sender<Pending>,
+    peer: SocketAddr,
+) {
+    let limits = ctx.shared.limits();
+    loop {
+        let mut size = [0u8; 4];
+        if let Err(e) = reader.read_exact(&mut size).await {
+            if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                tracing::debug!(%peer, error = %e, "read failed");
+            }
+            return;
+        }
+        let started = Instant::now();
+        let size = i32::from_be_bytes(size);
+        if size < PREFIX_BYTES as i32 {
+            bad_frame(&ctx, peer, &format!("frame size {size} is below the 8-byte request prefix"));
+            return;
+        }
+        let size = size as usize;
+        let mut prefix = [0u8; PREFIX_BYTES];
+        if reader.read_exact(&mut prefix).await.is_err() {
+            return;
+        }
+        let Some(parsed) = Prefix::parse(&prefix) else { return };
+        let limit = limits.for_api(parsed.api_key);
+        if size > limit {
+            bad_frame(
+                &ctx,
+                peer,
+                &format!("frame of {size} bytes for API {} is over the {limit}-byte limit", parsed.api_key),
+            );
+            return;
+        }
+        // Room in the server-wide budget before the body is read (sizes are below the budget,
+        // checked at start, and below u32::MAX).
+        let permit = match Rc::clone(&ctx).shared.request_bytes.clone().acquire_many_owned(size as u32).await
+        {
+            Ok(p) => p,
+            Err(_) => return,
+        };
+        let mut frame = BytesMut::with_capacity(size);
+        frame.extend_from_slice(&prefix);
+        frame.resize(size, 0);
+        if let Err(e) = reader.read_exact(&mut frame[PREFIX_BYTES..]).await {
+            tracing::debug!(%peer, error = %e, "connection closed inside a frame");
+            return;
+        }
+        let frame: Bytes = frame.freeze();
+        let task_ctx = Rc::clone(&ctx);
+        let handle = tokio::task::spawn_local(async move {
+            let handled = handlers::handle(&task_ctx, parsed, frame, started).await;
+            drop(permit);
+            handled
+        });
+        if tx.send(Pending(handle)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn bad_frame(ctx: &Ctx, peer: SocketAddr, why: &str) {
+    ctx.shared.metrics.bad_frames.inc();
+    tracing::warn!(%peer, "closing connection: {why}");
+}
+
+async fn write_loop(
+    ctx: Rc<Ctx>,
+    mut writer: OwnedWriteHalf,
+    mut rx: tokio::sync::mpsc::Receiver<Pending>,
+    peer: SocketAddr,
+) {
+    while let Some(mut pending) = rx.recv().await {
+        let handled = match (&mut pending.0).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "a request handler failed; closing the connection");
+                return;
+            }
+        };
+        match handled.response {
+            Ok(Some(out)) => {
+                if let Err(e) = write_out(&ctx, &mut writer, out).await {
+                    tracing::debug!(%peer, error = %e, "write failed");
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(why) => {
+                bad_frame(&ctx, peer, &why);
+                let _ = writer.shutdown().await;
+                return;
+            }
+        }
+        ctx.shared.metrics.observe(handled.api, handled.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Writes one response: buffered chunks with `write_all`, file chunks with `sendfile`.
+async fn write_out(ctx: &Ctx, writer: &mut OwnedWriteHalf, out: Outgoing) -> std::io::Result<()> {
+    for chunk in out.chunks {
+        match chunk {
+            Chunk::Bytes(b) => writer.write_all(&b).await?,
+            Chunk::File { file, position, len } => {
+                send_file(writer.as_ref(), &file, position, len).await?;
+                ctx.shared.metrics.zero_copy_bytes.inc_by(len);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `len` bytes of `file` from `position` to the socket with `sendfile(2)`: page cache to socket
+/// buffer in the kernel, never through user space.
+async fn send_file(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    mut position: u64,
+    mut len: u64,
+) -> std::io::Result<()> {
+    while len > 0 {
+        stream.writable().await?;
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let mut offset = position as libc::off_t;
+            let count = len.min(1 << 30) as usize;
+            // SAFETY: both descriptors are open for the call (the socket is borrowed, the file
+            // is held by an Arc); `offset` is a live local the kernel updates.
+            let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut offset, count) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(n as u64)
+            }
+        });
+        match sent {
+            Ok(0) => {
+                // The frame's size promised these bytes; the connection cannot continue.
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("segment file ends before {len} more bytes at {position}"),
+                ));
+            }
+            Ok(n) => {
+                position += n;
+                len -= n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

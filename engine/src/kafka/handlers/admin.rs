@@ -1,0 +1,227 @@
+//! CreateTopics, DeleteTopics, DescribeConfigs, with Kafka's topic config names mapped onto
+//! [`LogConfig`] (the table is in docs/protocol.md).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
+};
+use kafka_protocol::messages::delete_topics_response::{DeletableTopicResult, DeleteTopicsResponse};
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
+};
+use kafka_protocol::messages::{CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest};
+
+use super::super::errors;
+use super::super::server::Ctx;
+use super::{str_bytes, topic_name};
+use crate::engine::EngineError;
+use crate::log::{Durability, LogConfig};
+
+/// Resource types of DescribeConfigs.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// Config source: a topic's own setting.
+const SOURCE_TOPIC: i8 = 1;
+
+/// Applies one Kafka topic config to `config`.
+pub fn apply_config(config: &mut LogConfig, name: &str, value: Option<&str>) -> Result<(), String> {
+    let value = value.ok_or_else(|| format!("{name}: a value is required"))?;
+    let number = || value.parse::<i64>().map_err(|_| format!("{name}={value:?} is not a whole number"));
+    let positive =
+        || number().and_then(|n| u64::try_from(n).map_err(|_| format!("{name}={value} is negative")));
+    let optional_ms = || number().map(|n| if n < 0 { None } else { Some(Duration::from_millis(n as u64)) });
+    match name {
+        "segment.bytes" => config.segment_bytes = positive()?,
+        "segment.ms" => config.segment_age = Duration::from_millis(positive()?),
+        "retention.bytes" => config.retention_bytes = number().map(|n| u64::try_from(n).ok())?,
+        "retention.ms" => config.retention_age = optional_ms()?,
+        "max.message.bytes" => config.batch_bytes_max = positive()?,
+        "index.interval.bytes" => config.index_interval_bytes = positive()?,
+        "spate.durability" => config.durability = value.parse::<Durability>()?,
+        "cleanup.policy" if value == "delete" => {}
+        "cleanup.policy" => return Err(format!("cleanup.policy={value}: only delete is supported")),
+        // Single-node facts, accepted when they state what is true anyway.
+        "min.insync.replicas" | "unclean.leader.election.enable" if value == "1" || value == "false" => {}
+        "message.timestamp.type" if value == "CreateTime" => {}
+        "compression.type" if value == "producer" => {}
+        other => return Err(format!("unknown or unsupported topic config {other}={value}")),
+    }
+    Ok(())
+}
+
+/// A topic's settings under Kafka's names.
+pub fn describe_config(config: &LogConfig) -> Vec<(&'static str, String)> {
+    let ms = |d: Option<Duration>| d.map_or("-1".to_string(), |d| d.as_millis().to_string());
+    vec![
+        ("cleanup.policy", "delete".into()),
+        ("segment.bytes", config.segment_bytes.to_string()),
+        ("segment.ms", config.segment_age.as_millis().to_string()),
+        ("retention.bytes", config.retention_bytes.map_or("-1".into(), |b| b.to_string())),
+        ("retention.ms", ms(config.retention_age)),
+        ("max.message.bytes", config.batch_bytes_max.to_string()),
+        ("index.interval.bytes", config.index_interval_bytes.to_string()),
+        ("spate.durability", config.durability.to_string()),
+        ("min.insync.replicas", "1".into()),
+        ("message.timestamp.type", "CreateTime".into()),
+        ("compression.type", "producer".into()),
+    ]
+}
+
+pub async fn create_topics(
+    ctx: &Rc<Ctx>,
+    request: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
+    let mut results = Vec::new();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
+        let partitions = match topic.num_partitions {
+            -1 if topic.assignments.is_empty() => Ok(ctx.shared.config.default_partitions),
+            -1 => Ok(topic.assignments.len() as u32),
+            n => u32::try_from(n).ok().filter(|&n| n > 0).ok_or(ResponseError::InvalidPartitions),
+        };
+        let mut config = ctx.shared.config.topic_defaults.clone();
+        let checked =
+            partitions.map_err(|code| (code, format!("{} partitions", topic.num_partitions))).and_then(|p| {
+                if !matches!(topic.replication_factor, -1 | 1) {
+                    return Err((
+                        ResponseError::InvalidReplicationFactor,
+                        format!("replication factor {}: this is a single node", topic.replication_factor),
+                    ));
+                }
+                for c in &topic.configs {
+                    apply_config(&mut config, c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))
+                        .map_err(|why| (ResponseError::InvalidConfig, why))?;
+                }
+                config.validate().map_err(|why| (ResponseError::InvalidConfig, why))?;
+                Ok(p)
+            });
+        let outcome = match checked {
+            Err(e) => Err(e),
+            Ok(p) if request.validate_only => crate::engine::topics::validate_name(&name)
+                .map_err(|e| (errors::code(&e), e.to_string()))
+                .and_then(|()| match ctx.engine.topic(&name) {
+                    Ok(_) => {
+                        Err((ResponseError::TopicAlreadyExists, format!("topic {name:?} already exists")))
+                    }
+                    Err(_) => Ok(p),
+                }),
+            Ok(p) => {
+                let (owned, cfg) = (name.clone(), config.clone());
+                ctx.admin(move |engine| engine.create_topic(&owned, p, cfg))
+                    .await
+                    .map(|()| p)
+                    .map_err(|e| (errors::code(&e), e.to_string()))
+            }
+        };
+        match outcome {
+            Ok(p) => {
+                result.num_partitions = p as i32;
+                result.replication_factor = 1;
+                if version >= 5 {
+                    result.configs = Some(
+                        describe_config(&config)
+                            .into_iter()
+                            .map(|(k, v)| {
+                                CreatableTopicConfigs::default()
+                                    .with_name(str_bytes(k))
+                                    .with_value(Some(str_bytes(&v)))
+                                    .with_config_source(SOURCE_TOPIC)
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            Err((code, why)) => {
+                result.error_code = code.code();
+                result.error_message = Some(str_bytes(&why));
+                result.num_partitions = -1;
+                result.replication_factor = -1;
+            }
+        }
+        results.push(result);
+    }
+    CreateTopicsResponse::default().with_topics(results)
+}
+
+pub async fn delete_topics(
+    ctx: &Rc<Ctx>,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    let names: Vec<Option<String>> = if version >= 6 {
+        request.topics.into_iter().map(|t| t.name.map(|n| n.0.to_string())).collect()
+    } else {
+        request.topic_names.into_iter().map(|n| Some(n.0.to_string())).collect()
+    };
+    let mut responses = Vec::new();
+    for name in names {
+        let mut result = DeletableTopicResult::default();
+        let Some(name) = name else {
+            // Deleting by topic id: Spate has no topic ids.
+            result.error_code = ResponseError::UnknownTopicId.code();
+            responses.push(result);
+            continue;
+        };
+        result.name = Some(topic_name(&name));
+        let owned = name.clone();
+        if let Err(e) = ctx.admin(move |engine| engine.delete_topic(&owned)).await {
+            result.error_code = match e {
+                EngineError::InvalidTopicName { .. } => ResponseError::InvalidTopicException.code(),
+                ref other => errors::code(other).code(),
+            };
+            result.error_message = Some(str_bytes(&e.to_string()));
+        }
+        responses.push(result);
+    }
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub async fn describe_configs(ctx: &Rc<Ctx>, request: DescribeConfigsRequest) -> DescribeConfigsResponse {
+    let mut results = Vec::new();
+    for resource in request.resources {
+        let mut result = DescribeConfigsResult::default()
+            .with_resource_type(resource.resource_type)
+            .with_resource_name(resource.resource_name.clone());
+        let entries: Result<Vec<(&str, String)>, (ResponseError, String)> = match resource.resource_type {
+            RESOURCE_TOPIC => ctx
+                .engine
+                .topic(resource.resource_name.as_str())
+                .map(|info| describe_config(&info.config))
+                .map_err(|e| (errors::code(&e), e.to_string())),
+            RESOURCE_BROKER => Ok(vec![
+                ("message.max.bytes", ctx.shared.config.produce_frame_bytes_max.to_string()),
+                ("auto.create.topics.enable", ctx.shared.config.auto_create_topics.to_string()),
+                ("num.partitions", ctx.shared.config.default_partitions.to_string()),
+            ]),
+            other => Err((ResponseError::InvalidRequest, format!("resource type {other} is not supported"))),
+        };
+        match entries {
+            Ok(entries) => {
+                let keys: Option<Vec<String>> =
+                    resource.configuration_keys.map(|ks| ks.iter().map(|k| k.to_string()).collect());
+                result.configs = entries
+                    .into_iter()
+                    .filter(|(k, _)| keys.as_ref().is_none_or(|ks| ks.iter().any(|x| x == k)))
+                    .map(|(k, v)| {
+                        DescribeConfigsResourceResult::default()
+                            .with_name(str_bytes(k))
+                            .with_value(Some(str_bytes(&v)))
+                            .with_config_source(SOURCE_TOPIC)
+                            .with_read_only(resource.resource_type == RESOURCE_BROKER)
+                    })
+                    .collect();
+            }
+            Err((code, why)) => {
+                result.error_code = code.code();
+                result.error_message = Some(str_bytes(&why));
+            }
+        }
+        results.push(result);
+    }
+    DescribeConfigsResponse::default().with_results(results)
+}

@@ -1,0 +1,217 @@
+//! Fetch: every partition read at once from its shard; if fewer than `min_bytes` arrived, long
+//! polls from where each partition's data ended, woken by appends, until enough has arrived or
+//! `max_wait` passes. Record bytes go out as file ranges (`sendfile`), never copied here.
+
+use std::hash::{BuildHasher, Hasher};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchResponse, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, RequestHeader};
+
+use super::super::codec::{self, Outgoing};
+use super::super::errors;
+use super::super::server::Ctx;
+use super::{partition_index, retry_busy, topic_name};
+use crate::engine::{EngineError, FetchOptions, Fetched};
+use crate::log::ReadSlice;
+
+/// A wait longer than this is cut to it (Kafka clients ask for 100 ms to a few seconds).
+const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
+
+struct Want {
+    topic: Rc<str>,
+    partition: i32,
+    offset: i64,
+    max_bytes: u64,
+}
+
+pub async fn handle(
+    ctx: &Rc<Ctx>,
+    header: &RequestHeader,
+    mut body: Bytes,
+) -> Result<Option<Outgoing>, String> {
+    let version = header.request_api_version;
+    let request: FetchRequest = codec::decode_body(&mut body, version, "Fetch").map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let max_wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_CAP);
+    let deadline = started + max_wait;
+    let min_bytes = u64::try_from(request.min_bytes).unwrap_or(0);
+    let response_max_bytes = u64::try_from(request.max_bytes).unwrap_or(0);
+    let mut wants = Vec::new();
+    for topic in request.topics {
+        let name: Rc<str> = Rc::from(topic.topic.0.as_str());
+        for p in topic.partitions {
+            wants.push(Want {
+                topic: Rc::clone(&name),
+                partition: p.partition,
+                offset: p.fetch_offset,
+                max_bytes: u64::try_from(p.partition_max_bytes).unwrap_or(0),
+            });
+        }
+    }
+    let results = loop {
+        let results = read_all(ctx, &wants).await;
+        let available: u64 = results.iter().map(|r| r.as_ref().map_or(0, |f| f.slice.len)).sum();
+        let errors = results.iter().any(Result::is_err);
+        if available >= min_bytes || errors || Instant::now() >= deadline || wants.is_empty() {
+            break results;
+        }
+        // Wait for any partition to get bytes past what it has now, then read them all again.
+        let from: Vec<i64> = wants
+            .iter()
+            .zip(&results)
+            .map(|(w, r)| {
+                r.as_ref().map_or(w.offset, |f| if f.slice.len > 0 { f.slice.next_offset } else { w.offset })
+            })
+            .collect();
+        wait_for_any(ctx, &wants, &from, deadline).await;
+    };
+    encode(version, header.correlation_id, &wants, results, response_max_bytes)
+}
+
+/// Reads every wanted partition now, all requests in flight at once.
+async fn read_all(ctx: &Rc<Ctx>, wants: &[Want]) -> Vec<Result<Fetched, EngineError>> {
+    let mut pending = Vec::with_capacity(wants.len());
+    for w in wants {
+        let options = FetchOptions { max_bytes: w.max_bytes.max(1), min_bytes: 0, max_wait: Duration::ZERO };
+        pending.push(fetch_one(ctx, &w.topic, w.partition, w.offset, options));
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        out.push(p.await);
+    }
+    out
+}
+
+/// Starts one fetch now; the returned future finishes it (retrying a full mailbox).
+fn fetch_one(
+    ctx: &Ctx,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    options: FetchOptions,
+) -> impl std::future::Future<Output = Result<Fetched, EngineError>> + 'static {
+    let engine = ctx.engine.clone();
+    let topic = topic.to_string();
+    let first = partition_index(partition)
+        .map(|p| engine.fetch_async(&topic, p, offset, options))
+        .map_err(|_| EngineError::UnknownPartition { topic: topic.clone(), partition: u32::MAX });
+    async move {
+        match first {
+            Err(e) => Err(e),
+            Ok(f) => match f.await {
+                Err(EngineError::Busy { .. }) => {
+                    let p = partition as u32;
+                    retry_busy(|| engine.fetch_async(&topic, p, offset, options)).await
+                }
+                other => other,
+            },
+        }
+    }
+}
+
+/// Returns when any partition has data past `from`, or at the deadline.
+async fn wait_for_any(ctx: &Rc<Ctx>, wants: &[Want], from: &[i64], deadline: Instant) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut tasks = Vec::with_capacity(wants.len());
+    for (i, w) in wants.iter().enumerate() {
+        let options = FetchOptions {
+            max_bytes: 1,
+            min_bytes: 1,
+            max_wait: deadline.saturating_duration_since(Instant::now()),
+        };
+        let poll = fetch_one(ctx, &w.topic, w.partition, from[i], options);
+        let tx = tx.clone();
+        tasks.push(AbortOnDrop(tokio::task::spawn_local(async move {
+            if matches!(poll.await, Ok(f) if f.slice.len > 0) {
+                let _ = tx.try_send(());
+            }
+        })));
+    }
+    drop(tx);
+    let _ = tokio::time::timeout_at(deadline.into(), rx.recv()).await;
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn encode(
+    version: i16,
+    correlation_id: i32,
+    wants: &[Want],
+    results: Vec<Result<Fetched, EngineError>>,
+    response_max_bytes: u64,
+) -> Result<Option<Outgoing>, String> {
+    let nonce = nonce();
+    let mut slices: Vec<ReadSlice> = Vec::new();
+    let mut included: u64 = 0;
+    let mut topics: Vec<FetchableTopicResponse> = Vec::new();
+    for (w, result) in wants.iter().zip(results) {
+        let mut p = PartitionData::default()
+            .with_partition_index(w.partition)
+            .with_preferred_read_replica(BrokerId(-1))
+            .with_records(Some(Bytes::new()));
+        match result {
+            Ok(f) => {
+                p.high_watermark = f.high_watermark;
+                p.last_stable_offset = f.high_watermark;
+                p.log_start_offset = f.log_start_offset;
+                p.aborted_transactions = Some(Vec::new());
+                // The first partition with data always gets its first batch, as in Kafka;
+                // later ones only what fits under the response's max_bytes.
+                if f.slice.len > 0 && (included == 0 || included + f.slice.len <= response_max_bytes) {
+                    included += f.slice.len;
+                    p.records = Some(codec::placeholder(nonce, slices.len() as u32));
+                    slices.push(f.slice);
+                }
+            }
+            Err(e) => {
+                p.error_code = errors::code(&e).code();
+                p.high_watermark = -1;
+                tracing::debug!(topic = %w.topic, partition = w.partition, error = %e, "fetch refused");
+            }
+        }
+        match topics.last_mut() {
+            Some(t) if t.topic.0.as_str() == &*w.topic => t.partitions.push(p),
+            _ => topics.push(
+                FetchableTopicResponse::default().with_topic(topic_name(&w.topic)).with_partitions(vec![p]),
+            ),
+        }
+    }
+    let response = FetchResponse::default().with_session_id(0).with_responses(topics);
+    codec::encode_with_slices(
+        ApiKey::Fetch,
+        version,
+        correlation_id,
+        &response,
+        nonce,
+        &slices,
+        version >= 12,
+    )
+    .map(Some)
+    .map_err(|e| e.to_string())
+}
+
+/// A value nobody can predict, for the response's placeholders.
+fn nonce() -> u64 {
+    thread_local! {
+        static COUNTER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        static KEYS: std::collections::hash_map::RandomState = std::collections::hash_map::RandomState::new();
+    }
+    let n = COUNTER.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    KEYS.with(|k| {
+        let mut h = k.build_hasher();
+        h.write_u64(n);
+        h.finish()
+    })
+}

@@ -1,0 +1,165 @@
+//! Request handlers: decode, call the engine or the coordinator, encode.
+//!
+//! Each handler takes the decoded request and returns the response message; [`handle`] does
+//! the framing around it. A request that cannot be decoded, or names an API or version that is
+//! not implemented, closes the connection (as Kafka does), except ApiVersions, which answers
+//! UNSUPPORTED_VERSION with the supported ranges so that the client can retry.
+
+mod admin;
+mod fetch;
+mod groups;
+mod meta;
+mod offsets;
+mod produce;
+
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, RequestHeader, TopicName};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+
+use super::codec::{self, Outgoing, Prefix};
+use super::server::Ctx;
+use super::versions;
+use crate::engine::EngineError;
+
+/// A handler's result, with what the metrics need.
+#[derive(Debug)]
+pub struct Handled {
+    pub api: &'static str,
+    pub started: Instant,
+    /// `Ok(None)`: no response is due (Produce with acks=0). `Err`: close the connection.
+    pub response: Result<Option<Outgoing>, String>,
+}
+
+pub(crate) async fn handle(ctx: &Rc<Ctx>, prefix: Prefix, mut frame: Bytes, started: Instant) -> Handled {
+    let key = ApiKey::try_from(prefix.api_key).ok();
+    let api = key.map_or("unknown", api_name);
+    let response = match key {
+        None => Err(format!("unknown API key {}", prefix.api_key)),
+        Some(ApiKey::ApiVersions) => meta::api_versions(prefix, frame),
+        Some(key) if !versions::supports(key, prefix.api_version) => {
+            Err(format!("{key:?} v{} is not implemented", prefix.api_version))
+        }
+        Some(key) => match codec::decode_header(&mut frame, key, prefix.api_version) {
+            Ok(header) => dispatch(ctx, key, header, frame).await,
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    Handled { api, started, response }
+}
+
+async fn dispatch(
+    ctx: &Rc<Ctx>,
+    key: ApiKey,
+    header: RequestHeader,
+    body: Bytes,
+) -> Result<Option<Outgoing>, String> {
+    let h = &header;
+    match key {
+        ApiKey::Metadata => run(h, body, |r| meta::metadata(ctx, r, h.request_api_version)).await,
+        ApiKey::Produce => produce::handle(ctx, h, body).await,
+        ApiKey::Fetch => fetch::handle(ctx, h, body).await,
+        ApiKey::ListOffsets => run(h, body, |r| offsets::list_offsets(ctx, r)).await,
+        ApiKey::CreateTopics => run(h, body, |r| admin::create_topics(ctx, r, h.request_api_version)).await,
+        ApiKey::DeleteTopics => run(h, body, |r| admin::delete_topics(ctx, r, h.request_api_version)).await,
+        ApiKey::DescribeConfigs => run(h, body, |r| admin::describe_configs(ctx, r)).await,
+        ApiKey::InitProducerId => run(h, body, |r| meta::init_producer_id(ctx, r)).await,
+        ApiKey::FindCoordinator => {
+            run(h, body, |r| meta::find_coordinator(ctx, r, h.request_api_version)).await
+        }
+        ApiKey::JoinGroup => run(h, body, |r| groups::join(ctx, r, h)).await,
+        ApiKey::SyncGroup => run(h, body, |r| groups::sync(ctx, r)).await,
+        ApiKey::Heartbeat => run(h, body, |r| groups::heartbeat(ctx, r)).await,
+        ApiKey::LeaveGroup => run(h, body, |r| groups::leave(ctx, r, h.request_api_version)).await,
+        ApiKey::ListGroups => run(h, body, |r| groups::list(ctx, r)).await,
+        ApiKey::DescribeGroups => run(h, body, |r| groups::describe(ctx, r)).await,
+        ApiKey::OffsetCommit => run(h, body, |r| offsets::commit(ctx, r)).await,
+        ApiKey::OffsetFetch => run(h, body, |r| offsets::fetch(ctx, r, h.request_api_version)).await,
+        other => Err(format!("{other:?} is not implemented")),
+    }
+}
+
+/// Decodes the body as `Req`, runs `f`, encodes its response for the request's version.
+async fn run<Req, Resp, F, Fut>(
+    header: &RequestHeader,
+    mut body: Bytes,
+    f: F,
+) -> Result<Option<Outgoing>, String>
+where
+    Req: Decodable,
+    Resp: Encodable + HeaderVersion,
+    F: FnOnce(Req) -> Fut,
+    Fut: Future<Output = Resp>,
+{
+    let key = ApiKey::try_from(header.request_api_key).map_err(|_| "unknown API key".to_string())?;
+    let version = header.request_api_version;
+    let request: Req = codec::decode_body(&mut body, version, api_name(key)).map_err(|e| e.to_string())?;
+    let response = f(request).await;
+    codec::encode_response(key, version, header.correlation_id, &response)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// The API's name, for metrics and logs.
+pub fn api_name(key: ApiKey) -> &'static str {
+    match key {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        _ => "other",
+    }
+}
+
+fn str_bytes(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(str_bytes(s))
+}
+
+/// A partition index from the wire as the engine's `u32` (negative ones do not exist).
+fn partition_index(p: i32) -> Result<u32, EngineError> {
+    u32::try_from(p).map_err(|_| EngineError::UnknownPartition { topic: String::new(), partition: u32::MAX })
+}
+
+/// Calls an engine operation, retrying while a shard's mailbox is full: on a shard thread the
+/// engine answers `Busy` instead of blocking, and this task yields so the shards can drain.
+async fn retry_busy<T, F, Fut>(mut call: F) -> Result<T, EngineError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, EngineError>>,
+{
+    let mut attempts: u32 = 0;
+    loop {
+        match call().await {
+            Err(EngineError::Busy { .. }) if attempts < 10_000 => {
+                attempts += 1;
+                if attempts < 16 {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            other => return other,
+        }
+    }
+}
