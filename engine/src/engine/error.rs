@@ -37,6 +37,12 @@ pub enum EngineError {
     /// The shard already holds `fetch_waiters_max` long-poll fetches.
     #[error("too many waiting fetches on shard {shard}")]
     TooManyWaiters { shard: usize },
+    /// An idempotent producer's batch does not continue its sequence (and is not a retry).
+    #[error("producer {producer_id}: sequence {got} where {expected} was expected")]
+    OutOfOrderSequence { producer_id: i64, expected: i32, got: i32 },
+    /// An idempotent producer wrote with an epoch older than one already seen.
+    #[error("producer {producer_id}: epoch {got} is older than {current}")]
+    InvalidProducerEpoch { producer_id: i64, current: i16, got: i16 },
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("{}: {source}", path.display())]

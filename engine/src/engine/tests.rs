@@ -793,3 +793,46 @@ fn deleting_a_topic_forgets_its_offsets_and_leftovers_are_removed_at_open() {
     engine.create_topic("gone", 1, LogConfig::default()).unwrap();
     assert_eq!(engine.list_offset("gone", 0, OffsetSpec::Latest).unwrap(), Some(0));
 }
+
+fn idempotent_batch(producer_id: i64, epoch: i16, seq: i32, values: &[&[u8]]) -> Vec<u8> {
+    let mut b = BatchBuilder::new(BatchOptions {
+        producer_id,
+        producer_epoch: epoch,
+        base_sequence: seq,
+        ..BatchOptions::default()
+    });
+    for v in values {
+        b.push(&record(None, v, 1));
+    }
+    b.finish()
+}
+
+#[test]
+fn idempotent_retries_are_written_once_even_across_a_restart_and_gaps_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for backend in backends() {
+        let topic = format!("idem-{backend:?}").to_lowercase();
+        let engine = Engine::open(dir.path(), config(backend, 2)).unwrap();
+        engine.create_topic(&topic, 1, LogConfig::default()).unwrap();
+        let bp = Backpressure::Buffer;
+        let first = engine.produce_batch(&topic, 0, idempotent_batch(42, 0, 0, &[b"a", b"b"]), &bp).unwrap();
+        let again = engine.produce_batch(&topic, 0, idempotent_batch(42, 0, 0, &[b"a", b"b"]), &bp).unwrap();
+        assert_eq!((again.base_offset, again.last_offset), (first.base_offset, first.last_offset));
+        let gap = engine.produce_batch(&topic, 0, idempotent_batch(42, 0, 3, &[b"c"]), &bp);
+        assert!(matches!(gap, Err(EngineError::OutOfOrderSequence { expected: 2, got: 3, .. })), "{gap:?}");
+        let next = engine.produce_batch(&topic, 0, idempotent_batch(42, 0, 2, &[b"c"]), &bp).unwrap();
+        assert_eq!(next.base_offset, first.last_offset + 1);
+        drop(engine);
+
+        let engine = Engine::open(dir.path(), config(backend, 2)).unwrap();
+        let retried = engine.produce_batch(&topic, 0, idempotent_batch(42, 0, 2, &[b"c"]), &bp).unwrap();
+        assert_eq!(retried.base_offset, next.base_offset, "the restart remembered the producer");
+        let stale = engine.produce_batch(&topic, 0, idempotent_batch(42, -1, 3, &[b"d"]), &bp);
+        assert!(stale.is_err());
+        let end = engine.list_offset(&topic, 0, OffsetSpec::Latest).unwrap();
+        assert_eq!(end, Some(3), "three records, each written once");
+        let fetched = engine.fetch(&topic, 0, 0, FetchOptions::default()).unwrap();
+        let values: Vec<_> = fetched.records(0).unwrap().into_iter().map(|r| r.value.unwrap()).collect();
+        assert_eq!(values, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    }
+}

@@ -22,6 +22,8 @@ pub fn code(e: &EngineError) -> ResponseError {
         EngineError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         EngineError::Locked { .. } => ResponseError::UnknownServerError,
         EngineError::InvalidConsumerName { .. } => ResponseError::InvalidGroupId,
+        EngineError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        EngineError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         EngineError::Log(log) => log_code(log),
         EngineError::Io { .. } => ResponseError::KafkaStorageError,
     }

@@ -11,6 +11,7 @@
 //! request waits for a timer it does not need, and no loop polls while idle.
 
 pub mod mailbox;
+mod producers;
 pub(crate) mod request;
 pub use request::LocalTask;
 mod slot;
@@ -292,7 +293,7 @@ impl Shard {
         }
         let dir = self.partition_dir(&id);
         let log = Partition::open(&dir, config, &mut *self.io)?;
-        let slot = Slot::new(log);
+        let slot = Slot::new(log)?;
         if id.topic == self.setup.offsets_topic {
             // Rebuild the committed offsets this partition holds, and tell the data partitions'
             // shards where their consumers stand.

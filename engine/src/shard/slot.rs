@@ -6,11 +6,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use super::producers::{Check, Producers};
 use super::request::{answer, Reply};
 use crate::engine::{Backpressure, EngineError, Fetched, ProduceAck};
 use crate::io::Io;
 use crate::log::{AppendInfo, LogError, Partition};
-use crate::record::{batches, BatchBuilder, BatchOptions, Record};
+use crate::record::{batches, BatchBuilder, BatchHeader, BatchOptions, Record};
 
 /// (consumer, topic, partition): the key of a committed offset.
 pub(crate) type OffsetKey = (Arc<str>, Arc<str>, u32);
@@ -60,18 +61,23 @@ pub(crate) struct Slot {
     pub consumers: HashMap<Arc<str>, i64>,
     /// Parked bytes answered by `settle` since the shard last asked (for its accounting).
     released_bytes: u64,
+    /// Idempotent producers' recent batches.
+    producers: Producers,
 }
 
 impl Slot {
-    pub fn new(log: Partition) -> Slot {
-        Slot {
+    /// A slot for `log`, with its idempotent producers rebuilt from its recent segments.
+    pub fn new(log: Partition) -> Result<Slot, EngineError> {
+        let producers = Producers::rebuild(&log, SystemTime::now())?;
+        Ok(Slot {
             log,
             acks: VecDeque::new(),
             waiters: Vec::new(),
             parked: VecDeque::new(),
             consumers: HashMap::new(),
             released_bytes: 0,
-        }
+            producers,
+        })
     }
 
     /// Whether the next group commit must include this partition.
@@ -103,8 +109,26 @@ impl Slot {
     }
 
     pub fn append(&mut self, io: &mut dyn Io, partition: u32, batch: Vec<u8>, reply: Reply<ProduceAck>) {
+        // A header that does not parse is reported by the log's own checks below.
+        let header = BatchHeader::parse(&batch).ok();
+        if let Some(h) = &header {
+            match self.producers.check(h) {
+                Check::Append => {}
+                // Answered with the first write's offsets once those are durable (the queue
+                // is in offset order, and these are behind everything queued).
+                Check::Duplicate(info) => {
+                    return self.acks.push_back(PendingAck::Produce { partition, info, reply })
+                }
+                Check::Refuse(e) => return answer(reply, Err(e)),
+            }
+        }
         match self.log.append(io, batch, SystemTime::now()) {
-            Ok(info) => self.acks.push_back(PendingAck::Produce { partition, info, reply }),
+            Ok(info) => {
+                if let Some(h) = &header {
+                    self.producers.record(h, info);
+                }
+                self.acks.push_back(PendingAck::Produce { partition, info, reply })
+            }
             Err(e) => answer(reply, Err(e.into())),
         }
     }
