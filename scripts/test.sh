@@ -2,8 +2,11 @@
 # The whole test suite: formatting, lints, and every test, with the I/O tests run on both
 # backends (io_uring and the pwritev fallback). Installs what the tests need that is missing:
 # nats-server and redis-server (Debian packages) for the peers benchmark test, when run as root.
-# Set SPATE_REQUIRE_URING=1 (and SPATE_REQUIRE_MOUNT=1, SPATE_REQUIRE_PEERS=1) to fail, rather
-# than skip, where io_uring (a tmpfs mount, the peers) is unavailable.
+# It also installs the Kafka clients the protocol tests drive (kcat, confluent-kafka,
+# kafka-python; see scripts/install-kafka-clients.sh).
+# Set SPATE_REQUIRE_URING=1 (and SPATE_REQUIRE_MOUNT=1, SPATE_REQUIRE_PEERS=1,
+# SPATE_REQUIRE_CLIENTS=1) to fail, rather than skip, where io_uring (a tmpfs mount, the peers,
+# the Kafka clients) is unavailable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +17,14 @@ trap 'rm -f "$log"' EXIT
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   step "peers for the benchmark tests (nats-server, redis-server)"
   bash scripts/install-peers.sh
+fi
+
+step "Kafka clients for the protocol tests (kcat, confluent-kafka, kafka-python)"
+if bash scripts/install-kafka-clients.sh; then
+  SPATE_PYTHON="$(pwd)/${SPATE_VENV:-target/kafka-clients}/bin/python"
+  export SPATE_PYTHON
+else
+  echo "Kafka clients unavailable: their tests will skip (or fail under SPATE_REQUIRE_CLIENTS=1)"
 fi
 
 step "cargo fmt --check"

@@ -4,6 +4,7 @@
 //! io_uring), [`segment`] (one log file and its indexes), [`log`] (a partition: segments, group
 //! commit, recovery, retention).
 
+pub mod alloc;
 mod engine;
 pub mod group;
 pub mod io;

@@ -12,6 +12,10 @@ use spate::kafka::{Server, ServerConfig};
 use spate::log::Durability;
 use spate::{Engine, EngineConfig};
 
+/// Request decoders reserve capacity from counts in the frame; see `spate::alloc`.
+#[global_allocator]
+static ALLOC: spate::alloc::ReservingAlloc = spate::alloc::ReservingAlloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "spate", version, about = "A single-node stream engine speaking the Kafka protocol")]
 struct Cli {

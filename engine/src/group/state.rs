@@ -480,7 +480,8 @@ impl Groups {
         next
     }
 
-    /// Whether an OffsetCommit from this member at this generation may be applied.
+    /// Whether an OffsetCommit from this member at this generation may be applied: a member of
+    /// the current generation, except while that generation is being synced.
     /// A commit with generation -1 and no member id comes from a consumer outside any group
     /// (manual assignment): allowed while the group has no members.
     pub fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), GroupError> {
@@ -496,7 +497,10 @@ impl Groups {
         if generation != group.generation {
             return Err(GroupError::IllegalGeneration);
         }
-        if group.state == GroupState::PreparingRebalance {
+        // While members rejoin, the old generation's commits still count (they are what the
+        // new owners resume from); once the new generation exists, its members must finish
+        // syncing first (Kafka's rules).
+        if group.state == GroupState::CompletingRebalance {
             return Err(GroupError::RebalanceInProgress);
         }
         Ok(())
@@ -549,6 +553,12 @@ fn fail_waiters(member: &mut Member, error: GroupError) {
 
 fn start_rebalance(group: &mut Group, now: Instant) {
     let timeout = group.members.values().map(|m| m.rebalance_timeout).max().unwrap_or_default();
+    tracing::debug!(
+        generation = group.generation,
+        members = group.members.len(),
+        ?timeout,
+        "rebalance starts"
+    );
     group.state = GroupState::PreparingRebalance;
     group.rebalance_deadline = Some(now + timeout);
     // Syncs waiting for an assignment of the old generation will never get one.
@@ -635,6 +645,13 @@ fn try_complete_join(group: &mut Group, now: Instant) {
     if group.leader.as_ref().is_none_or(|l| !group.members.contains_key(l)) {
         group.leader = group.members.keys().next().cloned();
     }
+    tracing::debug!(
+        generation = group.generation,
+        protocol = %group.protocol_name,
+        leader = ?group.leader,
+        members = group.members.len(),
+        "rebalance completes"
+    );
     let ids: Vec<String> = group.members.keys().cloned().collect();
     for id in ids {
         let outcome = outcome_for(group, &id);

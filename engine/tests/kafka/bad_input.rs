@@ -1,0 +1,159 @@
+//! Malformed, truncated, oversized and unknown frames: an error response or a clean close,
+//! never a crash, and other connections carry on.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+
+use crate::server::{kcat, run_kcat, Spate};
+
+/// An ApiVersions v0 request frame (correlation id `id`).
+fn api_versions(id: i32) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&18i16.to_be_bytes());
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&id.to_be_bytes());
+    body.extend_from_slice(&4i16.to_be_bytes());
+    body.extend_from_slice(b"test");
+    let mut frame = (body.len() as i32).to_be_bytes().to_vec();
+    frame.extend(body);
+    frame
+}
+
+/// Sends a request and reads one response frame: (correlation id, body after it).
+fn round_trip(s: &mut TcpStream, frame: &[u8]) -> std::io::Result<(i32, Vec<u8>)> {
+    s.write_all(frame)?;
+    let mut size = [0u8; 4];
+    s.read_exact(&mut size)?;
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut body)?;
+    Ok((i32::from_be_bytes(body[..4].try_into().unwrap()), body[4..].to_vec()))
+}
+
+/// Whether the server closed the connection (EOF) within a few seconds.
+fn closed(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn frame(api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut f = ((8 + body.len()) as i32).to_be_bytes().to_vec();
+    f.extend_from_slice(&api_key.to_be_bytes());
+    f.extend_from_slice(&version.to_be_bytes());
+    f.extend_from_slice(&7i32.to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn bad_frames_get_an_error_or_a_clean_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spate = Spate::start(&dir.path().join("data"));
+    let addr = spate.addr;
+    let connect = || TcpStream::connect(addr).unwrap();
+
+    // ApiVersions at a version beyond ours: UNSUPPORTED_VERSION (35) with our ranges, as v0.
+    let mut s = connect();
+    let mut f = api_versions(41);
+    f[6..8].copy_from_slice(&99i16.to_be_bytes());
+    let (id, body) = round_trip(&mut s, &f).unwrap();
+    assert_eq!(id, 41);
+    assert_eq!(i16::from_be_bytes([body[0], body[1]]), 35);
+    assert!(i32::from_be_bytes(body[2..6].try_into().unwrap()) >= 18, "the supported APIs are listed");
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unknown API key", frame(999, 0, &[0, 0])),
+        ("unsupported Metadata version", frame(3, 99, &[0, 0])),
+        ("malformed Metadata body", frame(3, 9, &[0xff; 3])),
+        (
+            "array count of 2^31 - 1 in a tiny Produce",
+            frame(0, 7, &[0, 0, 0, 0, 0, 1, 0, 0, 0x7f, 0xff, 0xff, 0xff]),
+        ),
+        ("negative frame size", (-5i32).to_be_bytes().to_vec()),
+        ("frame shorter than a request prefix", 3i32.to_be_bytes().to_vec()),
+        ("Metadata frame over the 1 MiB limit", {
+            let mut f = (2i32 << 20).to_be_bytes().to_vec();
+            f.extend_from_slice(&[0, 3, 0, 9, 0, 0, 0, 1]);
+            f
+        }),
+        ("Produce frame over the 100 MiB limit", {
+            let mut f = (200i32 << 20).to_be_bytes().to_vec();
+            f.extend_from_slice(&[0, 0, 0, 7, 0, 0, 0, 1]);
+            f
+        }),
+    ];
+    for (what, bytes) in cases {
+        let mut s = connect();
+        s.write_all(&bytes).unwrap();
+        assert!(closed(&mut s), "{what}: the connection is closed");
+    }
+    // A frame cut short, then the client goes away.
+    let mut s = connect();
+    s.write_all(&api_versions(1)[..9]).unwrap();
+    drop(s);
+    assert!(spate.alive(), "{}", spate.server_log());
+    assert!(spate.metric("spate_bad_frames_total") >= 8.0);
+    let (id, _) = round_trip(&mut connect(), &api_versions(5)).unwrap();
+    assert_eq!(id, 5);
+}
+
+#[test]
+fn thousands_of_random_frames_leave_the_server_and_other_clients_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spate = Spate::start(&dir.path().join("data"));
+    // A healthy connection opened before the storm, used during and after it.
+    let mut healthy = TcpStream::connect(spate.addr).unwrap();
+    assert_eq!(round_trip(&mut healthy, &api_versions(1)).unwrap().0, 1);
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5ba7e);
+    let mut sent = 0;
+    for round in 0..2000 {
+        let mut s = TcpStream::connect(spate.addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        for _ in 0..5 {
+            let api_key: i16 = if rng.random_bool(0.8) { rng.random_range(0..20) } else { rng.random() };
+            let version: i16 = if rng.random_bool(0.8) { rng.random_range(0..14) } else { rng.random() };
+            let len = rng.random_range(0..300);
+            let mut body: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            // Sometimes a plausible start: a client id and small counts.
+            if rng.random_bool(0.3) && body.len() > 8 {
+                body[..4].copy_from_slice(&[0, 2, b'c', b'x']);
+            }
+            let mut f = frame(api_key, version, &body);
+            if rng.random_bool(0.1) {
+                // A lying size.
+                let lie: i32 = rng.random();
+                f[..4].copy_from_slice(&lie.to_be_bytes());
+            }
+            if s.write_all(&f).is_err() {
+                break; // closed on an earlier frame, as it should be
+            }
+            sent += 1;
+        }
+        if round % 100 == 0 {
+            let answered = round_trip(&mut healthy, &api_versions(round));
+            let log = spate.server_log();
+            assert_eq!(answered.unwrap_or_else(|e| panic!("{e}; server log:\n{log}")).0, round);
+        }
+    }
+    assert!(sent >= 2000, "{sent} frames sent");
+    assert!(spate.alive(), "{}", spate.server_log());
+    assert!(!spate.server_log().contains("panicked"), "{}", spate.server_log());
+    assert_eq!(round_trip(&mut healthy, &api_versions(999)).unwrap().0, 999);
+    if let Some(kcat) = kcat() {
+        let b = spate.bootstrap();
+        run_kcat(&kcat, &["-b", &b, "-P", "-t", "after-storm"], "still\nworks\n");
+        let out = run_kcat(&kcat, &["-b", &b, "-C", "-t", "after-storm", "-o", "beginning", "-e", "-q"], "");
+        assert_eq!(out, "still\nworks\n");
+    }
+}

@@ -1,0 +1,162 @@
+//! Real clients against a real server process.
+
+use std::collections::BTreeSet;
+
+use crate::server::{kcat, python, run_kcat, run_python, Spate};
+
+#[test]
+fn kcat_produces_and_consumes_keyed_messages_and_sees_the_topic_in_metadata() {
+    let Some(kcat) = kcat() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let b = spate.bootstrap();
+    let input: String = (0..300).map(|i| format!("key{}:value-{i}\n", i % 5)).collect();
+    run_kcat(&kcat, &["-b", &b, "-P", "-t", "kcat-rt", "-K:"], &input);
+    let out = run_kcat(
+        &kcat,
+        &["-b", &b, "-C", "-t", "kcat-rt", "-o", "beginning", "-e", "-q", "-f", "%k:%s\n"],
+        "",
+    );
+    assert_eq!(out, input, "every message, in order (one partition), with its key");
+    let listing = run_kcat(&kcat, &["-b", &b, "-L", "-t", "kcat-rt"], "");
+    assert!(listing.contains("topic \"kcat-rt\" with 1 partitions"), "{listing}");
+    // Reading from an offset in the middle and from the end.
+    let tail =
+        run_kcat(&kcat, &["-b", &b, "-C", "-t", "kcat-rt", "-o", "295", "-e", "-q", "-f", "%o %s\n"], "");
+    assert_eq!(
+        tail.lines().collect::<Vec<_>>(),
+        (295..300).map(|i| format!("{i} value-{i}")).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn batches_compressed_by_clients_are_stored_and_served_back() {
+    let (Some(kcat), Some(python)) = (kcat(), python()) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let b = spate.bootstrap();
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let topic = format!("kcat-{codec}");
+        let input: String =
+            (0..2000).map(|i| format!("{codec} record {i} {}\n", "x".repeat(i % 50))).collect();
+        run_kcat(&kcat, &["-b", &b, "-P", "-t", &topic, "-z", codec], &input);
+        let out = run_kcat(&kcat, &["-b", &b, "-C", "-t", &topic, "-o", "beginning", "-e", "-q"], "");
+        assert_eq!(out, input, "kcat with {codec}");
+        let r =
+            run_python(&python, "confluent_idempotent.py", &[&b, &format!("rdkafka-{codec}"), "3000", codec]);
+        assert_eq!(r["errors"].as_array().unwrap().len(), 0, "{codec}: {r}");
+        assert_eq!(
+            (r["read"].as_u64(), r["distinct"].as_u64(), r["missing"].as_u64()),
+            (Some(3000), Some(3000), Some(0)),
+            "{codec}: {r}"
+        );
+    }
+}
+
+#[test]
+fn librdkafka_with_acks_all_and_idempotence_writes_each_message_once_in_order() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let r =
+        run_python(&python, "confluent_idempotent.py", &[&spate.bootstrap(), "idempotent", "20000", "none"]);
+    assert_eq!(r["errors"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["unflushed"], 0, "{r}");
+    assert_eq!(r["acked"], 20000, "{r}");
+    assert_eq!(r["acked_distinct"], 20000, "every acknowledgement a distinct offset: {r}");
+    assert_eq!((r["read"].as_u64(), r["distinct"].as_u64()), (Some(20000), Some(20000)), "{r}");
+    assert_eq!(r["order_breaks"], 0, "{r}");
+    let end: f64 =
+        spate.metric("spate_appends_total{shard=\"0\"}") + spate.metric("spate_appends_total{shard=\"1\"}");
+    assert!(end > 0.0, "appends are counted per shard");
+}
+
+fn group_rebalances_when_one_of_three_leaves(strategy: &str) {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let r = run_python(&python, "confluent_group.py", &[&spate.bootstrap(), "grouped", "6", strategy]);
+    // A commit sent while the new generation is being synced is refused with
+    // REBALANCE_IN_PROGRESS, as Kafka does (cooperative members keep consuming then); the
+    // next commit covers it. Anything else is a failure.
+    let unexpected: Vec<_> = r["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| !e.as_str().unwrap().contains("REBALANCE_IN_PROGRESS"))
+        .collect();
+    assert!(unexpected.is_empty(), "{r}");
+    assert_eq!(r["all_three_assigned"], true, "each of three members had partitions: {r}");
+    let during: BTreeSet<u64> = (0..3)
+        .flat_map(|i| r["during"][i.to_string()].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()))
+        .collect();
+    assert_eq!(during.len(), 6, "the three split the six partitions: {r}");
+    assert_eq!(r["taken_over"], true, "the two left took over every partition: {r}");
+    assert_eq!(r["done"], true, "{r}");
+    assert_eq!(r["missing"], 0, "{r}");
+    assert_eq!(r["duplicates"], 0, "with committed offsets nothing is read twice across the rebalance: {r}");
+    assert_eq!(r["fanout_distinct"], 3000, "another group reads everything: {r}");
+    let balanced = (0..3).all(|i| r["per_consumer"][i.to_string()].as_u64().unwrap() > 0);
+    assert!(balanced, "every member consumed a share: {r}");
+}
+
+#[test]
+fn a_group_of_three_range_consumers_rebalances_when_one_leaves() {
+    group_rebalances_when_one_of_three_leaves("range");
+}
+
+#[test]
+fn a_group_of_three_cooperative_sticky_consumers_rebalances_when_one_leaves() {
+    group_rebalances_when_one_of_three_leaves("cooperative-sticky");
+}
+
+#[test]
+fn kafka_python_round_trip_and_committed_offsets_survive_a_crash() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let spate = Spate::start(&data);
+    let b = spate.bootstrap();
+    let produced = run_python(&python, "kafka_python_commit.py", &["produce", &b, "kp", "100"]);
+    let offsets: Vec<u64> =
+        produced["offsets"].as_array().unwrap().iter().map(|o| o.as_u64().unwrap()).collect();
+    assert_eq!(offsets, (0..100).collect::<Vec<_>>());
+    let first = run_python(&python, "kafka_python_commit.py", &["consume", &b, "kp", "readers", "60"]);
+    let values: Vec<u64> = first["values"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(values, (0..60).collect::<Vec<_>>());
+    assert_eq!(first["committed"], 60);
+    // Commits are durable when acknowledged: a SIGKILL loses none of them.
+    spate.kill();
+    let spate = Spate::start(&data);
+    let b = spate.bootstrap();
+    let rest = run_python(&python, "kafka_python_commit.py", &["consume", &b, "kp", "readers", "1000"]);
+    let values: Vec<u64> = rest["values"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(values, (60..100).collect::<Vec<_>>(), "the group resumes where it committed");
+    assert_eq!(rest["committed"], 100);
+}
+
+#[test]
+fn fetched_record_bytes_leave_through_sendfile_and_are_counted() {
+    let Some(kcat) = kcat() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let spate = Spate::start(&data);
+    let b = spate.bootstrap();
+    let input: String = (0..5000).map(|i| format!("zero-copy record {i:06}\n")).collect();
+    run_kcat(&kcat, &["-b", &b, "-P", "-t", "zc"], &input);
+    let log_bytes: u64 = std::fs::read_dir(data.join("data/zc-0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(log_bytes > 100_000, "{log_bytes}");
+    let before = spate.metric("spate_zero_copy_bytes_total");
+    let out = run_kcat(&kcat, &["-b", &b, "-C", "-t", "zc", "-o", "beginning", "-e", "-q"], "");
+    assert_eq!(out, input);
+    let grown = spate.metric("spate_zero_copy_bytes_total") - before;
+    // Every stored byte was sent once with sendfile (a client may fetch a batch again, never
+    // less than once).
+    assert!(grown >= log_bytes as f64, "zero-copy bytes grew by {grown}, the log holds {log_bytes}");
+    assert!(grown <= 2.0 * log_bytes as f64, "zero-copy bytes grew by {grown}, the log holds {log_bytes}");
+}
