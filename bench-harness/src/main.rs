@@ -20,7 +20,7 @@ use spate::io::BackendChoice;
 use spate::log::Durability;
 
 use report::Outcome;
-use scenarios::{backpressure, consume, hol, latency, peers, produce};
+use scenarios::{backpressure, consume, hol, latency, network, peers, produce};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,6 +49,9 @@ enum Scenario {
     Produce(ProduceArgs),
     /// Catch-up read of a pre-filled log by embedded consumers.
     Consume(ConsumeArgs),
+    /// Produce and catch-up consume through the Kafka listener over loopback, against loopback
+    /// TCP copy and loopback sendfile references.
+    Network(NetworkArgs),
     /// Open-loop end-to-end latency at fractions of the maximum rate (or fixed rates).
     Latency(LatencyArgs),
     /// Head-of-line blocking: the log with partition-exclusive consumers against a bounded queue.
@@ -113,6 +116,26 @@ struct ConsumeArgs {
     partitions: u32,
     #[arg(long, default_value_t = 1 << 20)]
     fetch_bytes: u64,
+}
+
+#[derive(Debug, Args)]
+struct NetworkArgs {
+    #[arg(long, default_value_t = 512)]
+    total_mib: u64,
+    #[arg(long, default_value_t = 1024)]
+    message_bytes: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_messages: usize,
+    /// Partitions; one producing and one consuming connection each.
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
+    /// Produce requests in flight per connection.
+    #[arg(long, default_value_t = 8)]
+    in_flight: usize,
+    #[arg(long, default_value_t = 1 << 20)]
+    fetch_bytes: u64,
+    #[arg(long, default_value = "never")]
+    durability: Durability,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +264,17 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         backend,
     };
     add("consume", c.to_json(), consume::run(root, &c, progress)?);
+    let n = network::Params {
+        total_bytes: 512 << 20,
+        message_bytes: 1024,
+        batch_messages: 64,
+        partitions: 2,
+        in_flight: 8,
+        fetch_bytes: 1 << 20,
+        durability: Durability::Never,
+        backend,
+    };
+    add("network", n.to_json(), network::run(root, &n, progress)?);
     let l = latency::Params {
         message_bytes: 100,
         partitions: 2,
@@ -277,6 +311,10 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
     add("backpressure", b.to_json(), backpressure::run(root, &b, progress)?);
     Ok((Value::Object(params), out))
 }
+
+/// The Kafka listener runs in this process; see `spate::alloc`.
+#[global_allocator]
+static ALLOC: spate::alloc::ReservingAlloc = spate::alloc::ReservingAlloc;
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -317,6 +355,19 @@ fn main() -> anyhow::Result<()> {
                 backend,
             };
             ("consume", p.to_json(), consume::run(&root, &p, &progress)?)
+        }
+        Scenario::Network(a) => {
+            let p = network::Params {
+                total_bytes: a.total_mib << 20,
+                message_bytes: a.message_bytes,
+                batch_messages: a.batch_messages,
+                partitions: a.partitions.max(1),
+                in_flight: a.in_flight.max(1),
+                fetch_bytes: a.fetch_bytes,
+                durability: a.durability,
+                backend,
+            };
+            ("network", p.to_json(), network::run(&root, &p, &progress)?)
         }
         Scenario::Latency(a) => {
             let p = latency::Params {

@@ -4,5 +4,6 @@ pub mod backpressure;
 pub mod consume;
 pub mod hol;
 pub mod latency;
+pub mod network;
 pub mod peers;
 pub mod produce;

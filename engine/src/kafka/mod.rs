@@ -18,4 +18,5 @@ pub mod server;
 pub mod versions;
 
 pub use config::ServerConfig;
+pub use handlers::decode_request;
 pub use server::{Server, ServerError};

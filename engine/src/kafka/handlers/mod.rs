@@ -82,6 +82,46 @@ async fn dispatch(
     }
 }
 
+/// Decodes a request frame (starting at the api key, without the size) as the server would,
+/// without running it: the entry point of the request fuzz target. Returns the API on success.
+pub fn decode_request(frame: &[u8]) -> Result<ApiKey, String> {
+    use kafka_protocol::messages as m;
+    let prefix = Prefix::parse(frame).ok_or("frame shorter than a request prefix")?;
+    let key = ApiKey::try_from(prefix.api_key).map_err(|_| format!("unknown API key {}", prefix.api_key))?;
+    let version = prefix.api_version;
+    if !versions::supports(key, version) {
+        return Err(format!("{key:?} v{version} is not implemented"));
+    }
+    let mut body = Bytes::copy_from_slice(frame);
+    codec::decode_header(&mut body, key, version).map_err(|e| e.to_string())?;
+    fn body_as<R: Decodable>(body: &mut Bytes, version: i16) -> Result<(), String> {
+        codec::decode_body::<R>(body, version, "request").map(drop).map_err(|e| e.to_string())
+    }
+    let b = &mut body;
+    match key {
+        ApiKey::Produce => body_as::<m::ProduceRequest>(b, version),
+        ApiKey::Fetch => body_as::<m::FetchRequest>(b, version),
+        ApiKey::ListOffsets => body_as::<m::ListOffsetsRequest>(b, version),
+        ApiKey::Metadata => body_as::<m::MetadataRequest>(b, version),
+        ApiKey::OffsetCommit => body_as::<m::OffsetCommitRequest>(b, version),
+        ApiKey::OffsetFetch => body_as::<m::OffsetFetchRequest>(b, version),
+        ApiKey::FindCoordinator => body_as::<m::FindCoordinatorRequest>(b, version),
+        ApiKey::JoinGroup => body_as::<m::JoinGroupRequest>(b, version),
+        ApiKey::Heartbeat => body_as::<m::HeartbeatRequest>(b, version),
+        ApiKey::LeaveGroup => body_as::<m::LeaveGroupRequest>(b, version),
+        ApiKey::SyncGroup => body_as::<m::SyncGroupRequest>(b, version),
+        ApiKey::DescribeGroups => body_as::<m::DescribeGroupsRequest>(b, version),
+        ApiKey::ListGroups => body_as::<m::ListGroupsRequest>(b, version),
+        ApiKey::ApiVersions => body_as::<m::ApiVersionsRequest>(b, version),
+        ApiKey::CreateTopics => body_as::<m::CreateTopicsRequest>(b, version),
+        ApiKey::DeleteTopics => body_as::<m::DeleteTopicsRequest>(b, version),
+        ApiKey::InitProducerId => body_as::<m::InitProducerIdRequest>(b, version),
+        ApiKey::DescribeConfigs => body_as::<m::DescribeConfigsRequest>(b, version),
+        other => Err(format!("{other:?} is not implemented")),
+    }?;
+    Ok(key)
+}
+
 /// Decodes the body as `Req`, runs `f`, encodes its response for the request's version.
 async fn run<Req, Resp, F, Fut>(
     header: &RequestHeader,

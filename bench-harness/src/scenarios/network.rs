@@ -1,0 +1,489 @@
+//! `network`: produce and catch-up consume through the Kafka listener over loopback, each with
+//! a same-run reference of what loopback gives without Spate:
+//! - produce: the same bytes written to a loopback TCP socket and read on the other side (the
+//!   most a broker could ingest through this kernel's TCP stack);
+//! - consume: the segment files sent with `sendfile(2)` to a loopback socket and read on the
+//!   other side (what a zero-copy broker could serve at best).
+//!
+//! The clients speak the wire protocol with `kafka-protocol` codecs over blocking sockets:
+//! Produce v7 with one batch per request and a window of requests in flight per connection;
+//! Fetch v11 from offset 0 to the end, one connection per partition, reading each response
+//! into one reused buffer and taking the next offset from the last batch header.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, ProduceRequest, TopicProduceData};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchResponse, ProduceResponse, RequestHeader, TopicName};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use serde_json::json;
+use spate::io::BackendChoice;
+use spate::kafka::{Server, ServerConfig};
+use spate::log::{Durability, LogConfig};
+
+use crate::report::{Outcome, Row};
+use crate::workload;
+
+const TOPIC: &str = "net";
+const PRODUCE_VERSION: i16 = 7;
+const FETCH_VERSION: i16 = 11;
+/// Produce rounds (each a third of the bytes); the fastest counts, as for the reference.
+const PRODUCE_ROUNDS: u64 = 3;
+/// Catch-up reads of the whole log; the fastest counts, as for the reference.
+const CONSUME_RUNS: u64 = 3;
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub total_bytes: u64,
+    pub message_bytes: usize,
+    pub batch_messages: usize,
+    pub partitions: u32,
+    /// Produce requests in flight per connection (one connection per partition).
+    pub in_flight: usize,
+    pub fetch_bytes: u64,
+    pub durability: Durability,
+    pub backend: BackendChoice,
+}
+
+impl Params {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "total_bytes": self.total_bytes, "message_bytes": self.message_bytes,
+            "batch_messages": self.batch_messages, "partitions": self.partitions,
+            "in_flight": self.in_flight, "fetch_bytes": self.fetch_bytes,
+            "durability": self.durability.to_string(),
+        })
+    }
+}
+
+fn encode_request<R: Encodable + HeaderVersion>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &R,
+) -> Bytes {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("spate-bench")));
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&[0; 4]);
+    header.encode(&mut buf, R::header_version(version)).expect("request header encodes");
+    body.encode(&mut buf, version).expect("request encodes");
+    let size = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    buf.freeze()
+}
+
+/// Reads one response frame into `buf` (resized as needed); returns its length.
+fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<usize> {
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size)?;
+    let size = i32::from_be_bytes(size);
+    anyhow::ensure!(size >= 4, "response frame of {size} bytes");
+    let size = size as usize;
+    if buf.len() < size {
+        buf.resize(size, 0);
+    }
+    stream.read_exact(&mut buf[..size])?;
+    Ok(size)
+}
+
+fn produce_request(partition: u32, batch: &Bytes) -> ProduceRequest {
+    ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
+        TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition as i32)
+                .with_records(Some(batch.clone()))]),
+    ])
+}
+
+/// Sends `requests` Produce requests on one connection with `window` in flight.
+fn produce_connection(
+    addr: SocketAddr,
+    partition: u32,
+    batch: &Bytes,
+    requests: u64,
+    window: usize,
+) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let frame = encode_request(ApiKey::Produce, PRODUCE_VERSION, 0, &produce_request(partition, batch));
+    let mut buf = Vec::new();
+    let (mut sent, mut answered) = (0u64, 0u64);
+    while answered < requests {
+        while sent < requests && sent - answered < window as u64 {
+            stream.write_all(&frame)?;
+            sent += 1;
+        }
+        let len = read_frame(&mut stream, &mut buf)?;
+        // correlation id (4 bytes), then the body.
+        let mut body = Bytes::copy_from_slice(&buf[4..len]);
+        let response = ProduceResponse::decode(&mut body, PRODUCE_VERSION)?;
+        let code = response.responses[0].partition_responses[0].error_code;
+        anyhow::ensure!(code == 0, "produce failed with error code {code}");
+        answered += 1;
+    }
+    Ok(())
+}
+
+/// Fetches `partition` from 0 to `end`; returns the record bytes received.
+fn consume_connection(addr: SocketAddr, partition: u32, end: i64, fetch_bytes: u64) -> anyhow::Result<u64> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let mut buf = Vec::new();
+    let (mut offset, mut bytes) = (0i64, 0u64);
+    while offset < end {
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(i32::MAX)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition as i32)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(fetch_bytes as i32)])]);
+        stream.write_all(&encode_request(ApiKey::Fetch, FETCH_VERSION, 0, &request))?;
+        let len = read_frame(&mut stream, &mut buf)?;
+        let mut body = Bytes::copy_from_slice(&buf[4..len]);
+        let response = FetchResponse::decode(&mut body, FETCH_VERSION)?;
+        let p = &response.responses[0].partitions[0];
+        anyhow::ensure!(p.error_code == 0, "fetch failed with error code {}", p.error_code);
+        let records = p.records.clone().unwrap_or_default();
+        anyhow::ensure!(!records.is_empty(), "empty fetch at {offset} before {end}");
+        bytes += records.len() as u64;
+        offset = next_offset(&records)?;
+    }
+    Ok(bytes)
+}
+
+/// The offset after the last whole batch in `records` (RecordBatch v2 headers).
+fn next_offset(records: &[u8]) -> anyhow::Result<i64> {
+    let mut at = 0;
+    let mut next = None;
+    while at + 27 <= records.len() {
+        let base = i64::from_be_bytes(records[at..at + 8].try_into()?);
+        let length = i32::from_be_bytes(records[at + 8..at + 12].try_into()?) as usize;
+        let last_delta = i32::from_be_bytes(records[at + 23..at + 27].try_into()?);
+        if at + 12 + length > records.len() {
+            break;
+        }
+        next = Some(base + i64::from(last_delta) + 1);
+        at += 12 + length;
+    }
+    next.ok_or_else(|| anyhow::anyhow!("no whole batch in a fetch response"))
+}
+
+/// Loopback TCP: `streams` connections each carrying `bytes_each`, written by one thread per
+/// stream (from a user buffer, or with sendfile from `files`) and read by another.
+fn loopback(
+    streams: usize,
+    send: &(dyn Fn(usize, &mut TcpStream) -> anyhow::Result<u64> + Sync),
+) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let start = Instant::now();
+    let total = std::thread::scope(|s| -> anyhow::Result<u64> {
+        let mut readers = Vec::new();
+        let mut senders = Vec::new();
+        for i in 0..streams {
+            readers.push(s.spawn(move || -> anyhow::Result<u64> {
+                let mut c = TcpStream::connect(addr)?;
+                let mut buf = vec![0u8; 1 << 20];
+                let mut total = 0u64;
+                loop {
+                    let n = c.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(total);
+                    }
+                    total += n as u64;
+                }
+            }));
+            let (mut server, _) = listener.accept()?;
+            senders.push(s.spawn(move || -> anyhow::Result<u64> {
+                let n = send(i, &mut server)?;
+                server.shutdown(std::net::Shutdown::Write)?;
+                Ok(n)
+            }));
+        }
+        let mut total = 0;
+        for h in senders {
+            h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        }
+        for h in readers {
+            total += h.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        }
+        Ok(total)
+    })?;
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Request/response over loopback, as a fetching client does: for each `chunk` of the files of
+/// a stream, the reader asks with one byte and reads the chunk, which the sender sends with
+/// sendfile. Returns bytes per second.
+fn request_response_sendfile(streams: &[Vec<std::path::PathBuf>], chunk: u64) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let start = Instant::now();
+    let total = std::thread::scope(|s| -> anyhow::Result<u64> {
+        let mut handles = Vec::new();
+        for files in streams {
+            let sizes: Vec<u64> =
+                files.iter().map(|f| std::fs::metadata(f).map(|m| m.len())).collect::<Result<_, _>>()?;
+            let reader_sizes = sizes.clone();
+            handles.push(s.spawn(move || -> anyhow::Result<u64> {
+                let mut c = TcpStream::connect(addr)?;
+                c.set_nodelay(true)?;
+                let mut buf = vec![0u8; chunk as usize];
+                let mut total = 0;
+                for size in reader_sizes {
+                    let mut at = 0;
+                    while at < size {
+                        let n = (size - at).min(chunk) as usize;
+                        c.write_all(&[1])?;
+                        c.read_exact(&mut buf[..n])?;
+                        at += n as u64;
+                        total += n as u64;
+                    }
+                }
+                Ok(total)
+            }));
+            let (mut server, _) = listener.accept()?;
+            server.set_nodelay(true)?;
+            handles.push(s.spawn(move || -> anyhow::Result<u64> {
+                let mut ask = [0u8; 1];
+                for (path, size) in files.iter().zip(sizes) {
+                    let file = std::fs::File::open(path)?;
+                    let mut offset: libc::off_t = 0;
+                    while (offset as u64) < size {
+                        server.read_exact(&mut ask)?;
+                        let end = (offset as u64 + chunk).min(size);
+                        while (offset as u64) < end {
+                            let count = (end - offset as u64) as usize;
+                            // SAFETY: both descriptors are open; `offset` is a live local.
+                            let n = unsafe {
+                                libc::sendfile(server.as_raw_fd(), file.as_raw_fd(), &mut offset, count)
+                            };
+                            anyhow::ensure!(n > 0, "sendfile: {}", std::io::Error::last_os_error());
+                        }
+                    }
+                }
+                Ok(0)
+            }));
+        }
+        let mut total = 0;
+        for h in handles {
+            total += h.join().map_err(|_| anyhow::anyhow!("reference thread panicked"))??;
+        }
+        Ok(total)
+    })?;
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Sends a whole file with sendfile calls of at most `chunk` bytes (the fetch size, as the
+/// server sends one fetch's slice per call).
+fn sendfile_all(stream: &TcpStream, path: &std::path::Path, chunk: u64) -> anyhow::Result<u64> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut offset: libc::off_t = 0;
+    while (offset as u64) < len {
+        let count = (len - offset as u64).min(chunk) as usize;
+        // SAFETY: both descriptors are open for the call; `offset` is a live local.
+        let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut offset, count) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.into());
+        }
+        anyhow::ensure!(n > 0, "{} ended early", path.display());
+    }
+    Ok(len)
+}
+
+pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
+    let (engine, dir) = workload::engine(root, 2, p.backend)?;
+    engine.create_topic(
+        TOPIC,
+        p.partitions,
+        LogConfig { durability: p.durability, ..LogConfig::default() },
+    )?;
+    let server = Server::start(
+        &engine,
+        ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..ServerConfig::default() },
+    )?;
+    let addr = server.local_addr();
+    let batch = Bytes::from(workload::batch(p.message_bytes, p.batch_messages));
+    let per_partition = (p.total_bytes / batch.len() as u64 / u64::from(p.partitions)).max(1);
+    let produced_bytes = per_partition * u64::from(p.partitions) * batch.len() as u64;
+
+    let copy_reference = |progress_label: &str| -> anyhow::Result<f64> {
+        progress(progress_label);
+        let chunk = batch.clone();
+        let mut best: f64 = 0.0;
+        for _ in 0..3 {
+            let r = loopback(p.partitions as usize, &|_, s: &mut TcpStream| {
+                for _ in 0..per_partition {
+                    s.write_all(&chunk)?;
+                }
+                Ok(per_partition * chunk.len() as u64)
+            })?;
+            best = best.max(r);
+        }
+        Ok(best)
+    };
+    let produce_before = copy_reference("network: loopback copy reference (before)")?;
+    progress(&format!(
+        "network: producing {} MiB over {} connections, in three rounds",
+        produced_bytes >> 20,
+        p.partitions
+    ));
+    // Three rounds of a third each; the fastest counts, as for the reference.
+    let round = per_partition.div_ceil(PRODUCE_ROUNDS).max(1);
+    let mut produce_secs = f64::MAX;
+    let mut sent = 0;
+    while sent < per_partition {
+        let requests = round.min(per_partition - sent);
+        let start = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let handles: Vec<_> = (0..p.partitions)
+                .map(|partition| {
+                    let batch = &batch;
+                    s.spawn(move || produce_connection(addr, partition, batch, requests, p.in_flight))
+                })
+                .collect();
+            for h in handles {
+                h.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+            }
+            Ok(())
+        })?;
+        // Seconds per request, so a shorter last round compares fairly.
+        produce_secs = produce_secs.min(start.elapsed().as_secs_f64() / requests as f64);
+        sent += requests;
+    }
+    let produce_secs = produce_secs * per_partition as f64;
+    let produce_after = copy_reference("network: loopback copy reference (after)")?;
+    let messages = per_partition * u64::from(p.partitions) * p.batch_messages as u64;
+    let produce_row = Row::named(format!("network produce {}", p.durability))
+        .with_throughput(messages, produced_bytes, produce_secs, Some(produce_before.max(produce_after)))
+        .extra("reference", "loopback TCP copy");
+
+    // Catch-up consume from the page cache; the reference sends the same files with sendfile.
+    let files: Vec<Vec<std::path::PathBuf>> = (0..p.partitions)
+        .map(|partition| {
+            let mut files: Vec<_> =
+                std::fs::read_dir(dir.path().join("data").join(format!("{TOPIC}-{partition}")))?
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<Result<_, _>>()?;
+            files.retain(|f| f.extension().is_some_and(|x| x == "log"));
+            files.sort();
+            Ok(files)
+        })
+        .collect::<std::io::Result<_>>()?;
+    // The best of several ways to move these bytes with sendfile over loopback: streamed over
+    // one connection and over one per partition, and request/response in fetch-sized chunks
+    // (what a fetching client does, without Kafka's framing), each three times: runs are
+    // short, the machine is noisy, and which way is fastest depends on the machine.
+    let sendfile_reference = |label: &str| -> anyhow::Result<f64> {
+        progress(label);
+        let mut best: f64 = 0.0;
+        for _ in 0..3 {
+            best = best.max(request_response_sendfile(&files, p.fetch_bytes)?);
+        }
+        for streams in [1, files.len(), 1, files.len(), 1, files.len()] {
+            let all: Vec<&std::path::PathBuf> = files.iter().flatten().collect();
+            let r = loopback(streams, &|i, s: &mut TcpStream| {
+                let mut n = 0;
+                for f in all.iter().skip(i).step_by(streams) {
+                    n += sendfile_all(s, f, p.fetch_bytes)?;
+                }
+                Ok(n)
+            })?;
+            best = best.max(r);
+        }
+        Ok(best)
+    };
+    sendfile_reference("network: warming the page cache")?;
+    let consume_before = sendfile_reference("network: loopback sendfile reference (before)")?;
+    progress("network: catch-up consume (best of three)");
+    let ends: Vec<i64> = (0..p.partitions)
+        .map(|partition| {
+            engine.list_offset(TOPIC, partition, spate::OffsetSpec::Latest).map(|o| o.unwrap_or(0))
+        })
+        .collect::<Result<_, _>>()?;
+    let zero_copy_before = zero_copy(&server);
+    let mut consume_secs = f64::MAX;
+    let mut consumed = 0;
+    for _ in 0..CONSUME_RUNS {
+        let start = Instant::now();
+        consumed = std::thread::scope(|s| -> anyhow::Result<u64> {
+            let handles: Vec<_> = ends
+                .iter()
+                .enumerate()
+                .map(|(partition, &end)| {
+                    s.spawn(move || consume_connection(addr, partition as u32, end, p.fetch_bytes))
+                })
+                .collect();
+            let mut total = 0;
+            for h in handles {
+                total += h.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+            }
+            Ok(total)
+        })?;
+        consume_secs = consume_secs.min(start.elapsed().as_secs_f64());
+    }
+    let zero_copy_bytes = (zero_copy(&server) - zero_copy_before) / CONSUME_RUNS;
+    let consume_after = sendfile_reference("network: loopback sendfile reference (after)")?;
+    server.shutdown();
+    engine.shutdown()?;
+    let consumed_messages = ends.iter().map(|&e| e as u64).sum();
+    let consume_row = Row::named("network consume catch-up")
+        .with_throughput(consumed_messages, consumed, consume_secs, Some(consume_before.max(consume_after)))
+        .extra("reference", "loopback sendfile")
+        .extra("zero_copy_bytes", zero_copy_bytes);
+    Ok(Outcome { rows: vec![produce_row, consume_row], plots: Vec::new() })
+}
+
+fn zero_copy(server: &Server) -> u64 {
+    spate::kafka::metrics::sample(&server.metrics_text(), "spate_zero_copy_bytes_total").unwrap_or(0.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn produces_and_consumes_everything_over_the_wire_with_both_references() {
+        let root = tempfile::tempdir().unwrap();
+        let p = Params {
+            total_bytes: 4 << 20,
+            message_bytes: 1024,
+            batch_messages: 16,
+            partitions: 2,
+            in_flight: 4,
+            fetch_bytes: 1 << 20,
+            durability: Durability::Never,
+            backend: BackendChoice::Fallback,
+        };
+        let out = run(root.path(), &p, &|_| {}).unwrap();
+        let [produce, consume] = &out.rows[..] else { panic!("two rows") };
+        assert!(produce.ratio_to_reference.unwrap() > 0.0);
+        assert!(consume.ratio_to_reference.unwrap() > 0.0);
+        let batch_len = workload::batch(1024, 16).len() as u64;
+        let per_partition = (4u64 << 20) / batch_len / 2;
+        let stored = per_partition * 2 * batch_len;
+        let zero_copy =
+            consume.extra.iter().find(|(k, _)| *k == "zero_copy_bytes").unwrap().1.as_u64().unwrap();
+        assert_eq!(zero_copy, stored, "every stored byte went out once, with sendfile");
+    }
+}
