@@ -836,3 +836,35 @@ fn idempotent_retries_are_written_once_even_across_a_restart_and_gaps_are_refuse
         assert_eq!(values, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
     }
 }
+
+#[test]
+fn a_long_poll_whose_caller_went_away_gives_up_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(
+        dir.path(),
+        EngineConfig {
+            shards: 1,
+            fetch_waiters_max: 1,
+            io_backend: BackendChoice::Fallback,
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    engine.create_topic("t", 1, LogConfig::default()).unwrap();
+    let long = FetchOptions { max_bytes: 1 << 20, min_bytes: 1, max_wait: Duration::from_secs(30) };
+    // The only place, taken and then abandoned.
+    drop(engine.fetch_async("t", 0, 0, long));
+    // A turn of the shard, which notices.
+    engine.list_offset("t", 0, OffsetSpec::Latest).unwrap();
+    let started = Instant::now();
+    let waiting = std::thread::scope(|s| {
+        let waiter = s
+            .spawn(|| engine.fetch("t", 0, 0, FetchOptions { max_wait: Duration::from_millis(300), ..long }));
+        waiter.join().unwrap().unwrap()
+    });
+    assert_eq!(waiting.slice.len, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "the second long poll waited (it had a place) instead of being answered at once"
+    );
+}

@@ -248,6 +248,11 @@ impl Slot {
         let hw = self.log.high_watermark();
         let waiters = std::mem::take(&mut self.waiters);
         for w in waiters {
+            if w.reply.is_closed() {
+                // Its caller stopped waiting (a fetch that got its data from another
+                // partition, a closed connection): it no longer holds a place.
+                continue;
+            }
             if w.deadline > now && hw <= w.offset {
                 self.waiters.push(w);
                 continue;
