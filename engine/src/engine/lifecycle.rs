@@ -137,6 +137,7 @@ pub(super) fn spawn_shards(config: &EngineConfig, data_dir: &Path) -> Result<Sha
             offsets_topic: Arc::from(OFFSETS_TOPIC),
             parked_bytes_max: config.parked_bytes_max,
             waiters_max: config.fetch_waiters_max,
+            offsets_compaction_bytes: config.offsets_compaction_bytes,
         };
         let cpu = (config.pin_threads && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let (backend, ready) = (config.io_backend, ready_tx.clone());

@@ -66,4 +66,35 @@ impl Partition {
         }
         Ok(outcome)
     }
+
+    /// Seals the active segment (writing and syncing what is staged) and starts a new one, so
+    /// that everything before [`Partition::next_offset`] lies in sealed segments.
+    pub fn roll_now(&mut self, io: &mut dyn Io) -> Result<(), LogError> {
+        self.check_writable()?;
+        if !self.active().is_empty() {
+            self.roll(io)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the sealed segments that lie wholly below `offset` (never the active one) and
+    /// advances the log start: for a compacted topic whose snapshot at `offset` supersedes
+    /// them.
+    pub fn delete_segments_before(&mut self, offset: i64) -> Result<RetentionOutcome, LogError> {
+        let mut outcome = RetentionOutcome { log_start_offset: self.log_start_offset, ..Default::default() };
+        while self.segments.len() > 1 && self.segments[0].next_offset() <= offset {
+            let oldest = &self.segments[0];
+            let (len, path) = (oldest.len(), oldest.log_path());
+            oldest.delete_files().map_err(|e| LogError::fs(&path, e))?;
+            self.segments.pop_front();
+            self.log_start_offset = self.segments[0].base_offset();
+            outcome.segments_deleted += 1;
+            outcome.bytes_deleted += len;
+        }
+        outcome.log_start_offset = self.log_start_offset;
+        if outcome.segments_deleted > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(outcome)
+    }
 }

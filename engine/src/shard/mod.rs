@@ -45,6 +45,9 @@ pub(crate) struct ShardSetup {
     pub parked_bytes_max: u64,
     /// Upper bound on long-poll fetches waiting in this shard.
     pub waiters_max: usize,
+    /// An offsets partition is compacted once it holds this many bytes (and twice its last
+    /// snapshot).
+    pub offsets_compaction_bytes: u64,
 }
 
 pub(crate) struct Shard {
@@ -474,9 +477,18 @@ impl Shard {
 
     fn enforce_retention(&mut self) {
         let now = SystemTime::now();
-        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
-            if let Err(e) = slot.log.enforce_retention(&mut *self.io, now) {
-                tracing::error!(dir = %slot.log.dir().display(), error = %e, "retention failed");
+        for (topic, partitions) in &mut self.slots {
+            let offsets = *topic == self.setup.offsets_topic;
+            for slot in partitions.values_mut() {
+                // The offsets topic is compacted instead: its keys live until overwritten.
+                let kept = if offsets {
+                    slot.compact_offsets(&mut *self.io, self.setup.offsets_compaction_bytes).map(drop)
+                } else {
+                    slot.log.enforce_retention(&mut *self.io, now).map(drop).map_err(EngineError::from)
+                };
+                if let Err(e) = kept {
+                    tracing::error!(dir = %slot.log.dir().display(), error = %e, "retention failed");
+                }
             }
         }
     }

@@ -63,6 +63,8 @@ pub(crate) struct Slot {
     released_bytes: u64,
     /// Idempotent producers' recent batches.
     producers: Producers,
+    /// Bytes of the last snapshot written by offsets compaction (0: none yet).
+    snapshot_bytes: u64,
 }
 
 impl Slot {
@@ -77,6 +79,7 @@ impl Slot {
             consumers: HashMap::new(),
             released_bytes: 0,
             producers,
+            snapshot_bytes: 0,
         })
     }
 
@@ -298,6 +301,53 @@ impl Slot {
         }
         self.log.append(io, b.finish(), SystemTime::now())?;
         Ok(())
+    }
+
+    /// Compacts this offsets-topic partition if it has grown to `min_bytes` and to twice its
+    /// last snapshot: seals the log, writes the latest offset of every live key as a snapshot
+    /// at the end, makes it durable, then deletes every segment before it. Returns whether it
+    /// compacted.
+    ///
+    /// Crash safety: the old segments go only after the snapshot is durable, and replaying old
+    /// segments then the snapshot gives the same state as the snapshot alone; a torn snapshot
+    /// is cut off by recovery, leaving the old segments.
+    pub fn compact_offsets(&mut self, io: &mut dyn Io, min_bytes: u64) -> Result<bool, EngineError> {
+        let size = self.log.size_bytes();
+        if size < min_bytes || size < 2 * self.snapshot_bytes {
+            return Ok(false);
+        }
+        self.log.roll_now(io)?;
+        let start = self.log.next_offset();
+        // The log itself is the truth: it holds durable commits and the ones just sealed
+        // whose acknowledgements are still queued.
+        let mut live = self.replay_offsets()?;
+        live.sort();
+        let now_ms =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let mut written = 0;
+        for chunk in live.chunks(1000) {
+            let encoded: Vec<(Vec<u8>, [u8; 8])> =
+                chunk.iter().map(|(key, offset)| (encode_offset_key(key), offset.to_be_bytes())).collect();
+            let mut b = BatchBuilder::new(BatchOptions::default());
+            for (k, v) in &encoded {
+                b.push(&Record { timestamp: now_ms, key: Some(k), value: Some(v), headers: &[] });
+            }
+            let batch = b.finish();
+            written += batch.len() as u64;
+            self.log.append(io, batch, SystemTime::now())?;
+        }
+        self.log.flush(io)?;
+        let deleted = self.log.delete_segments_before(start)?;
+        self.snapshot_bytes = written;
+        tracing::info!(
+            dir = %self.log.dir().display(),
+            keys = live.len(),
+            bytes_before = size,
+            bytes_after = self.log.size_bytes(),
+            segments_deleted = deleted.segments_deleted,
+            "compacted committed offsets"
+        );
+        Ok(true)
     }
 
     /// Answers everything waiting with `err()`; returns the parked bytes released.
