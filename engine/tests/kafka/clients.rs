@@ -160,3 +160,81 @@ fn fetched_record_bytes_leave_through_sendfile_and_are_counted() {
     assert!(grown >= log_bytes as f64, "zero-copy bytes grew by {grown}, the log holds {log_bytes}");
     assert!(grown <= 2.0 * log_bytes as f64, "zero-copy bytes grew by {grown}, the log holds {log_bytes}");
 }
+
+/// A consumer process whose assignment changes arrive as lines.
+struct Member {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Member {
+    fn spawn(python: &std::path::Path, args: &[&str]) -> Member {
+        use std::io::BufRead;
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/python/confluent_member.py");
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Member { child, lines }
+    }
+
+    /// Waits until the member reports `partitions` assigned; panics after `within`.
+    fn wait_for(&self, partitions: usize, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no assignment of {partitions} in time"));
+            let now: Vec<u32> = serde_json::from_str(&line).unwrap();
+            if now.len() == partitions {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_member_killed_without_leaving_is_expired_after_its_session_and_the_rest_take_over() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let b = spate.bootstrap();
+    let long = std::time::Duration::from_secs(30);
+    let a = Member::spawn(&python, &[&b, "sessions", "watchers", "4"]);
+    a.wait_for(4, long);
+    let mut killed = Member::spawn(&python, &[&b, "sessions", "watchers"]);
+    killed.wait_for(2, long);
+    a.wait_for(2, long);
+    // SIGKILL: no LeaveGroup; only the 6 s session timeout tells the coordinator.
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    let started = std::time::Instant::now();
+    a.wait_for(4, long);
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(3),
+        "taken over after {took:?}: sooner than a session timeout"
+    );
+}
