@@ -80,18 +80,17 @@ fn encode_request<R: Encodable + HeaderVersion>(
     buf.freeze()
 }
 
-/// Reads one response frame into `buf` (resized as needed); returns its length.
-fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<usize> {
+/// Reads one response frame into `buf` (its allocation is reused once the previous frame's
+/// `Bytes` are dropped) and returns the frame, without copying it.
+fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<Bytes> {
     let mut size = [0u8; 4];
     stream.read_exact(&mut size)?;
     let size = i32::from_be_bytes(size);
     anyhow::ensure!(size >= 4, "response frame of {size} bytes");
-    let size = size as usize;
-    if buf.len() < size {
-        buf.resize(size, 0);
-    }
-    stream.read_exact(&mut buf[..size])?;
-    Ok(size)
+    buf.clear();
+    buf.resize(size as usize, 0);
+    stream.read_exact(&mut buf[..])?;
+    Ok(buf.split().freeze())
 }
 
 fn produce_request(partition: u32, batch: &Bytes) -> ProduceRequest {
@@ -115,16 +114,15 @@ fn produce_connection(
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
     let frame = encode_request(ApiKey::Produce, PRODUCE_VERSION, 0, &produce_request(partition, batch));
-    let mut buf = Vec::new();
+    let mut buf = BytesMut::new();
     let (mut sent, mut answered) = (0u64, 0u64);
     while answered < requests {
         while sent < requests && sent - answered < window as u64 {
             stream.write_all(&frame)?;
             sent += 1;
         }
-        let len = read_frame(&mut stream, &mut buf)?;
-        // correlation id (4 bytes), then the body.
-        let mut body = Bytes::copy_from_slice(&buf[4..len]);
+        // The correlation id (4 bytes), then the body.
+        let mut body = read_frame(&mut stream, &mut buf)?.slice(4..);
         let response = ProduceResponse::decode(&mut body, PRODUCE_VERSION)?;
         let code = response.responses[0].partition_responses[0].error_code;
         anyhow::ensure!(code == 0, "produce failed with error code {code}");
@@ -137,7 +135,7 @@ fn produce_connection(
 fn consume_connection(addr: SocketAddr, partition: u32, end: i64, fetch_bytes: u64) -> anyhow::Result<u64> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
-    let mut buf = Vec::new();
+    let mut buf = BytesMut::new();
     let (mut offset, mut bytes) = (0i64, 0u64);
     while offset < end {
         let request = FetchRequest::default()
@@ -153,8 +151,7 @@ fn consume_connection(addr: SocketAddr, partition: u32, end: i64, fetch_bytes: u
                     .with_fetch_offset(offset)
                     .with_partition_max_bytes(fetch_bytes as i32)])]);
         stream.write_all(&encode_request(ApiKey::Fetch, FETCH_VERSION, 0, &request))?;
-        let len = read_frame(&mut stream, &mut buf)?;
-        let mut body = Bytes::copy_from_slice(&buf[4..len]);
+        let mut body = read_frame(&mut stream, &mut buf)?.slice(4..);
         let response = FetchResponse::decode(&mut body, FETCH_VERSION)?;
         let p = &response.responses[0].partitions[0];
         anyhow::ensure!(p.error_code == 0, "fetch failed with error code {}", p.error_code);
