@@ -419,6 +419,7 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
         })
         .collect::<Result<_, _>>()?;
     let zero_copy_before = zero_copy(&server);
+    let remote_before = metric(&server, "spate_partition_reads_total{hop=\"remote\"}");
     let mut consume_secs = f64::MAX;
     let mut consumed = 0;
     for _ in 0..CONSUME_RUNS {
@@ -440,6 +441,7 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
         consume_secs = consume_secs.min(start.elapsed().as_secs_f64());
     }
     let zero_copy_bytes = (zero_copy(&server) - zero_copy_before) / CONSUME_RUNS;
+    let remote_reads = metric(&server, "spate_partition_reads_total{hop=\"remote\"}") - remote_before;
     let consume_after = sendfile_reference("network: loopback sendfile reference (after)")?;
     server.shutdown();
     engine.shutdown()?;
@@ -447,12 +449,17 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     let consume_row = Row::named("network consume catch-up")
         .with_throughput(consumed_messages, consumed, consume_secs, Some(consume_before.max(consume_after)))
         .extra("reference", "loopback sendfile")
-        .extra("zero_copy_bytes", zero_copy_bytes);
+        .extra("zero_copy_bytes", zero_copy_bytes)
+        .extra("remote_partition_reads", remote_reads);
     Ok(Outcome { rows: vec![produce_row, consume_row], plots: Vec::new() })
 }
 
 fn zero_copy(server: &Server) -> u64 {
-    spate::kafka::metrics::sample(&server.metrics_text(), "spate_zero_copy_bytes_total").unwrap_or(0.0) as u64
+    metric(server, "spate_zero_copy_bytes_total")
+}
+
+fn metric(server: &Server, name_and_labels: &str) -> u64 {
+    spate::kafka::metrics::sample(&server.metrics_text(), name_and_labels).unwrap_or(0.0) as u64
 }
 
 #[cfg(test)]
@@ -482,5 +489,9 @@ mod tests {
         let zero_copy =
             consume.extra.iter().find(|(k, _)| *k == "zero_copy_bytes").unwrap().1.as_u64().unwrap();
         assert_eq!(zero_copy, stored, "every stored byte went out once, with sendfile");
+        // A consuming connection on the wrong shard moves after its first fetch.
+        let remote =
+            consume.extra.iter().find(|(k, _)| *k == "remote_partition_reads").unwrap().1.as_u64().unwrap();
+        assert!(remote <= 2 * CONSUME_RUNS, "{remote} partition reads crossed shards");
     }
 }

@@ -7,6 +7,7 @@
 //! clients match responses to requests by order as well as correlation id. A request that
 //! cannot be understood closes the connection once the responses before it are written.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -31,56 +32,97 @@ impl Drop for Pending {
     }
 }
 
-pub(crate) async fn serve(ctx: Rc<Ctx>, stream: TcpStream, peer: SocketAddr) {
+/// Serves a connection until it closes, or until it should move: when a response shows that
+/// one other shard owns every partition the request named, the connection stops reading, writes
+/// what it owes, and returns its socket and that shard (at most one move a second, so a client
+/// that alternates cannot make it bounce). The caller places it there.
+pub(crate) async fn serve(
+    ctx: Rc<Ctx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    moved_at: Option<Instant>,
+) -> Option<(std::net::TcpStream, usize)> {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "TCP_NODELAY");
     }
+    let may_move = moved_at.is_none_or(|t| t.elapsed() >= MOVE_INTERVAL_MIN);
     let (reader, writer) = stream.into_split();
     let (tx, rx) = tokio::sync::mpsc::channel(ctx.shared.config.in_flight_per_connection);
+    let moving =
+        Rc::new(Move { target: Cell::new(None), notify: tokio::sync::Notify::new(), allowed: may_move });
     let mut stop = ctx.shared.stop.clone();
     let mut stop2 = ctx.shared.stop.clone();
-    let mut write = std::pin::pin!(write_loop(Rc::clone(&ctx), writer, rx, peer));
-    let read = read_loop(Rc::clone(&ctx), reader, tx, peer);
+    let mut write = std::pin::pin!(write_loop(Rc::clone(&ctx), writer, rx, peer, Rc::clone(&moving)));
+    let read = read_loop(Rc::clone(&ctx), reader, tx, peer, Rc::clone(&moving));
     tokio::select! {
-        _ = stop.wait_for(|s| *s) => {}
-        _ = &mut write => {}
-        _ = read => {
-            // The client finished sending (or sent something to close on): write what is owed.
-            tokio::select! {
-                _ = stop2.wait_for(|s| *s) => {}
-                _ = write => {}
-            }
+        _ = stop.wait_for(|s| *s) => None,
+        _ = &mut write => None,
+        reader = read => {
+            // The client finished sending, sent something to close on, or the connection is
+            // moving: write what is owed first.
+            let writer = tokio::select! {
+                _ = stop2.wait_for(|s| *s) => None,
+                w = write => w,
+            };
+            let (reader, writer, target) = (reader?, writer?, moving.target.get()?);
+            let stream = reader.reunite(writer).ok()?.into_std().ok()?;
+            Some((stream, target))
         }
     }
 }
 
+/// A connection moves at most this often.
+const MOVE_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The writer's decision to move the connection, and how it tells the reader.
+struct Move {
+    target: Cell<Option<usize>>,
+    notify: tokio::sync::Notify,
+    allowed: bool,
+}
+
+/// Reads frames and spawns their handlers. Returns the read half when it stopped to move (only
+/// between frames: a frame once started is always read whole).
 async fn read_loop(
     ctx: Rc<Ctx>,
     mut reader: OwnedReadHalf,
     tx: tokio::sync::mpsc::Sender<Pending>,
     peer: SocketAddr,
-) {
+    moving: Rc<Move>,
+) -> Option<OwnedReadHalf> {
     let limits = ctx.shared.limits();
     loop {
+        // Wait for the next frame's first byte without taking it (`readable` can report a
+        // readiness left over from the last frame), so that a move is noticed between frames.
+        let mut first = [0u8; 1];
+        tokio::select! {
+            biased;
+            _ = moving.notify.notified() => return Some(reader),
+            peeked = reader.peek(&mut first) => {
+                if !matches!(peeked, Ok(n) if n > 0) {
+                    return None;
+                }
+            }
+        }
         let mut size = [0u8; 4];
         if let Err(e) = reader.read_exact(&mut size).await {
             if e.kind() != std::io::ErrorKind::UnexpectedEof {
                 tracing::debug!(%peer, error = %e, "read failed");
             }
-            return;
+            return None;
         }
         let started = Instant::now();
         let size = i32::from_be_bytes(size);
         if size < PREFIX_BYTES as i32 {
             bad_frame(&ctx, peer, &format!("frame size {size} is below the 8-byte request prefix"));
-            return;
+            return None;
         }
         let size = size as usize;
         let mut prefix = [0u8; PREFIX_BYTES];
         if reader.read_exact(&mut prefix).await.is_err() {
-            return;
+            return None;
         }
-        let Some(parsed) = Prefix::parse(&prefix) else { return };
+        let parsed = Prefix::parse(&prefix)?;
         let limit = limits.for_api(parsed.api_key);
         if size > limit {
             bad_frame(
@@ -88,21 +130,21 @@ async fn read_loop(
                 peer,
                 &format!("frame of {size} bytes for API {} is over the {limit}-byte limit", parsed.api_key),
             );
-            return;
+            return None;
         }
         // Room in the server-wide budget before the body is read (sizes are below the budget,
         // checked at start, and below u32::MAX).
         let permit = match Rc::clone(&ctx).shared.request_bytes.clone().acquire_many_owned(size as u32).await
         {
             Ok(p) => p,
-            Err(_) => return,
+            Err(_) => return None,
         };
         let mut frame = BytesMut::with_capacity(size);
         frame.extend_from_slice(&prefix);
         frame.resize(size, 0);
         if let Err(e) = reader.read_exact(&mut frame[PREFIX_BYTES..]).await {
             tracing::debug!(%peer, error = %e, "connection closed inside a frame");
-            return;
+            return None;
         }
         let frame: Bytes = frame.freeze();
         let task_ctx = Rc::clone(&ctx);
@@ -112,7 +154,7 @@ async fn read_loop(
             handled
         });
         if tx.send(Pending(handle)).await.is_err() {
-            return;
+            return None;
         }
     }
 }
@@ -122,36 +164,47 @@ fn bad_frame(ctx: &Ctx, peer: SocketAddr, why: &str) {
     tracing::warn!(%peer, "closing connection: {why}");
 }
 
+/// Writes responses in request order. Returns the write half once the reader is done and every
+/// response is written (`None` after an error or a close).
 async fn write_loop(
     ctx: Rc<Ctx>,
     mut writer: OwnedWriteHalf,
     mut rx: tokio::sync::mpsc::Receiver<Pending>,
     peer: SocketAddr,
-) {
+    moving: Rc<Move>,
+) -> Option<OwnedWriteHalf> {
     while let Some(mut pending) = rx.recv().await {
         let handled = match (&mut pending.0).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(%peer, error = %e, "a request handler failed; closing the connection");
-                return;
+                return None;
             }
         };
         match handled.response {
             Ok(Some(out)) => {
                 if let Err(e) = write_out(&ctx, &mut writer, out).await {
                     tracing::debug!(%peer, error = %e, "write failed");
-                    return;
+                    return None;
                 }
             }
             Ok(None) => {}
             Err(why) => {
                 bad_frame(&ctx, peer, &why);
                 let _ = writer.shutdown().await;
-                return;
+                return None;
             }
         }
         ctx.shared.metrics.observe(handled.api, handled.started.elapsed().as_secs_f64());
+        match handled.owner {
+            Some(owner) if owner != ctx.shard && moving.allowed && moving.target.get().is_none() => {
+                moving.target.set(Some(owner));
+                moving.notify.notify_one();
+            }
+            _ => {}
+        }
     }
+    Some(writer)
 }
 
 /// Writes one response: buffered chunks with `write_all`, file chunks with `sendfile`.

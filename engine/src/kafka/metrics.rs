@@ -22,6 +22,11 @@ pub struct ApiLabel {
     pub api: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HopLabel {
+    pub hop: &'static str,
+}
+
 /// The server's live metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -29,11 +34,14 @@ pub struct Metrics {
     pub connections: Gauge,
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
+    pub connections_moved: Counter,
     pub requests: Family<ApiLabel, Counter>,
     pub request_seconds: Family<ApiLabel, Histogram>,
     /// Frames that were closed on: malformed, oversized, unknown API or version.
     pub bad_frames: Counter,
     pub zero_copy_bytes: Counter,
+    /// Partitions named in Fetch requests, by whether the connection's shard owns them.
+    pub partition_reads: Family<HopLabel, Counter>,
     shards: std::sync::Arc<ShardSnapshot>,
 }
 
@@ -43,18 +51,25 @@ impl Metrics {
         let connections = Gauge::default();
         let connections_accepted = Counter::default();
         let connections_refused = Counter::default();
+        let connections_moved = Counter::default();
         let requests = Family::<ApiLabel, Counter>::default();
         let request_seconds = Family::<ApiLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_025, 2.0, 18))
         });
         let bad_frames = Counter::default();
         let zero_copy_bytes = Counter::default();
+        let partition_reads = Family::<HopLabel, Counter>::default();
         registry.register("connections", "Open Kafka client connections", connections.clone());
         registry.register("connections_accepted", "Kafka connections accepted", connections_accepted.clone());
         registry.register(
             "connections_refused",
             "Kafka connections closed at once (connections_max reached)",
             connections_refused.clone(),
+        );
+        registry.register(
+            "connections_moved",
+            "Kafka connections moved to the shard owning all the partitions they use",
+            connections_moved.clone(),
         );
         registry.register("requests", "Kafka requests answered, by API", requests.clone());
         registry.register(
@@ -72,6 +87,11 @@ impl Metrics {
             "Record bytes sent from segment files to sockets with sendfile",
             zero_copy_bytes.clone(),
         );
+        registry.register(
+            "partition_reads",
+            "Partitions fetched, by whether the connection's shard owns them (local) or asks another (remote)",
+            partition_reads.clone(),
+        );
         let shards = std::sync::Arc::new(ShardSnapshot::default());
         registry.register_collector(Box::new(std::sync::Arc::clone(&shards)));
         Metrics {
@@ -79,10 +99,12 @@ impl Metrics {
             connections,
             connections_accepted,
             connections_refused,
+            connections_moved,
             requests,
             request_seconds,
             bad_frames,
             zero_copy_bytes,
+            partition_reads,
             shards,
         }
     }

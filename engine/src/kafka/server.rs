@@ -268,28 +268,50 @@ async fn accept_loop(engine: Engine, shared: Arc<Shared>, listener: std::net::Tc
         shared.metrics.connections.inc();
         shared.metrics.connections_accepted.inc();
         let guard = ConnectionGuard(Arc::clone(&shared));
-        let (engine2, shared2, wg2) = (engine.clone(), Arc::clone(&shared), wg.clone());
-        let task = Box::new(move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
-            Box::pin(async move {
-                let _wg = wg2;
-                let _guard = guard;
-                let stream = match tokio::net::TcpStream::from_std(stream) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "cannot poll a connection");
-                        return;
-                    }
-                };
-                let ctx = Rc::new(Ctx { engine: engine2, shared: shared2, shard });
-                connection::serve(ctx, stream, peer).await;
-            })
-        });
-        if let Err(e) = engine.spawn_on(shard, task) {
-            // The closure (and the socket in it) was dropped with the refused request.
-            tracing::warn!(%peer, shard, error = %e, "cannot place a connection on its shard");
-        }
+        place(&engine, &shared, &wg, Accepted { stream, peer, guard, moved_at: None }, shard);
     }
     drop(wg);
+}
+
+/// An accepted connection on its way to a shard.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    /// Counts the connection until its last task ends, wherever it moves.
+    guard: ConnectionGuard,
+    /// When it last moved between shards.
+    moved_at: Option<std::time::Instant>,
+}
+
+/// Serves a connection on `shard`. A connection whose requests all name partitions of one other
+/// shard moves there (see `connection::serve`), and is placed again by this function.
+fn place(engine: &Engine, shared: &Arc<Shared>, wg: &WaitGroup, conn: Accepted, shard: usize) {
+    let (engine2, shared2, wg2) = (engine.clone(), Arc::clone(shared), wg.clone());
+    let task = Box::new(move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        Box::pin(async move {
+            let Accepted { stream, peer, guard, moved_at } = conn;
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "cannot poll a connection");
+                    return;
+                }
+            };
+            let ctx = Rc::new(Ctx { engine: engine2, shared: Arc::clone(&shared2), shard });
+            let moved = connection::serve(Rc::clone(&ctx), stream, peer, moved_at).await;
+            if let Some((stream, target)) = moved {
+                shared2.metrics.connections_moved.inc();
+                tracing::debug!(%peer, from = shard, to = target, "connection moves to its partitions' shard");
+                let conn = Accepted { stream, peer, guard, moved_at: Some(std::time::Instant::now()) };
+                place(&ctx.engine, &shared2, &wg2, conn, target);
+            }
+            drop(wg2);
+        })
+    });
+    if let Err(e) = engine.spawn_on(shard, task) {
+        // The closure (and the socket in it) was dropped with the refused request.
+        tracing::warn!(shard, error = %e, "cannot place a connection on its shard");
+    }
 }
 
 /// Counts a connection down when its task ends, however it ends.

@@ -23,7 +23,7 @@ fn api_versions(id: i32) -> Vec<u8> {
 }
 
 /// Sends a request and reads one response frame: (correlation id, body after it).
-fn round_trip(s: &mut TcpStream, frame: &[u8]) -> std::io::Result<(i32, Vec<u8>)> {
+pub fn round_trip(s: &mut TcpStream, frame: &[u8]) -> std::io::Result<(i32, Vec<u8>)> {
     s.write_all(frame)?;
     let mut size = [0u8; 4];
     s.read_exact(&mut size)?;

@@ -6,4 +6,5 @@
 
 mod bad_input;
 mod clients;
+mod placement;
 mod server;

@@ -31,9 +31,23 @@ pub async fn handle(
     ctx: &Rc<Ctx>,
     header: &RequestHeader,
     mut body: Bytes,
+    owner: &mut Option<usize>,
 ) -> Result<Option<Outgoing>, String> {
     let version = header.request_api_version;
     let request: FetchRequest = codec::decode_body(&mut body, version, "Fetch").map_err(|e| e.to_string())?;
+    *owner = super::sole_owner(
+        ctx,
+        request.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.0.as_str(), p.partition))),
+    );
+    // Reads served by this shard, and by others through their mailboxes.
+    for t in &request.topics {
+        for p in &t.partitions {
+            let shard = u32::try_from(p.partition)
+                .map(|p| crate::engine::shard_of(t.topic.0.as_str(), p, ctx.engine.shards()));
+            let hop = if shard == Ok(ctx.shard) { "local" } else { "remote" };
+            ctx.shared.metrics.partition_reads.get_or_create(&super::super::metrics::HopLabel { hop }).inc();
+        }
+    }
     let started = Instant::now();
     let max_wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_CAP);
     let deadline = started + max_wait;

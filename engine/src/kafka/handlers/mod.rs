@@ -32,11 +32,30 @@ pub struct Handled {
     pub started: Instant,
     /// `Ok(None)`: no response is due (Produce with acks=0). `Err`: close the connection.
     pub response: Result<Option<Outgoing>, String>,
+    /// The shard owning every partition the request named, when one shard owns them all
+    /// (Produce and Fetch): where the connection would serve such requests without a hop.
+    pub owner: Option<usize>,
+}
+
+/// The one shard owning all of `partitions` of the engine, if there is one.
+pub fn sole_owner<'a>(ctx: &Ctx, partitions: impl IntoIterator<Item = (&'a str, i32)>) -> Option<usize> {
+    let shards = ctx.engine.shards();
+    let mut owner = None;
+    for (topic, p) in partitions {
+        let s = crate::engine::shard_of(topic, u32::try_from(p).ok()?, shards);
+        match owner {
+            None => owner = Some(s),
+            Some(o) if o == s => {}
+            Some(_) => return None,
+        }
+    }
+    owner
 }
 
 pub(crate) async fn handle(ctx: &Rc<Ctx>, prefix: Prefix, mut frame: Bytes, started: Instant) -> Handled {
     let key = ApiKey::try_from(prefix.api_key).ok();
     let api = key.map_or("unknown", api_name);
+    let mut owner = None;
     let response = match key {
         None => Err(format!("unknown API key {}", prefix.api_key)),
         Some(ApiKey::ApiVersions) => meta::api_versions(prefix, frame),
@@ -44,11 +63,11 @@ pub(crate) async fn handle(ctx: &Rc<Ctx>, prefix: Prefix, mut frame: Bytes, star
             Err(format!("{key:?} v{} is not implemented", prefix.api_version))
         }
         Some(key) => match codec::decode_header(&mut frame, key, prefix.api_version) {
-            Ok(header) => dispatch(ctx, key, header, frame).await,
+            Ok(header) => dispatch(ctx, key, header, frame, &mut owner).await,
             Err(e) => Err(e.to_string()),
         },
     };
-    Handled { api, started, response }
+    Handled { api, started, response, owner }
 }
 
 async fn dispatch(
@@ -56,12 +75,13 @@ async fn dispatch(
     key: ApiKey,
     header: RequestHeader,
     body: Bytes,
+    owner: &mut Option<usize>,
 ) -> Result<Option<Outgoing>, String> {
     let h = &header;
     match key {
         ApiKey::Metadata => run(h, body, |r| meta::metadata(ctx, r, h.request_api_version)).await,
-        ApiKey::Produce => produce::handle(ctx, h, body).await,
-        ApiKey::Fetch => fetch::handle(ctx, h, body).await,
+        ApiKey::Produce => produce::handle(ctx, h, body, owner).await,
+        ApiKey::Fetch => fetch::handle(ctx, h, body, owner).await,
         ApiKey::ListOffsets => run(h, body, |r| offsets::list_offsets(ctx, r)).await,
         ApiKey::CreateTopics => run(h, body, |r| admin::create_topics(ctx, r, h.request_api_version)).await,
         ApiKey::DeleteTopics => run(h, body, |r| admin::delete_topics(ctx, r, h.request_api_version)).await,

@@ -25,10 +25,15 @@ pub async fn handle(
     ctx: &Rc<Ctx>,
     header: &RequestHeader,
     mut body: Bytes,
+    owner: &mut Option<usize>,
 ) -> Result<Option<Outgoing>, String> {
     let version = header.request_api_version;
     let request: ProduceRequest =
         codec::decode_body(&mut body, version, "Produce").map_err(|e| e.to_string())?;
+    *owner = super::sole_owner(
+        ctx,
+        request.topic_data.iter().flat_map(|t| t.partition_data.iter().map(|p| (t.name.0.as_str(), p.index))),
+    );
     let acks = request.acks;
     let refuse_all = if !matches!(acks, -1..=1) {
         Some(Refused(ResponseError::InvalidRequiredAcks, format!("acks={acks}: only 0, 1 and -1 exist")))

@@ -1,0 +1,71 @@
+//! Where connections live: a connection moves to the shard that owns the partitions it uses.
+
+use std::net::TcpStream;
+
+use crate::bad_input::round_trip;
+use crate::server::Spate;
+
+/// Encodes a request with `kafka-protocol`'s client side.
+fn request<R: kafka_protocol::protocol::Encodable + kafka_protocol::protocol::HeaderVersion>(
+    api: kafka_protocol::messages::ApiKey,
+    version: i16,
+    body: &R,
+) -> Vec<u8> {
+    use kafka_protocol::protocol::Encodable;
+    let header = kafka_protocol::messages::RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(3);
+    let mut buf = bytes::BytesMut::new();
+    header.encode(&mut buf, R::header_version(version)).unwrap();
+    body.encode(&mut buf, version).unwrap();
+    let mut frame = (buf.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&buf);
+    frame
+}
+
+#[test]
+fn a_connection_moves_to_the_shard_that_owns_the_partitions_it_reads() {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let topic = "placement";
+    let create =
+        CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(topic)))
+            .with_num_partitions(2)
+            .with_replication_factor(1)]);
+    // Connections are placed on shards 0, 1, 0, ... in accept order: this one on 0.
+    let mut admin = TcpStream::connect(spate.addr).unwrap();
+    let (_, body) = round_trip(&mut admin, &request(ApiKey::CreateTopics, 4, &create)).unwrap();
+    assert!(body.len() > 4);
+    drop(admin);
+    // The next two land on shards 1 and 0; each reads the partition the other shard owns.
+    let owned_by = |shard: usize| (0..2).find(|&p| spate::shard_of(topic, p, 2) == shard).unwrap() as i32;
+    for (connection_shard, partition) in [(1, owned_by(0)), (0, owned_by(1))] {
+        let mut s = TcpStream::connect(spate.addr).unwrap();
+        let fetch = FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str(topic)))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_partition_max_bytes(1 << 20)])]);
+        let frame = request(ApiKey::Fetch, 11, &fetch);
+        for _ in 0..20 {
+            let (id, _) = round_trip(&mut s, &frame).unwrap();
+            assert_eq!(id, 3, "connection on shard {connection_shard}");
+        }
+    }
+    let remote = spate.metric("spate_partition_reads_total{hop=\"remote\"}");
+    let local = spate.metric("spate_partition_reads_total{hop=\"local\"}");
+    assert_eq!(spate.metric("spate_connections_moved_total"), 2.0);
+    assert_eq!(remote, 2.0, "one read each before the move");
+    assert_eq!(local, 38.0);
+}
