@@ -120,7 +120,7 @@ struct ConsumeArgs {
 
 #[derive(Debug, Args)]
 struct NetworkArgs {
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 1024)]
     total_mib: u64,
     #[arg(long, default_value_t = 1024)]
     message_bytes: usize,
@@ -265,7 +265,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
     };
     add("consume", c.to_json(), consume::run(root, &c, progress)?);
     let n = network::Params {
-        total_bytes: 512 << 20,
+        total_bytes: 1024 << 20,
         message_bytes: 1024,
         batch_messages: 64,
         partitions: 2,
