@@ -1,4 +1,5 @@
-//! Where connections live: a connection moves to the shard that owns the partitions it uses.
+//! Where connections live (they move to the shard owning their partitions), and idempotent
+//! produce as seen on the wire.
 
 use std::net::TcpStream;
 
@@ -68,4 +69,62 @@ fn a_connection_moves_to_the_shard_that_owns_the_partitions_it_reads() {
     assert_eq!(spate.metric("spate_connections_moved_total"), 2.0);
     assert_eq!(remote, 2.0, "one read each before the move");
     assert_eq!(local, 38.0);
+}
+
+#[test]
+fn a_retried_idempotent_produce_gets_the_first_offsets_and_a_gap_is_refused_on_the_wire() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, ProduceRequest, TopicProduceData};
+    use kafka_protocol::messages::{
+        ApiKey, InitProducerIdRequest, InitProducerIdResponse, ProduceResponse, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    use spate::record::{BatchBuilder, BatchOptions, Record};
+
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let mut s = TcpStream::connect(spate.addr).unwrap();
+    let init =
+        InitProducerIdRequest::default().with_transactional_id(None).with_transaction_timeout_ms(60_000);
+    let (_, body) = round_trip(&mut s, &request(ApiKey::InitProducerId, 4, &init)).unwrap();
+    // Flexible versions (InitProducerId v4, Produce v9) put a tagged-field count after the
+    // correlation id: one zero byte.
+    let init = InitProducerIdResponse::decode(&mut bytes::Bytes::from(body).slice(1..), 4).unwrap();
+    assert_eq!(init.error_code, 0);
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert!(pid > 0);
+    let produce = |seq: i32, count: usize| {
+        let mut b = BatchBuilder::new(BatchOptions {
+            producer_id: pid,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            ..BatchOptions::default()
+        });
+        for _ in 0..count {
+            b.push(&Record { timestamp: 1, key: None, value: Some(b"v"), headers: &[] });
+        }
+        let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("idem-wire")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(b.finish().into()))]),
+        ]);
+        request(ApiKey::Produce, 9, &req)
+    };
+    // The topic exists once Metadata asks for it (auto-creation); Produce alone does not create.
+    let metadata = kafka_protocol::messages::MetadataRequest::default()
+        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("idem-wire"))))]));
+    round_trip(&mut s, &request(ApiKey::Metadata, 9, &metadata)).unwrap();
+    let mut answer = |frame: &[u8]| {
+        let (_, body) = round_trip(&mut s, frame).unwrap();
+        let r = ProduceResponse::decode(&mut bytes::Bytes::from(body).slice(1..), 9).unwrap();
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    let first = answer(&produce(0, 3));
+    assert_eq!(first, (0, 0));
+    assert_eq!(answer(&produce(0, 3)), (0, 0), "the retry is acknowledged with the first write's offsets");
+    assert_eq!(answer(&produce(5, 1)).0, 45, "a gap is OUT_OF_ORDER_SEQUENCE_NUMBER");
+    assert_eq!(answer(&produce(3, 1)), (0, 3), "the next in sequence lands after the first three");
 }
