@@ -70,6 +70,8 @@ pub(crate) struct Ctx {
     pub engine: Engine,
     pub shared: Arc<Shared>,
     pub shard: usize,
+    /// The client's address (shown by DescribeGroups).
+    pub peer: std::net::SocketAddr,
 }
 
 impl Ctx {
@@ -297,7 +299,7 @@ fn place(engine: &Engine, shared: &Arc<Shared>, wg: &WaitGroup, conn: Accepted, 
                     return;
                 }
             };
-            let ctx = Rc::new(Ctx { engine: engine2, shared: Arc::clone(&shared2), shard });
+            let ctx = Rc::new(Ctx { engine: engine2, shared: Arc::clone(&shared2), shard, peer });
             let moved = connection::serve(Rc::clone(&ctx), stream, peer, moved_at).await;
             if let Some((stream, target)) = moved {
                 shared2.metrics.connections_moved.inc();

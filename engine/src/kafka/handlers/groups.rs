@@ -47,7 +47,7 @@ pub async fn join(ctx: &Rc<Ctx>, request: JoinGroupRequest, header: &RequestHead
         member_id: request.member_id.to_string(),
         group_instance_id: request.group_instance_id.map(|s| s.to_string()),
         client_id: header.client_id.as_ref().map_or(String::new(), |c| c.to_string()),
-        client_host: "/127.0.0.1".to_string(),
+        client_host: format!("/{}", ctx.peer.ip()),
         protocol_type: request.protocol_type.to_string(),
         protocols: request.protocols.into_iter().map(|p| (p.name.to_string(), p.metadata)).collect(),
         session_timeout: ms(request.session_timeout_ms),
