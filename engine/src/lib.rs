@@ -17,6 +17,6 @@ mod shard;
 
 pub use engine::{
     shard_of, topics, Backpressure, Engine, EngineConfig, EngineError, FetchOptions, Fetched, LatencyBuckets,
-    OffsetSpec, ProduceAck, Producer, ShardStats, Target, TopicInfo, OFFSETS_TOPIC,
+    OffsetSpec, ProduceAck, Producer, ShardStats, Target, TopicInfo, OFFSETS_TOPIC, TOPIC_PARTITIONS_MAX,
 };
 pub use shard::mailbox;

@@ -58,6 +58,9 @@ use crate::record::{BatchBuilder, BatchOptions, Record};
 use crate::shard::mailbox::{MailboxSender, SendError};
 use crate::shard::request::{PartitionId, Reply, Request};
 
+/// Partitions one topic may have: each is a directory, open files and a slot in its shard.
+pub const TOPIC_PARTITIONS_MAX: u32 = 10_000;
+
 /// The internal topic holding consumers' committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -200,8 +203,10 @@ impl Engine {
                 reason: "names starting with '__' are internal",
             });
         }
-        if partitions == 0 {
-            return Err(EngineError::InvalidConfig("a topic needs at least one partition".into()));
+        if partitions == 0 || partitions > TOPIC_PARTITIONS_MAX {
+            return Err(EngineError::InvalidConfig(format!(
+                "{partitions} partitions: a topic has 1 to {TOPIC_PARTITIONS_MAX}"
+            )));
         }
         config.validate().map_err(EngineError::InvalidConfig)?;
         let _admin = self.inner.admin.lock().unwrap_or_else(|p| p.into_inner());
@@ -323,16 +328,18 @@ impl Engine {
     /// Runs a task on shard `shard`'s event loop, on its thread, beside the partitions it owns.
     /// `make` is called there and its future polled between the shard's turns: this is how
     /// network connections live on shards. The task is dropped when the shard stops.
-    /// Calls the task makes to the engine must not block (use the `_async` calls; a full
-    /// mailbox answers [`EngineError::Busy`] on a shard thread instead of waiting).
+    /// Calls the task makes to the engine must not block (use the `_async` calls: on a shard
+    /// thread a request for a full mailbox waits in order on the thread instead of blocking).
     pub fn spawn_on(&self, shard: usize, make: crate::shard::LocalTask) -> Result<(), EngineError> {
         let mailbox = self.inner.shards.get(shard).ok_or_else(|| {
             EngineError::InvalidConfig(format!("no shard {shard} (the engine has {})", self.shards()))
         })?;
         let request = Request::Spawn { task: make };
-        let sent =
-            if lifecycle::on_shard_thread() { mailbox.try_send(request) } else { mailbox.send(request) };
-        match sent {
+        if lifecycle::on_shard_thread() {
+            return crate::shard::overflow::send(shard, mailbox, request)
+                .map_err(|_| EngineError::ShuttingDown);
+        }
+        match mailbox.send(request) {
             Ok(()) => Ok(()),
             Err(SendError::Full(_)) => Err(EngineError::Busy { shard }),
             Err(SendError::Closed(_)) => Err(EngineError::ShuttingDown),
@@ -356,9 +363,15 @@ impl Engine {
     ) -> Result<oneshot::Receiver<Result<T, EngineError>>, EngineError> {
         let (tx, rx) = oneshot::channel();
         let mailbox = &self.inner.shards[shard];
-        // A shard thread never waits for a mailbox: the one it waits for may be its own, or one
-        // whose shard is waiting for it. Its tasks see `Busy` and retry after yielding.
-        let fail_fast = fail_fast || lifecycle::on_shard_thread();
+        if !fail_fast && lifecycle::on_shard_thread() {
+            // A shard thread never waits for a mailbox: the one it waits for may be its own, or
+            // one whose shard is waiting for it. What does not fit waits in order on this
+            // thread (see `shard::overflow`).
+            return match crate::shard::overflow::send(shard, mailbox, make(tx)) {
+                Ok(()) => Ok(rx),
+                Err(_) => Err(EngineError::ShuttingDown),
+            };
+        }
         let sent = if fail_fast { mailbox.try_send(make(tx)) } else { mailbox.send(make(tx)) };
         match sent {
             Ok(()) => Ok(rx),

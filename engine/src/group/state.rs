@@ -189,6 +189,8 @@ pub struct Groups {
 pub const MEMBERS_MAX: usize = 10_000;
 /// Groups the coordinator holds at most.
 pub const GROUPS_MAX: usize = 100_000;
+/// Member ids handed out with MEMBER_ID_REQUIRED and not yet used, per group.
+pub const PENDING_MAX: usize = 1_000;
 
 impl Groups {
     pub fn new(timeouts: Timeouts) -> Groups {
@@ -255,6 +257,14 @@ impl Groups {
                         }
                     }
                 } else if req.require_known_member_id {
+                    // A client looping on empty joins cannot grow this without bound.
+                    if group.pending.len() >= PENDING_MAX {
+                        if let Some(oldest) =
+                            group.pending.iter().min_by_key(|(_, &t)| t).map(|(id, _)| id.clone())
+                        {
+                            group.pending.remove(&oldest);
+                        }
+                    }
                     group.pending.insert(id.clone(), now);
                     answer(waiter, Err(GroupError::MemberIdRequired));
                     return Some(id);

@@ -20,6 +20,8 @@ pub struct ServerConfig {
     /// Bytes of requests read but not yet answered, over all connections: a connection waits
     /// for room before it reads a body.
     pub request_bytes_in_flight_max: usize,
+    /// A frame's body must arrive within this long of its size, or the connection is closed.
+    pub frame_read_timeout: Duration,
     /// Requests one connection may have in flight (answered in order).
     pub in_flight_per_connection: usize,
     /// Open connections at most; more are closed at once.
@@ -47,6 +49,7 @@ impl Default for ServerConfig {
             produce_frame_bytes_max: 100 << 20,
             request_frame_bytes_max: 1 << 20,
             request_bytes_in_flight_max: 512 << 20,
+            frame_read_timeout: Duration::from_secs(30),
             in_flight_per_connection: 16,
             connections_max: 10_000,
             metrics_listen: None,
@@ -71,11 +74,14 @@ impl ServerConfig {
         if self.produce_frame_bytes_max > i32::MAX as usize {
             return Err("produce_frame_bytes_max must fit an i32 frame size".into());
         }
+        if self.frame_read_timeout.is_zero() {
+            return Err("frame_read_timeout must be positive".into());
+        }
         if self.in_flight_per_connection == 0 || self.connections_max == 0 {
             return Err("in_flight_per_connection and connections_max must be positive".into());
         }
-        if self.default_partitions == 0 {
-            return Err("default_partitions must be positive".into());
+        if self.default_partitions == 0 || self.default_partitions > crate::engine::TOPIC_PARTITIONS_MAX {
+            return Err(format!("default_partitions must be 1 to {}", crate::engine::TOPIC_PARTITIONS_MAX));
         }
         if self.group_session_timeout_min > self.group_session_timeout_max {
             return Err("group_session_timeout_min exceeds group_session_timeout_max".into());

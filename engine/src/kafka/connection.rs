@@ -11,6 +11,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -45,11 +46,9 @@ pub(crate) async fn serve(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "TCP_NODELAY");
     }
-    let may_move = moved_at.is_none_or(|t| t.elapsed() >= MOVE_INTERVAL_MIN);
     let (reader, writer) = stream.into_split();
     let (tx, rx) = tokio::sync::mpsc::channel(ctx.shared.config.in_flight_per_connection);
-    let moving =
-        Rc::new(Move { target: Cell::new(None), notify: tokio::sync::Notify::new(), allowed: may_move });
+    let moving = Rc::new(Move { target: Cell::new(None), notify: tokio::sync::Notify::new(), moved_at });
     let mut stop = ctx.shared.stop.clone();
     let mut stop2 = ctx.shared.stop.clone();
     let mut write = std::pin::pin!(write_loop(Rc::clone(&ctx), writer, rx, peer, Rc::clone(&moving)));
@@ -78,7 +77,14 @@ const MOVE_INTERVAL_MIN: std::time::Duration = std::time::Duration::from_secs(1)
 struct Move {
     target: Cell<Option<usize>>,
     notify: tokio::sync::Notify,
-    allowed: bool,
+    /// When the connection last moved.
+    moved_at: Option<Instant>,
+}
+
+impl Move {
+    fn allowed(&self) -> bool {
+        self.target.get().is_none() && self.moved_at.is_none_or(|t| t.elapsed() >= MOVE_INTERVAL_MIN)
+    }
 }
 
 /// Reads frames and spawns their handlers. Returns the read half when it stopped to move (only
@@ -132,20 +138,25 @@ async fn read_loop(
             );
             return None;
         }
-        // Room in the server-wide budget before the body is read (sizes are below the budget,
-        // checked at start, and below u32::MAX).
-        let permit = match Rc::clone(&ctx).shared.request_bytes.clone().acquire_many_owned(size as u32).await
-        {
-            Ok(p) => p,
-            Err(_) => return None,
+        // The body is read a chunk at a time, each chunk first taking its room in the
+        // server-wide budget, within a deadline: a client that announces a large frame and
+        // sends it slowly (or never) holds only what it has sent, and not for long.
+        let body = read_body(&ctx, &mut reader, &prefix, size);
+        let (frame, permit) = match tokio::time::timeout(ctx.shared.config.frame_read_timeout, body).await {
+            Ok(Ok(read)) => read,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection closed inside a frame");
+                return None;
+            }
+            Err(_) => {
+                bad_frame(
+                    &ctx,
+                    peer,
+                    &format!("a {size}-byte frame was not received within the read timeout"),
+                );
+                return None;
+            }
         };
-        let mut frame = BytesMut::with_capacity(size);
-        frame.extend_from_slice(&prefix);
-        frame.resize(size, 0);
-        if let Err(e) = reader.read_exact(&mut frame[PREFIX_BYTES..]).await {
-            tracing::debug!(%peer, error = %e, "connection closed inside a frame");
-            return None;
-        }
         let frame: Bytes = frame.freeze();
         let task_ctx = Rc::clone(&ctx);
         let handle = tokio::task::spawn_local(async move {
@@ -157,6 +168,33 @@ async fn read_loop(
             return None;
         }
     }
+}
+
+/// Bytes read (and budgeted) at a time for a frame's body.
+const BODY_CHUNK_BYTES: usize = 256 << 10;
+
+/// Reads the rest of a `size`-byte frame after its prefix, taking room in the request budget
+/// for each chunk before reading it.
+async fn read_body(
+    ctx: &Ctx,
+    reader: &mut OwnedReadHalf,
+    prefix: &[u8],
+    size: usize,
+) -> std::io::Result<(BytesMut, tokio::sync::OwnedSemaphorePermit)> {
+    let budget = &ctx.shared.request_bytes;
+    let closed = || std::io::Error::other("the server is stopping");
+    let mut permit =
+        Arc::clone(budget).acquire_many_owned(prefix.len() as u32).await.map_err(|_| closed())?;
+    let mut frame = BytesMut::with_capacity(size.min(BODY_CHUNK_BYTES));
+    frame.extend_from_slice(prefix);
+    while frame.len() < size {
+        let chunk = (size - frame.len()).min(BODY_CHUNK_BYTES);
+        permit.merge(Arc::clone(budget).acquire_many_owned(chunk as u32).await.map_err(|_| closed())?);
+        let start = frame.len();
+        frame.resize(start + chunk, 0);
+        reader.read_exact(&mut frame[start..]).await?;
+    }
+    Ok((frame, permit))
 }
 
 fn bad_frame(ctx: &Ctx, peer: SocketAddr, why: &str) {
@@ -197,7 +235,7 @@ async fn write_loop(
         }
         ctx.shared.metrics.observe(handled.api, handled.started.elapsed().as_secs_f64());
         match handled.owner {
-            Some(owner) if owner != ctx.shard && moving.allowed && moving.target.get().is_none() => {
+            Some(owner) if owner != ctx.shard && moving.allowed() => {
                 moving.target.set(Some(owner));
                 moving.notify.notify_one();
             }

@@ -17,6 +17,9 @@ mod producer_ids;
 pub mod server;
 pub mod versions;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::ServerConfig;
 pub use handlers::decode_request;
 pub use server::{Server, ServerError};

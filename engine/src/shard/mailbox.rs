@@ -138,6 +138,12 @@ impl<T> MailboxSender<T> {
         Ok(())
     }
 
+    /// Wakes the shard if it sleeps, without sending anything (it has other work: requests
+    /// its own tasks left waiting for full mailboxes).
+    pub fn wake(&self) {
+        self.wake.notify();
+    }
+
     fn after_push(&self) {
         self.wake.notify();
         // `notify` fenced; if the shard closed meanwhile, nobody else will read the queue.

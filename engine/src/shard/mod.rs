@@ -11,6 +11,7 @@
 //! request waits for a timer it does not need, and no loop polls while idle.
 
 pub mod mailbox;
+pub(crate) mod overflow;
 mod producers;
 pub(crate) mod request;
 pub use request::LocalTask;
@@ -72,6 +73,8 @@ pub(crate) struct Shard {
     /// Whether tasks were spawned on this shard's event loop: then the loop yields to them
     /// between busy turns.
     has_tasks: bool,
+    /// Whether requests of this thread's tasks wait for full mailboxes (see `overflow`).
+    overflow_waiting: bool,
 }
 
 /// The mailbox's eventfd, borrowed for polling (the mailbox owns and closes it).
@@ -100,6 +103,7 @@ impl Shard {
             stats,
             stopping: None,
             has_tasks: false,
+            overflow_waiting: false,
         }
     }
 
@@ -123,6 +127,7 @@ impl Shard {
     }
 
     async fn turns(mut self) {
+        overflow::init(self.setup.peers[self.setup.id].clone());
         let fd = WakeFd(self.setup.rx.wake_fd());
         // SAFETY: the eventfd belongs to the mailbox, which `self` owns for the whole life of
         // the registration (dropped at the end of this function), so it stays open and the same.
@@ -152,6 +157,7 @@ impl Shard {
                 self.next_retention = now + self.setup.retention_check_interval;
             }
             self.flush_outbox();
+            self.overflow_waiting = overflow::flush(&self.setup.peers);
             if self.outbox.is_empty() {
                 for reply in self.barriers.drain(..) {
                     answer(reply, Ok(()));
@@ -159,6 +165,7 @@ impl Shard {
             }
             self.stats.turns += 1;
             if let Some(reply) = self.stopping.take() {
+                overflow::clear();
                 let flushed = self.close_all();
                 // Anything still queued, or sent from now on, is answered "shutting down".
                 self.setup.rx.close();
@@ -480,6 +487,7 @@ impl Shard {
         for (topic, partitions) in &mut self.slots {
             let offsets = *topic == self.setup.offsets_topic;
             for slot in partitions.values_mut() {
+                slot.expire_producers(now);
                 // The offsets topic is compacted instead: its keys live until overwritten.
                 let kept = if offsets {
                     slot.compact_offsets(&mut *self.io, self.setup.offsets_compaction_bytes).map(drop)
@@ -521,7 +529,7 @@ impl Shard {
         for slot in self.slots.values().flat_map(|m| m.values()) {
             earliest(slot.next_deadline());
         }
-        if !self.outbox.is_empty() {
+        if !self.outbox.is_empty() || self.overflow_waiting {
             earliest(Some(Instant::now() + Duration::from_millis(1)));
         }
         next

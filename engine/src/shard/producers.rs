@@ -5,9 +5,11 @@
 //! Kafka's rules: a producer's batches carry consecutive sequence numbers per partition
 //! (wrapping after `i32::MAX`), under an epoch that only grows. A batch equal to one of the last
 //! [`RECENT_BATCHES`] is a duplicate; a batch that continues the sequence is appended; anything
-//! else is out of order. A higher epoch restarts the sequence at 0. The state is rebuilt at open
-//! from the batch headers of the segment files written to in the last [`EXPIRATION`] (Kafka's
-//! `producer.id.expiration.ms` default), so deduplication survives restarts.
+//! else is out of order. A higher epoch restarts the sequence at 0. A producer this partition
+//! knows nothing of (new, or expired) is accepted at any sequence, as Kafka does since KIP-360.
+//! The state is rebuilt at open from the batch headers of the segment files written to in the
+//! last [`EXPIRATION`] (Kafka's `producer.id.expiration.ms` default), so deduplication survives
+//! restarts, and producers silent for that long are forgotten at runtime too.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
@@ -29,10 +31,11 @@ struct Written {
     info: AppendInfo,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Producer {
     epoch: i16,
     recent: VecDeque<Written>,
+    last_write: SystemTime,
 }
 
 /// What to do with a batch.
@@ -122,12 +125,17 @@ impl Producers {
         }
     }
 
-    /// Records a batch that was appended at `info`.
-    pub fn record(&mut self, h: &BatchHeader, info: AppendInfo) {
+    /// Records a batch that was appended at `info` (written at `now`).
+    pub fn record(&mut self, h: &BatchHeader, info: AppendInfo, now: SystemTime) {
         if h.producer_id < 0 {
             return;
         }
-        let p = self.by_id.entry(h.producer_id).or_default();
+        let p = self.by_id.entry(h.producer_id).or_insert_with(|| Producer {
+            epoch: h.producer_epoch,
+            recent: VecDeque::new(),
+            last_write: now,
+        });
+        p.last_write = p.last_write.max(now);
         if h.producer_epoch != p.epoch {
             p.epoch = h.producer_epoch;
             p.recent.clear();
@@ -136,6 +144,11 @@ impl Producers {
             p.recent.pop_front();
         }
         p.recent.push_back(Written { first_seq: h.base_sequence, last_seq: last_seq(h), info });
+    }
+
+    /// Forgets producers that wrote nothing for [`EXPIRATION`].
+    pub fn expire(&mut self, now: SystemTime) {
+        self.by_id.retain(|_, p| now.duration_since(p.last_write).map_or(true, |idle| idle < EXPIRATION));
     }
 
     /// The producers of `log`'s segments written within [`EXPIRATION`] of `now`.
@@ -152,7 +165,7 @@ impl Producers {
             let mut position = 0;
             while let Some(h) = cursor.header_at(position).map_err(crate::log::LogError::from)? {
                 let info = AppendInfo { base_offset: h.base_offset, last_offset: h.last_offset() };
-                producers.record(&h, info);
+                producers.record(&h, info, written);
                 position += h.total_len() as u64;
             }
         }
@@ -187,7 +200,7 @@ mod tests {
         let mut p = Producers::default();
         let first = header(7, 0, 0, 3);
         assert!(matches!(p.check(&first), Check::Append));
-        p.record(&first, at(10, 12));
+        p.record(&first, at(10, 12), SystemTime::now());
         assert!(
             matches!(p.check(&first), Check::Duplicate(i) if i == at(10, 12)),
             "a retry gets the first offsets"
@@ -199,7 +212,7 @@ mod tests {
         ));
         let next = header(7, 0, 3, 2);
         assert!(matches!(p.check(&next), Check::Append));
-        p.record(&next, at(13, 14));
+        p.record(&next, at(13, 14), SystemTime::now());
         assert!(
             matches!(p.check(&first), Check::Duplicate(i) if i == at(10, 12)),
             "still among the last five"
@@ -208,7 +221,7 @@ mod tests {
         assert!(matches!(p.check(&old_epoch), Check::Refuse(EngineError::OutOfOrderSequence { .. })));
         let bumped = header(7, 1, 0, 1);
         assert!(matches!(p.check(&bumped), Check::Append));
-        p.record(&bumped, at(15, 15));
+        p.record(&bumped, at(15, 15), SystemTime::now());
         assert!(matches!(
             p.check(&next),
             Check::Refuse(EngineError::InvalidProducerEpoch { current: 1, got: 0, .. })
@@ -225,7 +238,7 @@ mod tests {
         let mut p = Producers::default();
         let mut seq = i32::MAX - 2;
         // Seed the producer as if it had reached the top of the sequence space.
-        p.by_id.insert(1, Producer { epoch: 0, recent: VecDeque::new() });
+        p.by_id.insert(1, Producer { epoch: 0, recent: VecDeque::new(), last_write: SystemTime::now() });
         p.by_id.get_mut(&1).unwrap().recent.push_back(Written {
             first_seq: 0,
             last_seq: seq - 1,
@@ -235,12 +248,23 @@ mod tests {
         for i in 0..6 {
             let h = header(1, 0, seq, 1);
             assert!(matches!(p.check(&h), Check::Append), "batch {i} at {seq}");
-            p.record(&h, at(i + 1, i + 1));
+            p.record(&h, at(i + 1, i + 1), SystemTime::now());
             headers.push(h);
             seq = next_seq(seq);
         }
         assert_eq!(seq, 3, "wrapped past i32::MAX to 0");
         assert!(matches!(p.check(&headers[0]), Check::Refuse(_)), "the sixth batch back is forgotten");
         assert!(matches!(p.check(&headers[1]), Check::Duplicate(i) if i == at(2, 2)));
+    }
+
+    #[test]
+    fn producers_silent_for_a_day_are_forgotten() {
+        let mut p = Producers::default();
+        let day_ago = SystemTime::now() - EXPIRATION - Duration::from_secs(1);
+        p.record(&header(1, 0, 0, 1), at(0, 0), day_ago);
+        p.record(&header(2, 0, 0, 1), at(1, 1), SystemTime::now());
+        p.expire(SystemTime::now());
+        assert!(!p.by_id.contains_key(&1));
+        assert!(p.by_id.contains_key(&2));
     }
 }

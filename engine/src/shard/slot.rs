@@ -128,7 +128,7 @@ impl Slot {
         match self.log.append(io, batch, SystemTime::now()) {
             Ok(info) => {
                 if let Some(h) = &header {
-                    self.producers.record(h, info);
+                    self.producers.record(h, info, SystemTime::now());
                 }
                 self.acks.push_back(PendingAck::Produce { partition, info, reply })
             }
@@ -303,6 +303,11 @@ impl Slot {
         Ok(())
     }
 
+    /// Forgets idempotent producers silent for a day.
+    pub fn expire_producers(&mut self, now: SystemTime) {
+        self.producers.expire(now);
+    }
+
     /// Compacts this offsets-topic partition if it has grown to `min_bytes` and to twice its
     /// last snapshot: seals the log, writes the latest offset of every live key as a snapshot
     /// at the end, makes it durable, then deletes every segment before it. Returns whether it
@@ -324,13 +329,24 @@ impl Slot {
         live.sort();
         let now_ms =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        // Batches of at most half the partition's batch limit (a key is at most 64 KiB).
+        let batch_bytes = (self.log.config().batch_bytes_max / 2).max(1) as usize;
         let mut written = 0;
-        for chunk in live.chunks(1000) {
-            let encoded: Vec<(Vec<u8>, [u8; 8])> =
-                chunk.iter().map(|(key, offset)| (encode_offset_key(key), offset.to_be_bytes())).collect();
+        let mut at = 0;
+        while at < live.len() {
             let mut b = BatchBuilder::new(BatchOptions::default());
-            for (k, v) in &encoded {
-                b.push(&Record { timestamp: now_ms, key: Some(k), value: Some(v), headers: &[] });
+            let mut bytes = 0;
+            while at < live.len() && (bytes == 0 || bytes < batch_bytes) {
+                let (key, offset) = &live[at];
+                let k = encode_offset_key(key);
+                bytes += k.len() + 32;
+                b.push(&Record {
+                    timestamp: now_ms,
+                    key: Some(&k),
+                    value: Some(&offset.to_be_bytes()),
+                    headers: &[],
+                });
+                at += 1;
             }
             let batch = b.finish();
             written += batch.len() as u64;
@@ -437,6 +453,33 @@ fn decode_offset_key(mut bytes: &[u8]) -> Option<OffsetKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 40 live keys of 30 KiB make a 1.2 MB snapshot: more than one batch may hold.
+    #[test]
+    fn offsets_compaction_writes_a_snapshot_larger_than_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut io = crate::io::open(crate::io::BackendChoice::Fallback).unwrap();
+        let log = Partition::open(dir.path(), crate::log::LogConfig::default(), &mut *io).unwrap();
+        let mut slot = Slot::new(log).unwrap();
+        let key = |i: usize| -> OffsetKey {
+            (Arc::from(format!("{i:02}{}", "g".repeat(30 << 10))), Arc::from("t"), 0)
+        };
+        for round in 0..2 {
+            for i in 0..40 {
+                let (tx, _rx) = oneshot::channel();
+                slot.append_commit(&mut *io, key(i), (round * 100 + i) as i64, tx);
+            }
+            slot.log.flush(&mut *io).unwrap();
+        }
+        let before = slot.log.size_bytes();
+        assert!(slot.compact_offsets(&mut *io, 16 << 10).unwrap());
+        assert!(slot.log.size_bytes() < before * 3 / 4, "{} of {before} bytes left", slot.log.size_bytes());
+        assert_eq!(slot.log.segments().len(), 1, "everything before the snapshot is gone");
+        let mut live = slot.replay_offsets().unwrap();
+        live.sort();
+        assert_eq!(live, (0..40).map(|i| (key(i), (100 + i) as i64)).collect::<Vec<_>>());
+        assert!(!slot.compact_offsets(&mut *io, 16 << 10).unwrap(), "not again until it doubles");
+    }
 
     #[test]
     fn offset_keys_round_trip_and_reject_garbage() {

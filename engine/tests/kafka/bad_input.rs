@@ -157,3 +157,46 @@ fn thousands_of_random_frames_leave_the_server_and_other_clients_working() {
         assert_eq!(out, "still\nworks\n");
     }
 }
+
+#[test]
+fn clients_announcing_huge_frames_and_sending_nothing_do_not_hold_up_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    // Six Produce frames of 100 MiB announced (600 MiB, over the 512 MiB budget), none sent.
+    let stalled: Vec<TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = TcpStream::connect(spate.addr).unwrap();
+            let mut f = (100i32 << 20).to_be_bytes().to_vec();
+            f.extend_from_slice(&[0, 0, 0, 9, 0, 0, 0, 1]);
+            s.write_all(&f).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut s = TcpStream::connect(spate.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (id, _) = round_trip(&mut s, &api_versions(77)).expect("answered while others stall");
+    assert_eq!(id, 77);
+    drop(stalled);
+}
+
+#[test]
+fn a_topic_of_absurdly_many_partitions_is_refused() {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+    use kafka_protocol::messages::{ApiKey, CreateTopicsResponse, TopicName};
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut spate = Spate::start(&dir.path().join("data"));
+    let create =
+        CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("huge")))
+            .with_num_partitions(i32::MAX)
+            .with_replication_factor(1)]);
+    let mut s = TcpStream::connect(spate.addr).unwrap();
+    let (_, body) = round_trip(&mut s, &crate::placement::request(ApiKey::CreateTopics, 4, &create)).unwrap();
+    let r = CreateTopicsResponse::decode(&mut bytes::Bytes::from(body), 4).unwrap();
+    assert_eq!(r.topics[0].error_code, 37, "INVALID_PARTITIONS");
+    assert!(spate.alive());
+    assert_eq!(round_trip(&mut s, &api_versions(8)).unwrap().0, 8);
+}

@@ -7,7 +7,7 @@ use crate::bad_input::round_trip;
 use crate::server::Spate;
 
 /// Encodes a request with `kafka-protocol`'s client side.
-fn request<R: kafka_protocol::protocol::Encodable + kafka_protocol::protocol::HeaderVersion>(
+pub fn request<R: kafka_protocol::protocol::Encodable + kafka_protocol::protocol::HeaderVersion>(
     api: kafka_protocol::messages::ApiKey,
     version: i16,
     body: &R,

@@ -81,9 +81,16 @@ pub async fn create_topics(
         let mut result = CreatableTopicResult::default().with_name(topic.name.clone());
         let partitions = match topic.num_partitions {
             -1 if topic.assignments.is_empty() => Ok(ctx.shared.config.default_partitions),
-            -1 => Ok(topic.assignments.len() as u32),
+            -1 => u32::try_from(topic.assignments.len()).map_err(|_| ResponseError::InvalidPartitions),
             n => u32::try_from(n).ok().filter(|&n| n > 0).ok_or(ResponseError::InvalidPartitions),
-        };
+        }
+        .and_then(|n| {
+            if n > crate::engine::TOPIC_PARTITIONS_MAX {
+                Err(ResponseError::InvalidPartitions)
+            } else {
+                Ok(n)
+            }
+        });
         let mut config = ctx.shared.config.topic_defaults.clone();
         let checked =
             partitions.map_err(|code| (code, format!("{} partitions", topic.num_partitions))).and_then(|p| {

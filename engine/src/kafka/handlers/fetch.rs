@@ -13,12 +13,16 @@ use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, RequestHeader};
 use super::super::codec::{self, Outgoing};
 use super::super::errors;
 use super::super::server::Ctx;
-use super::{partition_index, retry_busy, topic_name};
+use super::{partition_index, topic_name};
 use crate::engine::{EngineError, FetchOptions, Fetched};
 use crate::log::ReadSlice;
 
 /// A wait longer than this is cut to it (Kafka clients ask for 100 ms to a few seconds).
 const MAX_WAIT_CAP: Duration = Duration::from_secs(60);
+/// Bytes one partition may return in one response, and a whole response: whatever the client
+/// asks, so that a response always fits the protocol's `i32` frame size.
+const PARTITION_BYTES_CAP: u64 = 64 << 20;
+const RESPONSE_BYTES_CAP: u64 = 1 << 30;
 
 struct Want {
     topic: Rc<str>,
@@ -52,7 +56,7 @@ pub async fn handle(
     let max_wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_CAP);
     let deadline = started + max_wait;
     let min_bytes = u64::try_from(request.min_bytes).unwrap_or(0);
-    let response_max_bytes = u64::try_from(request.max_bytes).unwrap_or(0);
+    let response_max_bytes = u64::try_from(request.max_bytes).unwrap_or(0).min(RESPONSE_BYTES_CAP);
     let mut wants = Vec::new();
     for topic in request.topics {
         let name: Rc<str> = Rc::from(topic.topic.0.as_str());
@@ -61,7 +65,7 @@ pub async fn handle(
                 topic: Rc::clone(&name),
                 partition: p.partition,
                 offset: p.fetch_offset,
-                max_bytes: u64::try_from(p.partition_max_bytes).unwrap_or(0),
+                max_bytes: u64::try_from(p.partition_max_bytes).unwrap_or(0).min(PARTITION_BYTES_CAP),
             });
         }
     }
@@ -99,7 +103,8 @@ async fn read_all(ctx: &Rc<Ctx>, wants: &[Want]) -> Vec<Result<Fetched, EngineEr
     out
 }
 
-/// Starts one fetch now; the returned future finishes it (retrying a full mailbox).
+/// Starts one fetch now (in order with this shard's other requests to the owner); the
+/// returned future finishes it.
 fn fetch_one(
     ctx: &Ctx,
     topic: &str,
@@ -115,13 +120,7 @@ fn fetch_one(
     async move {
         match first {
             Err(e) => Err(e),
-            Ok(f) => match f.await {
-                Err(EngineError::Busy { .. }) => {
-                    let p = partition as u32;
-                    retry_busy(|| engine.fetch_async(&topic, p, offset, options)).await
-                }
-                other => other,
-            },
+            Ok(f) => f.await,
         }
     }
 }
@@ -145,7 +144,13 @@ async fn wait_for_any(ctx: &Rc<Ctx>, wants: &[Want], from: &[i64], deadline: Ins
         })));
     }
     drop(tx);
-    let _ = tokio::time::timeout_at(deadline.into(), rx.recv()).await;
+    let woken = tokio::time::timeout_at(deadline.into(), rx.recv()).await;
+    if matches!(woken, Ok(None)) {
+        // Every poll ended without data before the deadline: the shards had no room for
+        // waiting fetches, or a partition failed. Back off rather than spin.
+        let pause = Instant::now() + Duration::from_millis(10);
+        tokio::time::sleep_until(pause.min(deadline).into()).await;
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -180,7 +185,9 @@ fn encode(
                 p.aborted_transactions = Some(Vec::new());
                 // The first partition with data always gets its first batch, as in Kafka;
                 // later ones only what fits under the response's max_bytes.
-                if f.slice.len > 0 && (included == 0 || included + f.slice.len <= response_max_bytes) {
+                let fits = included + f.slice.len <= response_max_bytes;
+                if f.slice.len > 0 && (included == 0 || fits) && included + f.slice.len <= RESPONSE_BYTES_CAP
+                {
                     included += f.slice.len;
                     p.records = Some(codec::placeholder(nonce, slices.len() as u32));
                     slices.push(f.slice);

@@ -14,7 +14,7 @@ mod produce;
 
 use std::future::Future;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader, TopicName};
@@ -199,27 +199,4 @@ fn topic_name(s: &str) -> TopicName {
 /// A partition index from the wire as the engine's `u32` (negative ones do not exist).
 fn partition_index(p: i32) -> Result<u32, EngineError> {
     u32::try_from(p).map_err(|_| EngineError::UnknownPartition { topic: String::new(), partition: u32::MAX })
-}
-
-/// Calls an engine operation, retrying while a shard's mailbox is full: on a shard thread the
-/// engine answers `Busy` instead of blocking, and this task yields so the shards can drain.
-async fn retry_busy<T, F, Fut>(mut call: F) -> Result<T, EngineError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, EngineError>>,
-{
-    let mut attempts: u32 = 0;
-    loop {
-        match call().await {
-            Err(EngineError::Busy { .. }) if attempts < 10_000 => {
-                attempts += 1;
-                if attempts < 16 {
-                    tokio::task::yield_now().await;
-                } else {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-            other => return other,
-        }
-    }
 }

@@ -19,7 +19,7 @@ use kafka_protocol::messages::{GroupId, ListOffsetsRequest, OffsetCommitRequest,
 use super::super::errors;
 use super::super::server::Ctx;
 use super::groups::group_code;
-use super::{partition_index, retry_busy, str_bytes, topic_name};
+use super::{partition_index, str_bytes, topic_name};
 use crate::engine::{EngineError, OffsetSpec};
 
 pub async fn list_offsets(ctx: &Rc<Ctx>, request: ListOffsetsRequest) -> ListOffsetsResponse {
@@ -41,7 +41,7 @@ pub async fn list_offsets(ctx: &Rc<Ctx>, request: ListOffsetsRequest) -> ListOff
                 (_, Err(e)) => Err(e),
                 (_, Ok(index)) => {
                     let engine = ctx.engine.clone();
-                    retry_busy(|| engine.list_offset_async(&name, index, spec)).await
+                    engine.list_offset_async(&name, index, spec).await
                 }
             };
             match result {
@@ -90,7 +90,7 @@ pub async fn commit(ctx: &Rc<Ctx>, request: OffsetCommitRequest) -> OffsetCommit
                     let (group, name) = (group.clone(), name.clone());
                     let offset = p.committed_offset;
                     Ok(tokio::task::spawn_local(async move {
-                        retry_busy(|| engine.commit_offset_async(&group, &name, partition, offset)).await
+                        engine.commit_offset_async(&group, &name, partition, offset).await
                     }))
                 }
             };
@@ -133,7 +133,7 @@ async fn committed(
     let topics = match topics {
         Some(t) => t,
         None => {
-            let all = retry_busy(|| engine.committed_offsets_async(group)).await?;
+            let all = engine.committed_offsets_async(group).await?;
             let mut by_topic: Vec<(String, Vec<i32>)> = Vec::new();
             for (topic, partition, _) in all {
                 match by_topic.iter_mut().find(|(t, _)| **t == *topic) {
@@ -150,7 +150,7 @@ async fn committed(
         for p in partitions {
             let result = match partition_index(p) {
                 Err(e) => Err(e),
-                Ok(index) => retry_busy(|| engine.committed_offset_async(group, &topic, index)).await,
+                Ok(index) => engine.committed_offset_async(group, &topic, index).await,
             };
             results.push((p, result));
         }

@@ -14,7 +14,7 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader};
 use super::super::codec::{self, Outgoing};
 use super::super::errors;
 use super::super::server::Ctx;
-use super::{partition_index, retry_busy, str_bytes};
+use super::{partition_index, str_bytes};
 use crate::engine::{Backpressure, EngineError, ProduceAck};
 use crate::record::{BatchHeader, LOG_OVERHEAD};
 
@@ -121,21 +121,8 @@ async fn append_all(
     // Queue every batch before awaiting any, so they share a group commit.
     let mut waits = Vec::with_capacity(batches.len());
     for batch in batches {
-        let engine = ctx.engine.clone();
-        let topic = topic.to_string();
-        // Sent now; only a full mailbox makes it go round again.
-        let sent = engine.produce_batch_async(&topic, partition, batch.to_vec(), &Backpressure::Buffer);
-        waits.push(async move {
-            match sent.await {
-                Err(EngineError::Busy { .. }) => {
-                    retry_busy(|| {
-                        engine.produce_batch_async(&topic, partition, batch.to_vec(), &Backpressure::Buffer)
-                    })
-                    .await
-                }
-                other => other,
-            }
-        });
+        // Sent now, in order with everything this shard sends the partition's owner.
+        waits.push(ctx.engine.produce_batch_async(topic, partition, batch.to_vec(), &Backpressure::Buffer));
     }
     for w in waits {
         let ack = w.await?;
