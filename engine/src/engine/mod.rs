@@ -336,8 +336,7 @@ impl Engine {
         })?;
         let request = Request::Spawn { task: make };
         if lifecycle::on_shard_thread() {
-            return crate::shard::overflow::send(shard, mailbox, request)
-                .map_err(|_| EngineError::ShuttingDown);
+            return crate::shard::overflow::send(mailbox, request).map_err(|_| EngineError::ShuttingDown);
         }
         match mailbox.send(request) {
             Ok(()) => Ok(()),
@@ -363,14 +362,20 @@ impl Engine {
     ) -> Result<oneshot::Receiver<Result<T, EngineError>>, EngineError> {
         let (tx, rx) = oneshot::channel();
         let mailbox = &self.inner.shards[shard];
-        if !fail_fast && lifecycle::on_shard_thread() {
+        if lifecycle::on_shard_thread() {
             // A shard thread never waits for a mailbox: the one it waits for may be its own, or
             // one whose shard is waiting for it. What does not fit waits in order on this
-            // thread (see `shard::overflow`).
-            return match crate::shard::overflow::send(shard, mailbox, make(tx)) {
-                Ok(()) => Ok(rx),
-                Err(_) => Err(EngineError::ShuttingDown),
-            };
+            // thread (see `shard::overflow`); a request that must not wait is refused while
+            // others wait, or it would overtake them.
+            if fail_fast && crate::shard::overflow::has_waiting(mailbox) {
+                return Err(EngineError::Busy { shard });
+            }
+            if !fail_fast {
+                return match crate::shard::overflow::send(mailbox, make(tx)) {
+                    Ok(()) => Ok(rx),
+                    Err(_) => Err(EngineError::ShuttingDown),
+                };
+            }
         }
         let sent = if fail_fast { mailbox.try_send(make(tx)) } else { mailbox.send(make(tx)) };
         match sent {

@@ -138,12 +138,19 @@ async fn read_loop(
             );
             return None;
         }
-        // The body is read a chunk at a time, each chunk first taking its room in the
-        // server-wide budget, within a deadline: a client that announces a large frame and
-        // sends it slowly (or never) holds only what it has sent, and not for long.
-        let body = read_body(&ctx, &mut reader, &prefix, size);
-        let (frame, permit) = match tokio::time::timeout(ctx.shared.config.frame_read_timeout, body).await {
-            Ok(Ok(read)) => read,
+        // Nothing is budgeted until the body starts to arrive, so a client that announces a
+        // large frame and sends nothing holds nothing; then the whole frame takes its room in
+        // the server-wide budget at once (taking it piecemeal could leave several large frames
+        // each holding part and all waiting for more), and must arrive within the deadline.
+        let mut first = [0u8; 1];
+        if size > PREFIX_BYTES && !matches!(reader.peek(&mut first).await, Ok(n) if n > 0) {
+            return None;
+        }
+        let budget = Arc::clone(&ctx.shared.request_bytes);
+        let Ok(permit) = budget.acquire_many_owned(size as u32).await else { return None };
+        let body = read_body(&mut reader, &prefix, size);
+        let frame = match tokio::time::timeout(ctx.shared.config.frame_read_timeout, body).await {
+            Ok(Ok(frame)) => frame,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "connection closed inside a frame");
                 return None;
@@ -170,31 +177,20 @@ async fn read_loop(
     }
 }
 
-/// Bytes read (and budgeted) at a time for a frame's body.
+/// Bytes of a frame's body read (and allocated) at a time: the buffer grows with what arrives.
 const BODY_CHUNK_BYTES: usize = 256 << 10;
 
-/// Reads the rest of a `size`-byte frame after its prefix, taking room in the request budget
-/// for each chunk before reading it.
-async fn read_body(
-    ctx: &Ctx,
-    reader: &mut OwnedReadHalf,
-    prefix: &[u8],
-    size: usize,
-) -> std::io::Result<(BytesMut, tokio::sync::OwnedSemaphorePermit)> {
-    let budget = &ctx.shared.request_bytes;
-    let closed = || std::io::Error::other("the server is stopping");
-    let mut permit =
-        Arc::clone(budget).acquire_many_owned(prefix.len() as u32).await.map_err(|_| closed())?;
+/// Reads the rest of a `size`-byte frame after its prefix.
+async fn read_body(reader: &mut OwnedReadHalf, prefix: &[u8], size: usize) -> std::io::Result<BytesMut> {
     let mut frame = BytesMut::with_capacity(size.min(BODY_CHUNK_BYTES));
     frame.extend_from_slice(prefix);
     while frame.len() < size {
         let chunk = (size - frame.len()).min(BODY_CHUNK_BYTES);
-        permit.merge(Arc::clone(budget).acquire_many_owned(chunk as u32).await.map_err(|_| closed())?);
         let start = frame.len();
         frame.resize(start + chunk, 0);
         reader.read_exact(&mut frame[start..]).await?;
     }
-    Ok((frame, permit))
+    Ok(frame)
 }
 
 fn bad_frame(ctx: &Ctx, peer: SocketAddr, why: &str) {

@@ -138,6 +138,11 @@ impl<T> MailboxSender<T> {
         Ok(())
     }
 
+    /// Whether `self` and `other` reach the same mailbox.
+    pub fn same_mailbox(&self, other: &MailboxSender<T>) -> bool {
+        Arc::ptr_eq(&self.wake, &other.wake)
+    }
+
     /// Wakes the shard if it sleeps, without sending anything (it has other work: requests
     /// its own tasks left waiting for full mailboxes).
     pub fn wake(&self) {

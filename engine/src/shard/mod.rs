@@ -157,7 +157,7 @@ impl Shard {
                 self.next_retention = now + self.setup.retention_check_interval;
             }
             self.flush_outbox();
-            self.overflow_waiting = overflow::flush(&self.setup.peers);
+            self.overflow_waiting = overflow::flush();
             if self.outbox.is_empty() {
                 for reply in self.barriers.drain(..) {
                     answer(reply, Ok(()));

@@ -17,7 +17,9 @@ use super::mailbox::{MailboxSender, SendError};
 use super::request::Request;
 
 thread_local! {
-    static QUEUES: RefCell<Vec<VecDeque<Request>>> = const { RefCell::new(Vec::new()) };
+    /// Per mailbox (identified by its sender, so that several engines in one process never
+    /// mix), what waits for it, oldest first.
+    static QUEUES: RefCell<Vec<(MailboxSender<Request>, VecDeque<Request>)>> = const { RefCell::new(Vec::new()) };
     /// This shard's own mailbox, to wake its loop.
     static OWN: RefCell<Option<MailboxSender<Request>>> = const { RefCell::new(None) };
 }
@@ -35,23 +37,24 @@ fn wake_own_loop() {
     });
 }
 
-/// Sends `request` to `mailbox` (shard `target`) from a shard thread, in order with everything
-/// this thread sent there before. `Err` only when that shard has stopped.
-pub fn send(target: usize, mailbox: &MailboxSender<Request>, request: Request) -> Result<(), Request> {
+/// Sends `request` to `mailbox` from a shard thread, in order with everything this thread sent
+/// there before. `Err` only when that shard has stopped.
+pub fn send(mailbox: &MailboxSender<Request>, request: Request) -> Result<(), Request> {
     QUEUES.with(|q| {
         let mut queues = q.borrow_mut();
-        if queues.len() <= target {
-            queues.resize_with(target + 1, VecDeque::new);
-        }
-        let queue = &mut queues[target];
-        if !queue.is_empty() {
-            queue.push_back(request);
-            return Ok(());
+        if let Some((_, queue)) = queues.iter_mut().find(|(m, _)| m.same_mailbox(mailbox)) {
+            if !queue.is_empty() {
+                queue.push_back(request);
+                return Ok(());
+            }
         }
         match mailbox.try_send(request) {
             Ok(()) => Ok(()),
             Err(SendError::Full(request)) => {
-                queue.push_back(request);
+                match queues.iter_mut().find(|(m, _)| m.same_mailbox(mailbox)) {
+                    Some((_, queue)) => queue.push_back(request),
+                    None => queues.push((mailbox.clone(), VecDeque::from([request]))),
+                }
                 drop(queues);
                 wake_own_loop();
                 Ok(())
@@ -61,16 +64,22 @@ pub fn send(target: usize, mailbox: &MailboxSender<Request>, request: Request) -
     })
 }
 
+/// Whether requests of this thread wait for `mailbox` (a request that must not wait has to be
+/// refused then, or it would overtake them).
+pub fn has_waiting(mailbox: &MailboxSender<Request>) -> bool {
+    QUEUES.with(|q| q.borrow().iter().any(|(m, queue)| m.same_mailbox(mailbox) && !queue.is_empty()))
+}
+
 /// Pushes what waits for each mailbox, oldest first, until one is full. Returns whether
 /// anything still waits. Requests for a stopped shard are dropped (their callers hear
 /// "shutting down").
-pub fn flush(peers: &[MailboxSender<Request>]) -> bool {
+pub fn flush() -> bool {
     QUEUES.with(|q| {
         let mut queues = q.borrow_mut();
         let mut left = false;
-        for (target, queue) in queues.iter_mut().enumerate() {
+        for (mailbox, queue) in queues.iter_mut() {
             while let Some(request) = queue.pop_front() {
-                match peers[target].try_send(request) {
+                match mailbox.try_send(request) {
                     Ok(()) => {}
                     Err(SendError::Full(request)) => {
                         queue.push_front(request);
@@ -81,6 +90,7 @@ pub fn flush(peers: &[MailboxSender<Request>]) -> bool {
             }
             left |= !queue.is_empty();
         }
+        queues.retain(|(_, queue)| !queue.is_empty());
         left
     })
 }
@@ -106,18 +116,20 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..5 {
             let (r, done) = barrier();
-            assert!(send(0, &tx, r).is_ok());
+            assert!(send(&tx, r).is_ok());
             waits.push(done);
         }
         // Two fit; three wait here. Draining one makes room for exactly one more.
         let first = rx.try_recv().unwrap();
-        assert!(flush(std::slice::from_ref(&tx)), "two still wait");
+        assert!(has_waiting(&tx));
+        assert!(flush(), "two still wait");
         let mut received = vec![first];
         while let Some(r) = rx.try_recv() {
             received.push(r);
         }
         assert_eq!(received.len(), 3);
-        assert!(!flush(std::slice::from_ref(&tx)), "the rest fit now");
+        assert!(!flush(), "the rest fit now");
+        assert!(!has_waiting(&tx));
         while let Some(r) = rx.try_recv() {
             received.push(r);
         }

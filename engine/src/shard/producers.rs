@@ -81,15 +81,8 @@ impl Producers {
             });
         }
         let Some(p) = self.by_id.get(&h.producer_id) else {
-            return if h.base_sequence == 0 {
-                Check::Append
-            } else {
-                refuse(EngineError::OutOfOrderSequence {
-                    producer_id: h.producer_id,
-                    expected: 0,
-                    got: h.base_sequence,
-                })
-            };
+            // New here, or forgotten after a day of silence: accepted at any sequence (KIP-360).
+            return Check::Append;
         };
         if h.producer_epoch < p.epoch {
             return refuse(EngineError::InvalidProducerEpoch {
@@ -226,10 +219,10 @@ mod tests {
             p.check(&next),
             Check::Refuse(EngineError::InvalidProducerEpoch { current: 1, got: 0, .. })
         ));
-        assert!(matches!(
-            p.check(&header(8, 0, 1, 1)),
-            Check::Refuse(EngineError::OutOfOrderSequence { expected: 0, .. })
-        ));
+        assert!(
+            matches!(p.check(&header(8, 0, 1, 1)), Check::Append),
+            "a producer this partition does not know is accepted at any sequence (KIP-360)"
+        );
         assert!(matches!(p.check(&header(-1, -1, -1, 1)), Check::Append), "plain producers are not tracked");
     }
 
@@ -266,5 +259,12 @@ mod tests {
         p.expire(SystemTime::now());
         assert!(!p.by_id.contains_key(&1));
         assert!(p.by_id.contains_key(&2));
+        let resumed = header(1, 0, 17, 1);
+        assert!(matches!(p.check(&resumed), Check::Append), "a forgotten producer resumes where it is");
+        p.record(&resumed, at(2, 2), SystemTime::now());
+        assert!(matches!(
+            p.check(&header(1, 0, 19, 1)),
+            Check::Refuse(EngineError::OutOfOrderSequence { expected: 18, .. })
+        ));
     }
 }

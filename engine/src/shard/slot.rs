@@ -329,16 +329,19 @@ impl Slot {
         live.sort();
         let now_ms =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        // Batches of at most half the partition's batch limit (a key is at most 64 KiB).
+        // Batches of at most half the partition's batch limit (one longer key goes alone).
         let batch_bytes = (self.log.config().batch_bytes_max / 2).max(1) as usize;
         let mut written = 0;
         let mut at = 0;
         while at < live.len() {
             let mut b = BatchBuilder::new(BatchOptions::default());
             let mut bytes = 0;
-            while at < live.len() && (bytes == 0 || bytes < batch_bytes) {
+            while at < live.len() {
                 let (key, offset) = &live[at];
                 let k = encode_offset_key(key);
+                if bytes > 0 && bytes + k.len() + 32 > batch_bytes {
+                    break;
+                }
                 bytes += k.len() + 32;
                 b.push(&Record {
                     timestamp: now_ms,
