@@ -132,13 +132,26 @@ fn produce_connection(
     Ok(())
 }
 
-/// Fetches `partition` from 0 to `end`; returns the record bytes received.
-fn consume_connection(addr: SocketAddr, partition: u32, end: i64, fetch_bytes: u64) -> anyhow::Result<u64> {
+/// Fetches `partitions` (partition, end) from offset 0 to their ends over one connection, all
+/// of them in each request as a Kafka consumer does; returns the record bytes received.
+fn consume_connection(addr: SocketAddr, partitions: &[(u32, i64)], fetch_bytes: u64) -> anyhow::Result<u64> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
     let mut buf = BytesMut::new();
-    let (mut offset, mut bytes) = (0i64, 0u64);
-    while offset < end {
+    let mut offsets: Vec<i64> = vec![0; partitions.len()];
+    let mut bytes = 0u64;
+    while partitions.iter().zip(&offsets).any(|(&(_, end), &o)| o < end) {
+        let wanted: Vec<FetchPartition> = partitions
+            .iter()
+            .zip(&offsets)
+            .filter(|(&(_, end), &o)| o < end)
+            .map(|(&(p, _), &o)| {
+                FetchPartition::default()
+                    .with_partition(p as i32)
+                    .with_fetch_offset(o)
+                    .with_partition_max_bytes(fetch_bytes as i32)
+            })
+            .collect();
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_max_wait_ms(0)
@@ -147,19 +160,26 @@ fn consume_connection(addr: SocketAddr, partition: u32, end: i64, fetch_bytes: u
             .with_session_epoch(-1)
             .with_topics(vec![FetchTopic::default()
                 .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
-                .with_partitions(vec![FetchPartition::default()
-                    .with_partition(partition as i32)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(fetch_bytes as i32)])]);
+                .with_partitions(wanted)]);
         stream.write_all(&encode_request(ApiKey::Fetch, FETCH_VERSION, 0, &request))?;
         let mut body = read_frame(&mut stream, &mut buf)?.slice(4..);
         let response = FetchResponse::decode(&mut body, FETCH_VERSION)?;
-        let p = &response.responses[0].partitions[0];
-        anyhow::ensure!(p.error_code == 0, "fetch failed with error code {}", p.error_code);
-        let records = p.records.clone().unwrap_or_default();
-        anyhow::ensure!(!records.is_empty(), "empty fetch at {offset} before {end}");
-        bytes += records.len() as u64;
-        offset = next_offset(&records)?;
+        let mut progressed = false;
+        for p in response.responses.iter().flat_map(|t| t.partitions.iter()) {
+            anyhow::ensure!(p.error_code == 0, "fetch failed with error code {}", p.error_code);
+            let records = p.records.clone().unwrap_or_default();
+            if records.is_empty() {
+                continue;
+            }
+            let i = partitions
+                .iter()
+                .position(|&(q, _)| q as i32 == p.partition_index)
+                .ok_or_else(|| anyhow::anyhow!("answer for partition {} not asked for", p.partition_index))?;
+            bytes += records.len() as u64;
+            offsets[i] = next_offset(&records)?;
+            progressed = true;
+        }
+        anyhow::ensure!(progressed, "an empty fetch before the end");
     }
     Ok(bytes)
 }
@@ -433,7 +453,7 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
                 .iter()
                 .enumerate()
                 .map(|(partition, &end)| {
-                    s.spawn(move || consume_connection(addr, partition as u32, end, p.fetch_bytes))
+                    s.spawn(move || consume_connection(addr, &[(partition as u32, end)], p.fetch_bytes))
                 })
                 .collect();
             let mut total = 0;
@@ -447,7 +467,36 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     }
     let zero_copy_bytes = (zero_copy(&server) - zero_copy_before) / CONSUME_RUNS;
     let remote_reads = metric(&server, "spate_partition_reads_total{hop=\"remote\"}") - remote_before;
+    // A Kafka consumer reads all its partitions over one connection, so some of them live on
+    // another shard than the connection: this row pays those hops.
+    progress("network: catch-up consume over one connection (best of five)");
+    let all: Vec<(u32, i64)> =
+        ends.iter().enumerate().map(|(partition, &end)| (partition as u32, end)).collect();
+    let mut one_secs = f64::MAX;
+    let mut one_bytes = 0;
+    let remote_before_one = metric(&server, "spate_partition_reads_total{hop=\"remote\"}");
+    for _ in 0..CONSUME_RUNS {
+        let start = Instant::now();
+        one_bytes = consume_connection(addr, &all, p.fetch_bytes)?;
+        one_secs = one_secs.min(start.elapsed().as_secs_f64());
+    }
+    let one_remote = metric(&server, "spate_partition_reads_total{hop=\"remote\"}") - remote_before_one;
     let consume_after = sendfile_reference("network: loopback sendfile reference (after)")?;
+    // The same shape as the one-connection consumer: one stream, one reading thread.
+    progress("network: loopback sendfile over one connection");
+    let one_stream: Vec<Vec<std::path::PathBuf>> = vec![files.iter().flatten().cloned().collect()];
+    let mut one_reference: f64 = 0.0;
+    for _ in 0..3 {
+        one_reference = one_reference.max(request_response_sendfile(&one_stream, p.fetch_bytes)?);
+        let streamed = loopback(1, &|_, s: &mut TcpStream| {
+            let mut n = 0;
+            for f in &one_stream[0] {
+                n += sendfile_all(s, f, p.fetch_bytes)?;
+            }
+            Ok(n)
+        })?;
+        one_reference = one_reference.max(streamed);
+    }
     server.shutdown();
     engine.shutdown()?;
     let consumed_messages = ends.iter().map(|&e| e as u64).sum();
@@ -457,7 +506,12 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
         .extra("zero_copy_bytes", zero_copy_bytes)
         .extra("remote_partition_reads", remote_reads)
         .extra("rounds_bytes_per_s", rounds);
-    Ok(Outcome { rows: vec![produce_row, consume_row], plots: Vec::new() })
+    let one_row = Row::named("network consume, one connection")
+        .with_throughput(consumed_messages, one_bytes, one_secs, Some(one_reference))
+        .extra("reference", "loopback sendfile over one connection")
+        .extra("bytes_read", one_bytes)
+        .extra("remote_partition_reads", one_remote);
+    Ok(Outcome { rows: vec![produce_row, consume_row, one_row], plots: Vec::new() })
 }
 
 fn zero_copy(server: &Server) -> u64 {
@@ -486,7 +540,9 @@ mod tests {
             backend: BackendChoice::Fallback,
         };
         let out = run(root.path(), &p, &|_| {}).unwrap();
-        let [produce, consume] = &out.rows[..] else { panic!("two rows") };
+        let [produce, consume, one] = &out.rows[..] else { panic!("three rows") };
+        assert!(one.ratio_to_reference.unwrap() > 0.0);
+        let one_read = one.extra.iter().find(|(k, _)| *k == "bytes_read").unwrap().1.as_u64().unwrap();
         assert!(produce.ratio_to_reference.unwrap() > 0.0);
         assert!(consume.ratio_to_reference.unwrap() > 0.0);
         let batch_len = workload::batch(1024, 16).len() as u64;
@@ -495,6 +551,10 @@ mod tests {
         let zero_copy =
             consume.extra.iter().find(|(k, _)| *k == "zero_copy_bytes").unwrap().1.as_u64().unwrap();
         assert_eq!(zero_copy, stored, "every stored byte went out once, with sendfile");
+        assert_eq!(
+            one_read, stored,
+            "one connection reading both partitions (one read ahead) gets every byte"
+        );
         // A consuming connection on the wrong shard moves after its first fetch.
         let remote =
             consume.extra.iter().find(|(k, _)| *k == "remote_partition_reads").unwrap().1.as_u64().unwrap();

@@ -72,6 +72,9 @@ pub(crate) struct Ctx {
     pub shard: usize,
     /// The client's address (shown by DescribeGroups).
     pub peer: std::net::SocketAddr,
+    /// Fetches started for this connection before it asked (partitions of other shards).
+    pub read_ahead:
+        std::cell::RefCell<std::collections::HashMap<(Rc<str>, i32), super::handlers::fetch::ReadAhead>>,
 }
 
 impl Ctx {
@@ -299,7 +302,13 @@ fn place(engine: &Engine, shared: &Arc<Shared>, wg: &WaitGroup, conn: Accepted, 
                     return;
                 }
             };
-            let ctx = Rc::new(Ctx { engine: engine2, shared: Arc::clone(&shared2), shard, peer });
+            let ctx = Rc::new(Ctx {
+                engine: engine2,
+                shared: Arc::clone(&shared2),
+                shard,
+                peer,
+                read_ahead: Default::default(),
+            });
             let moved = connection::serve(Rc::clone(&ctx), stream, peer, moved_at).await;
             if let Some((stream, target)) = moved {
                 shared2.metrics.connections_moved.inc();

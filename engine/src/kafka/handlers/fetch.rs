@@ -86,21 +86,117 @@ pub async fn handle(
             .collect();
         wait_for_any(ctx, &wants, &from, deadline).await;
     };
-    encode(version, header.correlation_id, &wants, results, response_max_bytes)
+    let included = included(&wants, &results, response_max_bytes);
+    read_ahead(ctx, &wants, &results, &included);
+    encode(version, header.correlation_id, &wants, results, &included)
 }
 
-/// Reads every wanted partition now, all requests in flight at once.
+/// Which partitions' data goes into the response: the first partition with data always gets
+/// its batches, as in Kafka; later ones only what fits under the request's `max_bytes` (and
+/// the whole response under `RESPONSE_BYTES_CAP`).
+fn included(wants: &[Want], results: &[Result<Fetched, EngineError>], response_max_bytes: u64) -> Vec<bool> {
+    let mut total: u64 = 0;
+    wants
+        .iter()
+        .zip(results)
+        .map(|(_, r)| {
+            let Ok(f) = r else { return false };
+            let len = f.slice.len;
+            let fits = total + len <= response_max_bytes;
+            let take = len > 0 && (total == 0 || fits) && total + len <= RESPONSE_BYTES_CAP;
+            if take {
+                total += len;
+            }
+            take
+        })
+        .collect()
+}
+
+/// Reads every wanted partition now, all requests in flight at once. A partition this
+/// connection's shard does not own may have been read ahead at the end of the previous fetch
+/// (see [`read_ahead`]); that read is used if it is for the same offset and found data.
 async fn read_all(ctx: &Rc<Ctx>, wants: &[Want]) -> Vec<Result<Fetched, EngineError>> {
     let mut pending = Vec::with_capacity(wants.len());
+    let mut early = Vec::with_capacity(wants.len());
     for w in wants {
-        let options = FetchOptions { max_bytes: w.max_bytes.max(1), min_bytes: 0, max_wait: Duration::ZERO };
-        pending.push(fetch_one(ctx, &w.topic, w.partition, w.offset, options));
+        let ahead = ctx.read_ahead.borrow_mut().remove(&(Rc::clone(&w.topic), w.partition));
+        let read: FetchFuture = match ahead {
+            Some(a) if a.offset == w.offset && a.max_bytes == w.max_bytes => {
+                early.push(true);
+                a.read
+            }
+            _ => {
+                early.push(false);
+                Box::pin(fetch_one(ctx, &w.topic, w.partition, w.offset, now_options(w)))
+            }
+        };
+        pending.push(read);
     }
     let mut out = Vec::with_capacity(pending.len());
     for p in pending {
         out.push(p.await);
     }
+    // A read ahead that found nothing (or failed) may be stale: read those again.
+    let again: Vec<usize> =
+        (0..wants.len()).filter(|&i| early[i] && !matches!(&out[i], Ok(f) if f.slice.len > 0)).collect();
+    let retries: Vec<_> = again
+        .iter()
+        .map(|&i| {
+            fetch_one(ctx, &wants[i].topic, wants[i].partition, wants[i].offset, now_options(&wants[i]))
+        })
+        .collect();
+    for (i, retry) in again.into_iter().zip(retries) {
+        out[i] = retry.await;
+    }
     out
+}
+
+fn now_options(w: &Want) -> FetchOptions {
+    FetchOptions { max_bytes: w.max_bytes.max(1), min_bytes: 0, max_wait: Duration::ZERO }
+}
+
+type FetchFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Fetched, EngineError>>>>;
+
+/// A fetch started before it was asked for.
+pub(crate) struct ReadAhead {
+    offset: i64,
+    max_bytes: u64,
+    read: FetchFuture,
+}
+
+impl std::fmt::Debug for ReadAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadAhead").field("offset", &self.offset).field("max_bytes", &self.max_bytes).finish()
+    }
+}
+
+/// Partitions of one connection read ahead at most.
+const READ_AHEAD_MAX: usize = 64;
+
+/// Starts, for each partition of another shard that returned data, the read the client will
+/// most likely ask for next (from where this one ended), so that its cross-shard round trip
+/// overlaps with sending this response instead of delaying the next one. The data below the
+/// high watermark never changes, so a read made a little early is still right; one that found
+/// nothing is not trusted and is read again when asked.
+fn read_ahead(ctx: &Rc<Ctx>, wants: &[Want], results: &[Result<Fetched, EngineError>], included: &[bool]) {
+    let shards = ctx.engine.shards();
+    for ((w, r), &sent) in wants.iter().zip(results).zip(included) {
+        let Ok(f) = r else { continue };
+        let Ok(partition) = u32::try_from(w.partition) else { continue };
+        if !sent || f.slice.len == 0 || crate::engine::shard_of(&w.topic, partition, shards) == ctx.shard {
+            continue;
+        }
+        let mut cache = ctx.read_ahead.borrow_mut();
+        if cache.len() >= READ_AHEAD_MAX {
+            return;
+        }
+        let next = f.slice.next_offset;
+        let read = Box::pin(fetch_one(ctx, &w.topic, w.partition, next, now_options(w)));
+        cache.insert(
+            (Rc::clone(&w.topic), w.partition),
+            ReadAhead { offset: next, max_bytes: w.max_bytes, read },
+        );
+    }
 }
 
 /// Starts one fetch now (in order with this shard's other requests to the owner); the
@@ -166,13 +262,12 @@ fn encode(
     correlation_id: i32,
     wants: &[Want],
     results: Vec<Result<Fetched, EngineError>>,
-    response_max_bytes: u64,
+    included: &[bool],
 ) -> Result<Option<Outgoing>, String> {
     let nonce = nonce();
     let mut slices: Vec<ReadSlice> = Vec::new();
-    let mut included: u64 = 0;
     let mut topics: Vec<FetchableTopicResponse> = Vec::new();
-    for (w, result) in wants.iter().zip(results) {
+    for ((w, result), &sent) in wants.iter().zip(results).zip(included) {
         let mut p = PartitionData::default()
             .with_partition_index(w.partition)
             .with_preferred_read_replica(BrokerId(-1))
@@ -183,12 +278,7 @@ fn encode(
                 p.last_stable_offset = f.high_watermark;
                 p.log_start_offset = f.log_start_offset;
                 p.aborted_transactions = Some(Vec::new());
-                // The first partition with data always gets its first batch, as in Kafka;
-                // later ones only what fits under the response's max_bytes.
-                let fits = included + f.slice.len <= response_max_bytes;
-                if f.slice.len > 0 && (included == 0 || fits) && included + f.slice.len <= RESPONSE_BYTES_CAP
-                {
-                    included += f.slice.len;
+                if sent {
                     p.records = Some(codec::placeholder(nonce, slices.len() as u32));
                     slices.push(f.slice);
                 }

@@ -6,7 +6,7 @@
 //! UNSUPPORTED_VERSION with the supported ranges so that the client can retry.
 
 mod admin;
-mod fetch;
+pub(crate) mod fetch;
 mod groups;
 mod meta;
 mod offsets;
