@@ -145,6 +145,13 @@ struct Member {
     sync: Option<SyncWaiter>,
 }
 
+impl Member {
+    /// The subscription metadata the member sent for `protocol` (empty if none).
+    fn metadata(&self, protocol: &str) -> Bytes {
+        self.protocols.iter().find(|(n, _)| n == protocol).map(|(_, md)| md.clone()).unwrap_or_default()
+    }
+}
+
 #[derive(Debug)]
 struct Group {
     state: GroupState,
@@ -539,12 +546,7 @@ impl Groups {
                     group_instance_id: m.group_instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: m
-                        .protocols
-                        .iter()
-                        .find(|(n, _)| *n == g.protocol_name)
-                        .map(|(_, md)| md.clone())
-                        .unwrap_or_default(),
+                    metadata: m.metadata(&g.protocol_name),
                     assignment: m.assignment.clone(),
                 })
                 .collect(),
@@ -579,19 +581,24 @@ fn start_rebalance(group: &mut Group, now: Instant) {
     }
 }
 
+/// The last member is gone: a new generation with nobody in it.
+fn become_empty(group: &mut Group) {
+    group.state = GroupState::Empty;
+    group.generation += 1;
+    group.leader = None;
+    group.protocol_name.clear();
+    group.protocol_type.clear();
+    group.rebalance_deadline = None;
+    group.complete_after = None;
+}
+
 /// A member left or expired: the others must rebalance.
 fn member_gone(group: &mut Group, id: &str, now: Instant) {
     if group.leader.as_deref() == Some(id) {
         group.leader = None;
     }
     if group.members.is_empty() {
-        group.state = GroupState::Empty;
-        group.generation += 1;
-        group.leader = None;
-        group.protocol_name.clear();
-        group.protocol_type.clear();
-        group.rebalance_deadline = None;
-        group.complete_after = None;
+        become_empty(group);
     } else if group.state != GroupState::PreparingRebalance {
         start_rebalance(group, now);
     } else {
@@ -615,12 +622,7 @@ fn try_complete_join(group: &mut Group, now: Instant) {
     // Whoever did not rejoin in time is out.
     group.members.retain(|_, m| m.join.is_some());
     if group.members.is_empty() {
-        group.state = GroupState::Empty;
-        group.generation += 1;
-        group.leader = None;
-        group.protocol_name.clear();
-        group.protocol_type.clear();
-        group.rebalance_deadline = None;
+        become_empty(group);
         return;
     }
     // The assignor every member supports that the members rank highest in total.
@@ -684,12 +686,7 @@ fn outcome_for(group: &Group, member_id: &str) -> JoinOutcome {
             .map(|m| JoinedMember {
                 member_id: m.id.clone(),
                 group_instance_id: m.group_instance_id.clone(),
-                metadata: m
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| *n == group.protocol_name)
-                    .map(|(_, md)| md.clone())
-                    .unwrap_or_default(),
+                metadata: m.metadata(&group.protocol_name),
             })
             .collect()
     } else {

@@ -19,7 +19,7 @@ use crate::engine::{LatencyBuckets, ShardStats};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ApiLabel {
-    pub api: String,
+    pub api: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,7 +120,7 @@ impl Metrics {
     }
 
     pub fn observe(&self, api: &'static str, seconds: f64) {
-        let label = ApiLabel { api: api.to_string() };
+        let label = ApiLabel { api };
         self.requests.get_or_create(&label).inc();
         self.request_seconds.get_or_create(&label).observe(seconds);
     }

@@ -49,12 +49,7 @@ impl Partition {
             if !(too_big || too_old) {
                 break;
             }
-            // Remove the files first: if that fails, the segment stays in the log, readable, and
-            // the log start offset still matches the first segment.
-            let (len, path) = (oldest.len(), oldest.log_path());
-            oldest.delete_files().map_err(|e| LogError::fs(&path, e))?;
-            self.segments.pop_front();
-            self.log_start_offset = self.segments[0].base_offset();
+            let (len, path) = self.delete_oldest_segment()?;
             total -= len;
             tracing::info!(file = %path.display(), too_big, too_old, "retention deleted segment");
             outcome.segments_deleted += 1;
@@ -83,11 +78,7 @@ impl Partition {
     pub fn delete_segments_before(&mut self, offset: i64) -> Result<RetentionOutcome, LogError> {
         let mut outcome = RetentionOutcome { log_start_offset: self.log_start_offset, ..Default::default() };
         while self.segments.len() > 1 && self.segments[0].next_offset() <= offset {
-            let oldest = &self.segments[0];
-            let (len, path) = (oldest.len(), oldest.log_path());
-            oldest.delete_files().map_err(|e| LogError::fs(&path, e))?;
-            self.segments.pop_front();
-            self.log_start_offset = self.segments[0].base_offset();
+            let (len, _) = self.delete_oldest_segment()?;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += len;
         }
@@ -96,5 +87,18 @@ impl Partition {
             sync_dir(&self.dir)?;
         }
         Ok(outcome)
+    }
+
+    /// Deletes the oldest (sealed) segment and moves the log start to the next one; returns its
+    /// length and path. The files go first: if that fails, the segment stays in the log,
+    /// readable, and the log start offset still matches the first segment.
+    fn delete_oldest_segment(&mut self) -> Result<(u64, std::path::PathBuf), LogError> {
+        debug_assert!(self.segments.len() > 1 && self.segments[0].is_sealed());
+        let oldest = &self.segments[0];
+        let (len, path) = (oldest.len(), oldest.log_path());
+        oldest.delete_files().map_err(|e| LogError::fs(&path, e))?;
+        self.segments.pop_front();
+        self.log_start_offset = self.segments[0].base_offset();
+        Ok((len, path))
     }
 }

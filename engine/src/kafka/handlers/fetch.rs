@@ -43,13 +43,24 @@ pub async fn handle(
         ctx,
         request.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.0.as_str(), p.partition))),
     );
-    // Reads served by this shard, and by others through their mailboxes.
+    // Reads served by this shard, and by others through their mailboxes (counted per request).
+    let shards = ctx.engine.shards();
+    let (mut local, mut remote) = (0, 0);
     for t in &request.topics {
         for p in &t.partitions {
-            let shard = u32::try_from(p.partition)
-                .map(|p| crate::engine::shard_of(t.topic.0.as_str(), p, ctx.engine.shards()));
-            let hop = if shard == Ok(ctx.shard) { "local" } else { "remote" };
-            ctx.shared.metrics.partition_reads.get_or_create(&super::super::metrics::HopLabel { hop }).inc();
+            match u32::try_from(p.partition) {
+                Ok(p) if crate::engine::shard_of(t.topic.0.as_str(), p, shards) == ctx.shard => local += 1,
+                _ => remote += 1,
+            }
+        }
+    }
+    for (hop, n) in [("local", local), ("remote", remote)] {
+        if n > 0 {
+            ctx.shared
+                .metrics
+                .partition_reads
+                .get_or_create(&super::super::metrics::HopLabel { hop })
+                .inc_by(n);
         }
     }
     let started = Instant::now();

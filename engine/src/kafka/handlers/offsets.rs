@@ -169,6 +169,32 @@ fn fetched_offset(result: &Result<Option<i64>, EngineError>) -> (i64, i16) {
     }
 }
 
+/// The committed offsets of a group as a response's topics, for either shape of OffsetFetch
+/// (v8 batches groups with types of their own; the fields are the same).
+macro_rules! offset_topics {
+    ($topics:expr, $topic:ty, $partition:ty) => {
+        $topics
+            .into_iter()
+            .map(|(name, parts)| {
+                <$topic>::default().with_name(topic_name(&name)).with_partitions(
+                    parts
+                        .iter()
+                        .map(|(p, r)| {
+                            let (offset, code) = fetched_offset(r);
+                            <$partition>::default()
+                                .with_partition_index(*p)
+                                .with_committed_offset(offset)
+                                .with_committed_leader_epoch(-1)
+                                .with_metadata(Some(str_bytes("")))
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+}
+
 pub async fn fetch(ctx: &Rc<Ctx>, request: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
     if version >= 8 {
         let mut groups = Vec::new();
@@ -180,25 +206,8 @@ pub async fn fetch(ctx: &Rc<Ctx>, request: OffsetFetchRequest, version: i16) -> 
             let mut out = OffsetFetchResponseGroup::default().with_group_id(GroupId(str_bytes(&group)));
             match committed(ctx, &group, asked).await {
                 Ok(topics) => {
-                    out.topics = topics
-                        .into_iter()
-                        .map(|(name, parts)| {
-                            OffsetFetchResponseTopics::default().with_name(topic_name(&name)).with_partitions(
-                                parts
-                                    .iter()
-                                    .map(|(p, r)| {
-                                        let (offset, code) = fetched_offset(r);
-                                        OffsetFetchResponsePartitions::default()
-                                            .with_partition_index(*p)
-                                            .with_committed_offset(offset)
-                                            .with_committed_leader_epoch(-1)
-                                            .with_metadata(Some(str_bytes("")))
-                                            .with_error_code(code)
-                                    })
-                                    .collect(),
-                            )
-                        })
-                        .collect();
+                    out.topics =
+                        offset_topics!(topics, OffsetFetchResponseTopics, OffsetFetchResponsePartitions)
                 }
                 Err(e) => out.error_code = commit_error(&e).code(),
             }
@@ -213,25 +222,7 @@ pub async fn fetch(ctx: &Rc<Ctx>, request: OffsetFetchRequest, version: i16) -> 
     let mut response = OffsetFetchResponse::default();
     match committed(ctx, &group, asked).await {
         Ok(topics) => {
-            response.topics = topics
-                .into_iter()
-                .map(|(name, parts)| {
-                    OffsetFetchResponseTopic::default().with_name(topic_name(&name)).with_partitions(
-                        parts
-                            .iter()
-                            .map(|(p, r)| {
-                                let (offset, code) = fetched_offset(r);
-                                OffsetFetchResponsePartition::default()
-                                    .with_partition_index(*p)
-                                    .with_committed_offset(offset)
-                                    .with_committed_leader_epoch(-1)
-                                    .with_metadata(Some(str_bytes("")))
-                                    .with_error_code(code)
-                            })
-                            .collect(),
-                    )
-                })
-                .collect();
+            response.topics = offset_topics!(topics, OffsetFetchResponseTopic, OffsetFetchResponsePartition)
         }
         Err(e) => response.error_code = commit_error(&e).code(),
     }
