@@ -55,11 +55,7 @@ impl Partition {
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += len;
         }
-        outcome.log_start_offset = self.log_start_offset;
-        if outcome.segments_deleted > 0 {
-            sync_dir(&self.dir)?;
-        }
-        Ok(outcome)
+        self.finish_deletions(outcome)
     }
 
     /// Seals the active segment (writing and syncing what is staged) and starts a new one, so
@@ -82,6 +78,11 @@ impl Partition {
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += len;
         }
+        self.finish_deletions(outcome)
+    }
+
+    /// Makes the deletions of a pass durable (the directory's entries) and reports them.
+    fn finish_deletions(&self, mut outcome: RetentionOutcome) -> Result<RetentionOutcome, LogError> {
         outcome.log_start_offset = self.log_start_offset;
         if outcome.segments_deleted > 0 {
             sync_dir(&self.dir)?;
