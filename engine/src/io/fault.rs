@@ -1,23 +1,28 @@
 //! A fault-injecting [`Io`] for recovery tests: crash after the n-th fsync, torn writes, EIO, ENOSPC.
 //!
 //! It wraps a real backend writing real files, and decides per operation what reaches them:
-//! - **crash after the n-th fsync**: every write and fsync after the n-th completed fsync is
-//!   dropped while reporting success. By default the files keep everything written before the
-//!   crash (a process crash: the page cache survives). With `power_cut`, the crash also throws
-//!   away every write not yet covered by an fsync of its file, by truncating each such file back
-//!   to its length at its last fsync (a power cut: the page cache is lost). Reopening the
-//!   directory afterwards is the restart.
+//! - **crash after the n-th fsync**: from the moment the n-th fsync completed, nothing reaches
+//!   the disk any more: every later write, fsync and file-system operation (create, truncate,
+//!   reserve, rename, remove, directory sync) fails with a "simulated crash" error and changes
+//!   nothing, so whatever the program does afterwards, the files stay as the crash left them.
+//!   By default the files keep everything written before the crash (a process crash: the page
+//!   cache survives). With `power_cut`, the crash also throws away every write not yet covered
+//!   by an fsync of its file, by truncating each such file back to its length at its last fsync
+//!   (a power cut: the page cache is lost). Reopening the directory afterwards is the restart.
 //! - **crash after the n-th write**: the same, with the crash right after a write completes.
 //! - **torn write**: the n-th write reaches the file only in part, then the machine "crashes" as
 //!   above.
-//! - **errors**: the n-th write or the n-th fsync fails with a chosen errno (EIO, ENOSPC, ...).
+//! - **errors**: the n-th write, fsync or file creation fails with a chosen errno (EIO,
+//!   ENOSPC, EMFILE, ...).
 //!
 //! Operations are counted one by one, writes per request and fsyncs per file, in the order a
 //! backend would issue them (a submission's writes, then its fsyncs).
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -44,6 +49,8 @@ pub struct FaultPlan {
     pub fail_write: Option<(u64, i32)>,
     /// The n-th fsync fails with this errno.
     pub fail_fsync: Option<(u64, i32)>,
+    /// The n-th file creation fails with this errno.
+    pub fail_create: Option<(u64, i32)>,
 }
 
 /// Shared view of what the injector did, readable while the [`FaultIo`] is owned by a log.
@@ -51,6 +58,7 @@ pub struct FaultPlan {
 pub struct FaultState {
     writes: AtomicU64,
     fsyncs: AtomicU64,
+    creates: AtomicU64,
     crashed: AtomicBool,
     dropped: AtomicU64,
 }
@@ -71,7 +79,12 @@ impl FaultState {
         self.crashed.load(Ordering::SeqCst)
     }
 
-    /// Operations silently dropped since the crash.
+    /// Files created (or attempted).
+    pub fn creates(&self) -> u64 {
+        self.creates.load(Ordering::SeqCst)
+    }
+
+    /// Operations refused since the crash.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::SeqCst)
     }
@@ -123,10 +136,7 @@ impl<I: Io> FaultIo<I> {
 
     fn write_one(&mut self, w: &Write<'_>) -> Result<(), IoError> {
         let n = self.state.writes.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.state.crashed() {
-            self.state.dropped.fetch_add(1, Ordering::SeqCst);
-            return Ok(());
-        }
+        self.refuse_after_crash().map_err(|e| IoError::new(IoOp::Write, w.fd.as_raw_fd(), e))?;
         if let Some((at, errno)) = self.plan.fail_write {
             if at == n {
                 return Err(IoError::new(
@@ -173,10 +183,7 @@ impl<I: Io> FaultIo<I> {
 
     fn fsync_one(&mut self, fd: BorrowedFd<'_>) -> Result<(), IoError> {
         let n = self.state.fsyncs.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.state.crashed() {
-            self.state.dropped.fetch_add(1, Ordering::SeqCst);
-            return Ok(());
-        }
+        self.refuse_after_crash().map_err(|e| IoError::new(IoOp::Fsync, fd.as_raw_fd(), e))?;
         if let Some((at, errno)) = self.plan.fail_fsync {
             if at == n {
                 return Err(IoError::new(
@@ -191,6 +198,15 @@ impl<I: Io> FaultIo<I> {
         self.unsynced.remove(&fd.as_raw_fd());
         if self.plan.crash_after_fsync == Some(n) {
             self.crash();
+        }
+        Ok(())
+    }
+
+    /// After the crash nothing reaches the disk: every operation fails and is counted.
+    fn refuse_after_crash(&self) -> std::io::Result<()> {
+        if self.state.crashed() {
+            self.state.dropped.fetch_add(1, Ordering::SeqCst);
+            return Err(std::io::Error::other("simulated crash: nothing reaches the disk any more"));
         }
         Ok(())
     }
@@ -240,5 +256,56 @@ impl<I: Io> Io for FaultIo<I> {
 
     fn backend(&self) -> Backend {
         self.inner.backend()
+    }
+
+    fn create_file(&mut self, path: &Path, replace: bool) -> std::io::Result<File> {
+        let n = self.state.creates.fetch_add(1, Ordering::SeqCst) + 1;
+        self.refuse_after_crash()?;
+        if let Some((at, errno)) = self.plan.fail_create {
+            if at == n {
+                return Err(std::io::Error::from_raw_os_error(errno));
+            }
+        }
+        self.inner.create_file(path, replace)
+    }
+
+    fn set_len(&mut self, file: &File, len: u64) -> std::io::Result<()> {
+        self.refuse_after_crash()?;
+        if self.plan.power_cut {
+            // A file cut back (or extended) with unsynced writes pending keeps its mark: the
+            // power cut still takes it back to its length at the last fsync.
+            let fd = file.as_fd();
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.unsynced.entry(fd.as_raw_fd()) {
+                if let Some((dev, ino, size)) = identity(fd) {
+                    slot.insert(FileMark { dev, ino, synced_len: size });
+                }
+            }
+        }
+        self.inner.set_len(file, len)
+    }
+
+    fn reserve(&mut self, file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+        self.refuse_after_crash()?;
+        self.inner.reserve(file, offset, len)
+    }
+
+    fn remove_file(&mut self, path: &Path) -> std::io::Result<()> {
+        self.refuse_after_crash()?;
+        self.inner.remove_file(path)
+    }
+
+    fn remove_dir_all(&mut self, path: &Path) -> std::io::Result<()> {
+        self.refuse_after_crash()?;
+        self.inner.remove_dir_all(path)
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.refuse_after_crash()?;
+        self.inner.rename(from, to)
+    }
+
+    fn sync_dir(&mut self, dir: &Path) -> std::io::Result<()> {
+        self.refuse_after_crash()?;
+        self.inner.sync_dir(dir)
     }
 }

@@ -17,6 +17,13 @@
 //! completed, never reported as success) and every listed file has been `fdatasync`ed after its
 //! writes. When it returns `Err`, nothing can be assumed about any write of that call; callers
 //! treat the error as fatal for the files involved (see `log::Partition`).
+//!
+//! Every other change the storage layers make to the disk also goes through the [`Io`] they
+//! were given: creating, truncating, reserving, renaming and removing files, and syncing
+//! directories ([`Io::create_file`] and the methods after it). Both real backends do these with
+//! plain system calls (they are rare and off the append path); the fault injector can then
+//! stop *everything* at a simulated crash, not just writes and fsyncs. Reads stay outside: they
+//! change nothing.
 
 pub mod fallback;
 pub mod fault;
@@ -24,8 +31,10 @@ mod plan;
 pub mod uring;
 
 use std::fmt;
+use std::fs::File;
 use std::io::IoSlice;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
 use std::str::FromStr;
 
 /// Linux's limit on iovecs per `writev`; longer writes are split by the backends.
@@ -139,6 +148,70 @@ pub trait Io: Send + fmt::Debug {
 
     /// The backend's name, for logs and metrics.
     fn backend(&self) -> Backend;
+
+    /// Creates `path` open for reading and writing: a new file (failing if it exists), or with
+    /// `replace`, emptied if it exists. The caller makes the directory entry durable.
+    fn create_file(&mut self, path: &Path, replace: bool) -> std::io::Result<File> {
+        fs_ops::create_file(path, replace)
+    }
+
+    /// Sets a file's length (cuts a torn tail, gives back reserved blocks past the end).
+    fn set_len(&mut self, file: &File, len: u64) -> std::io::Result<()> {
+        file.set_len(len)
+    }
+
+    /// Reserves `len` bytes of disk blocks from `offset` without changing the file's length
+    /// (`fallocate` with `FALLOC_FL_KEEP_SIZE`).
+    fn reserve(&mut self, file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+        fs_ops::reserve(file, offset, len)
+    }
+
+    fn remove_file(&mut self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&mut self, path: &Path) -> std::io::Result<()> {
+        std::fs::remove_dir_all(path)
+    }
+
+    fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    /// Makes a directory's entries (created, renamed or removed files) durable.
+    fn sync_dir(&mut self, dir: &Path) -> std::io::Result<()> {
+        File::open(dir).and_then(|d| d.sync_all())
+    }
+}
+
+/// The plain system calls behind the file-system methods of [`Io`].
+pub(crate) mod fs_ops {
+    use super::*;
+
+    pub fn create_file(path: &Path, replace: bool) -> std::io::Result<File> {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(true);
+        if replace {
+            options.create(true).truncate(true);
+        } else {
+            options.create_new(true);
+        }
+        options.open(path)
+    }
+
+    pub fn reserve(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+        let (Ok(start), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(std::io::Error::from_raw_os_error(libc::EFBIG));
+        };
+        // SAFETY: fallocate on a descriptor the caller keeps open for this call; KEEP_SIZE
+        // changes no byte of the file and not its length.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, start, len) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
 }
 
 impl<T: Io + ?Sized> Io for Box<T> {
@@ -150,6 +223,27 @@ impl<T: Io + ?Sized> Io for Box<T> {
     }
     fn backend(&self) -> Backend {
         (**self).backend()
+    }
+    fn create_file(&mut self, path: &Path, replace: bool) -> std::io::Result<File> {
+        (**self).create_file(path, replace)
+    }
+    fn set_len(&mut self, file: &File, len: u64) -> std::io::Result<()> {
+        (**self).set_len(file, len)
+    }
+    fn reserve(&mut self, file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+        (**self).reserve(file, offset, len)
+    }
+    fn remove_file(&mut self, path: &Path) -> std::io::Result<()> {
+        (**self).remove_file(path)
+    }
+    fn remove_dir_all(&mut self, path: &Path) -> std::io::Result<()> {
+        (**self).remove_dir_all(path)
+    }
+    fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+        (**self).rename(from, to)
+    }
+    fn sync_dir(&mut self, dir: &Path) -> std::io::Result<()> {
+        (**self).sync_dir(dir)
     }
 }
 
@@ -229,7 +323,6 @@ pub fn probe(choice: BackendChoice) -> Result<Backend, IoError> {
 /// Writes `bufs` at `offset` with `pwritev`, completing short writes and retrying `EINTR`.
 /// Shared by the fallback backend and by the io_uring backend's short-write completion.
 pub(crate) fn pwritev_all(fd: BorrowedFd<'_>, mut offset: u64, bufs: &[IoSlice<'_>]) -> Result<(), IoError> {
-    use std::os::fd::AsRawFd;
     let raw = fd.as_raw_fd();
     // Owned cursor over the slices: (index of first unfinished slice, bytes done within it).
     let mut first = 0usize;
@@ -278,7 +371,6 @@ pub(crate) fn pwritev_all(fd: BorrowedFd<'_>, mut offset: u64, bufs: &[IoSlice<'
 /// kernel may have dropped the dirty pages, so a retry that succeeds would lie (see
 /// docs/segment-format.md, "Assumptions about the media").
 pub(crate) fn fdatasync(fd: BorrowedFd<'_>) -> Result<(), IoError> {
-    use std::os::fd::AsRawFd;
     let raw = fd.as_raw_fd();
     loop {
         // SAFETY: `raw` is a valid open descriptor borrowed through `fd`.

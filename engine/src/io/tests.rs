@@ -135,12 +135,36 @@ fn fault_io_drops_everything_after_the_nth_fsync() {
     let state = io.state();
     for (i, chunk) in [b"aa", b"bb", b"cc"].iter().enumerate() {
         let bufs = [IoSlice::new(*chunk)];
-        io.submit(&[Write { fd: a.as_fd(), offset: 2 * i as u64, bufs: &bufs }], &[a.as_fd()]).unwrap();
+        let done = io.submit(&[Write { fd: a.as_fd(), offset: 2 * i as u64, bufs: &bufs }], &[a.as_fd()]);
+        assert_eq!(done.is_ok(), i < 2, "the third submission comes after the crash");
     }
     assert!(state.crashed());
-    assert_eq!(state.dropped(), 2, "third write and third fsync dropped");
+    assert_eq!(state.dropped(), 1, "the third write is refused (and the submission ends there)");
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"aabb");
     assert_eq!(io.stats().fsyncs, 2);
+    // Nothing else reaches the disk either: no file created, truncated, renamed or removed.
+    let path = dir.path().join("new");
+    assert!(io.create_file(&path, false).is_err());
+    assert!(!path.exists());
+    assert!(io.set_len(&a, 0).is_err());
+    assert!(io.rename(&dir.path().join("a"), &path).is_err());
+    assert!(io.remove_file(&dir.path().join("a")).is_err());
+    assert!(io.sync_dir(dir.path()).is_err());
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"aabb");
+    assert_eq!(state.dropped(), 6);
+}
+
+#[test]
+fn fault_io_fails_the_nth_file_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan { fail_create: Some((2, libc::EMFILE)), ..Default::default() };
+    let mut io = FaultIo::new(fallback::FallbackIo::new(), plan);
+    io.create_file(&dir.path().join("one"), false).unwrap();
+    let err = io.create_file(&dir.path().join("two"), false).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EMFILE));
+    assert!(!dir.path().join("two").exists());
+    io.create_file(&dir.path().join("two"), false).unwrap();
+    assert_eq!(io.state().creates(), 3);
 }
 
 #[test]
@@ -153,7 +177,9 @@ fn fault_io_tears_a_write_and_fails_on_request() {
     let one = [IoSlice::new(b"0123")];
     let two = [IoSlice::new(b"45"), IoSlice::new(b"6789")];
     io.submit(&[Write { fd: a.as_fd(), offset: 0, bufs: &one }], &[]).unwrap();
-    io.submit(&[Write { fd: a.as_fd(), offset: 4, bufs: &two }], &[a.as_fd()]).unwrap();
+    // The torn write "succeeds", and the machine is gone before the fsync.
+    let err = io.submit(&[Write { fd: a.as_fd(), offset: 4, bufs: &two }], &[a.as_fd()]).unwrap_err();
+    assert_eq!(err.op, IoOp::Fsync);
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"0123456");
     assert!(io.state().crashed());
 

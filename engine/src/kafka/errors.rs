@@ -31,9 +31,11 @@ pub fn code(e: &EngineError) -> ResponseError {
 
 fn log_code(e: &LogError) -> ResponseError {
     match e {
-        LogError::Io { .. } | LogError::Fs { .. } | LogError::Failed { .. } | LogError::Corrupt { .. } => {
-            ResponseError::KafkaStorageError
-        }
+        LogError::Io { .. }
+        | LogError::Fs { .. }
+        | LogError::Failed { .. }
+        | LogError::Damaged { .. }
+        | LogError::Corrupt { .. } => ResponseError::KafkaStorageError,
         LogError::InvalidBatch(_) => ResponseError::CorruptMessage,
         LogError::BatchRejected(_) => ResponseError::InvalidRecord,
         LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,

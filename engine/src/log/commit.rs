@@ -48,7 +48,7 @@ pub(super) fn commit_with(
     for p in partitions.iter_mut() {
         if p.failed.is_none() {
             let segment_bytes = p.config.segment_bytes;
-            p.active_mut().reserve_ahead(segment_bytes);
+            p.active_mut().reserve_ahead(io, segment_bytes);
         }
     }
     let mut sync_flags = Vec::with_capacity(partitions.len());
@@ -106,7 +106,7 @@ pub(super) fn commit_with(
             let cause = Arc::new(e);
             let mut first = None;
             for p in partitions.iter_mut() {
-                let err = p.fail(Arc::clone(&cause));
+                let err = p.fail(io, Arc::clone(&cause));
                 first.get_or_insert(err);
             }
             Err(first.expect("a submission was made, so there is a partition"))

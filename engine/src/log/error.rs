@@ -33,6 +33,15 @@ pub enum LogError {
         #[source]
         cause: Arc<IoError>,
     },
+    /// Recovery found damage in a sealed segment: the partition serves what is intact and
+    /// refuses writes until the damage is accepted (`spate repair`, docs/operations.md).
+    #[error(
+        "partition {} is damaged ({} damaged range(s), first: {}); it serves what is intact and refuses writes until the damage is accepted",
+        dir.display(),
+        damage.len(),
+        damage.first().map_or(String::new(), ToString::to_string)
+    )]
+    Damaged { dir: PathBuf, damage: Arc<[super::Damage]> },
     /// The batch offered for append is not a valid RecordBatch v2.
     #[error("invalid batch: {0}")]
     InvalidBatch(#[from] RecordError),

@@ -8,15 +8,22 @@
 //! acknowledged, only once the partition's durability mode holds for them (the high watermark).
 //!
 //! Invariants:
-//! - offsets are contiguous from `log_start_offset` to `next_offset`; segments tile them;
-//! - every segment but the last is sealed: durable, with index files on disk;
+//! - offsets increase from `log_start_offset` to `next_offset`; segments tile them, except
+//!   where recovery found damage in a sealed segment (see [`damage`]): the intact parts around
+//!   it are separate segments with a gap of lost offsets between them, and the partition
+//!   refuses writes until the damage is accepted;
+//! - every segment but the last is sealed: durable, with index files on disk (damaged ones
+//!   excepted, which are rescanned at every open);
 //! - `log_start_offset <= high_watermark <= written_end <= next_offset`, and the high watermark
 //!   never moves backwards (not even when the durability mode changes);
-//! - after any I/O error the partition is failed and takes no writes until reopened.
+//! - after any I/O error the partition is failed: it takes no writes, syncs nothing and
+//!   publishes nothing until reopened, and its fence makes the reopened log end at the high
+//!   watermark it had, so no batch whose producer was told it failed becomes visible.
 
 mod appender;
 mod commit;
 pub mod config;
+pub mod damage;
 mod error;
 mod recovery;
 mod retention;
@@ -31,6 +38,7 @@ use std::time::{Instant, SystemTime};
 pub use appender::{Appender, AppenderStats, AppenderThread};
 pub use commit::{commit, CommitOutcome};
 pub use config::{Durability, LogConfig};
+pub use damage::Damage;
 pub use error::LogError;
 pub use retention::RetentionOutcome;
 
@@ -97,6 +105,10 @@ pub struct Partition {
     high_watermark: i64,
     last_sync: Instant,
     failed: Option<Arc<IoError>>,
+    /// Damage recovery found in sealed segments.
+    damage: Arc<[Damage]>,
+    /// Whether an operator accepted all of `damage` (then the partition takes writes).
+    damage_accepted: bool,
 }
 
 impl Partition {
@@ -104,9 +116,25 @@ impl Partition {
     pub fn open(dir: &Path, config: LogConfig, io: &mut dyn Io) -> Result<Partition, LogError> {
         config.validate().map_err(LogError::Config)?;
         std::fs::create_dir_all(dir).map_err(|e| LogError::fs(dir, e))?;
-        let segments = recovery::recover(dir, &config, io)?;
+        let recovery::Recovered { segments, damage } = recovery::recover(dir, &config, io)?;
         let log_start_offset = segments.front().map_or(0, Segment::base_offset);
         let end = segments.back().map_or(0, Segment::next_offset);
+        let damage_accepted = damage::all_accepted(dir, &damage)?;
+        if !damage.is_empty() {
+            if damage_accepted {
+                tracing::warn!(dir = %dir.display(), ranges = damage.len(), "partition has accepted damage; taking writes");
+            } else {
+                tracing::error!(
+                    dir = %dir.display(),
+                    ranges = damage.len(),
+                    "partition is damaged: serving what is intact, refusing writes until the damage is accepted"
+                );
+            }
+        }
+        assert!(segments
+            .iter()
+            .zip(segments.iter().skip(1))
+            .all(|(a, b)| a.next_offset() <= b.base_offset()));
         Ok(Partition {
             dir: dir.to_path_buf(),
             config,
@@ -117,7 +145,22 @@ impl Partition {
             high_watermark: end,
             last_sync: Instant::now(),
             failed: None,
+            damage: damage.into(),
+            damage_accepted,
         })
+    }
+
+    /// Damage recovery found in sealed segments (empty for an intact partition).
+    pub fn damage(&self) -> &[Damage] {
+        &self.damage
+    }
+
+    /// Accepts the damage recovery found as lost, durably (see [`damage`]): the partition takes
+    /// writes again, here and after every later open, while its files stay as they are.
+    pub fn accept_damage(&mut self, io: &mut dyn Io) -> Result<(), LogError> {
+        damage::accept(io, &self.dir, &self.damage)?;
+        self.damage_accepted = true;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
@@ -201,15 +244,33 @@ impl Partition {
     }
 
     fn check_writable(&self) -> Result<(), LogError> {
-        match &self.failed {
-            Some(cause) => Err(LogError::Failed { dir: self.dir.clone(), cause: Arc::clone(cause) }),
-            None => Ok(()),
+        if let Some(cause) = &self.failed {
+            return Err(LogError::Failed { dir: self.dir.clone(), cause: Arc::clone(cause) });
         }
+        if !self.damage.is_empty() && !self.damage_accepted {
+            return Err(LogError::Damaged { dir: self.dir.clone(), damage: Arc::clone(&self.damage) });
+        }
+        Ok(())
     }
 
     /// Marks the partition failed after an I/O error and returns the error to report.
-    fn fail(&mut self, cause: Arc<IoError>) -> LogError {
+    ///
+    /// Everything staged or written beyond the high watermark belongs to producers that are now
+    /// told it failed. It is cut from the active segment's file at once, and the fence records
+    /// the high watermark so that the next recovery cuts it even if the cut does not reach the
+    /// disk. Both are best effort on a device that just failed; neither is an fsync of the
+    /// failed file.
+    fn fail(&mut self, io: &mut dyn Io, cause: Arc<IoError>) -> LogError {
         tracing::error!(dir = %self.dir.display(), error = %cause, "partition failed; refusing further writes");
+        if self.failed.is_none() {
+            if let Err(e) = damage::write_fence(io, &self.dir, self.high_watermark) {
+                tracing::error!(dir = %self.dir.display(), error = %e, "could not write the failure fence");
+            }
+            let active = self.active_mut();
+            if let Err(e) = active.cut_unacknowledged(io) {
+                tracing::error!(file = %active.log_path().display(), error = %e, "could not cut unacknowledged bytes");
+            }
+        }
         self.failed = Some(Arc::clone(&cause));
         LogError::Io { dir: self.dir.clone(), source: cause }
     }
@@ -265,30 +326,26 @@ impl Partition {
     fn roll(&mut self, io: &mut dyn Io) -> Result<(), LogError> {
         match self.try_roll(io) {
             Ok(()) => Ok(()),
-            Err(cause) => Err(self.fail(Arc::new(cause))),
+            Err(cause) => Err(self.fail(io, Arc::new(cause))),
         }
     }
 
     fn try_roll(&mut self, io: &mut dyn Io) -> Result<(), IoError> {
-        let sealed = self.active_mut().seal(io);
-        // Once the seal's log sync succeeded, everything staged is durable, even if writing the
-        // index files then failed: make it visible before anything else can go wrong.
-        if self.active().durable_len() == self.active().len() {
-            let end = self.active().next_offset();
-            self.written_end = end;
-            self.durable_end = end;
-            self.advance_high_watermark();
-        }
-        match sealed {
+        match self.active_mut().seal(io) {
             Ok(()) => {}
             Err(SealError::Io(e)) => return Err(e),
             Err(SealError::Fs { path, source }) => return Err(IoError::file_system(&path, source)),
         }
         let end = self.active().next_offset();
         let path = crate::segment::log_path(&self.dir, end);
-        let segment = Segment::create(&self.dir, end).map_err(|e| IoError::file_system(&path, e))?;
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| IoError::file_system(&self.dir, e))?;
+        let segment = Segment::create(io, &self.dir, end).map_err(|e| IoError::file_system(&path, e))?;
+        io.sync_dir(&self.dir).map_err(|e| IoError::file_system(&self.dir, e))?;
         tracing::debug!(dir = %self.dir.display(), base_offset = end, "rolled to a new segment");
+        // Only a complete roll publishes what the seal made durable: after a failure part-way
+        // the producers of those batches hear that they failed, so readers must never see them.
+        self.written_end = end;
+        self.durable_end = end;
+        self.advance_high_watermark();
         self.segments.push_back(segment);
         Ok(())
     }
@@ -320,15 +377,18 @@ impl Partition {
         if offset < self.log_start_offset || offset > end {
             return Err(LogError::OffsetOutOfRange { requested: offset, start: self.log_start_offset, end });
         }
+        // An offset in a gap (lost to damage) is served from the next batch after it.
         let i = self.segments.partition_point(|s| s.base_offset() <= offset).saturating_sub(1);
-        for seg in self.segments.iter().skip(i) {
+        let last = self.segments.len() - 1;
+        for (j, seg) in self.segments.iter().enumerate().skip(i) {
             let limit = seg.visible_len();
             let Some(first) = seg.find_offset(offset, limit)? else {
                 continue;
             };
-            // The offset at the segment's visible end: the next segment's base, or the high
-            // watermark for the active one.
-            let limit_offset = if seg.is_sealed() { seg.next_offset() } else { self.high_watermark };
+            // The offset at the segment's visible end: its own end for all but the last
+            // segment, the high watermark for the last one (which a failed roll may have
+            // sealed without publishing all of it).
+            let limit_offset = if j < last { seg.next_offset() } else { self.high_watermark };
             let (len, next_offset) = seg.extent(&first, max_bytes, limit, limit_offset)?;
             return Ok(ReadSlice {
                 file: Arc::clone(seg.file()),
@@ -389,8 +449,8 @@ fn validate_records(batch: &[u8], header: &BatchHeader) -> Result<(), LogError> 
 }
 
 /// Makes a directory's entries (created or removed files) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| LogError::fs(dir, e))
+pub(crate) fn sync_dir(io: &mut dyn Io, dir: &Path) -> Result<(), LogError> {
+    io.sync_dir(dir).map_err(|e| LogError::fs(dir, e))
 }
 
 #[cfg(test)]

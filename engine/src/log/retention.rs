@@ -34,10 +34,17 @@ impl Partition {
             .retention_age
             .map(|age| now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
         let mut outcome = RetentionOutcome { log_start_offset: self.log_start_offset, ..Default::default() };
-        // An idle active segment past its age rolls, so that age retention can reach it.
+        // A failed partition changes nothing until it is reopened: its state on disk is what
+        // recovery will work from.
+        if self.failed.is_some() {
+            return Ok(outcome);
+        }
+        // An idle active segment past its age rolls, so that age retention can reach it (a
+        // damaged partition takes no writes, so it does not roll; its sealed segments still
+        // expire).
         let active = &self.segments[self.segments.len() - 1];
         let aged = now.duration_since(active.created()).is_ok_and(|age| age >= self.config.segment_age);
-        if aged && !active.is_empty() {
+        if aged && !active.is_empty() && self.check_writable().is_ok() {
             self.roll(io)?;
         }
         let mut total = self.size_bytes();
@@ -49,13 +56,13 @@ impl Partition {
             if !(too_big || too_old) {
                 break;
             }
-            let (len, path) = self.delete_oldest_segment()?;
+            let (len, path) = self.delete_oldest_segment(io)?;
             total -= len;
             tracing::info!(file = %path.display(), too_big, too_old, "retention deleted segment");
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += len;
         }
-        self.finish_deletions(outcome)
+        self.finish_deletions(io, outcome)
     }
 
     /// Seals the active segment (writing and syncing what is staged) and starts a new one, so
@@ -71,21 +78,30 @@ impl Partition {
     /// Deletes the sealed segments that lie wholly below `offset` (never the active one) and
     /// advances the log start: for a compacted topic whose snapshot at `offset` supersedes
     /// them.
-    pub fn delete_segments_before(&mut self, offset: i64) -> Result<RetentionOutcome, LogError> {
+    pub fn delete_segments_before(
+        &mut self,
+        io: &mut dyn Io,
+        offset: i64,
+    ) -> Result<RetentionOutcome, LogError> {
+        self.check_writable()?;
         let mut outcome = RetentionOutcome { log_start_offset: self.log_start_offset, ..Default::default() };
         while self.segments.len() > 1 && self.segments[0].next_offset() <= offset {
-            let (len, _) = self.delete_oldest_segment()?;
+            let (len, _) = self.delete_oldest_segment(io)?;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += len;
         }
-        self.finish_deletions(outcome)
+        self.finish_deletions(io, outcome)
     }
 
     /// Makes the deletions of a pass durable (the directory's entries) and reports them.
-    fn finish_deletions(&self, mut outcome: RetentionOutcome) -> Result<RetentionOutcome, LogError> {
+    fn finish_deletions(
+        &self,
+        io: &mut dyn Io,
+        mut outcome: RetentionOutcome,
+    ) -> Result<RetentionOutcome, LogError> {
         outcome.log_start_offset = self.log_start_offset;
         if outcome.segments_deleted > 0 {
-            sync_dir(&self.dir)?;
+            sync_dir(io, &self.dir)?;
         }
         Ok(outcome)
     }
@@ -93,11 +109,14 @@ impl Partition {
     /// Deletes the oldest (sealed) segment and moves the log start to the next one; returns its
     /// length and path. The files go first: if that fails, the segment stays in the log,
     /// readable, and the log start offset still matches the first segment.
-    fn delete_oldest_segment(&mut self) -> Result<(u64, std::path::PathBuf), LogError> {
+    fn delete_oldest_segment(&mut self, io: &mut dyn Io) -> Result<(u64, std::path::PathBuf), LogError> {
         debug_assert!(self.segments.len() > 1 && self.segments[0].is_sealed());
         let oldest = &self.segments[0];
         let (len, path) = (oldest.len(), oldest.log_path());
-        oldest.delete_files().map_err(|e| LogError::fs(&path, e))?;
+        // Parts of a damaged segment share its file: it goes with the last of them.
+        if self.segments[1].file_base() != oldest.file_base() {
+            oldest.delete_files(io).map_err(|e| LogError::fs(&path, e))?;
+        }
         self.segments.pop_front();
         self.log_start_offset = self.segments[0].base_offset();
         Ok((len, path))

@@ -40,25 +40,38 @@ fn read_all(p: &Partition) -> Vec<(i64, Vec<u8>)> {
     }
 }
 
-/// Runs `f` with log output captured; returns its result and everything logged.
+/// Runs `f` with the log output of this thread captured; returns its result and everything
+/// logged. One global subscriber serves every test thread: thread-local subscribers would race
+/// with tracing's per-callsite interest cache when tests run in parallel.
 fn with_captured_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
+    thread_local! {
+        static CAPTURE: std::cell::RefCell<Option<Vec<u8>>> = const { std::cell::RefCell::new(None) };
+    }
+    struct ThreadWriter;
+    impl std::io::Write for ThreadWriter {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+            CAPTURE.with(|c| {
+                if let Some(buf) = c.borrow_mut().as_mut() {
+                    buf.extend_from_slice(b);
+                }
+            });
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
-    let out = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    (out, text)
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(|| ThreadWriter).finish();
+        // Another test binary's subscriber may already be installed; then nothing is captured
+        // and the assertions on log lines say so.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+    CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let out = f();
+    let bytes = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (out, String::from_utf8(bytes).unwrap())
 }
 
 fn small_config(durability: Durability) -> LogConfig {
@@ -687,6 +700,142 @@ mod fixtures {
         std::fs::write(&ti, t).unwrap();
     }
 
+    /// A copy of the good fixture, under a new name, for a damaged variant.
+    fn damaged_copy(name: &str) -> std::path::PathBuf {
+        let dir = fixture_dir(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(fixture_dir("partition-v1")).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        }
+        dir
+    }
+
+    /// Every sealed segment of the fixture holds 11 batches of 88 bytes, one record each.
+    const BATCH_BYTES: usize = 88;
+
+    /// The damaged variants of `partition-v1`, one per kind of damage to a sealed segment.
+    /// Regenerate (after `fixture_write`) with
+    /// `cargo test -p spate damaged_fixtures_write -- --ignored`.
+    #[test]
+    #[ignore = "regenerates the checked-in fixtures"]
+    fn damaged_fixtures_write() {
+        // 100 pseudo-random bytes appended to the first sealed segment.
+        let dir = damaged_copy("partition-v1-garbage");
+        let log = crate::segment::log_path(&dir, 0);
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes.extend((0..100u32).map(|i| (i.wrapping_mul(73).wrapping_add(41) % 251) as u8));
+        std::fs::write(&log, bytes).unwrap();
+        // A flipped bit inside the record of offset 15 (the fifth batch of segment 11), in a
+        // segment whose index files are gone, so recovery scans it.
+        let dir = damaged_copy("partition-v1-flipped");
+        let log = crate::segment::log_path(&dir, 11);
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes[4 * BATCH_BYTES + 70] ^= 0x08;
+        std::fs::write(&log, bytes).unwrap();
+        std::fs::remove_file(crate::segment::index_path(&dir, 11)).unwrap();
+        std::fs::remove_file(crate::segment::time_index_path(&dir, 11)).unwrap();
+        // Segment 22 cut in the middle of its seventh batch: offsets 28..33 are gone.
+        let dir = damaged_copy("partition-v1-truncated");
+        let log = crate::segment::log_path(&dir, 22);
+        let bytes = std::fs::read(&log).unwrap();
+        std::fs::write(&log, &bytes[..6 * BATCH_BYTES + 20]).unwrap();
+        // Index files: segment 0's offset index missing, segment 33's corrupt.
+        let dir = damaged_copy("partition-v1-indexes");
+        std::fs::remove_file(crate::segment::index_path(&dir, 0)).unwrap();
+        let index = crate::segment::index_path(&dir, 33);
+        let mut bytes = std::fs::read(&index).unwrap();
+        bytes[30] ^= 0x01;
+        std::fs::write(&index, bytes).unwrap();
+    }
+
+    fn values(range: std::ops::Range<usize>) -> Vec<(i64, Vec<u8>)> {
+        range.map(|i| (i as i64, fixture_value(i).into_bytes())).collect()
+    }
+
+    #[test]
+    fn garbage_after_a_sealed_segment_is_cut_and_nothing_else_changes() {
+        let tmp = scratch_copy("partition-v1-garbage");
+        let mut io = FallbackIo::new();
+        let (p, logged) = with_captured_logs(|| Partition::open(tmp.path(), FIXTURE_CONFIG(), &mut io));
+        let mut p = p.unwrap();
+        assert_eq!(read_all(&p), values(0..60), "every record survives");
+        assert!(p.damage().is_empty(), "{:?}", p.damage());
+        assert!(logged.contains("removing bytes after the sealed segment's last batch"), "{logged}");
+        // The segment is resealed exactly as it was written: log and index files.
+        for name in
+            ["00000000000000000000.log", "00000000000000000000.index", "00000000000000000000.timeindex"]
+        {
+            let original = std::fs::read(fixture_dir("partition-v1").join(name)).unwrap();
+            assert_eq!(std::fs::read(tmp.path().join(name)).unwrap(), original, "{name}");
+        }
+        assert_eq!(p.append(&mut io, batch("new", 1, 1), SystemTime::now()).unwrap().base_offset, 60);
+    }
+
+    #[test]
+    fn a_flipped_bit_in_a_sealed_segment_costs_only_its_batch() {
+        let tmp = scratch_copy("partition-v1-flipped");
+        let original = std::fs::read(tmp.path().join("00000000000000000011.log")).unwrap();
+        let mut io = FallbackIo::new();
+        let (p, logged) = with_captured_logs(|| Partition::open(tmp.path(), FIXTURE_CONFIG(), &mut io));
+        let mut p = p.unwrap();
+        let mut expect = values(0..60);
+        expect.remove(15);
+        assert_eq!(read_all(&p), expect, "everything but offset 15 is served");
+        let d = p.damage().to_vec();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!((d[0].lost_from, d[0].lost_to, d[0].position), (15, 16, 4 * BATCH_BYTES as u64));
+        let line = logged.lines().find(|l| l.contains("damaged sealed segment")).expect(&logged);
+        assert!(line.contains("00000000000000000011.log") && line.contains("lost_from=15"), "{line}");
+        // Reading at the lost offset starts at the next intact batch.
+        let at = p.read(15, 1).unwrap();
+        assert_eq!(at.first_offset, 16);
+        let refused = p.append(&mut io, batch("new", 1, 1), SystemTime::now()).unwrap_err();
+        assert!(matches!(refused, LogError::Damaged { .. }), "{refused}");
+        drop(p);
+        assert_eq!(
+            std::fs::read(tmp.path().join("00000000000000000011.log")).unwrap(),
+            original,
+            "untouched"
+        );
+    }
+
+    #[test]
+    fn a_truncated_sealed_segment_loses_its_tail_and_keeps_every_later_segment() {
+        let tmp = scratch_copy("partition-v1-truncated");
+        let mut io = FallbackIo::new();
+        let mut p = Partition::open(tmp.path(), FIXTURE_CONFIG(), &mut io).unwrap();
+        let mut expect = values(0..28);
+        expect.extend(values(33..60));
+        assert_eq!(read_all(&p), expect);
+        let d = p.damage().to_vec();
+        assert_eq!((d.len(), d[0].lost_from, d[0].lost_to), (1, 28, 33), "{d:?}");
+        assert!(matches!(
+            p.append(&mut io, batch("x", 1, 1), SystemTime::now()),
+            Err(LogError::Damaged { .. })
+        ));
+        for base in [33, 44, 55] {
+            assert!(crate::segment::log_path(tmp.path(), base).exists());
+        }
+        // Lookups by time skip the gap too.
+        assert_eq!(p.offset_for_timestamp(1_700_000_028_000).unwrap(), Some((33, 1_700_000_033_000)));
+    }
+
+    #[test]
+    fn missing_or_corrupt_index_files_are_rebuilt_without_loss() {
+        let tmp = scratch_copy("partition-v1-indexes");
+        let mut io = FallbackIo::new();
+        let mut p = Partition::open(tmp.path(), FIXTURE_CONFIG(), &mut io).unwrap();
+        assert_eq!(read_all(&p), values(0..60));
+        assert!(p.damage().is_empty());
+        for name in ["00000000000000000000.index", "00000000000000000033.index"] {
+            let original = std::fs::read(fixture_dir("partition-v1").join(name)).unwrap();
+            assert_eq!(std::fs::read(tmp.path().join(name)).unwrap(), original, "{name} rebuilt");
+        }
+        assert_eq!(p.append(&mut io, batch("new", 1, 1), SystemTime::now()).unwrap().base_offset, 60);
+    }
+
     #[test]
     fn fixture_opens_with_the_same_content() {
         let tmp = scratch_copy("partition-v1");
@@ -786,8 +935,13 @@ fn a_roll_that_cannot_create_the_next_segment_fails_the_partition() {
     let next_base = s.segments().last().unwrap().base_offset();
     // Occupy that file name so the roll cannot create it.
     let dir = tempfile::tempdir().unwrap();
-    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
     std::fs::write(crate::segment::log_path(dir.path(), next_base), b"").unwrap();
+    for _ in 0..3 {
+        p.append(&mut io, value_batch(100, 1, 1), SystemTime::now()).unwrap();
+    }
+    commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
+    assert_eq!(p.high_watermark(), 3);
     let err = loop {
         if let Err(e) = p.append(&mut io, value_batch(100, 1, 1), SystemTime::now()) {
             break e;
@@ -795,10 +949,19 @@ fn a_roll_that_cannot_create_the_next_segment_fails_the_partition() {
     };
     assert!(matches!(err, LogError::Io { .. }), "{err}");
     assert!(err.to_string().contains("file-system call"), "{err}");
-    // What the seal made durable is visible; nothing more is accepted, not even a tiny batch.
-    assert_eq!(p.high_watermark(), next_base);
+    // The seal made the later batches durable, but their producers hear of the failure, so
+    // they are never visible: not now, and not after a restart.
+    assert_eq!(p.high_watermark(), 3);
+    assert_eq!(read_all(&p).len(), 3);
+    assert!(dir.path().join(crate::log::damage::FENCE_FILE).exists());
     let tiny = p.append(&mut io, value_batch(1, 1, 1), SystemTime::now());
     assert!(matches!(tiny, Err(LogError::Failed { .. })), "{tiny:?}");
+    drop(p);
+    std::fs::remove_file(crate::segment::log_path(dir.path(), next_base)).unwrap();
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    assert_eq!((p.next_offset(), read_all(&p).len()), (3, 3), "cut back to the fence");
+    assert!(!dir.path().join(crate::log::damage::FENCE_FILE).exists(), "the fence did its work");
+    assert_eq!(p.append(&mut io, value_batch(1, 1, 1), SystemTime::now()).unwrap().base_offset, 3);
 }
 
 #[test]
@@ -930,6 +1093,7 @@ fn recovery_rescans_a_sealed_segment_whose_index_does_not_reach_the_next_segment
     }
     p.flush(&mut io).unwrap();
     let bases: Vec<i64> = p.segments().map(|s| s.base_offset()).collect();
+    let before: Vec<i64> = read_all(&p).into_iter().map(|(o, _)| o).collect();
     drop(p);
     assert!(bases.len() >= 3);
     // Rename the second segment's files so that a gap of offsets opens before it.
@@ -944,11 +1108,29 @@ fn recovery_rescans_a_sealed_segment_whose_index_does_not_reach_the_next_segment
     ] {
         std::fs::rename(from, to).unwrap();
     }
-    let p = Partition::open(dir.path(), config, &mut io).unwrap();
-    // The first segment no longer reaches the next base: the log ends there, nothing past the gap.
-    assert_eq!(p.next_offset(), bases[1]);
-    assert_eq!(read_all(&p).len() as i64, bases[1]);
-    assert!(!crate::segment::log_path(dir.path(), gap).exists());
+    let (p, logged) = with_captured_logs(|| Partition::open(dir.path(), config.clone(), &mut io));
+    let mut p = p.unwrap();
+    // The first segment no longer reaches the next base: the offsets in between are reported
+    // lost, and everything after the gap is still served. Nothing is deleted.
+    let first = &p.damage()[0];
+    assert_eq!((first.lost_from, first.lost_to), (bases[1], gap), "{:?}", p.damage());
+    assert!(logged.contains("damaged sealed segment"), "{logged}");
+    assert!(crate::segment::log_path(dir.path(), gap).exists());
+    let offsets: Vec<i64> = read_all(&p).into_iter().map(|(o, _)| o).collect();
+    let expect: Vec<i64> = before.iter().copied().filter(|&o| o < bases[1] || o > gap).collect();
+    assert_eq!(offsets, expect);
+    let refused = p.append(&mut io, value_batch(1, 1, 1), SystemTime::now()).unwrap_err();
+    assert!(matches!(refused, LogError::Damaged { .. }), "{refused}");
+    assert!(refused.to_string().contains("refuses writes"), "{refused}");
+    // The operator accepts the loss: writes resume, and stay allowed after a restart.
+    let end = p.next_offset();
+    p.accept_damage(&mut io).unwrap();
+    assert_eq!(p.append(&mut io, value_batch(1, 1, 1), SystemTime::now()).unwrap().base_offset, end);
+    p.flush(&mut io).unwrap();
+    drop(p);
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    assert!(!p.damage().is_empty());
+    assert_eq!(p.append(&mut io, value_batch(1, 1, 1), SystemTime::now()).unwrap().base_offset, end + 1);
 }
 
 #[test]

@@ -15,16 +15,16 @@ pub mod index;
 mod read;
 mod scan;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 pub use read::HeaderCursor;
-pub use scan::{scan, ScanOutcome};
+pub use scan::{salvage, scan, DamagedRange, Salvage, ScanOutcome, ScanTarget};
 
 use crate::io::{Io, IoError, Write};
 use crate::record::BatchHeader;
@@ -66,10 +66,17 @@ pub struct BatchPosition {
 
 #[derive(Debug)]
 pub struct Segment {
+    /// Offset of the first batch (the file's base offset, except for the part of a damaged
+    /// segment that follows a damaged range).
     base_offset: i64,
+    /// The base offset in the file's name.
+    file_base: i64,
+    /// File position of the first batch: 0, except for the part of a damaged segment that
+    /// follows a damaged range. Several such parts share one file.
+    start: u64,
     dir: PathBuf,
     file: Arc<File>,
-    /// Bytes whose write has completed.
+    /// File position up to which writes have completed (the file's length for a whole segment).
     written_len: u64,
     /// Bytes covered by a completed fdatasync.
     durable_len: u64,
@@ -95,26 +102,41 @@ pub struct Segment {
 
 impl Segment {
     /// Creates an empty active segment. The caller makes the directory entry durable.
-    pub fn create(dir: &Path, base_offset: i64) -> std::io::Result<Segment> {
-        let file =
-            OpenOptions::new().read(true).write(true).create_new(true).open(log_path(dir, base_offset))?;
+    pub fn create(io: &mut dyn Io, dir: &Path, base_offset: i64) -> std::io::Result<Segment> {
+        let file = io.create_file(&log_path(dir, base_offset), false)?;
         Ok(Segment::from_parts(dir, base_offset, file, 0, ScanOutcome::empty(base_offset), false))
     }
 
-    /// Builds a segment from a file and what a scan (or its index files) established about it.
+    /// Builds a segment from a file and what a scan (or its index files) established about it:
+    /// the run of batches from `outcome.start` to `written_len`.
     pub fn from_parts(
         dir: &Path,
-        base_offset: i64,
+        file_base: i64,
         file: File,
         written_len: u64,
         outcome: ScanOutcome,
         sealed: bool,
     ) -> Segment {
+        Segment::from_shared(dir, file_base, Arc::new(file), written_len, outcome, sealed)
+    }
+
+    /// [`Segment::from_parts`] for a file that several parts of a damaged segment share.
+    pub fn from_shared(
+        dir: &Path,
+        file_base: i64,
+        file: Arc<File>,
+        written_len: u64,
+        outcome: ScanOutcome,
+        sealed: bool,
+    ) -> Segment {
+        debug_assert!(outcome.start <= written_len);
         let created = file.metadata().and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
         Segment {
-            base_offset,
+            base_offset: outcome.base_offset,
+            file_base,
+            start: outcome.start,
             dir: dir.to_path_buf(),
-            file: Arc::new(file),
+            file,
             written_len,
             durable_len: written_len,
             visible_len: written_len,
@@ -139,8 +161,23 @@ impl Segment {
         self.next_offset
     }
 
+    /// The base offset in the file's name.
+    pub fn file_base(&self) -> i64 {
+        self.file_base
+    }
+
+    /// File position of the first batch.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
     /// Bytes in the segment, staged batches included.
     pub fn len(&self) -> u64 {
+        self.end() - self.start
+    }
+
+    /// File position after the last batch, staged batches included.
+    fn end(&self) -> u64 {
         self.written_len + self.staged_len
     }
 
@@ -148,6 +185,7 @@ impl Segment {
         self.len() == 0
     }
 
+    /// File position up to which writes have completed.
     pub fn written_len(&self) -> u64 {
         self.written_len
     }
@@ -183,7 +221,7 @@ impl Segment {
     }
 
     pub fn log_path(&self) -> PathBuf {
-        log_path(&self.dir, self.base_offset)
+        log_path(&self.dir, self.file_base)
     }
 
     pub fn offset_index(&self) -> &OffsetIndex {
@@ -205,7 +243,8 @@ impl Segment {
     pub fn stage(&mut self, batch: Vec<u8>, header: &BatchHeader, index_interval_bytes: u64) {
         debug_assert!(!self.sealed);
         debug_assert_eq!(header.base_offset, self.next_offset);
-        let position = self.len();
+        debug_assert_eq!(self.start, 0, "only whole segments take appends");
+        let position = self.end();
         let relative = (header.base_offset - self.base_offset) as u32;
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
         // The first batch is always indexed, then one entry per `index_interval_bytes` of log.
@@ -246,34 +285,27 @@ impl Segment {
     /// `segment_bytes`. Appends into reserved blocks skip the file system's block allocation on
     /// the write path (measured in docs/benchmarks.md, "Space reservation"). A file system that
     /// refuses (no `fallocate`, or full) is simply not asked again.
-    pub fn reserve_ahead(&mut self, segment_bytes: u64) {
-        let need = self.len();
+    pub fn reserve_ahead(&mut self, io: &mut dyn Io, segment_bytes: u64) {
+        let need = self.end();
         if self.reserved_to == u64::MAX || need <= self.reserved_to {
             return;
         }
         let target = (need + RESERVE_STEP_BYTES).min(segment_bytes.max(need));
-        let (Ok(start), Ok(len)) =
-            (libc::off_t::try_from(self.reserved_to), libc::off_t::try_from(target - self.reserved_to))
-        else {
-            self.reserved_to = u64::MAX;
-            return;
-        };
-        // SAFETY: fallocate on a descriptor this segment owns; it changes no bytes of the file.
-        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, start, len) };
-        if rc == 0 {
-            self.reserved_to = target;
-        } else {
-            tracing::debug!(file = %self.log_path().display(), error = %std::io::Error::last_os_error(), "no space reservation");
-            self.reserved_to = u64::MAX;
+        match io.reserve(&self.file, self.reserved_to, target - self.reserved_to) {
+            Ok(()) => self.reserved_to = target,
+            Err(e) => {
+                tracing::debug!(file = %self.log_path().display(), error = %e, "no space reservation");
+                self.reserved_to = u64::MAX;
+            }
         }
     }
 
     /// Gives back the blocks reserved beyond the end of the log (at seal: a sealed segment keeps
     /// only what it holds). Truncating to the current size frees blocks past the end; punching a
     /// hole would not, as file systems ignore holes beyond the end of a file.
-    fn release_reservation(&mut self) {
+    fn release_reservation(&mut self, io: &mut dyn Io) {
         if self.reserved_to != u64::MAX && self.reserved_to > self.written_len {
-            if let Err(e) = self.file.set_len(self.written_len) {
+            if let Err(e) = io.set_len(&self.file, self.written_len) {
                 tracing::debug!(file = %self.log_path().display(), error = %e, "reservation not released");
             }
         }
@@ -289,8 +321,9 @@ impl Segment {
         io.submit(writes, &[self.file.as_fd()]).map_err(SealError::Io)?;
         self.mark_written();
         self.mark_synced();
-        self.visible_len = self.written_len;
-        self.release_reservation();
+        // Still invisible: the partition publishes a sealed segment's last batches only once
+        // the whole roll has succeeded.
+        self.release_reservation(io);
         // The last entry of the time index must carry the segment's largest timestamp: retention
         // by age and lookups by time read it without scanning.
         if let Some(last) = self.last_batch_relative_offset() {
@@ -298,16 +331,11 @@ impl Segment {
         }
         let index_bytes = self.index.encode(self.written_len);
         let time_bytes = self.time_index.encode(self.written_len);
-        let open = |p: PathBuf| {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&p)
-                .map_err(|source| SealError::Fs { path: p, source })
-        };
-        let index_file = open(index_path(&self.dir, self.base_offset))?;
-        let time_file = open(time_index_path(&self.dir, self.base_offset))?;
+        debug_assert_eq!(self.start, 0, "only whole segments are sealed");
+        let mut open =
+            |p: PathBuf| io.create_file(&p, true).map_err(|source| SealError::Fs { path: p, source });
+        let index_file = open(index_path(&self.dir, self.file_base))?;
+        let time_file = open(time_index_path(&self.dir, self.file_base))?;
         let (a, b) = ([IoSlice::new(&index_bytes)], [IoSlice::new(&time_bytes)]);
         let writes = [
             Write { fd: index_file.as_fd(), offset: 0, bufs: &a },
@@ -334,9 +362,9 @@ impl Segment {
     }
 
     /// Cuts the segment back to `len` bytes (recovery of a torn tail); the caller syncs.
-    pub fn truncate(&mut self, len: u64, outcome: ScanOutcome) -> std::io::Result<()> {
+    pub fn truncate(&mut self, io: &mut dyn Io, len: u64, outcome: ScanOutcome) -> std::io::Result<()> {
         debug_assert!(self.staged.is_empty());
-        self.file.set_len(len)?;
+        io.set_len(&self.file, len)?;
         self.written_len = len;
         self.durable_len = len;
         self.visible_len = len;
@@ -348,16 +376,31 @@ impl Segment {
         Ok(())
     }
 
+    /// Drops what the partition never made visible (staged batches, and written bytes beyond
+    /// the visible length) from memory and from the file: after a failure, nothing of it may
+    /// ever be read. The offsets stay assigned, since the partition takes no more appends.
+    pub fn cut_unacknowledged(&mut self, io: &mut dyn Io) -> std::io::Result<()> {
+        self.staged.clear();
+        self.staged_len = 0;
+        if self.written_len > self.visible_len {
+            io.set_len(&self.file, self.visible_len)?;
+            self.written_len = self.visible_len;
+            self.durable_len = self.durable_len.min(self.visible_len);
+            self.reserved_to = self.written_len;
+        }
+        Ok(())
+    }
+
     /// Removes the segment's files: indexes first, the log last, so that a failure part-way
     /// leaves at worst a log without indexes, which recovery rebuilds.
-    pub fn delete_files(&self) -> std::io::Result<()> {
-        for p in [index_path(&self.dir, self.base_offset), time_index_path(&self.dir, self.base_offset)] {
-            match std::fs::remove_file(&p) {
+    pub fn delete_files(&self, io: &mut dyn Io) -> std::io::Result<()> {
+        for p in [index_path(&self.dir, self.file_base), time_index_path(&self.dir, self.file_base)] {
+            match io.remove_file(&p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
         }
-        std::fs::remove_file(log_path(&self.dir, self.base_offset))
+        io.remove_file(&log_path(&self.dir, self.file_base))
     }
 }
 

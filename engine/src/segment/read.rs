@@ -66,7 +66,7 @@ impl Segment {
     /// The batch containing `offset` (or the first one after it) below `limit` bytes.
     pub fn find_offset(&self, offset: i64, limit: u64) -> Result<Option<BatchPosition>, ReadError> {
         let rel = u32::try_from(offset.saturating_sub(self.base_offset()).max(0)).unwrap_or(u32::MAX);
-        let start = self.offset_index().floor(rel).map_or(0, |e| u64::from(e.position));
+        let start = self.offset_index().floor(rel).map_or(self.start(), |e| u64::from(e.position));
         let mut cursor = HeaderCursor::new(self, limit);
         let mut position = start;
         while let Some(header) = cursor.header_at(position)? {

@@ -329,7 +329,7 @@ impl Shard {
         if delete {
             drop(slot);
             let dir = self.partition_dir(id);
-            std::fs::remove_dir_all(&dir).map_err(|e| EngineError::Io { path: dir, source: e })?;
+            self.io.remove_dir_all(&dir).map_err(|e| EngineError::Io { path: dir, source: e })?;
         } else {
             slot.log.flush(&mut *self.io)?;
         }

@@ -155,7 +155,7 @@ impl Producers {
                 continue;
             }
             let mut cursor = HeaderCursor::new(segment, segment.written_len());
-            let mut position = 0;
+            let mut position = segment.start();
             while let Some(h) = cursor.header_at(position).map_err(crate::log::LogError::from)? {
                 let info = AppendInfo { base_offset: h.base_offset, last_offset: h.last_offset() };
                 producers.record(&h, info, written);

@@ -356,7 +356,7 @@ impl Slot {
             self.log.append(io, batch, SystemTime::now())?;
         }
         self.log.flush(io)?;
-        let deleted = self.log.delete_segments_before(start)?;
+        let deleted = self.log.delete_segments_before(io, start)?;
         self.snapshot_bytes = written;
         tracing::info!(
             dir = %self.log.dir().display(),

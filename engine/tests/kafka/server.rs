@@ -74,6 +74,14 @@ impl Spate {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// SIGTERM, then waits for the clean shutdown to finish.
+    pub fn stop(mut self) {
+        // SAFETY: sends SIGTERM to our own child, which has not been reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "spate exited with {status}:\n{}", self.server_log());
+    }
+
     /// SIGKILL: no flush, no goodbye.
     pub fn kill(mut self) {
         let _ = self.child.kill();
