@@ -1,4 +1,5 @@
-//! The `spate` command: `spate serve` runs the engine with its Kafka listener.
+//! The `spate` command: `spate serve` runs the engine with its Kafka listener; `spate repair`
+//! reports damaged partitions of a stopped server and accepts their damage.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +28,22 @@ struct Cli {
 enum Command {
     /// Serve Kafka clients from a data directory until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Open a data directory (the server must be stopped), report every partition whose sealed
+    /// segments are damaged, and accept the damage of the partitions named with --accept so
+    /// that they take writes again. Exits with status 2 while unaccepted damage remains.
+    Repair(RepairArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RepairArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Accept the damage of this partition as lost (repeatable); its files stay as they are.
+    #[arg(long, value_name = "TOPIC:PARTITION")]
+    accept: Vec<String>,
+    /// I/O backend: auto, uring or fallback [default: auto].
+    #[arg(long)]
+    io_backend: Option<BackendChoice>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,7 +111,64 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Repair(args) => repair(args),
     }
+}
+
+fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    let mut accept = Vec::new();
+    for a in &args.accept {
+        let Some((topic, partition)) = a.rsplit_once(':') else {
+            bail!("--accept {a:?}: expected TOPIC:PARTITION");
+        };
+        let partition: u32 =
+            partition.parse().with_context(|| format!("--accept {a:?}: bad partition number"))?;
+        accept.push((topic.to_string(), partition));
+    }
+    let config = EngineConfig {
+        shards: 1,
+        pin_threads: false,
+        io_backend: args.io_backend.unwrap_or_default(),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(&args.data_dir, config)
+        .with_context(|| format!("opening {} (is a server still running on it?)", args.data_dir.display()))?;
+    for (topic, partition) in &accept {
+        let ranges = engine
+            .accept_damage(topic, *partition)
+            .with_context(|| format!("accepting the damage of {topic}:{partition}"))?;
+        println!("{topic}:{partition}: accepted {ranges} damaged range(s) as lost; it takes writes again");
+    }
+    let mut unaccepted = 0;
+    for info in engine.list_topics() {
+        for partition in 0..info.partitions {
+            let report = engine.damage(&info.name, partition)?;
+            if report.ranges.is_empty() {
+                continue;
+            }
+            println!(
+                "{}:{partition}: {} damaged range(s), {}",
+                info.name,
+                report.ranges.len(),
+                if report.accepted { "accepted" } else { "refusing writes" }
+            );
+            for d in &report.ranges {
+                println!("  {d}");
+            }
+            if !report.accepted {
+                unaccepted += 1;
+            }
+        }
+    }
+    engine.shutdown()?;
+    if unaccepted > 0 {
+        eprintln!(
+            "{unaccepted} damaged partition(s) refuse writes: restore their files and restart, or accept the loss with --accept TOPIC:PARTITION"
+        );
+        std::process::exit(2);
+    }
+    println!("no unaccepted damage");
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -292,6 +292,22 @@ impl Engine {
         Ok(())
     }
 
+    /// The damage recovery found in the sealed segments of a partition: empty for an intact
+    /// one. A damaged partition serves its intact records and refuses writes (see
+    /// `log::damage` and docs/operations.md).
+    pub fn damage(&self, topic: &str, partition: u32) -> Result<crate::log::DamageReport, EngineError> {
+        let id = self.resolve(topic, Target::Partition(partition))?;
+        wait(self.request(&id, |reply| Request::Damage { id: id.clone(), reply })?)
+    }
+
+    /// Accepts the damage of a partition as lost, durably: it takes writes again, now and after
+    /// every restart. Its files are left as they are. Returns the number of damaged ranges
+    /// accepted.
+    pub fn accept_damage(&self, topic: &str, partition: u32) -> Result<usize, EngineError> {
+        let id = self.resolve(topic, Target::Partition(partition))?;
+        wait(self.request(&id, |reply| Request::AcceptDamage { id: id.clone(), reply })?)
+    }
+
     /// Every topic, internal ones included, sorted by name.
     pub fn list_topics(&self) -> Vec<TopicInfo> {
         let mut all: Vec<TopicInfo> = self.inner.topics.load().values().cloned().collect();

@@ -43,6 +43,13 @@ pub struct Damage {
     pub reason: String,
 }
 
+/// A partition's damage, and whether an operator accepted it (then it takes writes).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DamageReport {
+    pub ranges: Vec<Damage>,
+    pub accepted: bool,
+}
+
 impl fmt::Display for Damage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -123,7 +130,7 @@ pub(super) fn read_fence(dir: &Path) -> Result<Option<i64>, LogError> {
 }
 
 /// Writes the fence of a partition that failed with its high watermark at `high_watermark`.
-pub(super) fn write_fence(io: &mut dyn Io, dir: &Path, high_watermark: i64) -> Result<(), LogError> {
+pub(crate) fn write_fence(io: &mut dyn Io, dir: &Path, high_watermark: i64) -> Result<(), LogError> {
     let text = format!(
         "# This partition failed; recovery cuts the log back to this offset.\nhigh_watermark={high_watermark}\n"
     );

@@ -38,7 +38,7 @@ use std::time::{Instant, SystemTime};
 pub use appender::{Appender, AppenderStats, AppenderThread};
 pub use commit::{commit, CommitOutcome};
 pub use config::{Durability, LogConfig};
-pub use damage::Damage;
+pub use damage::{Damage, DamageReport};
 pub use error::LogError;
 pub use retention::RetentionOutcome;
 
@@ -153,6 +153,11 @@ impl Partition {
     /// Damage recovery found in sealed segments (empty for an intact partition).
     pub fn damage(&self) -> &[Damage] {
         &self.damage
+    }
+
+    /// The damage and whether it was accepted.
+    pub fn damage_report(&self) -> DamageReport {
+        DamageReport { ranges: self.damage.to_vec(), accepted: self.damage_accepted }
     }
 
     /// Accepts the damage recovery found as lost, durably (see [`damage`]): the partition takes
@@ -423,7 +428,11 @@ impl Partition {
 
     /// Writes what is staged and makes everything durable (used on clean shutdown).
     pub fn flush(&mut self, io: &mut dyn Io) -> Result<(), LogError> {
-        self.check_writable()?;
+        // A damaged partition took no writes, so it has nothing to flush; a failed one must not
+        // sync again.
+        if let Some(cause) = &self.failed {
+            return Err(LogError::Failed { dir: self.dir.clone(), cause: Arc::clone(cause) });
+        }
         let mut me = [&mut *self];
         commit::commit_with(io, &mut me, Instant::now(), true).map(|_| ())
     }

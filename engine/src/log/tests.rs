@@ -338,6 +338,87 @@ fn an_fsync_error_fails_the_partition_until_reopened() {
 }
 
 #[test]
+fn a_failed_partition_writes_syncs_and_publishes_nothing_and_its_failed_batches_never_appear() {
+    for durability in [Durability::Always, Durability::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 1024,
+            segment_age: Duration::from_millis(1),
+            ..small_config(durability)
+        };
+        let mut io = FallbackIo::new();
+        let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+        p.append(&mut io, batch("ok", 2, 1), SystemTime::now()).unwrap();
+        p.flush(&mut io).unwrap();
+        drop(p);
+        // How many fsyncs an open makes, so that the first one after it can fail.
+        let fsyncs_at_open = {
+            let mut io = FaultIo::new(FallbackIo::new(), FaultPlan::default());
+            let state = io.state();
+            drop(Partition::open(dir.path(), config.clone(), &mut io).unwrap());
+            state.fsyncs()
+        };
+        // The flush's fsync fails: the batch was written, and its producer is told it failed.
+        let plan = FaultPlan { fail_fsync: Some((fsyncs_at_open + 1, libc::EIO)), ..Default::default() };
+        let mut io = FaultIo::new(FallbackIo::new(), plan);
+        let state = io.state();
+        let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+        let failed = p.append(&mut io, batch("failed", 3, 1), SystemTime::now()).unwrap();
+        let out = p.flush(&mut io);
+        assert!(out.is_err(), "{durability}: {out:?}");
+        let hw = p.high_watermark();
+        assert!(hw <= failed.base_offset, "{durability}: nothing of the failed batch is visible");
+        assert_eq!(read_all(&p).len(), 2);
+        // From now on nothing touches the disk for this partition.
+        let (writes, fsyncs, creates) = (state.writes(), state.fsyncs(), state.creates());
+        let later = SystemTime::now() + Duration::from_secs(3600);
+        assert!(p.append(&mut io, batch("more", 1, 1), later).is_err());
+        assert!(p.roll_now(&mut io).is_err());
+        p.enforce_retention(&mut io, later).unwrap();
+        assert!(p.flush(&mut io).is_err());
+        assert!(commit(&mut io, &mut [&mut p], Instant::now()).is_err());
+        assert!(p.delete_segments_before(&mut io, i64::MAX).is_err());
+        assert_eq!(
+            (state.writes(), state.fsyncs(), state.creates()),
+            (writes, fsyncs, creates),
+            "{durability}"
+        );
+        assert_eq!(p.high_watermark(), hw);
+        drop(p);
+        // After a restart the failed batch is gone too, though its bytes reached the file.
+        let mut io = FallbackIo::new();
+        let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+        let values: Vec<Vec<u8>> = read_all(&p).into_iter().map(|(_, v)| v).collect();
+        assert_eq!(values, vec![b"ok-0".to_vec(), b"ok-1".to_vec()], "{durability}");
+        assert_eq!(p.append(&mut io, batch("after", 1, 1), SystemTime::now()).unwrap().base_offset, 2);
+    }
+}
+
+#[test]
+fn recovery_cuts_the_log_back_to_a_fence_across_segments() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(Durability::Always);
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    for i in 0..120 {
+        p.append(&mut io, batch(&format!("f{i}"), 1, i), SystemTime::now()).unwrap();
+    }
+    p.flush(&mut io).unwrap();
+    let bases: Vec<i64> = p.segments().map(|s| s.base_offset()).collect();
+    drop(p);
+    assert!(bases.len() >= 3, "{bases:?}");
+    // A failure left a fence inside the second segment: everything from it on was refused.
+    let fence = bases[1] + 2;
+    crate::log::damage::write_fence(&mut io, dir.path(), fence).unwrap();
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    assert_eq!(p.next_offset(), fence);
+    assert_eq!(read_all(&p).len() as i64, fence);
+    assert_eq!(p.segments().len(), 2, "later segments removed, the fenced one active again");
+    assert!(!dir.path().join(crate::log::damage::FENCE_FILE).exists());
+    assert_eq!(p.append(&mut io, batch("new", 1, 1), SystemTime::now()).unwrap().base_offset, fence);
+}
+
+#[test]
 fn recovery_truncates_a_torn_or_corrupt_tail() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();

@@ -289,6 +289,24 @@ impl Shard {
                 let result = self.forget(&topic);
                 answer(reply, result);
             }
+            Request::Damage { id, reply } => {
+                let result = self.slot(&id).map(|s| s.log.damage_report());
+                answer(reply, result);
+            }
+            Request::AcceptDamage { id, reply } => {
+                let io = &mut *self.io;
+                let result = match self.slots.get_mut(&*id.topic).and_then(|m| m.get_mut(&id.partition)) {
+                    Some(slot) => {
+                        let ranges = slot.log.damage().len();
+                        slot.log.accept_damage(io).map(|()| ranges).map_err(EngineError::from)
+                    }
+                    None => Err(EngineError::UnknownPartition {
+                        topic: id.topic.to_string(),
+                        partition: id.partition,
+                    }),
+                };
+                answer(reply, result);
+            }
             Request::Shutdown { reply } => self.stopping = Some(reply),
             Request::Spawn { task } => {
                 self.has_tasks = true;

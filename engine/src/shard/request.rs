@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::engine::{Backpressure, EngineError, Fetched, OffsetSpec, ProduceAck, ShardStats};
-use crate::log::LogConfig;
+use crate::log::{DamageReport, LogConfig};
 
 /// A reply slot: a one-shot channel that a blocking caller waits on or an async caller awaits.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
@@ -37,6 +37,8 @@ impl std::fmt::Debug for Request {
             Request::Stats { .. } => "Stats",
             Request::Barrier { .. } => "Barrier",
             Request::Forget { .. } => "Forget",
+            Request::Damage { .. } => "Damage",
+            Request::AcceptDamage { .. } => "AcceptDamage",
             Request::Shutdown { .. } => "Shutdown",
             Request::Spawn { .. } => "Spawn",
         };
@@ -118,6 +120,17 @@ pub(crate) enum Request {
     Forget {
         topic: Arc<str>,
         reply: Reply<()>,
+    },
+    /// The damage recovery found in a partition's sealed segments.
+    Damage {
+        id: PartitionId,
+        reply: Reply<DamageReport>,
+    },
+    /// Accept a partition's damage as lost, so that it takes writes again; answers the number
+    /// of damaged ranges accepted.
+    AcceptDamage {
+        id: PartitionId,
+        reply: Reply<usize>,
     },
     /// Flush everything and stop.
     Shutdown {

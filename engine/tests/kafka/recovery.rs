@@ -83,4 +83,32 @@ fn a_damaged_batch_costs_one_record_and_the_partition_refuses_writes() {
     assert_eq!(more["error"], "KAFKA_STORAGE_ERROR", "{more}");
     let log_text = spate.server_log();
     assert!(log_text.contains("damaged sealed segment") && log_text.contains("lost_from=2"), "{log_text}");
+    spate.stop();
+
+    // `spate repair` reports the damage, and accepting it lets the partition take writes.
+    let repair = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spate"))
+            .arg("repair")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (status, report) = repair(&[]);
+    assert_eq!(status, Some(2), "{report}");
+    assert!(report.contains("flipped:0: 1 damaged range(s), refusing writes"), "{report}");
+    assert!(report.contains("offsets 2..3 lost"), "{report}");
+    let (status, report) = repair(&["--accept", "flipped:0"]);
+    assert_eq!(status, Some(0), "{report}");
+    assert!(report.contains("flipped:0: 1 damaged range(s), accepted"), "{report}");
+    let spate = Spate::start(&data);
+    let more =
+        run_python(&python, "confluent_segments.py", &["produce-one", &spate.bootstrap(), "flipped", "100"]);
+    assert_eq!(
+        (more["error"].clone(), more["offset"].clone()),
+        (serde_json::Value::Null, 100.into()),
+        "{more}"
+    );
 }
