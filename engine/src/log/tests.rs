@@ -341,11 +341,7 @@ fn an_fsync_error_fails_the_partition_until_reopened() {
 fn a_failed_partition_writes_syncs_and_publishes_nothing_and_its_failed_batches_never_appear() {
     for durability in [Durability::Always, Durability::Never] {
         let dir = tempfile::tempdir().unwrap();
-        let config = LogConfig {
-            segment_bytes: 1024,
-            segment_age: Duration::from_millis(1),
-            ..small_config(durability)
-        };
+        let config = LogConfig { segment_bytes: 1024, ..small_config(durability) };
         let mut io = FallbackIo::new();
         let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
         p.append(&mut io, batch("ok", 2, 1), SystemTime::now()).unwrap();
@@ -371,7 +367,8 @@ fn a_failed_partition_writes_syncs_and_publishes_nothing_and_its_failed_batches_
         assert_eq!(read_all(&p).len(), 2);
         // From now on nothing touches the disk for this partition.
         let (writes, fsyncs, creates) = (state.writes(), state.fsyncs(), state.creates());
-        let later = SystemTime::now() + Duration::from_secs(3600);
+        // Late enough that retention would roll the active segment and delete old ones.
+        let later = SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
         assert!(p.append(&mut io, batch("more", 1, 1), later).is_err());
         assert!(p.roll_now(&mut io).is_err());
         p.enforce_retention(&mut io, later).unwrap();
