@@ -945,3 +945,55 @@ fn the_offsets_topic_is_compacted_to_the_latest_offset_of_each_key_and_survives_
     engine.create_topic("gone", 1, LogConfig::default()).unwrap();
     assert_eq!(engine.committed_offset("g", "gone", 0).unwrap(), None, "a deleted topic's offsets stay gone");
 }
+
+/// Blocks allocated to every file under `dir` (data and reservations).
+fn allocated_under(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() { allocated_under(&entry.path()) } else { meta.blocks() * 512 };
+    }
+    total
+}
+
+#[test]
+fn five_hundred_partitions_with_one_record_each_reserve_under_a_gigabyte_and_nothing_after_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+    engine.create_topic("wide", 500, LogConfig::default()).unwrap();
+    for p in 0..500 {
+        engine.produce("wide", Target::Partition(p), &[record(None, &[7u8; 100], 1)]).unwrap();
+    }
+    let reserved: u64 = engine.stats().unwrap().iter().map(|s| s.reserved_bytes).sum();
+    let on_disk = allocated_under(dir.path());
+    eprintln!("500 partitions: {on_disk} bytes allocated, {reserved} reserved");
+    assert!(on_disk < 1 << 30, "{on_disk} bytes allocated for 500 records");
+    assert!(reserved <= 2 * crate::log::ReservePolicy::default().shard_max_bytes, "{reserved}");
+    engine.shutdown().unwrap();
+    let after = allocated_under(dir.path());
+    // What is left is data, indexes and directories: a few blocks per partition.
+    assert!(after < 500 * 64 * 1024, "{after} bytes allocated after shutdown");
+}
+
+#[test]
+fn an_idle_partition_gives_its_reservation_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let reserve = crate::log::ReservePolicy { idle: Duration::from_millis(200), ..Default::default() };
+    let engine =
+        Engine::open(dir.path(), EngineConfig { reserve, ..config(BackendChoice::Fallback, 1) }).unwrap();
+    engine.create_topic("idle", 1, LogConfig::default()).unwrap();
+    engine.produce("idle", Target::Partition(0), &[record(None, b"v", 1)]).unwrap();
+    let held = engine.stats().unwrap()[0].reserved_bytes;
+    if held == 0 {
+        eprintln!("this file system's free space is below the reservation floor; nothing to check");
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.stats().unwrap()[0].reserved_bytes > 0 {
+        assert!(Instant::now() < deadline, "the reservation was not given back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(allocated_under(&dir.path().join("data/idle-0")) < 256 * 1024);
+}

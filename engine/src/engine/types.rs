@@ -32,6 +32,8 @@ pub struct EngineConfig {
     /// Long-poll fetches a shard may hold waiting; beyond it, fetches fail with
     /// `TooManyWaiters`.
     pub fetch_waiters_max: usize,
+    /// Disk space reserved ahead of appends: steps, cap per shard, free-space floor, idle time.
+    pub reserve: crate::log::ReservePolicy,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +48,7 @@ impl Default for EngineConfig {
             offsets_compaction_bytes: 16 << 20,
             parked_bytes_max: 64 << 20,
             fetch_waiters_max: 65_536,
+            reserve: crate::log::ReservePolicy::default(),
         }
     }
 }
@@ -59,6 +62,7 @@ impl EngineConfig {
         if self.shards > 1024 {
             return Err(EngineError::InvalidConfig(format!("{} shards is more than 1024", self.shards)));
         }
+        self.reserve.validate().map_err(EngineError::InvalidConfig)?;
         if self.mailbox_capacity == 0 || self.offsets_partitions == 0 {
             return Err(EngineError::InvalidConfig(
                 "mailbox_capacity and offsets_partitions must be positive".into(),
@@ -232,6 +236,8 @@ pub struct ShardStats {
     pub sleeps: u64,
     /// The most bytes staged for one group commit so far: the memory `Buffer` costs.
     pub staged_bytes_peak: u64,
+    /// Disk space the shard's active segments hold reserved ahead of their appends.
+    pub reserved_bytes: u64,
     /// Latency of the group commits that synced (their writes and fdatasyncs together).
     pub sync_latency: LatencyBuckets,
     pub io: IoStats,

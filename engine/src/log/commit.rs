@@ -44,11 +44,10 @@ pub(super) fn commit_with(
     force_sync: bool,
 ) -> Result<CommitOutcome, LogError> {
     let mut outcome = CommitOutcome::default();
-    // Blocks for what is about to be written are reserved first (cheap: once per 64 MiB).
+    // Blocks for what is about to be written are reserved first (cheap: once per step).
     for p in partitions.iter_mut() {
-        if p.failed.is_none() {
-            let segment_bytes = p.config.segment_bytes;
-            p.active_mut().reserve_ahead(io, segment_bytes);
+        if p.failed.is_none() && p.has_staged() {
+            p.reserve_ahead(io, now);
         }
     }
     let mut sync_flags = Vec::with_capacity(partitions.len());

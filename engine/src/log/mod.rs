@@ -26,6 +26,7 @@ pub mod config;
 pub mod damage;
 mod error;
 mod recovery;
+pub mod reserve;
 mod retention;
 
 use std::collections::VecDeque;
@@ -40,6 +41,7 @@ pub use commit::{commit, CommitOutcome};
 pub use config::{Durability, LogConfig};
 pub use damage::{Damage, DamageReport};
 pub use error::LogError;
+pub use reserve::{ReserveBudget, ReservePolicy};
 pub use retention::RetentionOutcome;
 
 use crate::io::{Io, IoError};
@@ -109,11 +111,24 @@ pub struct Partition {
     damage: Arc<[Damage]>,
     /// Whether an operator accepted all of `damage` (then the partition takes writes).
     damage_accepted: bool,
+    /// The shard's budget for disk space reserved ahead of appends.
+    budget: Arc<ReserveBudget>,
 }
 
 impl Partition {
     /// Opens (or creates) the partition stored in `dir`, running recovery: see [`recovery`].
     pub fn open(dir: &Path, config: LogConfig, io: &mut dyn Io) -> Result<Partition, LogError> {
+        Partition::open_with(dir, config, io, ReserveBudget::standalone())
+    }
+
+    /// [`Partition::open`] for a partition whose space reservations count against `budget`
+    /// (one per shard).
+    pub fn open_with(
+        dir: &Path,
+        config: LogConfig,
+        io: &mut dyn Io,
+        budget: Arc<ReserveBudget>,
+    ) -> Result<Partition, LogError> {
         config.validate().map_err(LogError::Config)?;
         std::fs::create_dir_all(dir).map_err(|e| LogError::fs(dir, e))?;
         let recovery::Recovered { segments, damage } = recovery::recover(dir, &config, io)?;
@@ -147,7 +162,34 @@ impl Partition {
             failed: None,
             damage: damage.into(),
             damage_accepted,
+            budget,
         })
+    }
+
+    /// Reserves disk space ahead of the staged appends, within the shard's budget (see
+    /// [`reserve`]); called by each commit that writes to this partition.
+    fn reserve_ahead(&mut self, io: &mut dyn Io, now: Instant) {
+        let segment_bytes = self.config.segment_bytes;
+        let budget = &self.budget;
+        let active = self.segments.back_mut().expect("a partition always has an active segment");
+        active.reserve_ahead(io, budget, segment_bytes, now);
+    }
+
+    /// Gives back the disk space the active segment reserved and has not written, if it took no
+    /// write for the budget's idle time (or at once with `force`). Returns whether it held any.
+    pub fn release_reservation(&mut self, io: &mut dyn Io, now: Instant, force: bool) -> bool {
+        let idle = if force { std::time::Duration::ZERO } else { self.budget.policy().idle };
+        let active = self.active_mut();
+        if force && active.reserved_ahead() > 0 {
+            active.release_reservation(io);
+            return true;
+        }
+        active.release_if_idle(io, idle, now)
+    }
+
+    /// Bytes the active segment holds reserved ahead of its appends.
+    pub fn reserved_ahead(&self) -> u64 {
+        self.active().reserved_ahead()
     }
 
     /// Damage recovery found in sealed segments (empty for an intact partition).

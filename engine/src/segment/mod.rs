@@ -20,17 +20,15 @@ use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 pub use index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 pub use read::HeaderCursor;
 pub use scan::{salvage, scan, DamagedRange, Salvage, ScanOutcome, ScanTarget};
 
 use crate::io::{Io, IoError, Write};
+use crate::log::reserve::ReserveBudget;
 use crate::record::BatchHeader;
-
-/// Disk space reserved ahead of the appends at a time (see [`Segment::reserve_ahead`]).
-pub const RESERVE_STEP_BYTES: u64 = 64 << 20;
 
 /// Largest segment: positions are stored as `u32`, and Kafka clients treat sizes as `i32`.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
@@ -98,6 +96,22 @@ pub struct Segment {
     /// End of the blocks reserved with `fallocate` (beyond the file's size); `u64::MAX` once
     /// the file system has refused, so that it is not asked again.
     reserved_to: u64,
+    /// The budget the reservation counts against, and how much of it this segment holds
+    /// (reserved and not yet written); returned when the segment is dropped.
+    budget: Option<Arc<ReserveBudget>>,
+    claimed: u64,
+    /// When the last step was reserved, and the segment's end then: the write rate since.
+    reserve_mark: Option<(Instant, u64)>,
+    /// The last commit that wrote to this segment (for giving an idle reservation back).
+    last_write: Option<Instant>,
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.adjust(-(self.claimed as i64));
+        }
+    }
 }
 
 impl Segment {
@@ -150,6 +164,10 @@ impl Segment {
             created,
             sealed,
             reserved_to: written_len,
+            budget: None,
+            claimed: 0,
+            reserve_mark: None,
+            last_write: None,
         }
     }
 
@@ -269,6 +287,18 @@ impl Segment {
         self.written_len += self.staged_len;
         self.staged_len = 0;
         self.staged.clear();
+        self.settle_claim();
+    }
+
+    /// Brings the budget in line with what this segment holds reserved and unwritten.
+    fn settle_claim(&mut self) {
+        let Some(budget) = &self.budget else { return };
+        let held =
+            if self.reserved_to == u64::MAX { 0 } else { self.reserved_to.saturating_sub(self.written_len) };
+        if held != self.claimed {
+            budget.adjust(held as i64 - self.claimed as i64);
+            self.claimed = held;
+        }
     }
 
     /// Records that an fdatasync covering every written byte completed.
@@ -281,35 +311,80 @@ impl Segment {
     }
 
     /// Reserves disk blocks ahead of the appends (`fallocate` with `KEEP_SIZE`, which leaves the
-    /// file's size, and so recovery, unchanged), `RESERVE_STEP_BYTES` at a time, up to
-    /// `segment_bytes`. Appends into reserved blocks skip the file system's block allocation on
-    /// the write path (measured in docs/benchmarks.md, "Space reservation"). A file system that
-    /// refuses (no `fallocate`, or full) is simply not asked again.
-    pub fn reserve_ahead(&mut self, io: &mut dyn Io, segment_bytes: u64) {
-        let need = self.end();
-        if self.reserved_to == u64::MAX || need <= self.reserved_to {
+    /// file's size, and so recovery, unchanged), a step at a time, up to `segment_bytes`, as far
+    /// as `budget` allows (see `log::reserve` for the step and the bounds). Called by each
+    /// commit that writes to the segment, at `now`. A file system that refuses (no `fallocate`,
+    /// or full) is not asked again for this segment.
+    pub fn reserve_ahead(
+        &mut self,
+        io: &mut dyn Io,
+        budget: &Arc<ReserveBudget>,
+        segment_bytes: u64,
+        now: Instant,
+    ) {
+        self.last_write = Some(now);
+        let end = self.end();
+        if self.reserved_to == u64::MAX || end <= self.reserved_to {
             return;
         }
-        let target = (need + RESERVE_STEP_BYTES).min(segment_bytes.max(need));
-        match io.reserve(&self.file, self.reserved_to, target - self.reserved_to) {
-            Ok(()) => self.reserved_to = target,
+        let policy = budget.policy();
+        let step = match self.reserve_mark {
+            None => policy.step_min_bytes,
+            Some((at, end_then)) => policy.step(end - end_then, now.saturating_duration_since(at)),
+        };
+        let from = self.reserved_to.max(self.written_len);
+        let target = (end + step).min(segment_bytes.max(end));
+        if target <= from {
+            return;
+        }
+        let granted = budget.grant(&self.dir, target - from, now);
+        if granted == 0 {
+            return;
+        }
+        if self.budget.is_none() {
+            self.budget = Some(Arc::clone(budget));
+        }
+        match io.reserve(&self.file, from, granted) {
+            Ok(()) => {
+                self.reserved_to = from + granted;
+                self.reserve_mark = Some((now, end));
+            }
             Err(e) => {
                 tracing::debug!(file = %self.log_path().display(), error = %e, "no space reservation");
                 self.reserved_to = u64::MAX;
             }
         }
+        self.settle_claim();
+    }
+
+    /// Gives the reservation back if the segment took no write for `idle`; returns whether it
+    /// held one.
+    pub fn release_if_idle(&mut self, io: &mut dyn Io, idle: std::time::Duration, now: Instant) -> bool {
+        let idle_since = self.last_write.is_some_and(|t| now.saturating_duration_since(t) >= idle);
+        if self.claimed > 0 && idle_since {
+            self.release_reservation(io);
+            return true;
+        }
+        false
+    }
+
+    /// Bytes this segment holds reserved and not yet written.
+    pub fn reserved_ahead(&self) -> u64 {
+        self.claimed
     }
 
     /// Gives back the blocks reserved beyond the end of the log (at seal: a sealed segment keeps
     /// only what it holds). Truncating to the current size frees blocks past the end; punching a
     /// hole would not, as file systems ignore holes beyond the end of a file.
-    fn release_reservation(&mut self, io: &mut dyn Io) {
+    pub fn release_reservation(&mut self, io: &mut dyn Io) {
         if self.reserved_to != u64::MAX && self.reserved_to > self.written_len {
             if let Err(e) = io.set_len(&self.file, self.written_len) {
                 tracing::debug!(file = %self.log_path().display(), error = %e, "reservation not released");
             }
         }
         self.reserved_to = self.written_len;
+        self.reserve_mark = None;
+        self.settle_claim();
     }
 
     /// Seals the segment: writes its staged batches, makes the log durable, writes both indexes
@@ -368,6 +443,8 @@ impl Segment {
         self.written_len = len;
         self.durable_len = len;
         self.visible_len = len;
+        self.reserved_to = len;
+        self.settle_claim();
         self.next_offset = outcome.next_offset;
         self.max_timestamp = outcome.max_timestamp;
         self.index = outcome.index;
@@ -387,6 +464,7 @@ impl Segment {
             self.written_len = self.visible_len;
             self.durable_len = self.durable_len.min(self.visible_len);
             self.reserved_to = self.written_len;
+            self.settle_claim();
         }
         Ok(())
     }

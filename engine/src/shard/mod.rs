@@ -28,7 +28,7 @@ use slot::Slot;
 
 use crate::engine::{EngineError, OffsetSpec, ProduceAck, ShardStats};
 use crate::io::Io;
-use crate::log::{commit, Partition};
+use crate::log::{commit, Partition, ReserveBudget};
 
 /// Requests handled per turn at most, so acknowledgements are not delayed behind a flood.
 const REQUESTS_PER_TURN: usize = 4096;
@@ -49,6 +49,7 @@ pub(crate) struct ShardSetup {
     /// An offsets partition is compacted once it holds this many bytes (and twice its last
     /// snapshot).
     pub offsets_compaction_bytes: u64,
+    pub reserve: crate::log::ReservePolicy,
 }
 
 pub(crate) struct Shard {
@@ -67,6 +68,9 @@ pub(crate) struct Shard {
     /// Long-poll fetches waiting, as of the last turn.
     waiting_fetches: usize,
     next_retention: Instant,
+    /// The shard's disk-space reservations, and when idle ones are next given back.
+    budget: Arc<ReserveBudget>,
+    next_reserve_check: Instant,
     parked_bytes: u64,
     stats: ShardStats,
     stopping: Option<request::Reply<()>>,
@@ -90,7 +94,11 @@ impl Shard {
     pub fn new(setup: ShardSetup, io: Box<dyn Io>) -> Shard {
         let next_retention = Instant::now() + setup.retention_check_interval;
         let stats = ShardStats { shard: setup.id, ..ShardStats::default() };
+        let budget = ReserveBudget::new(setup.reserve);
+        let next_reserve_check = Instant::now() + setup.reserve.idle / 2;
         Shard {
+            budget,
+            next_reserve_check,
             setup,
             io,
             slots: HashMap::new(),
@@ -155,6 +163,10 @@ impl Shard {
             if now >= self.next_retention {
                 self.enforce_retention();
                 self.next_retention = now + self.setup.retention_check_interval;
+            }
+            if now >= self.next_reserve_check {
+                self.release_idle_reservations(now);
+                self.next_reserve_check = now + self.setup.reserve.idle / 2;
             }
             self.flush_outbox();
             self.overflow_waiting = overflow::flush();
@@ -282,6 +294,7 @@ impl Shard {
                 stats.partitions = self.slots.values().map(HashMap::len).sum();
                 stats.io = self.io.stats();
                 stats.parked_bytes = self.parked_bytes;
+                stats.reserved_bytes = self.budget.reserved_bytes();
                 answer(reply, Ok(stats));
             }
             Request::Barrier { reply } => self.barriers.push(reply),
@@ -320,7 +333,7 @@ impl Shard {
             return Ok(());
         }
         let dir = self.partition_dir(&id);
-        let log = Partition::open(&dir, config, &mut *self.io)?;
+        let log = Partition::open_with(&dir, config, &mut *self.io, Arc::clone(&self.budget))?;
         let slot = Slot::new(log)?;
         if id.topic == self.setup.offsets_topic {
             // Rebuild the committed offsets this partition holds, and tell the data partitions'
@@ -350,8 +363,21 @@ impl Shard {
             self.io.remove_dir_all(&dir).map_err(|e| EngineError::Io { path: dir, source: e })?;
         } else {
             slot.log.flush(&mut *self.io)?;
+            slot.log.release_reservation(&mut *self.io, Instant::now(), true);
         }
         Ok(())
+    }
+
+    /// Gives back the reservations of active segments that took no write for a while.
+    fn release_idle_reservations(&mut self, now: Instant) {
+        if self.budget.reserved_bytes() == 0 {
+            return;
+        }
+        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+            if slot.log.failure().is_none() {
+                slot.log.release_reservation(&mut *self.io, now, false);
+            }
+        }
     }
 
     /// Drops (with tombstones) every committed offset of `topic` this shard holds.
@@ -539,6 +565,10 @@ impl Shard {
     /// outbox (only while another shard's mailbox is full).
     fn next_deadline(&self) -> Option<Instant> {
         let mut next = Some(self.next_retention);
+        if self.budget.reserved_bytes() > 0 {
+            // Only while something is reserved: an idle engine holding nothing never wakes.
+            next = Some(self.next_retention.min(self.next_reserve_check));
+        }
         let mut earliest = |t: Option<Instant>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n: Instant| n.min(t)));
@@ -563,6 +593,9 @@ impl Shard {
             if let Err(e) = slot.log.flush(io) {
                 tracing::error!(dir = %slot.log.dir().display(), error = %e, "flush at shutdown failed");
                 first_error.get_or_insert(EngineError::from(e));
+            } else {
+                // A stopped engine holds no disk space it has not written.
+                slot.log.release_reservation(io, Instant::now(), true);
             }
         }
         let mut durable = Vec::new();
