@@ -6,6 +6,7 @@
 
 pub mod alloc;
 mod engine;
+pub mod fds;
 pub mod group;
 pub mod io;
 pub mod kafka;

@@ -237,6 +237,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     config.validate().map_err(anyhow::Error::msg)?;
 
+    // Every partition keeps a file open and every client a socket: take every descriptor the
+    // hard limit allows.
+    match spate::fds::raise_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(before, after, "raised the open-file limit (RLIMIT_NOFILE) to the hard limit")
+        }
+        Ok((_, limit)) => tracing::info!(limit, "open-file limit (RLIMIT_NOFILE)"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     // SIGINT and SIGTERM are taken with sigwait below: blocked here, before any thread starts,
     // so every thread inherits the mask and none is interrupted by them.
     let signals = block_signals()?;

@@ -34,6 +34,10 @@ pub enum EngineError {
     Locked { dir: PathBuf },
     #[error("invalid consumer name: {len} bytes (1 to 65535 allowed)")]
     InvalidConsumerName { len: usize },
+    /// Creating the partitions would pass a limit: `partitions_max`, or what the open-file limit
+    /// leaves (every partition keeps a file open).
+    #[error("cannot add {requested} partitions to {existing}: at most {max} fit under {limit}")]
+    TooManyPartitions { requested: u64, existing: u64, max: u64, limit: &'static str },
     /// The shard already holds `fetch_waiters_max` long-poll fetches.
     #[error("too many waiting fetches on shard {shard}")]
     TooManyWaiters { shard: usize },

@@ -139,6 +139,7 @@ pub(super) fn spawn_shards(config: &EngineConfig, data_dir: &Path) -> Result<Sha
             waiters_max: config.fetch_waiters_max,
             offsets_compaction_bytes: config.offsets_compaction_bytes,
             reserve: config.reserve,
+            sealed_files_max: config.sealed_files_max,
         };
         let cpu = (config.pin_threads && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let (backend, ready) = (config.io_backend, ready_tx.clone());

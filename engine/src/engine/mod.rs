@@ -214,6 +214,7 @@ impl Engine {
         if self.inner.topics.load().contains_key(name) {
             return Err(EngineError::TopicExists(name.into()));
         }
+        self.check_partition_room(partitions)?;
         let info = TopicInfo { name: Arc::from(name), partitions, config };
         // Partitions first, the description last: a crash in between leaves data without a
         // topic, which the next open removes; never a topic without its partitions.
@@ -225,6 +226,39 @@ impl Engine {
         self.publish(|t| {
             t.insert(Arc::clone(&info.name), info);
         });
+        Ok(())
+    }
+
+    /// Partitions of every topic, the internal ones included.
+    pub fn partition_count(&self) -> u64 {
+        self.inner.topics.load().values().map(|t| u64::from(t.partitions)).sum()
+    }
+
+    /// Refuses `more` partitions beyond `partitions_max`, or beyond what the open-file limit
+    /// leaves: each partition keeps a file open, and each shard may hold `sealed_files_max`
+    /// more for reads.
+    fn check_partition_room(&self, more: u32) -> Result<(), EngineError> {
+        let existing = self.partition_count();
+        let requested = u64::from(more);
+        let max = self.inner.config.partitions_max;
+        if existing + requested > max {
+            return Err(EngineError::TooManyPartitions { requested, existing, max, limit: "partitions_max" });
+        }
+        let limit = crate::fds::limit();
+        if limit != u64::MAX {
+            let open = crate::fds::open_count()
+                .map_err(|e| EngineError::Io { path: "/proc/self/fd".into(), source: e })?;
+            let sealed = (self.inner.config.sealed_files_max * self.inner.shards.len()) as u64;
+            let room = limit.saturating_sub(open + sealed + crate::fds::HEADROOM);
+            if requested > room {
+                return Err(EngineError::TooManyPartitions {
+                    requested,
+                    existing,
+                    max: existing + room,
+                    limit: "the open-file limit (RLIMIT_NOFILE)",
+                });
+            }
+        }
         Ok(())
     }
 

@@ -997,3 +997,78 @@ fn an_idle_partition_gives_its_reservation_back() {
     }
     assert!(allocated_under(&dir.path().join("data/idle-0")) < 256 * 1024);
 }
+
+#[test]
+fn a_topic_rolling_at_every_append_keeps_the_open_files_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::open(dir.path(), EngineConfig { sealed_files_max: 16, ..config(BackendChoice::Fallback, 1) })
+            .unwrap();
+    // segment.ms = 1: nearly every append finds its active segment too old and rolls.
+    let rolling = LogConfig {
+        segment_age: Duration::from_millis(1),
+        durability: Durability::Never,
+        ..LogConfig::default()
+    };
+    engine.create_topic("rolling", 1, rolling).unwrap();
+    for i in 0..2000u32 {
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let value = i.to_be_bytes();
+        engine.produce("rolling", Target::Partition(0), &[record(None, &value, 1)]).unwrap();
+    }
+    let segments = std::fs::read_dir(dir.path().join("data/rolling-0"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "log"))
+        .count();
+    assert!(segments > 100, "{segments} segments");
+    // Read all of it back, segment after segment: each sealed file is opened for the read.
+    let mut offset = 0;
+    let mut seen = 0;
+    while offset < 2000 {
+        let fetched = engine.fetch("rolling", 0, offset, FetchOptions::default()).unwrap();
+        seen += fetched.records(offset).unwrap().len();
+        offset = fetched.next_offset();
+    }
+    assert_eq!(seen, 2000);
+    let stats = &engine.stats().unwrap()[0];
+    assert!(stats.sealed_files_open <= 16, "{} sealed files open", stats.sealed_files_open);
+    // Descriptors of this process that point into this engine's directory (other tests run
+    // in parallel): the active segment and at most sixteen sealed ones, besides the lock and
+    // the offsets topic's partitions.
+    let ours = open_files_under(dir.path());
+    assert!(
+        ours <= 1 + 16 + 1 + 8 + 4,
+        "{ours} descriptors open under the data directory for {segments} segments"
+    );
+    engine.shutdown().unwrap();
+}
+
+/// Descriptors of this process whose file lies under `dir`.
+fn open_files_under(dir: &std::path::Path) -> usize {
+    let dir = dir.canonicalize().unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&dir))
+        .count()
+}
+
+#[test]
+fn creating_more_partitions_than_the_limit_is_refused_with_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine =
+        Engine::open(dir.path(), EngineConfig { partitions_max: 30, ..config(BackendChoice::Fallback, 1) })
+            .unwrap();
+    // The offsets topic has 8 partitions of the 30.
+    engine.create_topic("first", 20, LogConfig::default()).unwrap();
+    let refused = engine.create_topic("second", 3, LogConfig::default()).unwrap_err();
+    assert!(
+        matches!(refused, EngineError::TooManyPartitions { requested: 3, existing: 28, max: 30, .. }),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("partitions_max"), "{refused}");
+    engine.create_topic("second", 2, LogConfig::default()).unwrap();
+    assert_eq!(engine.partition_count(), 30);
+}

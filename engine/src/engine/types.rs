@@ -34,6 +34,12 @@ pub struct EngineConfig {
     pub fetch_waiters_max: usize,
     /// Disk space reserved ahead of appends: steps, cap per shard, free-space floor, idle time.
     pub reserve: crate::log::ReservePolicy,
+    /// Files of sealed segments each shard keeps open for reads, at most; older ones are
+    /// closed and opened again when read.
+    pub sealed_files_max: usize,
+    /// Partitions of all topics together (the internal ones included), at most. Creation is
+    /// also refused where the open-file limit would not leave a descriptor for each.
+    pub partitions_max: u64,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +55,8 @@ impl Default for EngineConfig {
             parked_bytes_max: 64 << 20,
             fetch_waiters_max: 65_536,
             reserve: crate::log::ReservePolicy::default(),
+            sealed_files_max: crate::segment::files::SEALED_FILES_MAX,
+            partitions_max: 100_000,
         }
     }
 }
@@ -238,6 +246,8 @@ pub struct ShardStats {
     pub staged_bytes_peak: u64,
     /// Disk space the shard's active segments hold reserved ahead of their appends.
     pub reserved_bytes: u64,
+    /// Files of sealed segments the shard holds open (for reads).
+    pub sealed_files_open: usize,
     /// Latency of the group commits that synced (their writes and fdatasyncs together).
     pub sync_latency: LatencyBuckets,
     pub io: IoStats,

@@ -19,6 +19,7 @@ pub fn code(e: &EngineError) -> ResponseError {
             ResponseError::ThrottlingQuotaExceeded
         }
         EngineError::TooManyWaiters { .. } => ResponseError::ThrottlingQuotaExceeded,
+        EngineError::TooManyPartitions { .. } => ResponseError::PolicyViolation,
         EngineError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         EngineError::Locked { .. } => ResponseError::UnknownServerError,
         EngineError::InvalidConsumerName { .. } => ResponseError::InvalidGroupId,
@@ -35,6 +36,7 @@ fn log_code(e: &LogError) -> ResponseError {
         | LogError::Fs { .. }
         | LogError::Failed { .. }
         | LogError::Damaged { .. }
+        | LogError::NoDescriptors { .. }
         | LogError::Corrupt { .. } => ResponseError::KafkaStorageError,
         LogError::InvalidBatch(_) => ResponseError::CorruptMessage,
         LogError::BatchRejected(_) => ResponseError::InvalidRecord,

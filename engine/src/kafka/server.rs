@@ -241,6 +241,15 @@ async fn accept_loop(engine: Engine, shared: Arc<Shared>, listener: std::net::Tc
     };
     let mut stop = shared.stop.clone();
     let mut next_shard = 0;
+    let fd_limit = crate::fds::limit();
+    let mut last_warning: Option<std::time::Instant> = None;
+    // One warning every few seconds, however many connections are refused.
+    let mut warn = |what: &dyn Fn()| {
+        if last_warning.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5)) {
+            what();
+            last_warning = Some(std::time::Instant::now());
+        }
+    };
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
@@ -250,15 +259,32 @@ async fn accept_loop(engine: Engine, shared: Arc<Shared>, listener: std::net::Tc
             Ok(a) => a,
             Err(e) => {
                 // Out of descriptors or the like: say so, and do not spin on it.
-                tracing::warn!(error = %e, "accept failed");
+                shared.metrics.connections_refused.inc();
+                warn(&|| tracing::warn!(error = %e, "accept failed"));
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
         };
         if shared.connections.load(Ordering::Relaxed) >= shared.config.connections_max {
             shared.metrics.connections_refused.inc();
-            tracing::warn!(%peer, max = shared.config.connections_max, "too many connections; closing");
+            warn(
+                &|| tracing::warn!(%peer, max = shared.config.connections_max, "too many connections; closing"),
+            );
             continue;
+        }
+        if fd_limit != u64::MAX {
+            // A count a tenth of a second old is fine far from the limit; near it, count again.
+            let mut open = crate::fds::open_count_recent(100);
+            if open + 2 * crate::fds::HEADROOM >= fd_limit {
+                open = crate::fds::open_count().unwrap_or(open);
+            }
+            if open + crate::fds::HEADROOM >= fd_limit {
+                shared.metrics.connections_refused.inc();
+                warn(
+                    &|| tracing::warn!(%peer, open, limit = fd_limit, "out of file descriptors; refusing connections"),
+                );
+                continue;
+            }
         }
         let shard = next_shard % engine.shards();
         next_shard += 1;

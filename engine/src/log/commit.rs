@@ -63,10 +63,14 @@ pub(super) fn commit_with(
         for ((p, slices), &sync) in partitions.iter().zip(&slice_sets).zip(&sync_flags) {
             let active = p.active();
             if !slices.is_empty() {
-                writes.push(Write { fd: active.file().as_fd(), offset: active.written_len(), bufs: slices });
+                writes.push(Write {
+                    fd: active.active_file().as_fd(),
+                    offset: active.written_len(),
+                    bufs: slices,
+                });
             }
             if sync {
-                syncs.push(active.file().as_fd());
+                syncs.push(active.active_file().as_fd());
             }
         }
         outcome.written = writes.len();

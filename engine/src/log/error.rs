@@ -42,6 +42,14 @@ pub enum LogError {
         damage.first().map_or(String::new(), ToString::to_string)
     )]
     Damaged { dir: PathBuf, damage: Arc<[super::Damage]> },
+    /// The process (or the system) is out of file descriptors: the append that needed a new
+    /// file is refused and may be retried; the partition is unharmed.
+    #[error("out of file descriptors creating {}: {source}", path.display())]
+    NoDescriptors {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The batch offered for append is not a valid RecordBatch v2.
     #[error("invalid batch: {0}")]
     InvalidBatch(#[from] RecordError),

@@ -26,7 +26,6 @@ pub mod config;
 pub mod damage;
 mod error;
 mod recovery;
-pub mod reserve;
 mod retention;
 
 use std::collections::VecDeque;
@@ -36,17 +35,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+pub use crate::segment::files::ShardDisk;
+pub use crate::segment::reserve::{ReserveBudget, ReservePolicy};
 pub use appender::{Appender, AppenderStats, AppenderThread};
 pub use commit::{commit, CommitOutcome};
 pub use config::{Durability, LogConfig};
 pub use damage::{Damage, DamageReport};
 pub use error::LogError;
-pub use reserve::{ReserveBudget, ReservePolicy};
 pub use retention::RetentionOutcome;
 
 use crate::io::{Io, IoError};
 use crate::record::{set_base_offset, verify_crc, Batch, BatchHeader, Compression};
-use crate::segment::{SealError, Segment};
+use crate::segment::{IndexFiles, SealError, Segment};
 
 /// Offsets assigned to one appended batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,27 +111,30 @@ pub struct Partition {
     damage: Arc<[Damage]>,
     /// Whether an operator accepted all of `damage` (then the partition takes writes).
     damage_accepted: bool,
-    /// The shard's budget for disk space reserved ahead of appends.
-    budget: Arc<ReserveBudget>,
+    /// What the shard's segments share: the reservation budget and the open sealed files.
+    disk: Arc<ShardDisk>,
 }
 
 impl Partition {
     /// Opens (or creates) the partition stored in `dir`, running recovery: see [`recovery`].
     pub fn open(dir: &Path, config: LogConfig, io: &mut dyn Io) -> Result<Partition, LogError> {
-        Partition::open_with(dir, config, io, ReserveBudget::standalone())
+        Partition::open_with(dir, config, io, ShardDisk::standalone())
     }
 
-    /// [`Partition::open`] for a partition whose space reservations count against `budget`
-    /// (one per shard).
+    /// [`Partition::open`] for a partition whose space reservations and open files count
+    /// against its shard's `disk`.
     pub fn open_with(
         dir: &Path,
         config: LogConfig,
         io: &mut dyn Io,
-        budget: Arc<ReserveBudget>,
+        disk: Arc<ShardDisk>,
     ) -> Result<Partition, LogError> {
         config.validate().map_err(LogError::Config)?;
         std::fs::create_dir_all(dir).map_err(|e| LogError::fs(dir, e))?;
-        let recovery::Recovered { segments, damage } = recovery::recover(dir, &config, io)?;
+        let recovery::Recovered { mut segments, damage } = recovery::recover(dir, &config, io)?;
+        for seg in &mut segments {
+            seg.attach(&disk);
+        }
         let log_start_offset = segments.front().map_or(0, Segment::base_offset);
         let end = segments.back().map_or(0, Segment::next_offset);
         let damage_accepted = damage::all_accepted(dir, &damage)?;
@@ -162,29 +165,48 @@ impl Partition {
             failed: None,
             damage: damage.into(),
             damage_accepted,
-            budget,
+            disk,
         })
     }
 
     /// Reserves disk space ahead of the staged appends, within the shard's budget (see
-    /// [`reserve`]); called by each commit that writes to this partition.
+    /// `segment::reserve`); called by each commit that writes to this partition.
     fn reserve_ahead(&mut self, io: &mut dyn Io, now: Instant) {
         let segment_bytes = self.config.segment_bytes;
-        let budget = &self.budget;
+        let disk = &self.disk;
         let active = self.segments.back_mut().expect("a partition always has an active segment");
-        active.reserve_ahead(io, budget, segment_bytes, now);
+        active.reserve_ahead(io, disk, segment_bytes, now);
     }
 
     /// Gives back the disk space the active segment reserved and has not written, if it took no
     /// write for the budget's idle time (or at once with `force`). Returns whether it held any.
     pub fn release_reservation(&mut self, io: &mut dyn Io, now: Instant, force: bool) -> bool {
-        let idle = if force { std::time::Duration::ZERO } else { self.budget.policy().idle };
+        let idle = if force { std::time::Duration::ZERO } else { self.disk.reserve.policy().idle };
         let active = self.active_mut();
         if force && active.reserved_ahead() > 0 {
             active.release_reservation(io);
             return true;
         }
         active.release_if_idle(io, idle, now)
+    }
+
+    /// Adds the use ticks of the sealed-segment files this partition holds open to `out` (for
+    /// the shard's choice of which to close; the last segment is never closed).
+    pub fn open_file_ticks(&self, out: &mut Vec<u64>) {
+        let last = self.segments.len() - 1;
+        out.extend(self.segments.iter().take(last).filter_map(Segment::file_last_used));
+    }
+
+    /// Closes the open sealed-segment files last used at or before `tick`; returns how many.
+    pub fn close_files_used_by(&mut self, tick: u64) -> usize {
+        let last = self.segments.len() - 1;
+        let mut closed = 0;
+        for seg in self.segments.iter_mut().take(last) {
+            if seg.file_last_used().is_some_and(|t| t <= tick) && seg.close_file() {
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Bytes the active segment holds reserved ahead of its appends.
@@ -368,25 +390,60 @@ impl Partition {
         Ok(AppendInfo { base_offset, last_offset: header.last_offset() })
     }
 
-    /// Seals the active segment and starts a new one at the next offset. Any failure fails the
-    /// partition: a half-done roll (a sealed segment without a successor) must not take appends.
+    /// Seals the active segment and starts a new one at the next offset.
+    ///
+    /// The files a roll needs are created first, the active segment's index files and then the
+    /// next segment's log: running out of descriptors (`EMFILE`, `ENFILE`) there refuses the
+    /// append that wanted the roll with [`LogError::NoDescriptors`], a retriable error, and
+    /// leaves the partition as it was. Any other failure fails the partition: a half-done roll
+    /// must not take appends. (A crash between creating the next file and completing the seal
+    /// leaves an empty last segment after one whose index files do not decode, which recovery
+    /// recognises, rule 2 of [`recovery`].)
     fn roll(&mut self, io: &mut dyn Io) -> Result<(), LogError> {
-        match self.try_roll(io) {
+        let end = self.active().next_offset();
+        let path = crate::segment::log_path(&self.dir, end);
+        let files = match self.active().create_index_files(io) {
+            Ok(files) => files,
+            Err(SealError::Fs { path, source }) if out_of_descriptors(&source) => {
+                return Err(LogError::NoDescriptors { path, source });
+            }
+            Err(SealError::Fs { path, source }) => {
+                return Err(self.fail(io, Arc::new(IoError::file_system(&path, source))))
+            }
+            Err(SealError::Io(e)) => return Err(self.fail(io, Arc::new(e))),
+        };
+        let next = match Segment::create(io, &self.dir, end) {
+            Ok(next) => next,
+            Err(source) if out_of_descriptors(&source) => {
+                // Nothing was written: the active segment stays active, without index files.
+                drop(files);
+                let base = self.active().file_base();
+                for p in [
+                    crate::segment::index_path(&self.dir, base),
+                    crate::segment::time_index_path(&self.dir, base),
+                ] {
+                    let _ = io.remove_file(&p);
+                }
+                return Err(LogError::NoDescriptors { path, source });
+            }
+            Err(e) => return Err(self.fail(io, Arc::new(IoError::file_system(&path, e)))),
+        };
+        match self.try_roll(io, files, next) {
             Ok(()) => Ok(()),
             Err(cause) => Err(self.fail(io, Arc::new(cause))),
         }
     }
 
-    fn try_roll(&mut self, io: &mut dyn Io) -> Result<(), IoError> {
-        match self.active_mut().seal(io) {
+    fn try_roll(&mut self, io: &mut dyn Io, files: IndexFiles, mut next: Segment) -> Result<(), IoError> {
+        match self.active_mut().seal(io, files) {
             Ok(()) => {}
             Err(SealError::Io(e)) => return Err(e),
             Err(SealError::Fs { path, source }) => return Err(IoError::file_system(&path, source)),
         }
-        let end = self.active().next_offset();
-        let path = crate::segment::log_path(&self.dir, end);
-        let segment = Segment::create(io, &self.dir, end).map_err(|e| IoError::file_system(&path, e))?;
+        let end = next.base_offset();
         io.sync_dir(&self.dir).map_err(|e| IoError::file_system(&self.dir, e))?;
+        next.attach(&self.disk);
+        let segment = next;
         tracing::debug!(dir = %self.dir.display(), base_offset = end, "rolled to a new segment");
         // Only a complete roll publishes what the seal made durable: after a failure part-way
         // the producers of those batches hear that they failed, so readers must never see them.
@@ -438,7 +495,7 @@ impl Partition {
             let limit_offset = if j < last { seg.next_offset() } else { self.high_watermark };
             let (len, next_offset) = seg.extent(&first, max_bytes, limit, limit_offset)?;
             return Ok(ReadSlice {
-                file: Arc::clone(seg.file()),
+                file: Arc::clone(seg.file()?),
                 position: first.position,
                 len,
                 first_offset: first.header.base_offset,
@@ -446,7 +503,7 @@ impl Partition {
             });
         }
         Ok(ReadSlice {
-            file: Arc::clone(self.active().file()),
+            file: Arc::clone(self.active().active_file()),
             position: 0,
             len: 0,
             first_offset: end,
@@ -497,6 +554,12 @@ fn validate_records(batch: &[u8], header: &BatchHeader) -> Result<(), LogError> 
         }
     }
     Ok(())
+}
+
+/// Whether a failed open or create ran out of file descriptors (process or system wide):
+/// a shortage that passes, not a fault of the partition.
+pub(crate) fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
 /// Makes a directory's entries (created or removed files) durable.

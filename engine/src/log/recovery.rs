@@ -5,7 +5,10 @@
 //!    files without a log and leftover temporary files are removed.
 //! 2. A fence left by a failure cuts the log back to the offset it names: segment files that
 //!    start at or after it are removed (they hold nothing a producer was told succeeded), and
-//!    the segment holding it becomes the active one and is cut at the fence.
+//!    the segment holding it becomes the active one and is cut at the fence. An empty last
+//!    segment after one whose index files exist but do not check out is a roll that did not
+//!    complete (a roll creates the index files, then the next segment, then seals): the empty
+//!    file is removed and the one before it is the active segment again.
 //! 3. A segment other than the last is trusted when both of its index files decode (magic, CRC,
 //!    entry order), record exactly its current length, and the batches after the last index
 //!    entry end at the next segment's base offset: sealing wrote them only after the log was
@@ -47,6 +50,7 @@ pub(super) fn recover(dir: &Path, config: &LogConfig, io: &mut dyn Io) -> Result
     if let Some(fence) = fence {
         dir_changed |= apply_fence(io, dir, &mut bases, fence)?;
     }
+    dir_changed |= undo_incomplete_roll(io, dir, &mut bases)?;
     let mut out = Recovered { segments: VecDeque::new(), damage: Vec::new() };
     for (i, &base) in bases.iter().enumerate() {
         let path = segment::log_path(dir, base);
@@ -56,8 +60,10 @@ pub(super) fn recover(dir: &Path, config: &LogConfig, io: &mut dyn Io) -> Result
         match bases.get(i + 1).copied() {
             Some(next_base) => {
                 if let Some(outcome) = load_indexes(dir, base, len, next_base) {
-                    let seg = Segment::from_parts(dir, base, file, len, outcome, true);
+                    let mut seg = Segment::from_parts(dir, base, file, len, outcome, true);
                     if seg.check_end()? {
+                        // Sealed files are opened again by the reads that need them.
+                        seg.close_file();
                         out.segments.push_back(seg);
                         continue;
                     }
@@ -104,7 +110,7 @@ pub(super) fn recover(dir: &Path, config: &LogConfig, io: &mut dyn Io) -> Result
                 seg.truncate(io, valid_len, outcome).map_err(|e| LogError::fs(&path, e))?;
                 // The active segment's index files are rewritten when it is sealed.
                 dir_changed |= remove_indexes(io, dir, base)?;
-                io.submit(&[], &[seg.file().as_fd()])
+                io.submit(&[], &[seg.active_file().as_fd()])
                     .map_err(|e| LogError::Io { dir: dir.to_path_buf(), source: e.into() })?;
                 out.segments.push_back(seg);
             }
@@ -149,6 +155,35 @@ fn apply_fence(io: &mut dyn Io, dir: &Path, bases: &mut Vec<i64>, fence: i64) ->
     Ok(changed)
 }
 
+/// Rule 2, second part: removes the empty last segment of a roll that did not complete.
+fn undo_incomplete_roll(io: &mut dyn Io, dir: &Path, bases: &mut Vec<i64>) -> Result<bool, LogError> {
+    let [.., previous, last] = bases[..] else { return Ok(false) };
+    let last_path = segment::log_path(dir, last);
+    let empty = std::fs::metadata(&last_path).map_err(|e| LogError::fs(&last_path, e))?.len() == 0;
+    let has_indexes =
+        segment::index_path(dir, previous).exists() || segment::time_index_path(dir, previous).exists();
+    if !empty || !has_indexes {
+        return Ok(false);
+    }
+    let prev_path = segment::log_path(dir, previous);
+    let len = std::fs::metadata(&prev_path).map_err(|e| LogError::fs(&prev_path, e))?.len();
+    if let Some(outcome) = load_indexes(dir, previous, len, last) {
+        let file = OpenOptions::new().read(true).open(&prev_path).map_err(|e| LogError::fs(&prev_path, e))?;
+        let seg = Segment::from_parts(dir, previous, file, len, outcome, true);
+        if seg.check_end()? {
+            return Ok(false);
+        }
+    }
+    tracing::warn!(
+        file = %last_path.display(),
+        "removing the empty segment of a roll that did not complete; the one before it is active again"
+    );
+    io.remove_file(&last_path).map_err(|e| LogError::fs(&last_path, e))?;
+    bases.pop();
+    remove_indexes(io, dir, previous)?;
+    Ok(true)
+}
+
 /// Rule 4: salvages a sealed segment whose index files could not be trusted. Returns whether
 /// the directory changed.
 #[allow(clippy::too_many_arguments)]
@@ -186,7 +221,9 @@ fn recover_sealed(
             );
             seg.truncate(io, valid_len, run).map_err(|e| LogError::fs(&path, e))?;
         }
-        seg.seal(io).map_err(|e| super::error::from_seal(dir, e))?;
+        let files = seg.create_index_files(io).map_err(|e| super::error::from_seal(dir, e))?;
+        seg.seal(io, files).map_err(|e| super::error::from_seal(dir, e))?;
+        seg.close_file();
         out.segments.push_back(seg);
         return Ok(false);
     }
@@ -228,7 +265,9 @@ fn recover_sealed(
     let file = Arc::new(file);
     for run in found.runs {
         let end = run.valid_end;
-        out.segments.push_back(Segment::from_shared(dir, base, Arc::clone(&file), end, run, true));
+        let mut seg = Segment::from_shared(dir, base, Arc::clone(&file), end, run, true);
+        seg.close_file();
+        out.segments.push_back(seg);
     }
     // Stale or corrupt index files would be trusted no more than now; without them the next
     // open reports the damage again instead of trusting a partial index.

@@ -393,6 +393,76 @@ fn a_failed_partition_writes_syncs_and_publishes_nothing_and_its_failed_batches_
 }
 
 #[test]
+fn running_out_of_descriptors_at_a_roll_refuses_the_append_and_harms_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes: 1024, ..LogConfig::default() };
+    // Learn how many files a clean run has created once its first roll is done.
+    let creates_before_roll = {
+        let scratch = tempfile::tempdir().unwrap();
+        let mut io = FaultIo::new(FallbackIo::new(), FaultPlan::default());
+        let state = io.state();
+        let mut p = Partition::open(scratch.path(), config.clone(), &mut io).unwrap();
+        while p.segments().len() == 1 {
+            p.append(&mut io, value_batch(100, 1, 1), SystemTime::now()).unwrap();
+        }
+        state.creates()
+    };
+    // The roll made the last three: two index files, then the next segment.
+    let roll_creates = creates_before_roll - 2..=creates_before_roll;
+    for failing in roll_creates {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = FaultPlan { fail_create: Some((failing, libc::EMFILE)), ..Default::default() };
+        let mut io = FaultIo::new(FallbackIo::new(), plan);
+        let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+        let mut acked = 0;
+        let refused = loop {
+            match p.append(&mut io, value_batch(100, 1, 1), SystemTime::now()) {
+                Ok(_) => {
+                    commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
+                    acked += 1;
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(refused, LogError::NoDescriptors { .. }), "create {failing}: {refused}");
+        assert!(p.failure().is_none(), "the partition is not failed");
+        assert_eq!(p.segments().len(), 1, "nothing of the roll remains");
+        // Descriptors are back: the same append goes through, with the next offset.
+        let info = p.append(&mut io, value_batch(100, 1, 1), SystemTime::now()).unwrap();
+        assert_eq!(info.base_offset, acked);
+        commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
+        assert_eq!(p.segments().len(), 2);
+        drop(p);
+        let p = Partition::open(dir.path(), config.clone(), &mut FallbackIo::new()).unwrap();
+        assert_eq!(read_all(&p).len() as i64, acked + 1);
+    }
+    drop(dir);
+}
+
+#[test]
+fn recovery_undoes_a_roll_that_created_the_next_segment_but_did_not_seal() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = small_config(Durability::Always);
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    for i in 0..5 {
+        p.append(&mut io, batch(&format!("r{i}"), 1, i), SystemTime::now()).unwrap();
+    }
+    p.flush(&mut io).unwrap();
+    drop(p);
+    // What a crash leaves between creating the files of a roll and sealing: empty index files
+    // for the active segment, and an empty next segment at an offset past its durable end.
+    std::fs::write(crate::segment::index_path(dir.path(), 0), b"").unwrap();
+    std::fs::write(crate::segment::time_index_path(dir.path(), 0), b"").unwrap();
+    std::fs::write(crate::segment::log_path(dir.path(), 7), b"").unwrap();
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    assert!(p.damage().is_empty(), "{:?}", p.damage());
+    assert_eq!(read_all(&p).len(), 5);
+    assert!(!crate::segment::log_path(dir.path(), 7).exists());
+    assert_eq!(p.append(&mut io, batch("next", 1, 1), SystemTime::now()).unwrap().base_offset, 5);
+}
+
+#[test]
 fn recovery_cuts_the_log_back_to_a_fence_across_segments() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();
@@ -1293,13 +1363,14 @@ fn reservation_steps_grow_with_the_write_rate_and_are_given_back_when_idle() {
         idle: Duration::from_secs(10),
         ..ReservePolicy::default()
     };
-    let budget = ReserveBudget::new(policy);
+    let disk = ShardDisk::new(policy, 16);
+    let budget = &disk.reserve;
     let mut io = FallbackIo::new();
     let config = LogConfig { segment_bytes: 1 << 30, batch_bytes_max: 1 << 20, ..LogConfig::default() };
     let mut fast =
-        Partition::open_with(&dir.path().join("fast"), config.clone(), &mut io, Arc::clone(&budget)).unwrap();
+        Partition::open_with(&dir.path().join("fast"), config.clone(), &mut io, Arc::clone(&disk)).unwrap();
     let mut slow =
-        Partition::open_with(&dir.path().join("slow"), config, &mut io, Arc::clone(&budget)).unwrap();
+        Partition::open_with(&dir.path().join("slow"), config, &mut io, Arc::clone(&disk)).unwrap();
     let t0 = Instant::now();
     // The slow partition writes 10 KB a second, the fast one 4 MiB every 10 ms (400 MiB/s).
     let mut steps_fast = Vec::new();
@@ -1345,7 +1416,8 @@ fn reservations_stop_at_the_shard_cap() {
     let dir = tempfile::tempdir().unwrap();
     let policy =
         ReservePolicy { shard_max_bytes: 5 << 20, free_floor_bytes: Some(0), ..ReservePolicy::default() };
-    let budget = ReserveBudget::new(policy);
+    let disk = ShardDisk::new(policy, 16);
+    let budget = &disk.reserve;
     let mut io = FallbackIo::new();
     let mut parts: Vec<Partition> = (0..20)
         .map(|i| {
@@ -1353,7 +1425,7 @@ fn reservations_stop_at_the_shard_cap() {
                 &dir.path().join(format!("p{i}")),
                 LogConfig::default(),
                 &mut io,
-                Arc::clone(&budget),
+                Arc::clone(&disk),
             )
             .unwrap()
         })

@@ -11,10 +11,13 @@
 //! `base_offset`; every position in the offset index is the start of a batch; positions and
 //! relative offsets fit in `u32` (segments are limited to 2 GiB and 2^31 offsets).
 
+pub mod files;
 pub mod index;
 mod read;
+pub mod reserve;
 mod scan;
 
+use std::cell::{Cell, OnceCell};
 use std::fs::File;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -27,8 +30,8 @@ pub use read::HeaderCursor;
 pub use scan::{salvage, scan, DamagedRange, Salvage, ScanOutcome, ScanTarget};
 
 use crate::io::{Io, IoError, Write};
-use crate::log::reserve::ReserveBudget;
 use crate::record::BatchHeader;
+pub use files::ShardDisk;
 
 /// Largest segment: positions are stored as `u32`, and Kafka clients treat sizes as `i32`.
 pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
@@ -73,7 +76,10 @@ pub struct Segment {
     /// follows a damaged range. Several such parts share one file.
     start: u64,
     dir: PathBuf,
-    file: Arc<File>,
+    /// Always open for the active segment; opened on demand for a sealed one (see [`files`]).
+    file: OnceCell<Arc<File>>,
+    /// When the file was last used, on the shard's clock (for closing the least recently used).
+    last_used: Cell<u64>,
     /// File position up to which writes have completed (the file's length for a whole segment).
     written_len: u64,
     /// Bytes covered by a completed fdatasync.
@@ -96,9 +102,10 @@ pub struct Segment {
     /// End of the blocks reserved with `fallocate` (beyond the file's size); `u64::MAX` once
     /// the file system has refused, so that it is not asked again.
     reserved_to: u64,
-    /// The budget the reservation counts against, and how much of it this segment holds
-    /// (reserved and not yet written); returned when the segment is dropped.
-    budget: Option<Arc<ReserveBudget>>,
+    /// What the shard's segments share: the reservation budget (this segment holds `claimed`
+    /// of it, reserved and not yet written) and the count of open sealed files. Both are
+    /// returned when the segment is dropped.
+    disk: Option<Arc<ShardDisk>>,
     claimed: u64,
     /// When the last step was reserved, and the segment's end then: the write rate since.
     reserve_mark: Option<(Instant, u64)>,
@@ -108,8 +115,11 @@ pub struct Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if let Some(budget) = &self.budget {
-            budget.adjust(-(self.claimed as i64));
+        if let Some(disk) = &self.disk {
+            disk.reserve.adjust(-(self.claimed as i64));
+            if self.sealed && self.file.get().is_some() {
+                disk.files.closed();
+            }
         }
     }
 }
@@ -150,7 +160,8 @@ impl Segment {
             file_base,
             start: outcome.start,
             dir: dir.to_path_buf(),
-            file,
+            file: OnceCell::from(file),
+            last_used: Cell::new(0),
             written_len,
             durable_len: written_len,
             visible_len: written_len,
@@ -164,7 +175,7 @@ impl Segment {
             created,
             sealed,
             reserved_to: written_len,
-            budget: None,
+            disk: None,
             claimed: 0,
             reserve_mark: None,
             last_write: None,
@@ -234,8 +245,52 @@ impl Segment {
         self.sealed
     }
 
-    pub fn file(&self) -> &Arc<File> {
-        &self.file
+    /// The segment's file, opened if it was closed. A failure to open (out of descriptors, a
+    /// file removed underneath) is an error of this read only.
+    pub fn file(&self) -> Result<&Arc<File>, ReadError> {
+        if self.file.get().is_none() {
+            let path = self.log_path();
+            let file = File::open(&path).map_err(|source| ReadError::Fs { path, source })?;
+            if self.file.set(Arc::new(file)).is_ok() && self.sealed {
+                if let Some(disk) = &self.disk {
+                    disk.files.opened();
+                }
+            }
+        }
+        if let Some(disk) = &self.disk {
+            self.last_used.set(disk.files.tick());
+        }
+        Ok(self.file.get().expect("opened above"))
+    }
+
+    /// The file of the active segment, which is always open.
+    pub fn active_file(&self) -> &Arc<File> {
+        self.file.get().expect("an active segment keeps its file open")
+    }
+
+    /// Joins the shard's shared resources (reservation budget, open-file count).
+    pub fn attach(&mut self, disk: &Arc<ShardDisk>) {
+        if self.sealed && self.file.get().is_some() {
+            disk.files.opened();
+        }
+        self.disk = Some(Arc::clone(disk));
+    }
+
+    /// Closes a sealed segment's file (the next read opens it again); returns whether it was
+    /// open.
+    pub fn close_file(&mut self) -> bool {
+        if !self.sealed || self.file.take().is_none() {
+            return false;
+        }
+        if let Some(disk) = &self.disk {
+            disk.files.closed();
+        }
+        true
+    }
+
+    /// When a sealed segment's open file was last used; `None` if closed or active.
+    pub fn file_last_used(&self) -> Option<u64> {
+        (self.sealed && self.file.get().is_some()).then(|| self.last_used.get())
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -292,11 +347,11 @@ impl Segment {
 
     /// Brings the budget in line with what this segment holds reserved and unwritten.
     fn settle_claim(&mut self) {
-        let Some(budget) = &self.budget else { return };
+        let Some(disk) = &self.disk else { return };
         let held =
             if self.reserved_to == u64::MAX { 0 } else { self.reserved_to.saturating_sub(self.written_len) };
         if held != self.claimed {
-            budget.adjust(held as i64 - self.claimed as i64);
+            disk.reserve.adjust(held as i64 - self.claimed as i64);
             self.claimed = held;
         }
     }
@@ -307,18 +362,18 @@ impl Segment {
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
+        self.active_file().as_fd()
     }
 
     /// Reserves disk blocks ahead of the appends (`fallocate` with `KEEP_SIZE`, which leaves the
     /// file's size, and so recovery, unchanged), a step at a time, up to `segment_bytes`, as far
-    /// as `budget` allows (see `log::reserve` for the step and the bounds). Called by each
+    /// as `budget` allows (see [`reserve`] for the step and the bounds). Called by each
     /// commit that writes to the segment, at `now`. A file system that refuses (no `fallocate`,
     /// or full) is not asked again for this segment.
     pub fn reserve_ahead(
         &mut self,
         io: &mut dyn Io,
-        budget: &Arc<ReserveBudget>,
+        disk: &Arc<ShardDisk>,
         segment_bytes: u64,
         now: Instant,
     ) {
@@ -327,6 +382,7 @@ impl Segment {
         if self.reserved_to == u64::MAX || end <= self.reserved_to {
             return;
         }
+        let budget = &disk.reserve;
         let policy = budget.policy();
         let step = match self.reserve_mark {
             None => policy.step_min_bytes,
@@ -341,10 +397,10 @@ impl Segment {
         if granted == 0 {
             return;
         }
-        if self.budget.is_none() {
-            self.budget = Some(Arc::clone(budget));
+        if self.disk.is_none() {
+            self.disk = Some(Arc::clone(disk));
         }
-        match io.reserve(&self.file, from, granted) {
+        match io.reserve(self.active_file(), from, granted) {
             Ok(()) => {
                 self.reserved_to = from + granted;
                 self.reserve_mark = Some((now, end));
@@ -378,7 +434,7 @@ impl Segment {
     /// hole would not, as file systems ignore holes beyond the end of a file.
     pub fn release_reservation(&mut self, io: &mut dyn Io) {
         if self.reserved_to != u64::MAX && self.reserved_to > self.written_len {
-            if let Err(e) = io.set_len(&self.file, self.written_len) {
+            if let Err(e) = io.set_len(self.active_file(), self.written_len) {
                 tracing::debug!(file = %self.log_path().display(), error = %e, "reservation not released");
             }
         }
@@ -387,13 +443,26 @@ impl Segment {
         self.settle_claim();
     }
 
+    /// Creates (or empties) the two index files a seal writes. Done before anything
+    /// irreversible, so that a shortage of descriptors refuses a roll instead of leaving it
+    /// half done.
+    pub fn create_index_files(&self, io: &mut dyn Io) -> Result<IndexFiles, SealError> {
+        debug_assert_eq!(self.start, 0, "only whole segments are sealed");
+        let mut open =
+            |p: PathBuf| io.create_file(&p, true).map_err(|source| SealError::Fs { path: p, source });
+        let index = open(index_path(&self.dir, self.file_base))?;
+        let time = open(time_index_path(&self.dir, self.file_base))?;
+        Ok(IndexFiles { index, time })
+    }
+
     /// Seals the segment: writes its staged batches, makes the log durable, writes both indexes
-    /// and makes them durable. After this the segment takes no appends.
-    pub fn seal(&mut self, io: &mut dyn Io) -> Result<(), SealError> {
+    /// into `files` and makes them durable. After this the segment takes no appends.
+    pub fn seal(&mut self, io: &mut dyn Io, files: IndexFiles) -> Result<(), SealError> {
         let slices = self.staged_slices();
-        let pending = Write { fd: self.file.as_fd(), offset: self.written_len, bufs: &slices };
+        let file = self.active_file();
+        let pending = Write { fd: file.as_fd(), offset: self.written_len, bufs: &slices };
         let writes = if slices.is_empty() { &[][..] } else { std::slice::from_ref(&pending) };
-        io.submit(writes, &[self.file.as_fd()]).map_err(SealError::Io)?;
+        io.submit(writes, &[file.as_fd()]).map_err(SealError::Io)?;
         self.mark_written();
         self.mark_synced();
         // Still invisible: the partition publishes a sealed segment's last batches only once
@@ -406,18 +475,18 @@ impl Segment {
         }
         let index_bytes = self.index.encode(self.written_len);
         let time_bytes = self.time_index.encode(self.written_len);
-        debug_assert_eq!(self.start, 0, "only whole segments are sealed");
-        let mut open =
-            |p: PathBuf| io.create_file(&p, true).map_err(|source| SealError::Fs { path: p, source });
-        let index_file = open(index_path(&self.dir, self.file_base))?;
-        let time_file = open(time_index_path(&self.dir, self.file_base))?;
+        let IndexFiles { index, time } = files;
         let (a, b) = ([IoSlice::new(&index_bytes)], [IoSlice::new(&time_bytes)]);
         let writes = [
-            Write { fd: index_file.as_fd(), offset: 0, bufs: &a },
-            Write { fd: time_file.as_fd(), offset: 0, bufs: &b },
+            Write { fd: index.as_fd(), offset: 0, bufs: &a },
+            Write { fd: time.as_fd(), offset: 0, bufs: &b },
         ];
-        io.submit(&writes, &[index_file.as_fd(), time_file.as_fd()]).map_err(SealError::Io)?;
+        io.submit(&writes, &[index.as_fd(), time.as_fd()]).map_err(SealError::Io)?;
         self.sealed = true;
+        if let Some(disk) = &self.disk {
+            // Its file is open, and from now on counted with the sealed ones.
+            disk.files.opened();
+        }
         Ok(())
     }
 
@@ -439,7 +508,7 @@ impl Segment {
     /// Cuts the segment back to `len` bytes (recovery of a torn tail); the caller syncs.
     pub fn truncate(&mut self, io: &mut dyn Io, len: u64, outcome: ScanOutcome) -> std::io::Result<()> {
         debug_assert!(self.staged.is_empty());
-        io.set_len(&self.file, len)?;
+        io.set_len(self.active_file(), len)?;
         self.written_len = len;
         self.durable_len = len;
         self.visible_len = len;
@@ -460,7 +529,7 @@ impl Segment {
         self.staged.clear();
         self.staged_len = 0;
         if self.written_len > self.visible_len {
-            io.set_len(&self.file, self.visible_len)?;
+            io.set_len(self.active_file(), self.visible_len)?;
             self.written_len = self.visible_len;
             self.durable_len = self.durable_len.min(self.visible_len);
             self.reserved_to = self.written_len;
@@ -480,6 +549,13 @@ impl Segment {
         }
         io.remove_file(&log_path(&self.dir, self.file_base))
     }
+}
+
+/// The index files of a segment about to be sealed, open for writing.
+#[derive(Debug)]
+pub struct IndexFiles {
+    index: File,
+    time: File,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -39,7 +39,7 @@ impl<'a> HeaderCursor<'a> {
             let len = CURSOR_CHUNK_BYTES.min((self.limit - position) as usize);
             self.buf.resize(len, 0);
             self.segment
-                .file()
+                .file()?
                 .read_exact_at(&mut self.buf, position)
                 .map_err(|source| ReadError::Fs { path: self.segment.log_path(), source })?;
             self.buf_start = position;

@@ -28,7 +28,7 @@ use slot::Slot;
 
 use crate::engine::{EngineError, OffsetSpec, ProduceAck, ShardStats};
 use crate::io::Io;
-use crate::log::{commit, Partition, ReserveBudget};
+use crate::log::{commit, Partition, ShardDisk};
 
 /// Requests handled per turn at most, so acknowledgements are not delayed behind a flood.
 const REQUESTS_PER_TURN: usize = 4096;
@@ -50,6 +50,8 @@ pub(crate) struct ShardSetup {
     /// snapshot).
     pub offsets_compaction_bytes: u64,
     pub reserve: crate::log::ReservePolicy,
+    /// Sealed-segment files this shard keeps open at most (see `segment::files`).
+    pub sealed_files_max: usize,
 }
 
 pub(crate) struct Shard {
@@ -68,8 +70,9 @@ pub(crate) struct Shard {
     /// Long-poll fetches waiting, as of the last turn.
     waiting_fetches: usize,
     next_retention: Instant,
-    /// The shard's disk-space reservations, and when idle ones are next given back.
-    budget: Arc<ReserveBudget>,
+    /// What the shard's segments share (reservation budget, open sealed files), and when idle
+    /// reservations are next given back.
+    disk: Arc<ShardDisk>,
     next_reserve_check: Instant,
     parked_bytes: u64,
     stats: ShardStats,
@@ -94,10 +97,10 @@ impl Shard {
     pub fn new(setup: ShardSetup, io: Box<dyn Io>) -> Shard {
         let next_retention = Instant::now() + setup.retention_check_interval;
         let stats = ShardStats { shard: setup.id, ..ShardStats::default() };
-        let budget = ReserveBudget::new(setup.reserve);
+        let disk = ShardDisk::new(setup.reserve, setup.sealed_files_max);
         let next_reserve_check = Instant::now() + setup.reserve.idle / 2;
         Shard {
-            budget,
+            disk,
             next_reserve_check,
             setup,
             io,
@@ -156,6 +159,10 @@ impl Shard {
             while handled < REQUESTS_PER_TURN {
                 let Some(request) = self.setup.rx.try_recv() else { break };
                 self.handle(request, now);
+                // Reads open sealed files; many can be handled in one turn.
+                if self.disk.files.over() {
+                    self.close_idle_files();
+                }
                 handled += 1;
             }
             let committed = self.commit(now);
@@ -163,6 +170,9 @@ impl Shard {
             if now >= self.next_retention {
                 self.enforce_retention();
                 self.next_retention = now + self.setup.retention_check_interval;
+            }
+            if self.disk.files.over() {
+                self.close_idle_files();
             }
             if now >= self.next_reserve_check {
                 self.release_idle_reservations(now);
@@ -294,7 +304,8 @@ impl Shard {
                 stats.partitions = self.slots.values().map(HashMap::len).sum();
                 stats.io = self.io.stats();
                 stats.parked_bytes = self.parked_bytes;
-                stats.reserved_bytes = self.budget.reserved_bytes();
+                stats.reserved_bytes = self.disk.reserve.reserved_bytes();
+                stats.sealed_files_open = self.disk.files.open();
                 answer(reply, Ok(stats));
             }
             Request::Barrier { reply } => self.barriers.push(reply),
@@ -333,7 +344,7 @@ impl Shard {
             return Ok(());
         }
         let dir = self.partition_dir(&id);
-        let log = Partition::open_with(&dir, config, &mut *self.io, Arc::clone(&self.budget))?;
+        let log = Partition::open_with(&dir, config, &mut *self.io, Arc::clone(&self.disk))?;
         let slot = Slot::new(log)?;
         if id.topic == self.setup.offsets_topic {
             // Rebuild the committed offsets this partition holds, and tell the data partitions'
@@ -368,9 +379,35 @@ impl Shard {
         Ok(())
     }
 
+    /// Closes the least recently used sealed-segment files, down to seven eighths of the
+    /// shard's maximum (reads open them again). Costs one pass over the open files; it runs
+    /// only when the maximum is passed, and then frees an eighth of it.
+    fn close_idle_files(&mut self) {
+        let target = self.disk.files.max() - self.disk.files.max() / 8;
+        let mut ticks = Vec::with_capacity(self.disk.files.open());
+        for slot in self.slots.values().flat_map(|m| m.values()) {
+            slot.log.open_file_ticks(&mut ticks);
+        }
+        if ticks.len() <= target {
+            return;
+        }
+        let excess = ticks.len() - target;
+        let (_, &mut threshold, _) = ticks.select_nth_unstable(excess - 1);
+        let mut closed = 0;
+        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+            closed += slot.log.close_files_used_by(threshold);
+        }
+        tracing::debug!(
+            shard = self.setup.id,
+            closed,
+            open = self.disk.files.open(),
+            "closed idle segment files"
+        );
+    }
+
     /// Gives back the reservations of active segments that took no write for a while.
     fn release_idle_reservations(&mut self, now: Instant) {
-        if self.budget.reserved_bytes() == 0 {
+        if self.disk.reserve.reserved_bytes() == 0 {
             return;
         }
         for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
@@ -565,7 +602,7 @@ impl Shard {
     /// outbox (only while another shard's mailbox is full).
     fn next_deadline(&self) -> Option<Instant> {
         let mut next = Some(self.next_retention);
-        if self.budget.reserved_bytes() > 0 {
+        if self.disk.reserve.reserved_bytes() > 0 {
             // Only while something is reserved: an idle engine holding nothing never wakes.
             next = Some(self.next_retention.min(self.next_reserve_check));
         }

@@ -150,7 +150,7 @@ impl Producers {
         let horizon = now.checked_sub(EXPIRATION).unwrap_or(SystemTime::UNIX_EPOCH);
         for segment in log.segments() {
             // The file's last write, not the records' timestamps: clients set those.
-            let written = segment.file().metadata().and_then(|m| m.modified()).unwrap_or(now);
+            let written = segment.created();
             if written < horizon {
                 continue;
             }

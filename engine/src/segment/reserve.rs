@@ -18,12 +18,11 @@
 //!    when it has taken no append for [`ReservePolicy::idle`], when the engine stops, and at
 //!    recovery (which cuts each active file to its valid length).
 //!
-//! The budget is shared by a shard's partitions (an `Arc` of atomics, used by one thread only:
-//! no lock, no contention).
+//! The budget is shared by a shard's partitions (atomics inside the shard's
+//! [`super::files::ShardDisk`], used by one thread only: no lock, no contention).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How much disk space active segments may reserve ahead of their appends.
@@ -98,19 +97,14 @@ pub struct ReserveBudget {
 }
 
 impl ReserveBudget {
-    pub fn new(policy: ReservePolicy) -> Arc<ReserveBudget> {
-        Arc::new(ReserveBudget {
+    pub fn new(policy: ReservePolicy) -> ReserveBudget {
+        ReserveBudget {
             policy,
             reserved_bytes: AtomicU64::new(0),
             free_bytes: AtomicU64::new(0),
             free_checked_us: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
-        })
-    }
-
-    /// The budget of a partition opened on its own (tests, tools): the default policy.
-    pub fn standalone() -> Arc<ReserveBudget> {
-        ReserveBudget::new(ReservePolicy::default())
+        }
     }
 
     pub fn policy(&self) -> &ReservePolicy {
