@@ -6,9 +6,6 @@
 //! descriptors plus [`HEADROOM`] would pass the soft limit: a clear error at the edge instead of
 //! `EMFILE` in the middle of a roll.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
-
 /// Descriptors kept free for what runs without asking: rolls (three files at a time per
 /// shard), index and topic files, recovery, the metrics endpoint.
 pub const HEADROOM: u64 = 128;
@@ -57,23 +54,6 @@ pub fn open_count() -> std::io::Result<u64> {
     }
     // The directory handle of the listing itself.
     Ok(n.saturating_sub(1))
-}
-
-/// [`open_count`] at most `max_age_ms` old, for callers on a hot path (accepting connections):
-/// counting reads a directory of as many entries as there are descriptors.
-pub fn open_count_recent(max_age_ms: u64) -> u64 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    static AT_MS: AtomicU64 = AtomicU64::new(u64::MAX);
-    let now_ms = EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64;
-    let at = AT_MS.load(Ordering::Relaxed);
-    if at != u64::MAX && now_ms.saturating_sub(at) < max_age_ms {
-        return COUNT.load(Ordering::Relaxed);
-    }
-    let n = open_count().unwrap_or(0);
-    COUNT.store(n, Ordering::Relaxed);
-    AT_MS.store(now_ms, Ordering::Relaxed);
-    n
 }
 
 #[cfg(test)]

@@ -71,6 +71,13 @@ impl EngineConfig {
             return Err(EngineError::InvalidConfig(format!("{} shards is more than 1024", self.shards)));
         }
         self.reserve.validate().map_err(EngineError::InvalidConfig)?;
+        // The sealed-file caches of all shards take at most a quarter of the open-file limit.
+        let limit = crate::fds::limit();
+        if limit != u64::MAX {
+            let share = (limit / 4 / self.shards as u64).max(16) as usize;
+            self.sealed_files_max = self.sealed_files_max.min(share);
+        }
+        self.sealed_files_max = self.sealed_files_max.max(1);
         if self.mailbox_capacity == 0 || self.offsets_partitions == 0 {
             return Err(EngineError::InvalidConfig(
                 "mailbox_capacity and offsets_partitions must be positive".into(),

@@ -242,6 +242,8 @@ async fn accept_loop(engine: Engine, shared: Arc<Shared>, listener: std::net::Tc
     let mut stop = shared.stop.clone();
     let mut next_shard = 0;
     let fd_limit = crate::fds::limit();
+    // (descriptors open, connections then, when counted)
+    let mut fds = (crate::fds::open_count().unwrap_or(0), 0u64, std::time::Instant::now());
     let mut last_warning: Option<std::time::Instant> = None;
     // One warning every few seconds, however many connections are refused.
     let mut warn = |what: &dyn Fn()| {
@@ -273,10 +275,16 @@ async fn accept_loop(engine: Engine, shared: Arc<Shared>, listener: std::net::Tc
             continue;
         }
         if fd_limit != u64::MAX {
-            // A count a tenth of a second old is fine far from the limit; near it, count again.
-            let mut open = crate::fds::open_count_recent(100);
-            if open + 2 * crate::fds::HEADROOM >= fd_limit {
-                open = crate::fds::open_count().unwrap_or(open);
+            // Counting reads a directory as long as the descriptor table: a count a tenth of a
+            // second old, plus the connections accepted since, will do far from the limit;
+            // near it, count again.
+            let connections = shared.connections.load(Ordering::Relaxed) as u64;
+            let mut open = fds.0 + connections.saturating_sub(fds.1);
+            if fds.2.elapsed() >= std::time::Duration::from_millis(100)
+                || open + 2 * crate::fds::HEADROOM >= fd_limit
+            {
+                fds = (crate::fds::open_count().unwrap_or(open), connections, std::time::Instant::now());
+                open = fds.0;
             }
             if open + crate::fds::HEADROOM >= fd_limit {
                 shared.metrics.connections_refused.inc();

@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod clients;
+mod limits;
 mod placement;
 mod recovery;
 mod server;

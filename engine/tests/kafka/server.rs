@@ -14,21 +14,52 @@ pub struct Spate {
     log: PathBuf,
 }
 
+/// How to start a server beyond the defaults.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Soft and hard limit on open files for the server process.
+    pub open_files: Option<u64>,
+    /// A TOML config file's text (written next to the data directory).
+    pub config: Option<String>,
+}
+
 impl Spate {
     /// Starts a server on `dir` with two shards.
     pub fn start(dir: &Path) -> Spate {
+        Spate::start_with(dir, Options::default())
+    }
+
+    pub fn start_with(dir: &Path, options: Options) -> Spate {
+        use std::os::unix::process::CommandExt;
         std::fs::create_dir_all(dir).unwrap();
         let log = dir.with_extension("log");
         let stderr = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_spate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_spate"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--shards", "2"])
             .arg("--data-dir")
             .arg(dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn spate");
+            .stderr(stderr);
+        if let Some(text) = &options.config {
+            let path = dir.with_extension("toml");
+            std::fs::write(&path, text).unwrap();
+            command.arg("--config").arg(path);
+        }
+        if let Some(n) = options.open_files {
+            // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
+            unsafe {
+                command.pre_exec(move || {
+                    let rl = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().expect("spawn spate");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut addr = None;
         let mut metrics = None;
