@@ -1072,3 +1072,22 @@ fn creating_more_partitions_than_the_limit_is_refused_with_a_typed_error() {
     engine.create_topic("second", 2, LogConfig::default()).unwrap();
     assert_eq!(engine.partition_count(), 30);
 }
+
+#[test]
+fn compressed_batches_are_validated_on_produce_and_decoded_on_fetch() {
+    use crate::record::compression::compress_batch;
+    use crate::record::{BatchBuilder, BatchOptions, Compression};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 1)).unwrap();
+    engine.create_topic("zipped", 1, LogConfig::default()).unwrap();
+    let mut b = BatchBuilder::new(BatchOptions::default());
+    for i in 0..10 {
+        b.push(&record(Some(b"k"), format!("value-{i}").as_bytes(), 5));
+    }
+    let batch = compress_batch(&b.finish(), Compression::Lz4).unwrap();
+    let ack = engine.produce_batch("zipped", 0, batch, &Backpressure::Buffer).unwrap();
+    assert_eq!((ack.base_offset, ack.last_offset), (0, 9));
+    let fetched = engine.fetch("zipped", 0, 3, FetchOptions::default()).unwrap();
+    let values: Vec<Vec<u8>> = fetched.records(3).unwrap().into_iter().filter_map(|r| r.value).collect();
+    assert_eq!(values, (3..10).map(|i| format!("value-{i}").into_bytes()).collect::<Vec<_>>());
+}

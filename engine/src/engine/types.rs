@@ -202,14 +202,18 @@ impl Fetched {
         self.slice.next_offset
     }
 
-    /// The records at or after `from` (a fetch starts at the batch holding `from`).
+    /// The records at or after `from` (a fetch starts at the batch holding `from`), compressed
+    /// batches included.
     pub fn records(&self, from: i64) -> Result<Vec<FetchedRecord>, EngineError> {
         let bytes =
             self.bytes().map_err(|e| EngineError::Io { path: "fetched segment".into(), source: e })?;
         let mut out = Vec::new();
+        let mut scratch = Vec::new();
+        // What the log accepted decompresses within this limit (at the largest batch size).
+        let limit = crate::log::validate::decompressed_bytes_max(crate::segment::SEGMENT_BYTES_MAX);
         for batch in batches(&bytes) {
             let batch = batch.map_err(crate::log::LogError::from)?;
-            for r in batch.records() {
+            for r in batch.records_in(&mut scratch, limit).map_err(crate::log::LogError::from)? {
                 let r = r.map_err(crate::log::LogError::from)?;
                 if r.offset < from {
                     continue;

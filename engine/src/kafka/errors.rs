@@ -38,7 +38,12 @@ fn log_code(e: &LogError) -> ResponseError {
         | LogError::Damaged { .. }
         | LogError::NoDescriptors { .. }
         | LogError::Corrupt { .. } => ResponseError::KafkaStorageError,
+        // A block that would decompress past the limit is too large, not corrupt.
+        LogError::InvalidBatch(crate::record::RecordError::DecompressedTooLarge { .. }) => {
+            ResponseError::MessageTooLarge
+        }
         LogError::InvalidBatch(_) => ResponseError::CorruptMessage,
+        LogError::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,
         LogError::BatchRejected(_) => ResponseError::InvalidRecord,
         LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,

@@ -56,6 +56,9 @@ pub enum LogError {
     /// The batch offered for append breaks a rule of the log (empty, inconsistent counts).
     #[error("batch rejected: {0}")]
     BatchRejected(String),
+    /// A record timestamp breaks the rules of create-time timestamps.
+    #[error("invalid timestamp {timestamp}: {reason}")]
+    InvalidTimestamp { timestamp: i64, reason: &'static str },
     #[error("batch of {size} bytes exceeds the limit of {max} bytes")]
     BatchTooLarge { size: u64, max: u64 },
     /// The offset is below the log start (retention removed it) or above the end.

@@ -27,6 +27,7 @@ pub mod damage;
 mod error;
 mod recovery;
 mod retention;
+pub mod validate;
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -45,7 +46,7 @@ pub use error::LogError;
 pub use retention::RetentionOutcome;
 
 use crate::io::{Io, IoError};
-use crate::record::{set_base_offset, verify_crc, Batch, BatchHeader, Compression};
+use crate::record::{set_base_offset, BatchHeader};
 use crate::segment::{IndexFiles, SealError, Segment};
 
 /// Offsets assigned to one appended batch.
@@ -350,44 +351,40 @@ impl Partition {
     pub fn append(
         &mut self,
         io: &mut dyn Io,
-        mut batch: Vec<u8>,
+        batch: Vec<u8>,
         now: SystemTime,
     ) -> Result<AppendInfo, LogError> {
         self.check_writable()?;
-        let size = batch.len() as u64;
-        if size > self.config.batch_bytes_max {
-            return Err(LogError::BatchTooLarge { size, max: self.config.batch_bytes_max });
-        }
-        let header = BatchHeader::parse(&batch)?;
-        if header.total_len() != batch.len() {
-            return Err(LogError::BatchRejected(format!(
-                "batch length field says {} bytes but {} were given",
-                header.total_len(),
-                batch.len()
-            )));
-        }
-        verify_crc(&batch)?;
-        if header.records_count < 1
-            || i64::from(header.last_offset_delta) + 1 != i64::from(header.records_count)
-        {
-            return Err(LogError::BatchRejected(format!(
-                "records count {} does not match last offset delta {}",
-                header.records_count, header.last_offset_delta
-            )));
-        }
-        validate_records(&batch, &header)?;
-        let count = i64::from(header.last_offset_delta) + 1;
+        let header = validate::check(&self.config, &batch)?;
+        self.roll_for(io, batch.len() as u64, i64::from(header.records_count), now)?;
+        Ok(self.stage(batch, header))
+    }
+
+    /// Rolls first if `bytes` more (of `offsets` offsets) do not fit the active segment, or it
+    /// is too old.
+    fn roll_for(
+        &mut self,
+        io: &mut dyn Io,
+        bytes: u64,
+        offsets: i64,
+        now: SystemTime,
+    ) -> Result<(), LogError> {
         let active = self.active();
         let aged = now.duration_since(active.created()).is_ok_and(|age| age >= self.config.segment_age);
-        if !active.is_empty() && (aged || !active.has_room(size, count, self.config.segment_bytes)) {
+        if !active.is_empty() && (aged || !active.has_room(bytes, offsets, self.config.segment_bytes)) {
             self.roll(io)?;
         }
+        Ok(())
+    }
+
+    /// Gives a checked batch the next offsets and stages it.
+    fn stage(&mut self, mut batch: Vec<u8>, header: BatchHeader) -> AppendInfo {
         let base_offset = self.next_offset();
         set_base_offset(&mut batch, base_offset);
         let header = BatchHeader { base_offset, ..header };
         let interval = self.config.index_interval_bytes;
         self.active_mut().stage(batch, &header, interval);
-        Ok(AppendInfo { base_offset, last_offset: header.last_offset() })
+        AppendInfo { base_offset, last_offset: header.last_offset() }
     }
 
     /// Seals the active segment and starts a new one at the next offset.
@@ -535,25 +532,6 @@ impl Partition {
         let mut me = [&mut *self];
         commit::commit_with(io, &mut me, Instant::now(), true).map(|_| ())
     }
-}
-
-/// Checks the records of an uncompressed batch: every record decodes, there are exactly
-/// `records_count` of them, they fill the batch, and their offset deltas run 0, 1, 2, ...
-/// A compressed batch is stored as it is: its records are inside the compressed block.
-fn validate_records(batch: &[u8], header: &BatchHeader) -> Result<(), LogError> {
-    if header.attributes.compression()? != Compression::None {
-        return Ok(());
-    }
-    for (i, record) in Batch::parse(batch)?.records().enumerate() {
-        let record = record?;
-        if i64::from(record.offset_delta) != i as i64 {
-            return Err(LogError::BatchRejected(format!(
-                "record {i} has offset delta {}; deltas must run 0, 1, 2, ...",
-                record.offset_delta
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Whether a failed open or create ran out of file descriptors (process or system wide):

@@ -5,7 +5,7 @@ use super::*;
 use crate::io::fallback::FallbackIo;
 use crate::io::fault::{FaultIo, FaultPlan, TornWrite};
 use crate::io::Io;
-use crate::record::{batches, BatchBuilder, BatchOptions, Record};
+use crate::record::{batches, BatchBuilder, BatchOptions, Compression, Record, RecordError};
 
 /// A batch of `n` records whose values are `"{tag}-{i}"`, all stamped `timestamp`.
 fn batch(tag: &str, n: usize, timestamp: i64) -> Vec<u8> {
@@ -1224,11 +1224,83 @@ fn append_rejects_undecodable_records_even_with_a_valid_crc() {
     let err = p.append(&mut io, dup_delta, SystemTime::now()).unwrap_err();
     assert!(matches!(&err, LogError::BatchRejected(m) if m.contains("offset delta")), "{err}");
     assert_eq!(p.next_offset(), 0);
-    // A compressed batch is taken as it is (its records are inside the compressed block).
-    let mut compressed = value_batch(10, 1, 1);
-    compressed[22] |= 4; // zstd
-    fix_crc(&mut compressed);
-    assert_eq!(p.append(&mut io, compressed, SystemTime::now()).unwrap().base_offset, 0);
+    // A batch that claims zstd but holds no zstd frame is refused.
+    let mut fake = value_batch(10, 1, 1);
+    fake[22] |= 4; // zstd
+    fix_crc(&mut fake);
+    let err = p.append(&mut io, fake, SystemTime::now()).unwrap_err();
+    assert!(matches!(err, LogError::InvalidBatch(RecordError::Decompression { .. })), "{err}");
+    assert_eq!(p.next_offset(), 0);
+}
+
+#[test]
+fn compressed_batches_are_decompressed_and_checked_like_any_other() {
+    use crate::record::compression::compress_batch;
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+    for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+        let good = compress_batch(&value_batch(50, 20, 1), codec).unwrap();
+        let at = p.next_offset();
+        assert_eq!(
+            p.append(&mut io, good, SystemTime::now()).unwrap(),
+            AppendInfo { base_offset: at, last_offset: at + 19 }
+        );
+        // Offset deltas 0, 0 inside the compressed block: the same refusal as uncompressed.
+        let mut dup = value_batch(10, 2, 1);
+        let first_len = (dup[61] >> 1) as usize + 1;
+        dup[61 + first_len + 3] = 0;
+        fix_crc(&mut dup);
+        let err = p.append(&mut io, compress_batch(&dup, codec).unwrap(), SystemTime::now()).unwrap_err();
+        assert!(matches!(&err, LogError::BatchRejected(m) if m.contains("offset delta")), "{codec:?}: {err}");
+        // A header that promises more records than the block holds.
+        let mut short = compress_batch(&value_batch(10, 3, 1), codec).unwrap();
+        short[57..61].copy_from_slice(&4i32.to_be_bytes());
+        short[23..27].copy_from_slice(&3i32.to_be_bytes());
+        fix_crc(&mut short);
+        let err = p.append(&mut io, short, SystemTime::now()).unwrap_err();
+        assert!(
+            matches!(err, LogError::InvalidBatch(RecordError::RecordCountMismatch { .. })),
+            "{codec:?}: {err}"
+        );
+        // A bomb: 72 MiB of zeros in a few kilobytes. (Snappy expands at most about 21 times,
+        // so a batch of at most 1 MiB cannot pass the 64 MiB limit.)
+        if codec == Compression::Snappy {
+            continue;
+        }
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        let zeros = vec![0u8; 8 << 20];
+        for _ in 0..9 {
+            b.push(&Record { timestamp: 1, key: None, value: Some(&zeros), headers: &[] });
+        }
+        let bomb = compress_batch(&b.finish(), codec).unwrap();
+        assert!(bomb.len() < 1 << 20, "{codec:?}: {}", bomb.len());
+        let err = p.append(&mut io, bomb, SystemTime::now()).unwrap_err();
+        assert!(
+            matches!(err, LogError::InvalidBatch(RecordError::DecompressedTooLarge { .. })),
+            "{codec:?}: {err}"
+        );
+    }
+    p.flush(&mut io).unwrap();
+    assert_eq!(p.next_offset(), 80, "only the four good batches were stored");
+}
+
+#[test]
+fn timestamps_must_be_valid_and_agree_with_the_header() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+    // A header max timestamp far in the future, records from 1970: it would pin retention.
+    let mut lying = value_batch(10, 2, 5);
+    lying[35..43].copy_from_slice(&i64::MAX.to_be_bytes());
+    fix_crc(&mut lying);
+    let err = p.append(&mut io, lying, SystemTime::now()).unwrap_err();
+    assert!(matches!(err, LogError::InvalidTimestamp { timestamp: i64::MAX, .. }), "{err}");
+    let negative = value_batch(10, 1, -5);
+    let err = p.append(&mut io, negative, SystemTime::now()).unwrap_err();
+    assert!(matches!(err, LogError::InvalidTimestamp { timestamp: -5, .. }), "{err}");
+    // -1 means "no timestamp" and is fine.
+    p.append(&mut io, value_batch(10, 1, -1), SystemTime::now()).unwrap();
 }
 
 #[test]

@@ -61,6 +61,22 @@ impl<'a> Batch<'a> {
         let body = self.bytes.get(BATCH_HEADER_LEN..).unwrap_or_default();
         RecordIter::new(&self.header, body)
     }
+
+    /// Iterates the records of a batch, compressed or not: a compressed block is decompressed
+    /// into `buf` first (at most `max_len` bytes), and the records borrow from it.
+    pub fn records_in<'b>(&self, buf: &'b mut Vec<u8>, max_len: usize) -> Result<RecordIter<'b>, RecordError>
+    where
+        'a: 'b,
+    {
+        let body = self.bytes.get(BATCH_HEADER_LEN..).unwrap_or_default();
+        match self.header.attributes.compression()? {
+            super::Compression::None => Ok(RecordIter::new(&self.header, body)),
+            codec => {
+                super::compression::decompress(codec, body, max_len, buf)?;
+                Ok(RecordIter::plain(&self.header, buf))
+            }
+        }
+    }
 }
 
 /// Iterates the complete, CRC-valid batches at the front of `buf`.

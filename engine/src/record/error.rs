@@ -79,6 +79,12 @@ pub enum RecordError {
     /// The batch is compressed; this layer frames it but does not decode records.
     #[error("compressed batch ({0:?}): records not decoded here")]
     Compressed(Compression),
+    /// A compressed block does not decompress.
+    #[error("{codec:?} block does not decompress: {reason}")]
+    Decompression { codec: Compression, reason: String },
+    /// A compressed block decompresses to more than the limit.
+    #[error("{codec:?} block decompresses to more than {max_len} bytes")]
+    DecompressedTooLarge { codec: Compression, max_len: usize },
     /// The compression bits name no known codec.
     #[error("unknown compression codec {0}")]
     UnknownCompression(i16),

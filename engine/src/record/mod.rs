@@ -16,12 +16,14 @@
 //!   [`Batch::records`], which also checks the record count and that the records
 //!   end exactly at the batch end.
 //! - Encoding appends into caller-owned `Vec<u8>`s so a hot path can reuse them.
-//! - Compressed batches are framed and CRC-checked like any other, but their
-//!   records are not decoded here.
+//! - Compressed batches are framed and CRC-checked like any other; their records
+//!   are decoded after [`compression::decompress`] into a caller-owned buffer,
+//!   within a size limit ([`Batch::records_in`]).
 
 mod attributes;
 mod batch;
 mod builder;
+pub mod compression;
 mod error;
 mod header;
 mod reader;

@@ -138,6 +138,13 @@ impl<'a> RecordIter<'a> {
         }
     }
 
+    /// `records` is the decompressed records block of a compressed batch.
+    pub(crate) fn plain(header: &BatchHeader, records: &'a [u8]) -> Self {
+        let mut iter = RecordIter::new(header, records);
+        iter.pending = None;
+        iter
+    }
+
     fn decode_one(&mut self) -> Result<RecordView<'a>, RecordError> {
         let len = self.rd.count("record length")?;
         let mut rd = Reader::new(self.rd.bytes(len)?);

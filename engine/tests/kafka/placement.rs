@@ -128,3 +128,64 @@ fn a_retried_idempotent_produce_gets_the_first_offsets_and_a_gap_is_refused_on_t
     assert_eq!(answer(&produce(5, 1)).0, 45, "a gap is OUT_OF_ORDER_SEQUENCE_NUMBER");
     assert_eq!(answer(&produce(3, 1)), (0, 3), "the next in sequence lands after the first three");
 }
+
+/// Kafka's produce validation on the wire: a partition's records hold exactly one batch, and a
+/// compressed batch is decompressed and checked. A refused batch leaves nothing behind.
+#[test]
+fn invalid_produces_get_kafka_error_codes_and_store_nothing() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, ProduceRequest, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    use spate::record::compression::compress_batch;
+    use spate::record::{BatchBuilder, BatchOptions, Compression, Record};
+
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let mut s = TcpStream::connect(spate.addr).unwrap();
+    let metadata = kafka_protocol::messages::MetadataRequest::default()
+        .with_topics(Some(vec![kafka_protocol::messages::metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_static_str("checked"))))]));
+    round_trip(&mut s, &request(ApiKey::Metadata, 9, &metadata)).unwrap();
+    let batch = |values: &[&[u8]]| {
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        for v in values {
+            b.push(&Record { timestamp: 1, key: None, value: Some(v), headers: &[] });
+        }
+        b.finish()
+    };
+    let mut produce = |records: Vec<u8>, version: i16| {
+        let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("checked")))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records.into()))]),
+        ]);
+        let (_, body) = round_trip(&mut s, &request(ApiKey::Produce, version, &req)).unwrap();
+        let skip = if version >= 9 { 1 } else { 0 };
+        let r = ProduceResponse::decode(&mut bytes::Bytes::from(body).slice(skip..), version).unwrap();
+        let p = &r.responses[0].partition_responses[0];
+        (p.error_code, p.base_offset)
+    };
+    // Two valid batches in one partition: INVALID_RECORD (87), as Kafka answers.
+    let two = [batch(&[b"a"]), batch(&[b"b"])].concat();
+    assert_eq!(produce(two, 9).0, 87);
+    // A gzip batch whose header claims one record more than its block holds: CORRUPT_MESSAGE.
+    let mut short = compress_batch(&batch(&[b"x", b"y"]), Compression::Gzip).unwrap();
+    short[57..61].copy_from_slice(&3i32.to_be_bytes());
+    short[23..27].copy_from_slice(&2i32.to_be_bytes());
+    let crc = crc32c::crc32c(&short[21..]);
+    short[17..21].copy_from_slice(&crc.to_be_bytes());
+    assert_eq!(produce(short, 9).0, 2);
+    // 72 MiB of zeros in a small zstd batch: MESSAGE_TOO_LARGE (10).
+    let zeros = vec![0u8; 8 << 20];
+    let bomb = compress_batch(&batch(&[zeros.as_slice(); 9]), Compression::Zstd).unwrap();
+    assert!(bomb.len() < 1 << 20);
+    assert_eq!(produce(bomb, 9).0, 10);
+    // zstd before Produce v7: UNSUPPORTED_COMPRESSION_TYPE (76).
+    let small_zstd = compress_batch(&batch(&[b"z"]), Compression::Zstd).unwrap();
+    assert_eq!(produce(small_zstd.clone(), 6).0, 76);
+    // Nothing of those was stored: the next good batches get offsets 0 and 1.
+    assert_eq!(produce(small_zstd, 9), (0, 0));
+    assert_eq!(produce(compress_batch(&batch(&[b"ok"]), Compression::Lz4).unwrap(), 9), (0, 1));
+}

@@ -51,7 +51,7 @@ pub async fn handle(
         let name: Rc<str> = Rc::from(topic.name.0.as_str());
         for p in topic.partition_data {
             let index = p.index;
-            let task = match (&refuse_all, split_batches(p.records)) {
+            let task = match (&refuse_all, split_batches(p.records, version)) {
                 (Some(Refused(code, why)), _) => Err(Refused(*code, why.clone())),
                 (None, Err(refused)) => Err(refused),
                 (None, Ok(batches)) => {
@@ -137,9 +137,10 @@ async fn append_all(
     }
 }
 
-/// Splits a partition's record set into RecordBatch v2 batches, refusing what clients may not
-/// send: nothing, old message formats, transactional or control batches.
-fn split_batches(records: Option<Bytes>) -> Result<Vec<Bytes>, Refused> {
+/// Splits a partition's record set into its RecordBatch v2 batch, refusing what clients may
+/// not send (Kafka's `ProduceRequest.validateRecords`): nothing, more than one batch, old
+/// message formats, zstd before Produce v7, transactional or control batches.
+fn split_batches(records: Option<Bytes>, version: i16) -> Result<Vec<Bytes>, Refused> {
     let corrupt = |why: String| Refused(ResponseError::CorruptMessage, why);
     let mut records = records.ok_or_else(|| corrupt("null records".into()))?;
     let mut out = Vec::new();
@@ -158,6 +159,20 @@ fn split_batches(records: Option<Bytes>) -> Result<Vec<Bytes>, Refused> {
             return Err(Refused(
                 ResponseError::InvalidRecord,
                 "transactional and control batches are not supported".into(),
+            ));
+        }
+        if version < 7 && header.attributes.compression() == Ok(crate::record::Compression::Zstd) {
+            return Err(Refused(
+                ResponseError::UnsupportedCompressionType,
+                format!("Produce requests with version {version} may not use zstd (v7 and above may)"),
+            ));
+        }
+        if !out.is_empty() {
+            return Err(Refused(
+                ResponseError::InvalidRecord,
+                format!(
+                    "Produce requests with version {version} are only allowed to contain exactly one record batch per partition"
+                ),
             ));
         }
         out.push(batch);

@@ -1,0 +1,99 @@
+//! What the log accepts: Kafka's `LogValidator` rules for a RecordBatch v2 a producer sent.
+//!
+//! Every batch is checked completely before it is given offsets, compressed ones included:
+//! 1. its size is at most `batch_bytes_max`, its length field matches the bytes, its header
+//!    parses (magic 2) and its CRC-32C matches;
+//! 2. `recordsCount` is at least 1 and equals `lastOffsetDelta + 1`;
+//! 3. its records (decompressed first, within [`decompressed_bytes_max`]) all decode, fill the
+//!    batch exactly, number exactly `recordsCount`, and have offset deltas 0, 1, 2, ...;
+//! 4. with create-time timestamps, no record timestamp is negative (except -1, "none") and the
+//!    header's `maxTimestamp` is the largest record timestamp: retention and lookups by time
+//!    trust it.
+//!
+//! A batch failing any rule is refused whole, with a typed error that names the numbers. (A
+//! Kafka produce carries exactly one batch per partition, so this makes each partition's part
+//! of a produce all-or-nothing; the listener refuses more, as Kafka does.)
+
+use std::cell::RefCell;
+
+use super::{LogConfig, LogError};
+use crate::record::{verify_crc, Batch, BatchHeader, TimestampType};
+
+/// The largest decompressed records block accepted for a partition whose batches may be
+/// `batch_bytes_max` bytes: sixteen times that, at least 64 MiB, at most 1 GiB.
+pub fn decompressed_bytes_max(batch_bytes_max: u64) -> usize {
+    batch_bytes_max.saturating_mul(16).clamp(64 << 20, 1 << 30) as usize
+}
+
+thread_local! {
+    /// The decompression buffer of this thread (a shard), reused between batches.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Checks `batch` against every rule above; returns its header.
+pub(crate) fn check(config: &LogConfig, batch: &[u8]) -> Result<BatchHeader, LogError> {
+    let size = batch.len() as u64;
+    if size > config.batch_bytes_max {
+        return Err(LogError::BatchTooLarge { size, max: config.batch_bytes_max });
+    }
+    let header = BatchHeader::parse(batch)?;
+    if header.total_len() != batch.len() {
+        return Err(LogError::BatchRejected(format!(
+            "batch length field says {} bytes but {} were given",
+            header.total_len(),
+            batch.len()
+        )));
+    }
+    verify_crc(batch)?;
+    if header.records_count < 1 || i64::from(header.last_offset_delta) + 1 != i64::from(header.records_count)
+    {
+        return Err(LogError::BatchRejected(format!(
+            "records count {} does not match last offset delta {}",
+            header.records_count, header.last_offset_delta
+        )));
+    }
+    let limit = decompressed_bytes_max(config.batch_bytes_max);
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        let checked = check_records(batch, &header, &mut buf, limit);
+        // A large block once must not pin its memory for the life of the shard.
+        if buf.capacity() > 8 << 20 {
+            *buf = Vec::new();
+        }
+        checked
+    })?;
+    Ok(header)
+}
+
+fn check_records(
+    batch: &[u8],
+    header: &BatchHeader,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), LogError> {
+    let create_time = header.attributes.timestamp_type() == TimestampType::CreateTime;
+    let mut max_timestamp = i64::MIN;
+    for (i, record) in Batch::parse(batch)?.records_in(buf, limit)?.enumerate() {
+        let record = record?;
+        if i64::from(record.offset_delta) != i as i64 {
+            return Err(LogError::BatchRejected(format!(
+                "record {i} has offset delta {}; deltas must run 0, 1, 2, ...",
+                record.offset_delta
+            )));
+        }
+        if create_time && record.timestamp < -1 {
+            return Err(LogError::InvalidTimestamp {
+                timestamp: record.timestamp,
+                reason: "a record timestamp is negative",
+            });
+        }
+        max_timestamp = max_timestamp.max(record.timestamp);
+    }
+    if create_time && max_timestamp != header.max_timestamp {
+        return Err(LogError::InvalidTimestamp {
+            timestamp: header.max_timestamp,
+            reason: "the batch's max timestamp is not the largest record timestamp",
+        });
+    }
+    Ok(())
+}
