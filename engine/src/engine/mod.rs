@@ -56,7 +56,7 @@ pub use types::{
 use crate::log::{Durability, LogConfig};
 use crate::record::{BatchBuilder, BatchOptions, Record};
 use crate::shard::mailbox::{MailboxSender, SendError};
-use crate::shard::request::{PartitionId, Reply, Request};
+use crate::shard::request::{Forget, PartitionId, Reply, Request};
 
 /// Partitions one topic may have: each is a directory, open files and a slot in its shard.
 pub const TOPIC_PARTITIONS_MAX: u32 = 10_000;
@@ -150,6 +150,17 @@ impl Engine {
         for _ in 0..2 {
             engine.barrier()?;
         }
+        // Offsets of topics that no longer exist (a deletion cut short by a crash) go now, before
+        // a topic of the same name could be created and inherit them.
+        let known: std::collections::HashSet<Arc<str>> = engine.inner.topics.load().keys().cloned().collect();
+        let keep = Arc::new(known);
+        let waits = (0..engine.inner.shards.len())
+            .map(|s| {
+                let what = Forget::AllBut(Arc::clone(&keep));
+                engine.request_to(s, |reply| Request::Forget { what, reply }, false)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        waits.into_iter().try_for_each(wait)?;
         Ok(engine)
     }
 
@@ -296,7 +307,8 @@ impl Engine {
         let closed = self.close_partitions(&info);
         let forgotten = (0..self.inner.shards.len())
             .map(|s| {
-                self.request_to(s, |reply| Request::Forget { topic: Arc::clone(&info.name), reply }, false)
+                let what = Forget::Topic(Arc::clone(&info.name));
+                self.request_to(s, |reply| Request::Forget { what, reply }, false)
             })
             .collect::<Result<Vec<_>, _>>()
             .and_then(|waits| waits.into_iter().try_for_each(wait));

@@ -1091,3 +1091,49 @@ fn compressed_batches_are_validated_on_produce_and_decoded_on_fetch() {
     let values: Vec<Vec<u8>> = fetched.records(3).unwrap().into_iter().filter_map(|r| r.value).collect();
     assert_eq!(values, (3..10).map(|i| format!("value-{i}").into_bytes()).collect::<Vec<_>>());
 }
+
+#[test]
+fn deleting_a_topic_with_many_committed_offsets_forgets_them_all_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let consumer = |i: usize| format!("{i:03}{}", "c".repeat(30 << 10));
+    {
+        let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+        engine.create_topic("many", 1, LogConfig::default()).unwrap();
+        // 40 keys of 30 KiB: their tombstones need more than one batch of the offsets topic.
+        for i in 0..40 {
+            engine.commit_offset(&consumer(i), "many", 0, 7).unwrap();
+        }
+        engine.delete_topic("many").unwrap();
+        engine.create_topic("many", 1, LogConfig::default()).unwrap();
+        for i in 0..40 {
+            assert_eq!(engine.committed_offset(&consumer(i), "many", 0).unwrap(), None);
+        }
+    }
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+    for i in 0..40 {
+        assert_eq!(engine.committed_offset(&consumer(i), "many", 0).unwrap(), None, "nothing comes back");
+    }
+}
+
+#[test]
+fn offsets_of_a_topic_whose_deletion_was_cut_short_are_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+        engine.create_topic("cut", 1, LogConfig::default()).unwrap();
+        engine.commit_offset("reader", "cut", 0, 5).unwrap();
+    }
+    // The deletion removed the description, then the process died before the tombstones.
+    std::fs::remove_file(dir.path().join("topics/cut.topic")).unwrap();
+    {
+        let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+        engine.create_topic("cut", 1, LogConfig::default()).unwrap();
+        assert_eq!(
+            engine.committed_offset("reader", "cut", 0).unwrap(),
+            None,
+            "a new topic inherits nothing"
+        );
+    }
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+    assert_eq!(engine.committed_offset("reader", "cut", 0).unwrap(), None);
+}

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mailbox::{MailboxReceiver, MailboxSender, SendError};
-use request::{answer, PartitionId, Request};
+use request::{answer, Forget, PartitionId, Request};
 use slot::Slot;
 
 use crate::engine::{EngineError, OffsetSpec, ProduceAck, ShardStats};
@@ -309,10 +309,7 @@ impl Shard {
                 answer(reply, Ok(stats));
             }
             Request::Barrier { reply } => self.barriers.push(reply),
-            Request::Forget { topic, reply } => {
-                let result = self.forget(&topic);
-                answer(reply, result);
-            }
+            Request::Forget { what, reply } => self.forget(&what, reply),
             Request::Damage { id, reply } => {
                 let result = self.slot(&id).map(|s| s.log.damage_report());
                 answer(reply, result);
@@ -417,26 +414,37 @@ impl Shard {
         }
     }
 
-    /// Drops (with tombstones) every committed offset of `topic` this shard holds.
-    fn forget(&mut self, topic: &str) -> Result<(), EngineError> {
+    /// Drops (with tombstones) the committed offsets `what` names that this shard holds;
+    /// answers `reply` once every tombstone is durable. A key leaves memory only once its
+    /// tombstone is staged: a failure leaves it (and the error says so).
+    fn forget(&mut self, what: &Forget, reply: request::Reply<()>) {
         let mut by_partition: HashMap<u32, Vec<slot::OffsetKey>> = HashMap::new();
-        self.committed.retain(|key, &mut (_, offsets_partition)| {
-            if &*key.1 == topic {
+        for (key, &(_, offsets_partition)) in &self.committed {
+            if what.covers(&key.1) {
                 by_partition.entry(offsets_partition).or_default().push(key.clone());
-                false
-            } else {
-                true
-            }
-        });
-        let io = &mut *self.io;
-        for (partition, keys) in by_partition {
-            if let Some(slot) =
-                self.slots.get_mut(&*self.setup.offsets_topic).and_then(|m| m.get_mut(&partition))
-            {
-                slot.append_tombstones(io, &keys)?;
             }
         }
-        Ok(())
+        let waiter = slot::Countdown::new(by_partition.len(), reply);
+        let io = &mut *self.io;
+        for (partition, keys) in by_partition {
+            let Some(slot) =
+                self.slots.get_mut(&*self.setup.offsets_topic).and_then(|m| m.get_mut(&partition))
+            else {
+                waiter.fail(EngineError::UnknownPartition {
+                    topic: self.setup.offsets_topic.to_string(),
+                    partition,
+                });
+                continue;
+            };
+            match slot.append_tombstones(io, &keys, &waiter) {
+                Ok(()) => {
+                    for key in &keys {
+                        self.committed.remove(key);
+                    }
+                }
+                Err(e) => waiter.fail(e),
+            }
+        }
     }
 
     fn produce(

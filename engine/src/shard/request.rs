@@ -116,9 +116,10 @@ pub(crate) enum Request {
     Barrier {
         reply: Reply<()>,
     },
-    /// A topic was deleted: drop the offsets committed on it (with tombstones).
+    /// Drop committed offsets (with tombstones): those of a deleted topic, or at open those of
+    /// every topic that no longer exists. Answered once the tombstones are durable.
     Forget {
-        topic: Arc<str>,
+        what: Forget,
         reply: Reply<()>,
     },
     /// The damage recovery found in a partition's sealed segments.
@@ -140,6 +141,24 @@ pub(crate) enum Request {
     Spawn {
         task: LocalTask,
     },
+}
+
+/// Which committed offsets a [`Request::Forget`] drops.
+#[derive(Debug, Clone)]
+pub(crate) enum Forget {
+    /// Those of this (deleted) topic.
+    Topic(Arc<str>),
+    /// Those of every topic not in this set (what a deletion cut short by a crash left).
+    AllBut(Arc<std::collections::HashSet<Arc<str>>>),
+}
+
+impl Forget {
+    pub fn covers(&self, topic: &str) -> bool {
+        match self {
+            Forget::Topic(t) => **t == *topic,
+            Forget::AllBut(keep) => !keep.contains(topic),
+        }
+    }
 }
 
 /// A task for a shard's event loop: made on the shard's thread, so the future need not be `Send`.

@@ -17,16 +17,73 @@ use crate::record::{batches, BatchBuilder, BatchHeader, BatchOptions, Record};
 pub(crate) type OffsetKey = (Arc<str>, Arc<str>, u32);
 
 enum PendingAck {
-    Produce { partition: u32, info: AppendInfo, reply: Reply<ProduceAck> },
-    Commit { key: OffsetKey, offset: i64, last_offset: i64, reply: Reply<()> },
+    Produce {
+        partition: u32,
+        info: AppendInfo,
+        reply: Reply<ProduceAck>,
+    },
+    Commit {
+        key: OffsetKey,
+        offset: i64,
+        last_offset: i64,
+        reply: Reply<()>,
+    },
+    /// Tombstones of forgotten offsets, up to `last_offset`.
+    Forget {
+        last_offset: i64,
+        waiter: Countdown,
+    },
 }
 
 impl PendingAck {
     fn last_offset(&self) -> i64 {
         match self {
             PendingAck::Produce { info, .. } => info.last_offset,
-            PendingAck::Commit { last_offset, .. } => *last_offset,
+            PendingAck::Commit { last_offset, .. } | PendingAck::Forget { last_offset, .. } => *last_offset,
         }
+    }
+}
+
+/// One reply that waits for several offsets partitions (each counts down once), or fails with
+/// the first error.
+#[derive(Debug, Clone)]
+pub(crate) struct Countdown(Arc<CountdownInner>);
+
+#[derive(Debug)]
+struct CountdownInner {
+    remaining: std::sync::atomic::AtomicUsize,
+    reply: std::sync::Mutex<Option<Reply<()>>>,
+}
+
+impl Countdown {
+    /// Waits for `parts` parts; with none, answers at once.
+    pub fn new(parts: usize, reply: Reply<()>) -> Countdown {
+        let countdown = Countdown(Arc::new(CountdownInner {
+            remaining: std::sync::atomic::AtomicUsize::new(parts),
+            reply: std::sync::Mutex::new(Some(reply)),
+        }));
+        if parts == 0 {
+            countdown.finish(Ok(()));
+        }
+        countdown
+    }
+
+    fn finish(&self, result: Result<(), EngineError>) {
+        let reply = self.0.reply.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(reply) = reply {
+            answer(reply, result);
+        }
+    }
+
+    /// One part is done.
+    pub fn done(&self) {
+        if self.0.remaining.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+            self.finish(Ok(()));
+        }
+    }
+
+    pub fn fail(&self, e: EngineError) {
+        self.finish(Err(e));
     }
 }
 
@@ -207,6 +264,7 @@ impl Slot {
                     durable_commits.push((key, offset));
                     answer(reply, Ok(()));
                 }
+                PendingAck::Forget { waiter, .. } => waiter.done(),
             }
         }
         produced
@@ -286,21 +344,58 @@ impl Slot {
         self.waiters.len()
     }
 
-    /// Appends tombstones for every committed offset of `topic` held in `committed` by this
-    /// offsets partition (`partition`), so that replay forgets them too.
-    pub fn append_tombstones(&mut self, io: &mut dyn Io, keys: &[OffsetKey]) -> Result<(), EngineError> {
-        if keys.is_empty() {
-            return Ok(());
+    /// Appends tombstones for `keys` to this offsets partition, in batches within its batch
+    /// limit, so that replay forgets them too; `waiter` counts down once they are durable.
+    pub fn append_tombstones(
+        &mut self,
+        io: &mut dyn Io,
+        keys: &[OffsetKey],
+        waiter: &Countdown,
+    ) -> Result<(), EngineError> {
+        let entries: Vec<(OffsetKey, Option<i64>)> = keys.iter().map(|k| (k.clone(), None)).collect();
+        let mut last_offset = None;
+        for batch in self.offset_batches(&entries) {
+            last_offset = Some(self.log.append(io, batch, SystemTime::now())?.last_offset);
         }
+        match last_offset {
+            Some(last_offset) => {
+                self.acks.push_back(PendingAck::Forget { last_offset, waiter: waiter.clone() })
+            }
+            None => waiter.done(),
+        }
+        Ok(())
+    }
+
+    /// Offset records (a value, or a tombstone for `None`) in batches of at most half the
+    /// partition's batch limit (a single record longer than that goes alone).
+    fn offset_batches(&self, entries: &[(OffsetKey, Option<i64>)]) -> Vec<Vec<u8>> {
         let now_ms =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let encoded: Vec<Vec<u8>> = keys.iter().map(encode_offset_key).collect();
-        let mut b = BatchBuilder::new(BatchOptions::default());
-        for k in &encoded {
-            b.push(&Record { timestamp: now_ms, key: Some(k), value: None, headers: &[] });
+        let batch_bytes = (self.log.config().batch_bytes_max / 2).max(1) as usize;
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < entries.len() {
+            let mut b = BatchBuilder::new(BatchOptions::default());
+            let mut bytes = 0;
+            while at < entries.len() {
+                let (key, offset) = &entries[at];
+                let k = encode_offset_key(key);
+                if bytes > 0 && bytes + k.len() + 32 > batch_bytes {
+                    break;
+                }
+                bytes += k.len() + 32;
+                let value = offset.map(i64::to_be_bytes);
+                b.push(&Record {
+                    timestamp: now_ms,
+                    key: Some(&k),
+                    value: value.as_ref().map(|v| &v[..]),
+                    headers: &[],
+                });
+                at += 1;
+            }
+            out.push(b.finish());
         }
-        self.log.append(io, b.finish(), SystemTime::now())?;
-        Ok(())
+        out
     }
 
     /// Forgets idempotent producers silent for a day.
@@ -327,31 +422,10 @@ impl Slot {
         // whose acknowledgements are still queued.
         let mut live = self.replay_offsets()?;
         live.sort();
-        let now_ms =
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        // Batches of at most half the partition's batch limit (one longer key goes alone).
-        let batch_bytes = (self.log.config().batch_bytes_max / 2).max(1) as usize;
+        let entries: Vec<(OffsetKey, Option<i64>)> =
+            live.iter().map(|(k, o)| (k.clone(), Some(*o))).collect();
         let mut written = 0;
-        let mut at = 0;
-        while at < live.len() {
-            let mut b = BatchBuilder::new(BatchOptions::default());
-            let mut bytes = 0;
-            while at < live.len() {
-                let (key, offset) = &live[at];
-                let k = encode_offset_key(key);
-                if bytes > 0 && bytes + k.len() + 32 > batch_bytes {
-                    break;
-                }
-                bytes += k.len() + 32;
-                b.push(&Record {
-                    timestamp: now_ms,
-                    key: Some(&k),
-                    value: Some(&offset.to_be_bytes()),
-                    headers: &[],
-                });
-                at += 1;
-            }
-            let batch = b.finish();
+        for batch in self.offset_batches(&entries) {
             written += batch.len() as u64;
             self.log.append(io, batch, SystemTime::now())?;
         }
@@ -375,6 +449,7 @@ impl Slot {
             match ack {
                 PendingAck::Produce { reply, .. } => answer(reply, Err(err())),
                 PendingAck::Commit { reply, .. } => answer(reply, Err(err())),
+                PendingAck::Forget { waiter, .. } => waiter.fail(err()),
             }
         }
         for w in self.waiters.drain(..) {
