@@ -194,7 +194,7 @@ impl Engine {
                 let id = PartitionId { topic: Arc::clone(&info.name), partition: p };
                 self.request(&id, |reply| Request::Open {
                     id: id.clone(),
-                    config: info.config.clone(),
+                    config: Box::new(info.config.clone()),
                     reply,
                 })
             })
@@ -328,7 +328,7 @@ impl Engine {
             let id = PartitionId { topic: Arc::clone(&info.name), partition: p };
             wait(self.request(&id, |reply| Request::Configure {
                 id: id.clone(),
-                config: info.config.clone(),
+                config: Box::new(info.config.clone()),
                 reply,
             })?)?;
         }

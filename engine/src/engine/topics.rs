@@ -49,7 +49,8 @@ pub fn encode(info: &TopicInfo) -> String {
     format!(
         "# Spate topic description; edit with the engine, not by hand.\n\
          partitions={}\nsegment_bytes={}\nsegment_age_ms={}\nretention_bytes={}\nretention_ms={}\n\
-         index_interval_bytes={}\nbatch_bytes_max={}\ndurability={}\n",
+         index_interval_bytes={}\nbatch_bytes_max={}\ndurability={}\n\
+         timestamp_after_max_ms={}\ntimestamp_before_max_ms={}\n",
         info.partitions,
         c.segment_bytes,
         millis(c.segment_age),
@@ -58,6 +59,8 @@ pub fn encode(info: &TopicInfo) -> String {
         c.index_interval_bytes,
         c.batch_bytes_max,
         c.durability,
+        opt(c.timestamp_after_max.map(millis)),
+        opt(c.timestamp_before_max.map(millis)),
     )
 }
 
@@ -82,6 +85,8 @@ pub fn decode(name: &str, text: &str) -> Result<TopicInfo, String> {
             "index_interval_bytes" => c.index_interval_bytes = num()?,
             "batch_bytes_max" => c.batch_bytes_max = num()?,
             "durability" => c.durability = value.parse::<Durability>()?,
+            "timestamp_after_max_ms" => c.timestamp_after_max = opt()?.map(Duration::from_millis),
+            "timestamp_before_max_ms" => c.timestamp_before_max = opt()?.map(Duration::from_millis),
             // Keys from a newer version are kept out rather than guessed at.
             other => return Err(format!("line {}: unknown key {other:?}", n + 1)),
         }

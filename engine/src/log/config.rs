@@ -67,6 +67,12 @@ pub struct LogConfig {
     /// Largest batch accepted.
     pub batch_bytes_max: u64,
     pub durability: Durability,
+    /// Create-time timestamps may be at most this far ahead of the wall clock (`None`: any);
+    /// Kafka's `message.timestamp.after.max.ms`, whose default since Kafka 4.0 is an hour. A
+    /// timestamp far in the future would hold retention by age forever.
+    pub timestamp_after_max: Option<Duration>,
+    /// ... and at most this far behind it (`None`: any; `message.timestamp.before.max.ms`).
+    pub timestamp_before_max: Option<Duration>,
 }
 
 impl Default for LogConfig {
@@ -79,6 +85,8 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             batch_bytes_max: 1 << 20,
             durability: Durability::Always,
+            timestamp_after_max: Some(Duration::from_secs(3600)),
+            timestamp_before_max: None,
         }
     }
 }

@@ -355,7 +355,8 @@ impl Partition {
         now: SystemTime,
     ) -> Result<AppendInfo, LogError> {
         self.check_writable()?;
-        let header = validate::check(&self.config, &batch)?;
+        let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let header = validate::check(&self.config, &batch, now_ms)?;
         self.roll_for(io, batch.len() as u64, i64::from(header.records_count), now)?;
         Ok(self.stage(batch, header))
     }
@@ -508,16 +509,36 @@ impl Partition {
         })
     }
 
-    /// The first offset whose batch holds a timestamp >= `timestamp`, and that batch's largest
-    /// timestamp; `None` if every record is older. (Offsets resolve to batch granularity.)
+    /// The first record (in offset order) whose timestamp is >= `timestamp`: its offset and
+    /// timestamp, as Kafka's ListOffsets answers; `None` if every record is older. The sparse
+    /// time index finds the batch; the batch (decompressed if need be) gives the record.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
         for seg in &self.segments {
             if seg.max_timestamp() < timestamp {
                 continue;
             }
-            if let Some(at) = seg.find_timestamp(timestamp, seg.visible_len())? {
-                return Ok(Some((at.header.base_offset.max(self.log_start_offset), at.header.max_timestamp)));
+            let Some(at) = seg.find_timestamp(timestamp, seg.visible_len())? else { continue };
+            let mut bytes = vec![0u8; at.header.total_len()];
+            let path = seg.log_path();
+            seg.file()?.read_exact_at(&mut bytes, at.position).map_err(|e| LogError::fs(&path, e))?;
+            let batch = crate::record::Batch::parse(&bytes)?;
+            let mut scratch = Vec::new();
+            let limit = validate::decompressed_bytes_max(crate::segment::SEGMENT_BYTES_MAX);
+            for record in batch.records_in(&mut scratch, limit)? {
+                let record = record?;
+                if record.timestamp >= timestamp {
+                    return Ok(Some((record.offset.max(self.log_start_offset), record.timestamp)));
+                }
             }
+            // The header promised a timestamp that no record holds (not accepted on append).
+            return Err(LogError::Corrupt {
+                path,
+                position: at.position,
+                reason: format!(
+                    "max timestamp {} but no record reaches {timestamp}",
+                    at.header.max_timestamp
+                ),
+            });
         }
         Ok(None)
     }

@@ -52,7 +52,7 @@ impl Partition {
             let oldest = &self.segments[0];
             debug_assert!(oldest.is_sealed());
             let too_big = self.config.retention_bytes.is_some_and(|max| total - oldest.len() >= max);
-            let too_old = oldest_kept_ms.is_some_and(|kept| oldest.max_timestamp() < kept);
+            let too_old = oldest_kept_ms.is_some_and(|kept| self.retention_time_ms(oldest) < kept);
             if !(too_big || too_old) {
                 break;
             }
@@ -63,6 +63,24 @@ impl Partition {
             outcome.bytes_deleted += len;
         }
         self.finish_deletions(io, outcome)
+    }
+
+    /// The time retention by age goes by for a sealed segment: its largest record timestamp;
+    /// the file's modification time when its records carry none (-1); and never more than
+    /// `timestamp_after_max` past that modification time, so that records stamped in the far
+    /// future (written before that limit was checked) cannot hold a segment forever.
+    fn retention_time_ms(&self, seg: &crate::segment::Segment) -> i64 {
+        let modified = std::fs::metadata(seg.log_path()).and_then(|m| m.modified()).unwrap_or(seg.created());
+        let modified_ms = modified
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let stamped = if seg.max_timestamp() < 0 { modified_ms } else { seg.max_timestamp() };
+        match self.config.timestamp_after_max {
+            Some(ahead) => {
+                stamped.min(modified_ms.saturating_add(i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX)))
+            }
+            None => stamped,
+        }
     }
 
     /// Seals the active segment (writing and syncing what is staged) and starts a new one, so

@@ -1286,6 +1286,75 @@ fn compressed_batches_are_decompressed_and_checked_like_any_other() {
 }
 
 #[test]
+fn retention_by_age_goes_by_file_times_for_records_without_timestamps_or_from_the_future() {
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i64;
+    // Timestamps from a year ahead are only accepted with the future bound lifted.
+    let lax = LogConfig { timestamp_after_max: None, ..small_config(Durability::Never) };
+    let mut p = Partition::open(dir.path(), lax.clone(), &mut io).unwrap();
+    for i in 0..150 {
+        let ts = if i < 75 { -1 } else { now_ms + 365 * 24 * 3600 * 1000 };
+        p.append(&mut io, batch(&format!("t{i}"), 4, ts), now).unwrap();
+    }
+    p.flush(&mut io).unwrap();
+    let sealed: Vec<std::path::PathBuf> =
+        p.segments().take(p.segments().len() - 1).map(|s| s.log_path()).collect();
+    assert!(sealed.len() >= 3);
+    // Written just now: a day of retention keeps all of it, timestamps or not.
+    let day =
+        LogConfig { retention_age: Some(Duration::from_secs(24 * 3600)), ..small_config(Durability::Never) };
+    p.set_config(day.clone()).unwrap();
+    assert_eq!(p.enforce_retention(&mut io, now).unwrap().segments_deleted, 0, "-1 is not 'infinitely old'");
+    // The files were last written three days ago: everything sealed expires, the future-stamped
+    // segments too (they count at most an hour past their file's time).
+    let old = now - Duration::from_secs(3 * 24 * 3600);
+    for path in &sealed {
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(old).unwrap();
+    }
+    let out = p.enforce_retention(&mut io, now).unwrap();
+    assert_eq!(out.segments_deleted, sealed.len());
+    // The bound itself: a record stamped a day ahead is refused at append.
+    let err = p.append(&mut io, batch("late", 1, now_ms + 24 * 3600 * 1000), now).unwrap_err();
+    assert!(matches!(err, LogError::InvalidTimestamp { .. }), "{err}");
+}
+
+#[test]
+fn lookup_by_timestamp_finds_the_record_inside_a_batch_compressed_or_not() {
+    use crate::record::compression::compress_batch;
+    let mut io = FallbackIo::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+    let stamped = |stamps: &[i64]| {
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        for &ts in stamps {
+            b.push(&Record { timestamp: ts, key: None, value: Some(b"v"), headers: &[] });
+        }
+        b.finish()
+    };
+    p.append(&mut io, stamped(&[100, 200, 300]), SystemTime::now()).unwrap();
+    p.append(
+        &mut io,
+        compress_batch(&stamped(&[400, 350, 500]), Compression::Gzip).unwrap(),
+        SystemTime::now(),
+    )
+    .unwrap();
+    p.flush(&mut io).unwrap();
+    for (target, expect) in [
+        (50, Some((0, 100))),
+        (150, Some((1, 200))),
+        (300, Some((2, 300))),
+        (301, Some((3, 400))),
+        (360, Some((3, 400))),
+        (450, Some((5, 500))),
+        (501, None),
+    ] {
+        assert_eq!(p.offset_for_timestamp(target).unwrap(), expect, "target {target}");
+    }
+}
+
+#[test]
 fn timestamps_must_be_valid_and_agree_with_the_header() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();

@@ -6,9 +6,10 @@
 //! 2. `recordsCount` is at least 1 and equals `lastOffsetDelta + 1`;
 //! 3. its records (decompressed first, within [`decompressed_bytes_max`]) all decode, fill the
 //!    batch exactly, number exactly `recordsCount`, and have offset deltas 0, 1, 2, ...;
-//! 4. with create-time timestamps, no record timestamp is negative (except -1, "none") and the
-//!    header's `maxTimestamp` is the largest record timestamp: retention and lookups by time
-//!    trust it.
+//! 4. with create-time timestamps, no record timestamp is negative (except -1, "none"), none
+//!    is further ahead of (or behind) the wall clock than `timestamp_after_max`
+//!    (`timestamp_before_max`), and the header's `maxTimestamp` is the largest record
+//!    timestamp: retention and lookups by time trust it.
 //!
 //! A batch failing any rule is refused whole, with a typed error that names the numbers. (A
 //! Kafka produce carries exactly one batch per partition, so this makes each partition's part
@@ -30,8 +31,8 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Checks `batch` against every rule above; returns its header.
-pub(crate) fn check(config: &LogConfig, batch: &[u8]) -> Result<BatchHeader, LogError> {
+/// Checks `batch` against every rule above at wall-clock time `now_ms`; returns its header.
+pub(crate) fn check(config: &LogConfig, batch: &[u8], now_ms: i64) -> Result<BatchHeader, LogError> {
     let size = batch.len() as u64;
     if size > config.batch_bytes_max {
         return Err(LogError::BatchTooLarge { size, max: config.batch_bytes_max });
@@ -55,7 +56,11 @@ pub(crate) fn check(config: &LogConfig, batch: &[u8]) -> Result<BatchHeader, Log
     let limit = decompressed_bytes_max(config.batch_bytes_max);
     SCRATCH.with(|scratch| {
         let mut buf = scratch.borrow_mut();
-        let checked = check_records(batch, &header, &mut buf, limit);
+        let bounds = TimestampBounds {
+            latest: config.timestamp_after_max.map(|d| now_ms.saturating_add(millis(d))),
+            earliest: config.timestamp_before_max.map(|d| now_ms.saturating_sub(millis(d))),
+        };
+        let checked = check_records(batch, &header, &mut buf, limit, bounds);
         // A large block once must not pin its memory for the life of the shard.
         if buf.capacity() > 8 << 20 {
             *buf = Vec::new();
@@ -65,11 +70,23 @@ pub(crate) fn check(config: &LogConfig, batch: &[u8]) -> Result<BatchHeader, Log
     Ok(header)
 }
 
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The create-time timestamps allowed now.
+#[derive(Debug, Clone, Copy)]
+struct TimestampBounds {
+    latest: Option<i64>,
+    earliest: Option<i64>,
+}
+
 fn check_records(
     batch: &[u8],
     header: &BatchHeader,
     buf: &mut Vec<u8>,
     limit: usize,
+    bounds: TimestampBounds,
 ) -> Result<(), LogError> {
     let create_time = header.attributes.timestamp_type() == TimestampType::CreateTime;
     let mut max_timestamp = i64::MIN;
@@ -86,6 +103,20 @@ fn check_records(
                 timestamp: record.timestamp,
                 reason: "a record timestamp is negative",
             });
+        }
+        if create_time && record.timestamp != -1 {
+            if bounds.latest.is_some_and(|latest| record.timestamp > latest) {
+                return Err(LogError::InvalidTimestamp {
+                    timestamp: record.timestamp,
+                    reason: "further ahead of the clock than message.timestamp.after.max.ms",
+                });
+            }
+            if bounds.earliest.is_some_and(|earliest| record.timestamp < earliest) {
+                return Err(LogError::InvalidTimestamp {
+                    timestamp: record.timestamp,
+                    reason: "further behind the clock than message.timestamp.before.max.ms",
+                });
+            }
         }
         max_timestamp = max_timestamp.max(record.timestamp);
     }

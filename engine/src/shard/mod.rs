@@ -243,7 +243,7 @@ impl Shard {
     fn handle(&mut self, request: Request, now: Instant) {
         match request {
             Request::Open { id, config, reply } => {
-                let result = self.open(id, config);
+                let result = self.open(id, *config);
                 answer(reply, result);
             }
             Request::Close { id, delete, reply } => {
@@ -251,7 +251,8 @@ impl Shard {
                 answer(reply, result);
             }
             Request::Configure { id, config, reply } => {
-                let result = self.slot(&id).and_then(|s| s.log.set_config(config).map_err(EngineError::from));
+                let result =
+                    self.slot(&id).and_then(|s| s.log.set_config(*config).map_err(EngineError::from));
                 answer(reply, result);
             }
             Request::Produce { id, batch, backpressure, reply } => {

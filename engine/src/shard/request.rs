@@ -50,7 +50,7 @@ pub(crate) enum Request {
     /// Open (creating if needed) a partition this shard owns.
     Open {
         id: PartitionId,
-        config: LogConfig,
+        config: Box<LogConfig>,
         reply: Reply<()>,
     },
     /// Close a partition, deleting its files if `delete`.
@@ -62,7 +62,7 @@ pub(crate) enum Request {
     /// Change a partition's configuration.
     Configure {
         id: PartitionId,
-        config: LogConfig,
+        config: Box<LogConfig>,
         reply: Reply<()>,
     },
     Produce {

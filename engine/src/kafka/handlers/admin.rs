@@ -39,7 +39,17 @@ pub fn apply_config(config: &mut LogConfig, name: &str, value: Option<&str>) -> 
         "retention.bytes" => config.retention_bytes = number().map(|n| u64::try_from(n).ok())?,
         "retention.ms" => config.retention_age = optional_ms()?,
         "max.message.bytes" => config.batch_bytes_max = positive()?,
-        "index.interval.bytes" => config.index_interval_bytes = positive()?,
+        "index.interval.bytes" => {
+            // Index memory is about 20 bytes per interval of log: a floor keeps it a small
+            // fraction of the data.
+            let bytes = positive()?;
+            if bytes < INDEX_INTERVAL_BYTES_MIN {
+                return Err(format!("index.interval.bytes={bytes}: at least {INDEX_INTERVAL_BYTES_MIN}"));
+            }
+            config.index_interval_bytes = bytes;
+        }
+        "message.timestamp.after.max.ms" => config.timestamp_after_max = optional_ms()?,
+        "message.timestamp.before.max.ms" => config.timestamp_before_max = optional_ms()?,
         "spate.durability" => config.durability = value.parse::<Durability>()?,
         "cleanup.policy" if value == "delete" => {}
         "cleanup.policy" => return Err(format!("cleanup.policy={value}: only delete is supported")),
@@ -51,6 +61,9 @@ pub fn apply_config(config: &mut LogConfig, name: &str, value: Option<&str>) -> 
     }
     Ok(())
 }
+
+/// Smallest `index.interval.bytes` a client may set.
+pub const INDEX_INTERVAL_BYTES_MIN: u64 = 1024;
 
 /// A topic's settings under Kafka's names.
 pub fn describe_config(config: &LogConfig) -> Vec<(&'static str, String)> {
@@ -64,6 +77,14 @@ pub fn describe_config(config: &LogConfig) -> Vec<(&'static str, String)> {
         ("max.message.bytes", config.batch_bytes_max.to_string()),
         ("index.interval.bytes", config.index_interval_bytes.to_string()),
         ("spate.durability", config.durability.to_string()),
+        (
+            "message.timestamp.after.max.ms",
+            config.timestamp_after_max.map_or(i64::MAX.to_string(), |d| d.as_millis().to_string()),
+        ),
+        (
+            "message.timestamp.before.max.ms",
+            config.timestamp_before_max.map_or(i64::MAX.to_string(), |d| d.as_millis().to_string()),
+        ),
         ("min.insync.replicas", "1".into()),
         ("message.timestamp.type", "CreateTime".into()),
         ("compression.type", "producer".into()),
