@@ -361,6 +361,13 @@ impl Engine {
         all
     }
 
+    /// The live topic's identity: handles of one topic are `Arc::ptr_eq`, and a topic deleted
+    /// and created again under the same name gets a new one (while an old handle is held, its
+    /// allocation cannot be reused). `None` if no such topic exists.
+    pub fn topic_handle(&self, name: &str) -> Option<Arc<str>> {
+        self.inner.topics.load().get(name).map(|t| Arc::clone(&t.name))
+    }
+
     pub fn topic(&self, name: &str) -> Result<TopicInfo, EngineError> {
         self.inner.topics.load().get(name).cloned().ok_or_else(|| EngineError::UnknownTopic(name.into()))
     }

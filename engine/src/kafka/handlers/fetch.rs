@@ -4,6 +4,7 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -131,8 +132,16 @@ async fn read_all(ctx: &Rc<Ctx>, wants: &[Want]) -> Vec<Result<Fetched, EngineEr
     let mut early = Vec::with_capacity(wants.len());
     for w in wants {
         let ahead = ctx.read_ahead.borrow_mut().remove(&(Rc::clone(&w.topic), w.partition));
+        // Only a read of this very topic (not one deleted and created again since), recent
+        // enough to be worth its pinned file, for the offset and size asked.
+        let live = ctx.engine.topic_handle(&w.topic);
         let read: FetchFuture = match ahead {
-            Some(a) if a.offset == w.offset && a.max_bytes == w.max_bytes => {
+            Some(a)
+                if a.offset == w.offset
+                    && a.max_bytes == w.max_bytes
+                    && a.started.elapsed() < READ_AHEAD_TTL
+                    && live.as_ref().is_some_and(|t| Arc::ptr_eq(t, &a.topic)) =>
+            {
                 early.push(true);
                 a.read
             }
@@ -172,6 +181,9 @@ type FetchFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Fet
 pub(crate) struct ReadAhead {
     offset: i64,
     max_bytes: u64,
+    /// The topic it read ([`crate::Engine::topic_handle`]).
+    topic: Arc<str>,
+    started: Instant,
     read: FetchFuture,
 }
 
@@ -181,8 +193,11 @@ impl std::fmt::Debug for ReadAhead {
     }
 }
 
-/// Partitions of one connection read ahead at most.
-const READ_AHEAD_MAX: usize = 64;
+/// Partitions of one connection read ahead at most (each read may pin a segment file).
+const READ_AHEAD_MAX: usize = 16;
+
+/// A read ahead not asked for within this long is dropped (with the file it holds).
+const READ_AHEAD_TTL: Duration = Duration::from_secs(2);
 
 /// Starts, for each partition of another shard that returned data, the read the client will
 /// most likely ask for next (from where this one ended), so that its cross-shard round trip
@@ -197,7 +212,9 @@ fn read_ahead(ctx: &Rc<Ctx>, wants: &[Want], results: &[Result<Fetched, EngineEr
         if !sent || f.slice.len == 0 || crate::engine::shard_of(&w.topic, partition, shards) == ctx.shard {
             continue;
         }
+        let Some(topic) = ctx.engine.topic_handle(&w.topic) else { continue };
         let mut cache = ctx.read_ahead.borrow_mut();
+        cache.retain(|_, a| a.started.elapsed() < READ_AHEAD_TTL);
         if cache.len() >= READ_AHEAD_MAX {
             return;
         }
@@ -205,7 +222,7 @@ fn read_ahead(ctx: &Rc<Ctx>, wants: &[Want], results: &[Result<Fetched, EngineEr
         let read = Box::pin(fetch_one(ctx, &w.topic, w.partition, next, now_options(w)));
         cache.insert(
             (Rc::clone(&w.topic), w.partition),
-            ReadAhead { offset: next, max_bytes: w.max_bytes, read },
+            ReadAhead { offset: next, max_bytes: w.max_bytes, topic, started: Instant::now(), read },
         );
     }
 }
