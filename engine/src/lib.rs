@@ -17,7 +17,8 @@ pub mod segment;
 mod shard;
 
 pub use engine::{
-    shard_of, topics, Backpressure, Engine, EngineConfig, EngineError, FetchOptions, Fetched, LatencyBuckets,
-    OffsetSpec, ProduceAck, Producer, ShardStats, Target, TopicInfo, OFFSETS_TOPIC, TOPIC_PARTITIONS_MAX,
+    shard_of, topics, Backpressure, CommittedOffset, Engine, EngineConfig, EngineError, FetchOptions,
+    Fetched, LatencyBuckets, OffsetSpec, ProduceAck, Producer, ShardStats, Target, TopicInfo, OFFSETS_TOPIC,
+    OFFSET_METADATA_MAX_BYTES, TOPIC_PARTITIONS_MAX,
 };
 pub use shard::mailbox;

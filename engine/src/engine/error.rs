@@ -38,6 +38,9 @@ pub enum EngineError {
     /// leaves (every partition keeps a file open).
     #[error("cannot add {requested} partitions to {existing}: at most {max} fit under {limit}")]
     TooManyPartitions { requested: u64, existing: u64, max: u64, limit: &'static str },
+    /// A committed offset's metadata is longer than the limit.
+    #[error("offset metadata of {len} bytes is longer than {max}")]
+    OffsetMetadataTooLarge { len: usize, max: usize },
     /// The shard already holds `fetch_waiters_max` long-poll fetches.
     #[error("too many waiting fetches on shard {shard}")]
     TooManyWaiters { shard: usize },

@@ -64,6 +64,13 @@ pub const TOPIC_PARTITIONS_MAX: u32 = 10_000;
 /// The internal topic holding consumers' committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Longest metadata string stored with a committed offset (Kafka's
+/// `offset.metadata.max.bytes` default).
+pub const OFFSET_METADATA_MAX_BYTES: usize = 4096;
+
+/// A committed offset and its metadata.
+pub use crate::shard::slot::CommitValue as CommittedOffset;
+
 /// The shard that owns `partition` of `topic`: consecutive partitions of a topic go to
 /// consecutive shards, starting from a stable hash of the topic name (FNV-1a).
 pub fn shard_of(topic: &str, partition: u32, shards: usize) -> usize {
@@ -641,7 +648,20 @@ impl Engine {
         partition: u32,
         offset: i64,
     ) -> Result<(), EngineError> {
-        wait(self.send_commit(consumer, topic, partition, offset)?)
+        wait(self.send_commit(consumer, topic, partition, offset, "")?)
+    }
+
+    /// [`Engine::commit_offset`] with a metadata string stored beside the offset (Kafka's
+    /// OffsetCommit metadata; at most [`OFFSET_METADATA_MAX_BYTES`]).
+    pub fn commit_offset_with_metadata(
+        &self,
+        consumer: &str,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        metadata: &str,
+    ) -> Result<(), EngineError> {
+        wait(self.send_commit(consumer, topic, partition, offset, metadata)?)
     }
 
     pub fn commit_offset_async(
@@ -650,8 +670,9 @@ impl Engine {
         topic: &str,
         partition: u32,
         offset: i64,
+        metadata: &str,
     ) -> impl Future<Output = Result<(), EngineError>> + Send + 'static {
-        let rx = self.send_commit(consumer, topic, partition, offset);
+        let rx = self.send_commit(consumer, topic, partition, offset, metadata);
         async move { wait_async(rx?).await }
     }
 
@@ -661,17 +682,25 @@ impl Engine {
         topic: &str,
         partition: u32,
         offset: i64,
+        metadata: &str,
     ) -> Result<oneshot::Receiver<Result<(), EngineError>>, EngineError> {
         let id = self.resolve(topic, Target::Partition(partition))?;
         if offset < 0 {
             return Err(EngineError::InvalidConfig(format!("committed offset {offset} is negative")));
         }
+        if metadata.len() > OFFSET_METADATA_MAX_BYTES {
+            return Err(EngineError::OffsetMetadataTooLarge {
+                len: metadata.len(),
+                max: OFFSET_METADATA_MAX_BYTES,
+            });
+        }
         let offsets_partition = self.offsets_partition(consumer)?;
         let shard = shard_of(OFFSETS_TOPIC, offsets_partition, self.inner.shards.len());
         let consumer: Arc<str> = Arc::from(consumer);
+        let value = CommittedOffset { offset, metadata: Arc::from(metadata) };
         self.request_to(
             shard,
-            |reply| Request::Commit { offsets_partition, consumer, id, offset, reply },
+            |reply| Request::Commit { offsets_partition, consumer, id, value, reply },
             false,
         )
     }
@@ -683,6 +712,16 @@ impl Engine {
         topic: &str,
         partition: u32,
     ) -> Result<Option<i64>, EngineError> {
+        Ok(wait(self.send_committed(consumer, topic, partition)?)?.map(|c| c.offset))
+    }
+
+    /// [`Engine::committed_offset`] with the metadata stored beside it.
+    pub fn committed_offset_with_metadata(
+        &self,
+        consumer: &str,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<CommittedOffset>, EngineError> {
         wait(self.send_committed(consumer, topic, partition)?)
     }
 
@@ -691,7 +730,7 @@ impl Engine {
         consumer: &str,
         topic: &str,
         partition: u32,
-    ) -> impl Future<Output = Result<Option<i64>, EngineError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<CommittedOffset>, EngineError>> + Send + 'static {
         let rx = self.send_committed(consumer, topic, partition);
         async move { wait_async(rx?).await }
     }
@@ -714,7 +753,7 @@ impl Engine {
         consumer: &str,
         topic: &str,
         partition: u32,
-    ) -> Result<oneshot::Receiver<Result<Option<i64>, EngineError>>, EngineError> {
+    ) -> Result<oneshot::Receiver<Result<Option<CommittedOffset>, EngineError>>, EngineError> {
         let id = self.resolve(topic, Target::Partition(partition))?;
         let offsets_partition = self.offsets_partition(consumer)?;
         let shard = shard_of(OFFSETS_TOPIC, offsets_partition, self.inner.shards.len());

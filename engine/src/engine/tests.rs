@@ -909,6 +909,7 @@ fn the_offsets_topic_is_compacted_to_the_latest_offset_of_each_key_and_survives_
                         "t",
                         (i / 2) as u32,
                         round * 10 + i,
+                        "",
                     )
                 })
                 .collect();
@@ -1136,4 +1137,24 @@ fn offsets_of_a_topic_whose_deletion_was_cut_short_are_dropped_at_open() {
     }
     let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
     assert_eq!(engine.committed_offset("reader", "cut", 0).unwrap(), None);
+}
+
+#[test]
+fn committed_metadata_is_stored_returned_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+        engine.create_topic("meta", 1, LogConfig::default()).unwrap();
+        engine.commit_offset_with_metadata("g", "meta", 0, 9, "checkpoint 9 of the job").unwrap();
+        let too_long = "x".repeat(OFFSET_METADATA_MAX_BYTES + 1);
+        assert!(matches!(
+            engine.commit_offset_with_metadata("g", "meta", 0, 10, &too_long),
+            Err(EngineError::OffsetMetadataTooLarge { .. })
+        ));
+    }
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
+    let c = engine.committed_offset_with_metadata("g", "meta", 0).unwrap().unwrap();
+    assert_eq!((c.offset, &*c.metadata), (9, "checkpoint 9 of the job"));
+    engine.commit_offset("g", "meta", 0, 11).unwrap();
+    assert_eq!(&*engine.committed_offset_with_metadata("g", "meta", 0).unwrap().unwrap().metadata, "");
 }

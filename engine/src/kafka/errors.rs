@@ -20,6 +20,7 @@ pub fn code(e: &EngineError) -> ResponseError {
         }
         EngineError::TooManyWaiters { .. } => ResponseError::ThrottlingQuotaExceeded,
         EngineError::TooManyPartitions { .. } => ResponseError::PolicyViolation,
+        EngineError::OffsetMetadataTooLarge { .. } => ResponseError::OffsetMetadataTooLarge,
         EngineError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         EngineError::Locked { .. } => ResponseError::UnknownServerError,
         EngineError::InvalidConsumerName { .. } => ResponseError::InvalidGroupId,

@@ -15,7 +15,7 @@ pub(crate) mod overflow;
 mod producers;
 pub(crate) mod request;
 pub use request::LocalTask;
-mod slot;
+pub(crate) mod slot;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -61,7 +61,7 @@ pub(crate) struct Shard {
     /// Committed offsets of the offsets-topic partitions this shard owns:
     /// (consumer, topic, partition) → offset.
     /// (offset, the offsets partition holding it) per key.
-    committed: HashMap<slot::OffsetKey, (i64, u32)>,
+    committed: HashMap<slot::OffsetKey, (slot::CommitValue, u32)>,
     /// Consumer positions to tell other shards, merged per (shard, partition, consumer) so the
     /// outbox stays as small as the set of positions, however often consumers commit.
     outbox: HashMap<(usize, PartitionId, Arc<str>), i64>,
@@ -276,11 +276,11 @@ impl Shard {
                 let result = self.slot(&id).and_then(|s| list_offset(&s.log, spec));
                 answer(reply, result);
             }
-            Request::Commit { offsets_partition, consumer, id, offset, reply } => {
-                self.commit_offset(offsets_partition, consumer, id, offset, reply)
+            Request::Commit { offsets_partition, consumer, id, value, reply } => {
+                self.commit_offset(offsets_partition, consumer, id, value, reply)
             }
             Request::Committed { consumer, id, reply } => {
-                let value = self.committed.get(&(consumer, id.topic, id.partition)).map(|&(o, _)| o);
+                let value = self.committed.get(&(consumer, id.topic, id.partition)).map(|(v, _)| v.clone());
                 answer(reply, Ok(value));
             }
             Request::CommittedAll { consumer, reply } => {
@@ -288,7 +288,7 @@ impl Shard {
                     .committed
                     .iter()
                     .filter(|((c, _, _), _)| *c == consumer)
-                    .map(|((_, topic, partition), &(offset, _))| (Arc::clone(topic), *partition, offset))
+                    .map(|((_, topic, partition), (value, _))| (Arc::clone(topic), *partition, value.offset))
                     .collect();
                 all.sort();
                 answer(reply, Ok(all));
@@ -347,12 +347,12 @@ impl Shard {
         if id.topic == self.setup.offsets_topic {
             // Rebuild the committed offsets this partition holds, and tell the data partitions'
             // shards where their consumers stand.
-            for (key, offset) in slot.replay_offsets()? {
+            for (key, value) in slot.replay_offsets()? {
                 let (consumer, topic, partition) = key.clone();
                 let target = PartitionId { topic, partition };
                 let shard = crate::engine::shard_of(&target.topic, target.partition, self.setup.peers.len());
-                self.outbox.insert((shard, target, consumer), offset);
-                self.committed.insert(key, (offset, id.partition));
+                self.outbox.insert((shard, target, consumer), value.offset);
+                self.committed.insert(key, (value, id.partition));
             }
         }
         self.slots.entry(Arc::clone(&id.topic)).or_default().insert(id.partition, slot);
@@ -491,14 +491,14 @@ impl Shard {
         offsets_partition: u32,
         consumer: Arc<str>,
         id: PartitionId,
-        offset: i64,
+        value: slot::CommitValue,
         reply: request::Reply<()>,
     ) {
         let offsets_id =
             PartitionId { topic: Arc::clone(&self.setup.offsets_topic), partition: offsets_partition };
         let io = &mut *self.io;
         match self.slots.get_mut(&*offsets_id.topic).and_then(|m| m.get_mut(&offsets_partition)) {
-            Some(slot) => slot.append_commit(io, (consumer, id.topic, id.partition), offset, reply),
+            Some(slot) => slot.append_commit(io, (consumer, id.topic, id.partition), value, reply),
             None => answer(
                 reply,
                 Err(EngineError::UnknownPartition {
@@ -538,12 +538,12 @@ impl Shard {
         }
         // Settle even without a commit: an append may have failed its partition (a roll that
         // hit a full disk), and what waited on it must hear so now.
-        for ((consumer, topic, partition), offset, offsets_partition) in self.settle_acks() {
+        for ((consumer, topic, partition), value, offsets_partition) in self.settle_acks() {
             // A commit became durable: remember it and tell the data partition's shard.
             let target = PartitionId { topic: Arc::clone(&topic), partition };
             let shard = crate::engine::shard_of(&topic, partition, self.setup.peers.len());
-            self.outbox.insert((shard, target, Arc::clone(&consumer)), offset);
-            self.committed.insert((consumer, topic, partition), (offset, offsets_partition));
+            self.outbox.insert((shard, target, Arc::clone(&consumer)), value.offset);
+            self.committed.insert((consumer, topic, partition), (value, offsets_partition));
         }
         committed
     }
@@ -552,7 +552,7 @@ impl Shard {
     /// that became durable.
     /// Answers every acknowledgement the high watermarks now cover; returns the offset commits
     /// that became durable, with the offsets partition holding each.
-    fn settle_acks(&mut self) -> Vec<(slot::OffsetKey, i64, u32)> {
+    fn settle_acks(&mut self) -> Vec<(slot::OffsetKey, slot::CommitValue, u32)> {
         let mut durable = Vec::new();
         let mut commits = Vec::new();
         for (&partition, slot) in self.slots.values_mut().flat_map(|m| m.iter_mut()) {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::slot::CommitValue;
 use crate::engine::{Backpressure, EngineError, Fetched, OffsetSpec, ProduceAck, ShardStats};
 use crate::log::{DamageReport, LogConfig};
 
@@ -89,13 +90,13 @@ pub(crate) enum Request {
         offsets_partition: u32,
         consumer: Arc<str>,
         id: PartitionId,
-        offset: i64,
+        value: CommitValue,
         reply: Reply<()>,
     },
     Committed {
         consumer: Arc<str>,
         id: PartitionId,
-        reply: Reply<Option<i64>>,
+        reply: Reply<Option<CommitValue>>,
     },
     /// Every committed offset of one consumer: (topic, partition, offset).
     CommittedAll {

@@ -16,6 +16,31 @@ use crate::record::{batches, BatchBuilder, BatchHeader, BatchOptions, Record};
 /// (consumer, topic, partition): the key of a committed offset.
 pub(crate) type OffsetKey = (Arc<str>, Arc<str>, u32);
 
+/// A committed offset and the metadata string its consumer stored with it (Kafka's
+/// OffsetCommit metadata, at most [`crate::engine::OFFSET_METADATA_MAX_BYTES`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CommitValue {
+    pub offset: i64,
+    pub metadata: Arc<str>,
+}
+
+impl CommitValue {
+    /// Record value: the offset as a big-endian i64, then the metadata's UTF-8 bytes.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.metadata.len());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(self.metadata.as_bytes());
+        out
+    }
+
+    /// The inverse of `encode`; values of 8 bytes (written before metadata was kept) have none.
+    fn decode(bytes: &[u8]) -> Option<CommitValue> {
+        let (offset, metadata) = bytes.split_first_chunk::<8>()?;
+        let metadata = std::str::from_utf8(metadata).ok()?;
+        Some(CommitValue { offset: i64::from_be_bytes(*offset), metadata: Arc::from(metadata) })
+    }
+}
+
 enum PendingAck {
     Produce {
         partition: u32,
@@ -24,7 +49,7 @@ enum PendingAck {
     },
     Commit {
         key: OffsetKey,
-        offset: i64,
+        value: CommitValue,
         last_offset: i64,
         reply: Reply<()>,
     },
@@ -219,16 +244,16 @@ impl Slot {
     }
 
     /// Appends a committed offset to this offsets-topic partition.
-    pub fn append_commit(&mut self, io: &mut dyn Io, key: OffsetKey, offset: i64, reply: Reply<()>) {
+    pub fn append_commit(&mut self, io: &mut dyn Io, key: OffsetKey, value: CommitValue, reply: Reply<()>) {
         let encoded = encode_offset_key(&key);
-        let value = offset.to_be_bytes();
+        let bytes = value.encode();
         let mut b = BatchBuilder::new(BatchOptions::default());
         let now_ms =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        b.push(&Record { timestamp: now_ms, key: Some(&encoded), value: Some(&value), headers: &[] });
+        b.push(&Record { timestamp: now_ms, key: Some(&encoded), value: Some(&bytes), headers: &[] });
         match self.log.append(io, b.finish(), SystemTime::now()) {
             Ok(info) => {
-                self.acks.push_back(PendingAck::Commit { key, offset, last_offset: info.last_offset, reply })
+                self.acks.push_back(PendingAck::Commit { key, value, last_offset: info.last_offset, reply })
             }
             Err(e) => answer(reply, Err(e.into())),
         }
@@ -237,7 +262,7 @@ impl Slot {
     /// Answers the acknowledgements the high watermark now covers (all of them with an error if
     /// the partition failed). Offset commits that became durable are added to `durable_commits`.
     /// Returns the number of produces acknowledged.
-    pub fn settle(&mut self, durable_commits: &mut Vec<(OffsetKey, i64)>) -> u64 {
+    pub fn settle(&mut self, durable_commits: &mut Vec<(OffsetKey, CommitValue)>) -> u64 {
         let mut produced = 0;
         if let Some(cause) = self.log.failure() {
             // A failed partition will never acknowledge anything: everything waiting on it,
@@ -260,8 +285,8 @@ impl Slot {
                     };
                     answer(reply, Ok(ack));
                 }
-                PendingAck::Commit { key, offset, reply, .. } => {
-                    durable_commits.push((key, offset));
+                PendingAck::Commit { key, value, reply, .. } => {
+                    durable_commits.push((key, value));
                     answer(reply, Ok(()));
                 }
                 PendingAck::Forget { waiter, .. } => waiter.done(),
@@ -352,7 +377,7 @@ impl Slot {
         keys: &[OffsetKey],
         waiter: &Countdown,
     ) -> Result<(), EngineError> {
-        let entries: Vec<(OffsetKey, Option<i64>)> = keys.iter().map(|k| (k.clone(), None)).collect();
+        let entries: Vec<(OffsetKey, Option<CommitValue>)> = keys.iter().map(|k| (k.clone(), None)).collect();
         let mut last_offset = None;
         for batch in self.offset_batches(&entries) {
             last_offset = Some(self.log.append(io, batch, SystemTime::now())?.last_offset);
@@ -368,7 +393,7 @@ impl Slot {
 
     /// Offset records (a value, or a tombstone for `None`) in batches of at most half the
     /// partition's batch limit (a single record longer than that goes alone).
-    fn offset_batches(&self, entries: &[(OffsetKey, Option<i64>)]) -> Vec<Vec<u8>> {
+    fn offset_batches(&self, entries: &[(OffsetKey, Option<CommitValue>)]) -> Vec<Vec<u8>> {
         let now_ms =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let batch_bytes = (self.log.config().batch_bytes_max / 2).max(1) as usize;
@@ -378,13 +403,14 @@ impl Slot {
             let mut b = BatchBuilder::new(BatchOptions::default());
             let mut bytes = 0;
             while at < entries.len() {
-                let (key, offset) = &entries[at];
+                let (key, value) = &entries[at];
                 let k = encode_offset_key(key);
-                if bytes > 0 && bytes + k.len() + 32 > batch_bytes {
+                let value = value.as_ref().map(CommitValue::encode);
+                let len = k.len() + value.as_ref().map_or(0, Vec::len) + 32;
+                if bytes > 0 && bytes + len > batch_bytes {
                     break;
                 }
-                bytes += k.len() + 32;
-                let value = offset.map(i64::to_be_bytes);
+                bytes += len;
                 b.push(&Record {
                     timestamp: now_ms,
                     key: Some(&k),
@@ -422,8 +448,8 @@ impl Slot {
         // whose acknowledgements are still queued.
         let mut live = self.replay_offsets()?;
         live.sort();
-        let entries: Vec<(OffsetKey, Option<i64>)> =
-            live.iter().map(|(k, o)| (k.clone(), Some(*o))).collect();
+        let entries: Vec<(OffsetKey, Option<CommitValue>)> =
+            live.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
         let mut written = 0;
         for batch in self.offset_batches(&entries) {
             written += batch.len() as u64;
@@ -464,8 +490,8 @@ impl Slot {
     }
 
     /// Reads this offsets-topic partition from start to end: the latest offset per key.
-    pub fn replay_offsets(&self) -> Result<Vec<(OffsetKey, i64)>, EngineError> {
-        let mut latest: HashMap<OffsetKey, i64> = HashMap::new();
+    pub fn replay_offsets(&self) -> Result<Vec<(OffsetKey, CommitValue)>, EngineError> {
+        let mut latest: HashMap<OffsetKey, CommitValue> = HashMap::new();
         let mut offset = self.log.log_start_offset();
         let mut bytes = Vec::new();
         loop {
@@ -482,16 +508,14 @@ impl Slot {
                 for record in batch.records() {
                     let record = record.map_err(LogError::from)?;
                     let decoded = record.key.and_then(decode_offset_key);
-                    let value =
-                        record.value.and_then(|v| <[u8; 8]>::try_from(v).ok()).map(i64::from_be_bytes);
-                    match (decoded, value) {
-                        (Some(key), Some(v)) => {
+                    match (decoded, record.value.map(CommitValue::decode)) {
+                        (Some(key), Some(Some(v))) => {
                             latest.insert(key, v);
                         }
                         (Some(key), None) => {
                             latest.remove(&key);
                         }
-                        (None, _) => {
+                        (None, _) | (_, Some(None)) => {
                             tracing::warn!(offset = record.offset, "skipping a malformed offset record")
                         }
                     }
@@ -545,7 +569,11 @@ mod tests {
         for round in 0..2 {
             for i in 0..40 {
                 let (tx, _rx) = oneshot::channel();
-                slot.append_commit(&mut *io, key(i), (round * 100 + i) as i64, tx);
+                let value = CommitValue {
+                    offset: (round * 100 + i) as i64,
+                    metadata: Arc::from(format!("m{round}-{i}")),
+                };
+                slot.append_commit(&mut *io, key(i), value, tx);
             }
             slot.log.flush(&mut *io).unwrap();
         }
@@ -555,8 +583,26 @@ mod tests {
         assert_eq!(slot.log.segments().len(), 1, "everything before the snapshot is gone");
         let mut live = slot.replay_offsets().unwrap();
         live.sort();
-        assert_eq!(live, (0..40).map(|i| (key(i), (100 + i) as i64)).collect::<Vec<_>>());
+        let expect =
+            |i: usize| CommitValue { offset: (100 + i) as i64, metadata: Arc::from(format!("m1-{i}")) };
+        assert_eq!(
+            live,
+            (0..40).map(|i| (key(i), expect(i))).collect::<Vec<_>>(),
+            "offsets and metadata kept"
+        );
         assert!(!slot.compact_offsets(&mut *io, 16 << 10).unwrap(), "not again until it doubles");
+    }
+
+    #[test]
+    fn commit_values_round_trip_and_old_eight_byte_values_have_no_metadata() {
+        let v = CommitValue { offset: 42, metadata: Arc::from("consumer state") };
+        assert_eq!(CommitValue::decode(&v.encode()), Some(v));
+        assert_eq!(
+            CommitValue::decode(&7i64.to_be_bytes()),
+            Some(CommitValue { offset: 7, metadata: Arc::from("") })
+        );
+        assert_eq!(CommitValue::decode(&[1, 2, 3]), None);
+        assert_eq!(CommitValue::decode(&[0, 0, 0, 0, 0, 0, 0, 1, 0xff]), None, "metadata is UTF-8");
     }
 
     #[test]

@@ -70,3 +70,17 @@ fn the_open_file_limit_refuses_partitions_and_connections_before_it_is_reached()
     assert!(log.contains("out of file descriptors; refusing connections"), "{log}");
     assert!(!log.contains("partition failed"), "{log}");
 }
+
+/// OffsetCommit metadata is kept with the offset and returned by OffsetFetch.
+#[test]
+fn committed_metadata_round_trips_through_a_real_client() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let r = run_python(
+        &python,
+        "confluent_admin.py",
+        &["commit-metadata", &spate.bootstrap(), "meta", "job state 3"],
+    );
+    assert_eq!((r["offset"].as_i64(), r["metadata"].as_str()), (Some(3), Some("job state 3")), "{r}");
+}

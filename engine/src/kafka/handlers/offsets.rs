@@ -20,6 +20,7 @@ use super::super::errors;
 use super::super::server::Ctx;
 use super::groups::group_code;
 use super::{partition_index, str_bytes, topic_name};
+use crate::engine::CommittedOffset;
 use crate::engine::{EngineError, OffsetSpec};
 
 pub async fn list_offsets(ctx: &Rc<Ctx>, request: ListOffsetsRequest) -> ListOffsetsResponse {
@@ -89,8 +90,9 @@ pub async fn commit(ctx: &Rc<Ctx>, request: OffsetCommitRequest) -> OffsetCommit
                     let engine = ctx.engine.clone();
                     let (group, name) = (group.clone(), name.clone());
                     let offset = p.committed_offset;
+                    let metadata = p.committed_metadata.as_ref().map_or(String::new(), |m| m.to_string());
                     Ok(tokio::task::spawn_local(async move {
-                        engine.commit_offset_async(&group, &name, partition, offset).await
+                        engine.commit_offset_async(&group, &name, partition, offset, &metadata).await
                     }))
                 }
             };
@@ -128,7 +130,7 @@ async fn committed(
     ctx: &Rc<Ctx>,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
-) -> Result<Vec<(String, Vec<(i32, Result<Option<i64>, EngineError>)>)>, EngineError> {
+) -> Result<Vec<(String, Vec<(i32, Result<Option<CommittedOffset>, EngineError>)>)>, EngineError> {
     let engine = ctx.engine.clone();
     let topics = match topics {
         Some(t) => t,
@@ -159,13 +161,14 @@ async fn committed(
     Ok(out)
 }
 
-fn fetched_offset(result: &Result<Option<i64>, EngineError>) -> (i64, i16) {
+/// (offset, metadata, error code) of one partition of an OffsetFetch answer.
+fn fetched_offset(result: &Result<Option<CommittedOffset>, EngineError>) -> (i64, &str, i16) {
     match result {
-        Ok(Some(offset)) => (*offset, 0),
-        Ok(None) => (-1, 0),
+        Ok(Some(c)) => (c.offset, &c.metadata, 0),
+        Ok(None) => (-1, "", 0),
         // A partition that does not exist has no committed offset; Kafka says -1 too.
-        Err(EngineError::UnknownTopic(_) | EngineError::UnknownPartition { .. }) => (-1, 0),
-        Err(e) => (-1, errors::code(e).code()),
+        Err(EngineError::UnknownTopic(_) | EngineError::UnknownPartition { .. }) => (-1, "", 0),
+        Err(e) => (-1, "", errors::code(e).code()),
     }
 }
 
@@ -180,12 +183,12 @@ macro_rules! offset_topics {
                     parts
                         .iter()
                         .map(|(p, r)| {
-                            let (offset, code) = fetched_offset(r);
+                            let (offset, metadata, code) = fetched_offset(r);
                             <$partition>::default()
                                 .with_partition_index(*p)
                                 .with_committed_offset(offset)
                                 .with_committed_leader_epoch(-1)
-                                .with_metadata(Some(str_bytes("")))
+                                .with_metadata(Some(str_bytes(metadata)))
                                 .with_error_code(code)
                         })
                         .collect(),

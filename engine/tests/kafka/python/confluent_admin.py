@@ -21,3 +21,15 @@ if mode == "create":
         err = e.args[0]
         result = {"error": err.name(), "message": err.str()}
     print(json.dumps(result))
+elif mode == "commit-metadata":
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic, metadata = sys.argv[3], sys.argv[4]
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])["%s" % topic].result(timeout=10)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "meta-group", "enable.auto.commit": False})
+    c.commit(offsets=[TopicPartition(topic, 0, 3, metadata=metadata)], asynchronous=False)
+    c.close()
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "meta-group"})
+    got = c.committed([TopicPartition(topic, 0)], timeout=10)[0]
+    c.close()
+    print(json.dumps({"offset": got.offset, "metadata": got.metadata}))
