@@ -96,6 +96,8 @@ struct FileConfig {
     retention_ms: Option<u64>,
     retention_bytes: Option<u64>,
     group_initial_rebalance_delay_ms: Option<u64>,
+    connections_max_idle_ms: Option<u64>,
+    frame_bytes_per_sec_min: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -234,6 +236,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = file.group_initial_rebalance_delay_ms {
         config.group_initial_rebalance_delay = Duration::from_millis(v);
+    }
+    if let Some(v) = file.connections_max_idle_ms {
+        config.connections_max_idle = Duration::from_millis(v);
+    }
+    if let Some(v) = file.frame_bytes_per_sec_min {
+        config.frame_bytes_per_sec_min = v;
     }
     config.validate().map_err(anyhow::Error::msg)?;
 

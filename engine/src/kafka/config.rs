@@ -22,6 +22,12 @@ pub struct ServerConfig {
     pub request_bytes_in_flight_max: usize,
     /// A frame's body must arrive within this long of its size, or the connection is closed.
     pub frame_read_timeout: Duration,
+    /// ... and at this rate at least (each 256 KiB piece within a second plus its share of
+    /// this rate), so that a stalled sender gives its room in the budget back quickly.
+    pub frame_bytes_per_sec_min: u64,
+    /// A connection that sends no request for this long is closed (Kafka's
+    /// `connections.max.idle.ms`, ten minutes by default).
+    pub connections_max_idle: Duration,
     /// Requests one connection may have in flight (answered in order).
     pub in_flight_per_connection: usize,
     /// Open connections at most; more are closed at once.
@@ -50,6 +56,8 @@ impl Default for ServerConfig {
             request_frame_bytes_max: 1 << 20,
             request_bytes_in_flight_max: 512 << 20,
             frame_read_timeout: Duration::from_secs(30),
+            frame_bytes_per_sec_min: 256 << 10,
+            connections_max_idle: Duration::from_secs(600),
             in_flight_per_connection: 16,
             connections_max: 10_000,
             metrics_listen: None,
@@ -74,8 +82,11 @@ impl ServerConfig {
         if self.produce_frame_bytes_max > i32::MAX as usize {
             return Err("produce_frame_bytes_max must fit an i32 frame size".into());
         }
-        if self.frame_read_timeout.is_zero() {
-            return Err("frame_read_timeout must be positive".into());
+        if self.frame_read_timeout.is_zero() || self.connections_max_idle.is_zero() {
+            return Err("frame_read_timeout and connections_max_idle must be positive".into());
+        }
+        if self.frame_bytes_per_sec_min == 0 {
+            return Err("frame_bytes_per_sec_min must be positive".into());
         }
         if self.in_flight_per_connection == 0 || self.connections_max == 0 {
             return Err("in_flight_per_connection and connections_max must be positive".into());
@@ -87,6 +98,20 @@ impl ServerConfig {
             return Err("group_session_timeout_min exceeds group_session_timeout_max".into());
         }
         self.topic_defaults.validate()
+    }
+
+    /// Budget bytes kept for frames of at most `request_frame_bytes_max`: sixteen of them, at
+    /// least 32 MiB, at most half the budget.
+    pub(crate) fn small_request_reserve(&self) -> usize {
+        (self.request_frame_bytes_max * 16).max(32 << 20).min(self.request_bytes_in_flight_max / 2)
+    }
+
+    /// Budget bytes one connection may hold at most: its largest frame, or an eighth of the
+    /// budget if that is more.
+    pub(crate) fn connection_request_bytes_max(&self) -> usize {
+        self.produce_frame_bytes_max
+            .max(self.request_frame_bytes_max)
+            .max(self.request_bytes_in_flight_max / 8)
     }
 
     /// The host and port clients are told to use.

@@ -97,6 +97,9 @@ async fn read_loop(
     moving: Rc<Move>,
 ) -> Option<OwnedReadHalf> {
     let limits = ctx.shared.limits();
+    let config = &ctx.shared.config;
+    // This connection's share of the request budget.
+    let own_bytes = Arc::new(tokio::sync::Semaphore::new(config.connection_request_bytes_max()));
     loop {
         // Wait for the next frame's first byte without taking it (`readable` can report a
         // readiness left over from the last frame), so that a move is noticed between frames.
@@ -104,9 +107,15 @@ async fn read_loop(
         tokio::select! {
             biased;
             _ = moving.notify.notified() => return Some(reader),
-            peeked = reader.peek(&mut first) => {
-                if !matches!(peeked, Ok(n) if n > 0) {
-                    return None;
+            peeked = tokio::time::timeout(config.connections_max_idle, reader.peek(&mut first)) => {
+                match peeked {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return None,
+                    Err(_) => {
+                        ctx.shared.metrics.connections_idle_closed.inc();
+                        tracing::debug!(%peer, "closing a connection idle for connections_max_idle");
+                        return None;
+                    }
                 }
             }
         }
@@ -146,11 +155,29 @@ async fn read_loop(
         if size > PREFIX_BYTES && !matches!(reader.peek(&mut first).await, Ok(n) if n > 0) {
             return None;
         }
-        let budget = Arc::clone(&ctx.shared.request_bytes);
-        let Ok(permit) = budget.acquire_many_owned(size as u32).await else { return None };
-        let body = read_body(&mut reader, &prefix, size);
+        // The connection's share first, then (for a large frame) the large-frame part of the
+        // budget, then the budget itself: small requests always find room.
+        let mut permits = Vec::with_capacity(3);
+        let Ok(own) = Arc::clone(&own_bytes).acquire_many_owned(size as u32).await else { return None };
+        permits.push(own);
+        if size > config.request_frame_bytes_max {
+            let Ok(large) = Arc::clone(&ctx.shared.large_request_bytes).acquire_many_owned(size as u32).await
+            else {
+                return None;
+            };
+            permits.push(large);
+        }
+        let Ok(permit) = Arc::clone(&ctx.shared.request_bytes).acquire_many_owned(size as u32).await else {
+            return None;
+        };
+        permits.push(permit);
+        let body = read_body(&mut reader, &prefix, size, config.frame_bytes_per_sec_min);
         let frame = match tokio::time::timeout(ctx.shared.config.frame_read_timeout, body).await {
             Ok(Ok(frame)) => frame,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                bad_frame(&ctx, peer, &format!("a {size}-byte frame arrived slower than the minimum rate"));
+                return None;
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "connection closed inside a frame");
                 return None;
@@ -166,10 +193,9 @@ async fn read_loop(
         };
         let frame: Bytes = frame.freeze();
         let task_ctx = Rc::clone(&ctx);
+        let budget = handlers::FrameBudget::new(permits);
         let handle = tokio::task::spawn_local(async move {
-            let handled = handlers::handle(&task_ctx, parsed, frame, started).await;
-            drop(permit);
-            handled
+            handlers::handle(&task_ctx, parsed, frame, started, budget).await
         });
         if tx.send(Pending(handle)).await.is_err() {
             return None;
@@ -180,15 +206,26 @@ async fn read_loop(
 /// Bytes of a frame's body read (and allocated) at a time: the buffer grows with what arrives.
 const BODY_CHUNK_BYTES: usize = 256 << 10;
 
-/// Reads the rest of a `size`-byte frame after its prefix.
-async fn read_body(reader: &mut OwnedReadHalf, prefix: &[u8], size: usize) -> std::io::Result<BytesMut> {
+/// Reads the rest of a `size`-byte frame after its prefix, each piece within a second plus
+/// its share of `bytes_per_sec_min` (a `TimedOut` error otherwise).
+async fn read_body(
+    reader: &mut OwnedReadHalf,
+    prefix: &[u8],
+    size: usize,
+    bytes_per_sec_min: u64,
+) -> std::io::Result<BytesMut> {
     let mut frame = BytesMut::with_capacity(size.min(BODY_CHUNK_BYTES));
     frame.extend_from_slice(prefix);
     while frame.len() < size {
         let chunk = (size - frame.len()).min(BODY_CHUNK_BYTES);
         let start = frame.len();
         frame.resize(start + chunk, 0);
-        reader.read_exact(&mut frame[start..]).await?;
+        let allowed = std::time::Duration::from_secs(1)
+            + std::time::Duration::from_secs_f64(chunk as f64 / bytes_per_sec_min as f64);
+        match tokio::time::timeout(allowed, reader.read_exact(&mut frame[start..])).await {
+            Ok(read) => read?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        };
     }
     Ok(frame)
 }

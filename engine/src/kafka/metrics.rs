@@ -35,6 +35,8 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     pub connections_refused: Counter,
     pub connections_moved: Counter,
+    /// Connections closed after `connections_max_idle` without a request.
+    pub connections_idle_closed: Counter,
     pub requests: Family<ApiLabel, Counter>,
     pub request_seconds: Family<ApiLabel, Histogram>,
     /// Frames that were closed on: malformed, oversized, unknown API or version.
@@ -52,6 +54,7 @@ impl Metrics {
         let connections_accepted = Counter::default();
         let connections_refused = Counter::default();
         let connections_moved = Counter::default();
+        let connections_idle_closed = Counter::default();
         let requests = Family::<ApiLabel, Counter>::default();
         let request_seconds = Family::<ApiLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.000_025, 2.0, 18))
@@ -63,13 +66,18 @@ impl Metrics {
         registry.register("connections_accepted", "Kafka connections accepted", connections_accepted.clone());
         registry.register(
             "connections_refused",
-            "Kafka connections closed at once (connections_max reached)",
+            "Kafka connections closed at once (connections_max or the open-file limit reached)",
             connections_refused.clone(),
         );
         registry.register(
             "connections_moved",
             "Kafka connections moved to the shard owning all the partitions they use",
             connections_moved.clone(),
+        );
+        registry.register(
+            "connections_idle_closed",
+            "Kafka connections closed after connections_max_idle without a request",
+            connections_idle_closed.clone(),
         );
         registry.register("requests", "Kafka requests answered, by API", requests.clone());
         registry.register(
@@ -100,6 +108,7 @@ impl Metrics {
             connections_accepted,
             connections_refused,
             connections_moved,
+            connections_idle_closed,
             requests,
             request_seconds,
             bad_frames,

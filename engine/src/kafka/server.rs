@@ -49,6 +49,9 @@ pub(crate) struct Shared {
     pub admin: crossbeam::channel::Sender<AdminJob>,
     pub connections: AtomicUsize,
     pub request_bytes: Arc<tokio::sync::Semaphore>,
+    /// The part of `request_bytes` that frames larger than `request_frame_bytes_max` may take:
+    /// the rest is kept for small requests, so that large frames cannot starve them.
+    pub large_request_bytes: Arc<tokio::sync::Semaphore>,
     pub stop: watch::Receiver<bool>,
 }
 
@@ -134,6 +137,9 @@ impl Server {
             admin: admin_tx,
             connections: AtomicUsize::new(0),
             request_bytes: Arc::new(tokio::sync::Semaphore::new(config.request_bytes_in_flight_max)),
+            large_request_bytes: Arc::new(tokio::sync::Semaphore::new(
+                config.request_bytes_in_flight_max - config.small_request_reserve(),
+            )),
             stop: stop_rx,
             config,
         });

@@ -180,6 +180,57 @@ fn clients_announcing_huge_frames_and_sending_nothing_do_not_hold_up_others() {
     drop(stalled);
 }
 
+/// Six clients announce 100 MiB Produce frames and send one byte of each (so their frames take
+/// their room in the budget), and a thousand more sit idle: a new client is still answered
+/// within a second, and the stalled senders are cut off long before the 30 s frame timeout.
+#[test]
+fn stalled_large_frames_and_idle_sockets_leave_room_for_a_new_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let mut stalled: Vec<TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = TcpStream::connect(spate.addr).unwrap();
+            let mut f = (100i32 << 20).to_be_bytes().to_vec();
+            f.extend_from_slice(&[0, 0, 0, 9, 0, 0, 0, 1, 0]);
+            s.write_all(&f).unwrap();
+            s
+        })
+        .collect();
+    let idle: Vec<TcpStream> = (0..1000).map(|_| TcpStream::connect(spate.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(spate.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (id, _) = round_trip(&mut s, &api_versions(78)).expect("answered while others stall");
+    assert_eq!(id, 78);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "a new client waited {took:?}");
+    // A sender below the minimum rate is closed within seconds.
+    let cut = std::time::Instant::now();
+    assert!(stalled.iter_mut().all(closed), "every stalled sender was closed");
+    assert!(cut.elapsed() < Duration::from_secs(10), "{:?}", cut.elapsed());
+    drop(idle);
+}
+
+/// A connection that sends nothing for `connections_max_idle_ms` is closed.
+#[test]
+fn idle_connections_are_closed_after_connections_max_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = crate::server::Options {
+        config: Some("connections_max_idle_ms = 500\n".into()),
+        ..Default::default()
+    };
+    let spate = Spate::start_with(&dir.path().join("data"), options);
+    let mut busy = TcpStream::connect(spate.addr).unwrap();
+    let mut quiet = TcpStream::connect(spate.addr).unwrap();
+    for i in 0..6 {
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(round_trip(&mut busy, &api_versions(i)).unwrap().0, i, "an active connection stays open");
+    }
+    assert!(closed(&mut quiet), "the quiet one was closed");
+    assert!(spate.metric("spate_connections_idle_closed_total") >= 1.0);
+}
+
 #[test]
 fn a_topic_of_absurdly_many_partitions_is_refused() {
     use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};

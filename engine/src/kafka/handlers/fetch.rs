@@ -37,9 +37,12 @@ pub async fn handle(
     header: &RequestHeader,
     mut body: Bytes,
     owner: &mut Option<usize>,
+    budget: super::FrameBudget,
 ) -> Result<Option<Outgoing>, String> {
     let version = header.request_api_version;
     let request: FetchRequest = codec::decode_body(&mut body, version, "Fetch").map_err(|e| e.to_string())?;
+    // The long poll below holds none of the request budget.
+    drop((body, budget));
     *owner = super::sole_owner(
         ctx,
         request.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (t.topic.0.as_str(), p.partition))),

@@ -52,7 +52,25 @@ pub fn sole_owner<'a>(ctx: &Ctx, partitions: impl IntoIterator<Item = (&'a str, 
     owner
 }
 
-pub(crate) async fn handle(ctx: &Rc<Ctx>, prefix: Prefix, mut frame: Bytes, started: Instant) -> Handled {
+/// The room a frame takes in the server's request byte budget. Handlers give it back as soon
+/// as the request is decoded (and, for Produce, its batches copied for the engine): waiting
+/// (long polls, rebalances, acknowledgements) holds none of it.
+#[derive(Debug)]
+pub(crate) struct FrameBudget(#[allow(dead_code)] Vec<tokio::sync::OwnedSemaphorePermit>);
+
+impl FrameBudget {
+    pub fn new(permits: Vec<tokio::sync::OwnedSemaphorePermit>) -> FrameBudget {
+        FrameBudget(permits)
+    }
+}
+
+pub(crate) async fn handle(
+    ctx: &Rc<Ctx>,
+    prefix: Prefix,
+    mut frame: Bytes,
+    started: Instant,
+    budget: FrameBudget,
+) -> Handled {
     let key = ApiKey::try_from(prefix.api_key).ok();
     let api = key.map_or("unknown", api_name);
     let mut owner = None;
@@ -63,7 +81,7 @@ pub(crate) async fn handle(ctx: &Rc<Ctx>, prefix: Prefix, mut frame: Bytes, star
             Err(format!("{key:?} v{} is not implemented", prefix.api_version))
         }
         Some(key) => match codec::decode_header(&mut frame, key, prefix.api_version) {
-            Ok(header) => dispatch(ctx, key, header, frame, &mut owner).await,
+            Ok(header) => dispatch(ctx, key, header, frame, &mut owner, budget).await,
             Err(e) => Err(e.to_string()),
         },
     };
@@ -76,28 +94,34 @@ async fn dispatch(
     header: RequestHeader,
     body: Bytes,
     owner: &mut Option<usize>,
+    budget: FrameBudget,
 ) -> Result<Option<Outgoing>, String> {
     let h = &header;
+    let b = budget;
     match key {
-        ApiKey::Metadata => run(h, body, |r| meta::metadata(ctx, r, h.request_api_version)).await,
-        ApiKey::Produce => produce::handle(ctx, h, body, owner).await,
-        ApiKey::Fetch => fetch::handle(ctx, h, body, owner).await,
-        ApiKey::ListOffsets => run(h, body, |r| offsets::list_offsets(ctx, r)).await,
-        ApiKey::CreateTopics => run(h, body, |r| admin::create_topics(ctx, r, h.request_api_version)).await,
-        ApiKey::DeleteTopics => run(h, body, |r| admin::delete_topics(ctx, r, h.request_api_version)).await,
-        ApiKey::DescribeConfigs => run(h, body, |r| admin::describe_configs(ctx, r)).await,
-        ApiKey::InitProducerId => run(h, body, |r| meta::init_producer_id(ctx, r)).await,
-        ApiKey::FindCoordinator => {
-            run(h, body, |r| meta::find_coordinator(ctx, r, h.request_api_version)).await
+        ApiKey::Metadata => run(h, body, b, |r| meta::metadata(ctx, r, h.request_api_version)).await,
+        ApiKey::Produce => produce::handle(ctx, h, body, owner, b).await,
+        ApiKey::Fetch => fetch::handle(ctx, h, body, owner, b).await,
+        ApiKey::ListOffsets => run(h, body, b, |r| offsets::list_offsets(ctx, r)).await,
+        ApiKey::CreateTopics => {
+            run(h, body, b, |r| admin::create_topics(ctx, r, h.request_api_version)).await
         }
-        ApiKey::JoinGroup => run(h, body, |r| groups::join(ctx, r, h)).await,
-        ApiKey::SyncGroup => run(h, body, |r| groups::sync(ctx, r)).await,
-        ApiKey::Heartbeat => run(h, body, |r| groups::heartbeat(ctx, r)).await,
-        ApiKey::LeaveGroup => run(h, body, |r| groups::leave(ctx, r, h.request_api_version)).await,
-        ApiKey::ListGroups => run(h, body, |r| groups::list(ctx, r)).await,
-        ApiKey::DescribeGroups => run(h, body, |r| groups::describe(ctx, r)).await,
-        ApiKey::OffsetCommit => run(h, body, |r| offsets::commit(ctx, r)).await,
-        ApiKey::OffsetFetch => run(h, body, |r| offsets::fetch(ctx, r, h.request_api_version)).await,
+        ApiKey::DeleteTopics => {
+            run(h, body, b, |r| admin::delete_topics(ctx, r, h.request_api_version)).await
+        }
+        ApiKey::DescribeConfigs => run(h, body, b, |r| admin::describe_configs(ctx, r)).await,
+        ApiKey::InitProducerId => run(h, body, b, |r| meta::init_producer_id(ctx, r)).await,
+        ApiKey::FindCoordinator => {
+            run(h, body, b, |r| meta::find_coordinator(ctx, r, h.request_api_version)).await
+        }
+        ApiKey::JoinGroup => run(h, body, b, |r| groups::join(ctx, r, h)).await,
+        ApiKey::SyncGroup => run(h, body, b, |r| groups::sync(ctx, r)).await,
+        ApiKey::Heartbeat => run(h, body, b, |r| groups::heartbeat(ctx, r)).await,
+        ApiKey::LeaveGroup => run(h, body, b, |r| groups::leave(ctx, r, h.request_api_version)).await,
+        ApiKey::ListGroups => run(h, body, b, |r| groups::list(ctx, r)).await,
+        ApiKey::DescribeGroups => run(h, body, b, |r| groups::describe(ctx, r)).await,
+        ApiKey::OffsetCommit => run(h, body, b, |r| offsets::commit(ctx, r)).await,
+        ApiKey::OffsetFetch => run(h, body, b, |r| offsets::fetch(ctx, r, h.request_api_version)).await,
         other => Err(format!("{other:?} is not implemented")),
     }
 }
@@ -146,6 +170,7 @@ pub fn decode_request(frame: &[u8]) -> Result<ApiKey, String> {
 async fn run<Req, Resp, F, Fut>(
     header: &RequestHeader,
     mut body: Bytes,
+    budget: FrameBudget,
     f: F,
 ) -> Result<Option<Outgoing>, String>
 where
@@ -157,6 +182,8 @@ where
     let key = ApiKey::try_from(header.request_api_key).map_err(|_| "unknown API key".to_string())?;
     let version = header.request_api_version;
     let request: Req = codec::decode_body(&mut body, version, api_name(key)).map_err(|e| e.to_string())?;
+    drop(body);
+    drop(budget);
     let response = f(request).await;
     codec::encode_response(key, version, header.correlation_id, &response)
         .map(Some)

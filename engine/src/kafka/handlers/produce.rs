@@ -26,6 +26,7 @@ pub async fn handle(
     header: &RequestHeader,
     mut body: Bytes,
     owner: &mut Option<usize>,
+    budget: super::FrameBudget,
 ) -> Result<Option<Outgoing>, String> {
     let version = header.request_api_version;
     let request: ProduceRequest =
@@ -55,6 +56,9 @@ pub async fn handle(
                 (Some(Refused(code, why)), _) => Err(Refused(*code, why.clone())),
                 (None, Err(refused)) => Err(refused),
                 (None, Ok(batches)) => {
+                    // Copied out of the frame now, so that the frame (and its budget) goes
+                    // before the acknowledgements are awaited.
+                    let batches: Vec<Vec<u8>> = batches.iter().map(|b| b.to_vec()).collect();
                     let (ctx, name) = (Rc::clone(ctx), Rc::clone(&name));
                     Ok(tokio::task::spawn_local(async move { append_all(&ctx, &name, index, batches).await }))
                 }
@@ -62,6 +66,7 @@ pub async fn handle(
             pending.push((Rc::clone(&name), index, task));
         }
     }
+    drop((body, budget));
     let mut responses: Vec<TopicProduceResponse> = Vec::new();
     let mut any_error = None;
     for (name, index, task) in pending {
@@ -112,7 +117,7 @@ async fn append_all(
     ctx: &Ctx,
     topic: &str,
     index: i32,
-    batches: Vec<Bytes>,
+    batches: Vec<Vec<u8>>,
 ) -> Result<ProduceAck, EngineError> {
     let partition = partition_index(index)
         .map_err(|_| EngineError::UnknownPartition { topic: topic.into(), partition: u32::MAX })?;
@@ -122,7 +127,7 @@ async fn append_all(
     let mut waits = Vec::with_capacity(batches.len());
     for batch in batches {
         // Sent now, in order with everything this shard sends the partition's owner.
-        waits.push(ctx.engine.produce_batch_async(topic, partition, batch.to_vec(), &Backpressure::Buffer));
+        waits.push(ctx.engine.produce_batch_async(topic, partition, batch, &Backpressure::Buffer));
     }
     for w in waits {
         let ack = w.await?;
