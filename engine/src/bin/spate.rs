@@ -97,6 +97,7 @@ struct FileConfig {
     retention_bytes: Option<u64>,
     group_initial_rebalance_delay_ms: Option<u64>,
     connections_max_idle_ms: Option<u64>,
+    auto_create_topics_per_sec: Option<u32>,
     frame_bytes_per_sec_min: Option<u64>,
 }
 
@@ -236,6 +237,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = file.group_initial_rebalance_delay_ms {
         config.group_initial_rebalance_delay = Duration::from_millis(v);
+    }
+    if let Some(v) = file.auto_create_topics_per_sec {
+        config.auto_create_topics_per_sec = v;
     }
     if let Some(v) = file.connections_max_idle_ms {
         config.connections_max_idle = Duration::from_millis(v);

@@ -32,12 +32,16 @@ pub enum EngineError {
     /// Another engine has the data directory open.
     #[error("{} is in use by another engine", dir.display())]
     Locked { dir: PathBuf },
-    #[error("invalid consumer name: {len} bytes (1 to 65535 allowed)")]
+    #[error("invalid consumer name: {len} bytes (1 to 255 allowed)")]
     InvalidConsumerName { len: usize },
     /// Creating the partitions would pass a limit: `partitions_max`, or what the open-file limit
     /// leaves (every partition keeps a file open).
     #[error("cannot add {requested} partitions to {existing}: at most {max} fit under {limit}")]
     TooManyPartitions { requested: u64, existing: u64, max: u64, limit: &'static str },
+    /// A request names more partitions than one request may (see
+    /// `kafka::REQUEST_PARTITIONS_MAX`).
+    #[error("a request may name {max} partitions, this one names {partitions}")]
+    TooManyPartitionsInRequest { partitions: usize, max: usize },
     /// A committed offset's metadata is longer than the limit.
     #[error("offset metadata of {len} bytes is longer than {max}")]
     OffsetMetadataTooLarge { len: usize, max: usize },

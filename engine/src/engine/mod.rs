@@ -64,6 +64,10 @@ pub const TOPIC_PARTITIONS_MAX: u32 = 10_000;
 /// The internal topic holding consumers' committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Longest consumer name (Kafka group id) of committed offsets: every commit stores it in its
+/// key, so a long one would multiply a request's size on disk.
+pub const CONSUMER_NAME_BYTES_MAX: usize = 255;
+
 /// Longest metadata string stored with a committed offset (Kafka's
 /// `offset.metadata.max.bytes` default).
 pub const OFFSET_METADATA_MAX_BYTES: usize = 4096;
@@ -632,7 +636,7 @@ impl Engine {
     /// The offsets partition holding `consumer`'s commits, from the stored topic (its partition
     /// count is fixed when the data directory is created).
     fn offsets_partition(&self, consumer: &str) -> Result<u32, EngineError> {
-        if consumer.is_empty() || consumer.len() > usize::from(u16::MAX) {
+        if consumer.is_empty() || consumer.len() > CONSUMER_NAME_BYTES_MAX {
             return Err(EngineError::InvalidConsumerName { len: consumer.len() });
         }
         let partitions = self.topic(OFFSETS_TOPIC)?.partitions;

@@ -1096,22 +1096,32 @@ fn compressed_batches_are_validated_on_produce_and_decoded_on_fetch() {
 #[test]
 fn deleting_a_topic_with_many_committed_offsets_forgets_them_all_for_good() {
     let dir = tempfile::tempdir().unwrap();
-    let consumer = |i: usize| format!("{i:03}{}", "c".repeat(30 << 10));
+    // Consumers whose commits all land in one offsets partition (of the default eight).
+    const KEYS: usize = 4000;
+    let names: Vec<String> = (0..)
+        .map(|i: usize| format!("{i:06}{}", "c".repeat(CONSUMER_NAME_BYTES_MAX - 6)))
+        .filter(|n| crate::partitioner::partition_for_key(n.as_bytes(), 8) == 0)
+        .take(KEYS)
+        .collect();
+    let consumer = |i: usize| names[i].clone();
     {
         let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
         engine.create_topic("many", 1, LogConfig::default()).unwrap();
-        // 40 keys of 30 KiB: their tombstones need more than one batch of the offsets topic.
-        for i in 0..40 {
-            engine.commit_offset(&consumer(i), "many", 0, 7).unwrap();
+        // 4,000 keys of 255-byte consumers: their tombstones need several batches of the
+        // offsets topic (one batch would pass its 1 MiB limit).
+        let waits: Vec<_> =
+            (0..KEYS).map(|i| engine.commit_offset_async(&consumer(i), "many", 0, 7, "")).collect();
+        for w in waits {
+            block_on(w).unwrap();
         }
         engine.delete_topic("many").unwrap();
         engine.create_topic("many", 1, LogConfig::default()).unwrap();
-        for i in 0..40 {
+        for i in 0..KEYS {
             assert_eq!(engine.committed_offset(&consumer(i), "many", 0).unwrap(), None);
         }
     }
     let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 2)).unwrap();
-    for i in 0..40 {
+    for i in 0..KEYS {
         assert_eq!(engine.committed_offset(&consumer(i), "many", 0).unwrap(), None, "nothing comes back");
     }
 }

@@ -49,6 +49,13 @@ pub enum GroupError {
     GroupIdNotFound,
     #[error("group is not empty")]
     NonEmptyGroup,
+    #[error("group has reached its maximum size")]
+    GroupMaxSizeReached,
+    #[error("too many assignment protocols, or protocol metadata too large")]
+    ProtocolsTooLarge,
+    /// A request breaks a limit of the coordinator (too many partitions named, say).
+    #[error("invalid request")]
+    InvalidRequest,
 }
 
 /// Limits the coordinator enforces.
@@ -192,8 +199,14 @@ pub struct Groups {
     next_member: u64,
 }
 
-/// Members one group may hold; joins beyond it are refused.
-pub const MEMBERS_MAX: usize = 10_000;
+/// Members one group may hold; joins beyond it are refused (GROUP_MAX_SIZE_REACHED).
+pub const MEMBERS_MAX: usize = 1_000;
+/// Longest group id: the longest consumer name of committed offsets.
+pub const GROUP_ID_BYTES_MAX: usize = crate::engine::CONSUMER_NAME_BYTES_MAX;
+/// Assignment protocols one member may offer, and the metadata bytes of each: the checks of a
+/// join compare every member's protocols, so these keep that work small.
+pub const PROTOCOLS_MAX: usize = 16;
+pub const PROTOCOL_METADATA_BYTES_MAX: usize = 64 << 10;
 /// Groups the coordinator holds at most.
 pub const GROUPS_MAX: usize = 100_000;
 /// Member ids handed out with MEMBER_ID_REQUIRED and not yet used, per group.
@@ -219,8 +232,16 @@ impl Groups {
             let _ = w.send(r);
             None
         };
-        if req.group.is_empty() {
+        if req.group.is_empty() || req.group.len() > GROUP_ID_BYTES_MAX {
             return answer(waiter, Err(GroupError::InvalidGroupId));
+        }
+        if req.protocols.len() > PROTOCOLS_MAX
+            || req
+                .protocols
+                .iter()
+                .any(|(name, md)| name.len() > 255 || md.len() > PROTOCOL_METADATA_BYTES_MAX)
+        {
+            return answer(waiter, Err(GroupError::ProtocolsTooLarge));
         }
         if req.session_timeout < self.timeouts.session_min || req.session_timeout > self.timeouts.session_max
         {
@@ -288,7 +309,7 @@ impl Groups {
             }
         };
         if !group.members.contains_key(&member_id) && group.members.len() >= MEMBERS_MAX {
-            return answer(waiter, Err(GroupError::CoordinatorNotAvailable));
+            return answer(waiter, Err(GroupError::GroupMaxSizeReached));
         }
         let changed = match group.members.get(&member_id) {
             Some(m) => m.protocols != req.protocols,

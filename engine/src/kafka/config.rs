@@ -38,6 +38,9 @@ pub struct ServerConfig {
     /// `auto.create.topics.enable`), with `default_partitions` partitions.
     pub auto_create_topics: bool,
     pub default_partitions: u32,
+    /// Topics created on first use per second at most (a burst of as many); beyond it,
+    /// Metadata answers LEADER_NOT_AVAILABLE and the client retries.
+    pub auto_create_topics_per_sec: u32,
     /// The configuration of topics created over the protocol, before their own settings.
     pub topic_defaults: LogConfig,
     /// Consumer groups: session timeouts clients may ask for, and how long a new group waits
@@ -63,6 +66,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             auto_create_topics: true,
             default_partitions: 1,
+            auto_create_topics_per_sec: 100,
             topic_defaults: LogConfig::default(),
             group_session_timeout_min: Duration::from_millis(1_000),
             group_session_timeout_max: Duration::from_secs(300),

@@ -21,6 +21,7 @@ pub fn code(e: &EngineError) -> ResponseError {
         EngineError::TooManyWaiters { .. } => ResponseError::ThrottlingQuotaExceeded,
         EngineError::TooManyPartitions { .. } => ResponseError::PolicyViolation,
         EngineError::OffsetMetadataTooLarge { .. } => ResponseError::OffsetMetadataTooLarge,
+        EngineError::TooManyPartitionsInRequest { .. } => ResponseError::InvalidRequest,
         EngineError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         EngineError::Locked { .. } => ResponseError::UnknownServerError,
         EngineError::InvalidConsumerName { .. } => ResponseError::InvalidGroupId,

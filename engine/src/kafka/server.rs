@@ -52,10 +52,28 @@ pub(crate) struct Shared {
     /// The part of `request_bytes` that frames larger than `request_frame_bytes_max` may take:
     /// the rest is kept for small requests, so that large frames cannot starve them.
     pub large_request_bytes: Arc<tokio::sync::Semaphore>,
+    /// Tokens for creating topics on first use, and when they were last counted.
+    pub auto_create_bucket: std::sync::Mutex<(f64, std::time::Instant)>,
     pub stop: watch::Receiver<bool>,
 }
 
 impl Shared {
+    /// Takes one topic creation from the rate limit (a token bucket refilled at
+    /// `auto_create_topics_per_sec`); false if none is left.
+    pub fn auto_create_allowed(&self) -> bool {
+        let rate = f64::from(self.config.auto_create_topics_per_sec.max(1));
+        let mut bucket = self.auto_create_bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = &mut *bucket;
+        *tokens = (*tokens + at.elapsed().as_secs_f64() * rate).min(rate);
+        *at = std::time::Instant::now();
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     pub fn limits(&self) -> super::codec::FrameLimits {
         super::codec::FrameLimits {
             produce_bytes_max: self.config.produce_frame_bytes_max,
@@ -137,6 +155,10 @@ impl Server {
             admin: admin_tx,
             connections: AtomicUsize::new(0),
             request_bytes: Arc::new(tokio::sync::Semaphore::new(config.request_bytes_in_flight_max)),
+            auto_create_bucket: std::sync::Mutex::new((
+                f64::from(config.auto_create_topics_per_sec.max(1)),
+                std::time::Instant::now(),
+            )),
             large_request_bytes: Arc::new(tokio::sync::Semaphore::new(
                 config.request_bytes_in_flight_max - config.small_request_reserve(),
             )),

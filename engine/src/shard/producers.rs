@@ -23,6 +23,9 @@ use crate::segment::HeaderCursor;
 pub const RECENT_BATCHES: usize = 5;
 /// Producers not heard of for this long are forgotten when a partition opens.
 pub const EXPIRATION: Duration = Duration::from_secs(24 * 3600);
+/// Producer ids one partition remembers at most: past it, the one silent longest is forgotten
+/// (it is then treated as new, KIP-360), so a client minting producer ids cannot grow this.
+pub const PRODUCERS_MAX: usize = 2_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Written {
@@ -123,6 +126,12 @@ impl Producers {
         if h.producer_id < 0 {
             return;
         }
+        if !self.by_id.contains_key(&h.producer_id) && self.by_id.len() >= PRODUCERS_MAX {
+            // A scan, but only when a new producer arrives at a full table.
+            if let Some(oldest) = self.by_id.iter().min_by_key(|(_, p)| p.last_write).map(|(&id, _)| id) {
+                self.by_id.remove(&oldest);
+            }
+        }
         let p = self.by_id.entry(h.producer_id).or_insert_with(|| Producer {
             epoch: h.producer_epoch,
             recent: VecDeque::new(),
@@ -186,6 +195,20 @@ mod tests {
 
     fn at(base: i64, last: i64) -> AppendInfo {
         AppendInfo { base_offset: base, last_offset: last }
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_forgets_the_producer_silent_longest() {
+        let mut p = Producers::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for id in 0..PRODUCERS_MAX as i64 + 10 {
+            p.record(&header(id, 0, 0, 1), at(id, id), t0 + Duration::from_secs(id as u64));
+        }
+        assert_eq!(p.by_id.len(), PRODUCERS_MAX);
+        assert!(!p.by_id.contains_key(&0) && !p.by_id.contains_key(&9), "the oldest went");
+        assert!(matches!(p.check(&header(PRODUCERS_MAX as i64 + 9, 0, 0, 1)), Check::Duplicate(_)));
+        // A forgotten producer is new again: any sequence is accepted (KIP-360).
+        assert!(matches!(p.check(&header(3, 0, 17, 1)), Check::Append));
     }
 
     #[test]

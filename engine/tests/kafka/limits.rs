@@ -84,3 +84,106 @@ fn committed_metadata_round_trips_through_a_real_client() {
     );
     assert_eq!((r["offset"].as_i64(), r["metadata"].as_str()), (Some(3), Some("job state 3")), "{r}");
 }
+
+/// Everything a client controls is bounded, and each bound answers with a Kafka error code:
+/// group id length, assignment protocols per member, partitions per OffsetCommit, OffsetFetch
+/// and Fetch, and topics created on first use per second.
+#[test]
+fn client_controlled_sizes_are_bounded_with_kafka_error_codes() {
+    use bytes::Bytes;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+    use kafka_protocol::messages::join_group_request::{JoinGroupRequest, JoinGroupRequestProtocol};
+    use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::{OffsetFetchRequest, OffsetFetchRequestTopic};
+    use kafka_protocol::messages::{
+        ApiKey, FetchResponse, GroupId, JoinGroupResponse, MetadataResponse, OffsetCommitResponse,
+        OffsetFetchResponse, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+
+    use crate::placement::request;
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { config: Some("auto_create_topics_per_sec = 5\n".into()), ..Options::default() };
+    let spate = Spate::start_with(&dir.path().join("data"), options);
+    let mut s = TcpStream::connect(spate.addr).unwrap();
+    let mut call = |frame: Vec<u8>| Bytes::from(round_trip(&mut s, &frame).unwrap().1);
+    let name = |n: &str| TopicName(StrBytes::from_string(n.to_string()));
+
+    // Topics created on first use: five now, the rest asked to retry.
+    let asked: Vec<MetadataRequestTopic> = (0..20)
+        .map(|i| MetadataRequestTopic::default().with_name(Some(name(&format!("auto-{i}")))))
+        .collect();
+    let r = MetadataResponse::decode(
+        &mut call(request(
+            ApiKey::Metadata,
+            8,
+            &MetadataRequest::default().with_topics(Some(asked)).with_allow_auto_topic_creation(true),
+        )),
+        8,
+    )
+    .unwrap();
+    let created = r.topics.iter().filter(|t| t.error_code == 0).count();
+    let retry = r.topics.iter().filter(|t| t.error_code == 5).count();
+    assert_eq!((created, retry), (5, 15), "LEADER_NOT_AVAILABLE past the rate");
+
+    let join = |group: &str, protocols: usize| {
+        let protocols = (0..protocols)
+            .map(|i| {
+                JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_string(format!("p{i}")))
+                    .with_metadata(Bytes::from_static(b"m"))
+            })
+            .collect();
+        JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(10_000)
+            .with_member_id(StrBytes::from_static_str(""))
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(protocols)
+    };
+    let long = "g".repeat(300);
+    let r = JoinGroupResponse::decode(&mut call(request(ApiKey::JoinGroup, 5, &join(&long, 1))), 5).unwrap();
+    assert_eq!(r.error_code, 24, "INVALID_GROUP_ID");
+    let r = JoinGroupResponse::decode(&mut call(request(ApiKey::JoinGroup, 5, &join("ok", 17))), 5).unwrap();
+    assert_eq!(r.error_code, 42, "INVALID_REQUEST for 17 protocols");
+
+    // 10,001 partitions in one OffsetCommit, OffsetFetch and Fetch.
+    let many = 10_001;
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("many")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_member_id(StrBytes::from_static_str(""))
+        .with_topics(vec![OffsetCommitRequestTopic::default().with_name(name("auto-0")).with_partitions(
+            (0..many)
+                .map(|p| {
+                    OffsetCommitRequestPartition::default().with_partition_index(p).with_committed_offset(1)
+                })
+                .collect(),
+        )]);
+    let r = OffsetCommitResponse::decode(&mut call(request(ApiKey::OffsetCommit, 7, &commit)), 7).unwrap();
+    assert!(r.topics[0].partitions.iter().all(|p| p.error_code == 42), "every partition INVALID_REQUEST");
+    let fetch_offsets = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("many")))
+        .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+            .with_name(name("auto-0"))
+            .with_partition_indexes((0..many).collect())]));
+    let r =
+        OffsetFetchResponse::decode(&mut call(request(ApiKey::OffsetFetch, 5, &fetch_offsets)), 5).unwrap();
+    assert_eq!(r.error_code, 42);
+    let fetch = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(vec![
+        FetchTopic::default().with_topic(name("auto-0")).with_partitions(
+            (0..many)
+                .map(|p| FetchPartition::default().with_partition(p).with_partition_max_bytes(1024))
+                .collect(),
+        ),
+    ]);
+    let r = FetchResponse::decode(&mut call(request(ApiKey::Fetch, 11, &fetch)), 11).unwrap();
+    assert!(r.responses[0].partitions.iter().all(|p| p.error_code == 42));
+    assert_eq!(r.responses[0].partitions.len(), many as usize);
+    assert!(spate.server_log().lines().all(|l| !l.contains("panicked")));
+}

@@ -72,6 +72,34 @@ pub async fn handle(
     let deadline = started + max_wait;
     let min_bytes = u64::try_from(request.min_bytes).unwrap_or(0);
     let response_max_bytes = u64::try_from(request.max_bytes).unwrap_or(0).min(RESPONSE_BYTES_CAP);
+    let named: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+    if let Err(e) = super::check_partition_count(named) {
+        tracing::debug!(error = %e, "fetch refused");
+        let wants: Vec<Want> = request
+            .topics
+            .iter()
+            .flat_map(|t| {
+                let name: Rc<str> = Rc::from(t.topic.0.as_str());
+                t.partitions.iter().map(move |p| Want {
+                    topic: Rc::clone(&name),
+                    partition: p.partition,
+                    offset: p.fetch_offset,
+                    max_bytes: 0,
+                })
+            })
+            .collect();
+        let results = wants
+            .iter()
+            .map(|_| {
+                Err(EngineError::TooManyPartitionsInRequest {
+                    partitions: named,
+                    max: super::REQUEST_PARTITIONS_MAX,
+                })
+            })
+            .collect();
+        let included = vec![false; wants.len()];
+        return encode(version, header.correlation_id, &wants, results, &included);
+    }
     let mut wants = Vec::new();
     for topic in request.topics {
         let name: Rc<str> = Rc::from(topic.topic.0.as_str());

@@ -33,6 +33,8 @@ pub fn group_code(e: GroupError) -> ResponseError {
         GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
         GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
         GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+        GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        GroupError::ProtocolsTooLarge | GroupError::InvalidRequest => ResponseError::InvalidRequest,
     }
 }
 

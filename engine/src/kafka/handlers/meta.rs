@@ -77,6 +77,18 @@ pub async fn metadata(ctx: &Rc<Ctx>, request: MetadataRequest, version: i16) -> 
                     Err(EngineError::UnknownTopic(_))
                         if allow_create && ctx.shared.config.auto_create_topics =>
                     {
+                        if !ctx.shared.auto_create_allowed() {
+                            // Over the creation rate: the client asks again, as it does while a
+                            // topic is being created.
+                            topics.push(
+                                MetadataResponseTopic::default()
+                                    .with_name(Some(topic_name(&name)))
+                                    .with_error_code(
+                                        kafka_protocol::error::ResponseError::LeaderNotAvailable.code(),
+                                    ),
+                            );
+                            continue;
+                        }
                         auto_create(ctx, &name).await
                     }
                     other => other,

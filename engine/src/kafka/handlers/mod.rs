@@ -52,6 +52,18 @@ pub fn sole_owner<'a>(ctx: &Ctx, partitions: impl IntoIterator<Item = (&'a str, 
     owner
 }
 
+/// Partitions one Fetch, OffsetCommit or OffsetFetch may name: each costs a request to a
+/// shard, and a commit a record on disk.
+pub const REQUEST_PARTITIONS_MAX: usize = 10_000;
+
+/// Refuses a request naming more than [`REQUEST_PARTITIONS_MAX`] partitions.
+fn check_partition_count(partitions: usize) -> Result<(), EngineError> {
+    if partitions > REQUEST_PARTITIONS_MAX {
+        return Err(EngineError::TooManyPartitionsInRequest { partitions, max: REQUEST_PARTITIONS_MAX });
+    }
+    Ok(())
+}
+
 /// The room a frame takes in the server's request byte budget. Handlers give it back as soon
 /// as the request is decoded (and, for Produce, its batches copied for the engine): waiting
 /// (long polls, rebalances, acknowledgements) holds none of it.

@@ -76,6 +76,10 @@ pub async fn commit(ctx: &Rc<Ctx>, request: OffsetCommitRequest) -> OffsetCommit
         request.member_id.as_str(),
         request.generation_id_or_member_epoch,
     );
+    let named: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+    let allowed = allowed.and_then(|()| {
+        super::check_partition_count(named).map_err(|_| crate::group::GroupError::InvalidRequest)
+    });
     let mut topics = Vec::new();
     for topic in request.topics {
         let name = topic.name.0.to_string();
@@ -132,6 +136,9 @@ async fn committed(
     topics: Option<Vec<(String, Vec<i32>)>>,
 ) -> Result<Vec<(String, Vec<(i32, Result<Option<CommittedOffset>, EngineError>)>)>, EngineError> {
     let engine = ctx.engine.clone();
+    if let Some(t) = &topics {
+        super::check_partition_count(t.iter().map(|(_, ps)| ps.len()).sum())?;
+    }
     let topics = match topics {
         Some(t) => t,
         None => {
