@@ -114,8 +114,15 @@ pub(super) struct Shards {
     pub threads: Vec<JoinHandle<()>>,
 }
 
+/// Makes the I/O backend of a shard, on that shard's thread (one ring per shard).
+pub type IoFactory = Arc<dyn Fn(usize) -> Result<Box<dyn crate::io::Io>, crate::io::IoError> + Send + Sync>;
+
 /// Spawns the shard threads and waits until each has its I/O ring.
-pub(super) fn spawn_shards(config: &EngineConfig, data_dir: &Path) -> Result<Shards, EngineError> {
+pub(super) fn spawn_shards(
+    config: &EngineConfig,
+    data_dir: &Path,
+    io: Option<IoFactory>,
+) -> Result<Shards, EngineError> {
     let mut senders = Vec::with_capacity(config.shards);
     let mut receivers = Vec::with_capacity(config.shards);
     for _ in 0..config.shards {
@@ -142,14 +149,18 @@ pub(super) fn spawn_shards(config: &EngineConfig, data_dir: &Path) -> Result<Sha
             sealed_files_max: config.sealed_files_max,
         };
         let cpu = (config.pin_threads && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
-        let (backend, ready) = (config.io_backend, ready_tx.clone());
+        let (backend, ready, factory) = (config.io_backend, ready_tx.clone(), io.clone());
         let spawned = std::thread::Builder::new().name(format!("spate-shard-{id}")).spawn(move || {
             ON_SHARD_THREAD.with(|f| f.set(true));
             if let Some(cpu) = cpu {
                 pin_to(cpu);
             }
             // The ring is created on the thread that uses it: one ring per shard.
-            match crate::io::open(backend) {
+            let io = match &factory {
+                Some(make) => make(id),
+                None => crate::io::open(backend),
+            };
+            match io {
                 Ok(io) => {
                     let _ = ready.send(Ok(()));
                     Shard::new(setup, io).run();

@@ -47,6 +47,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 pub use error::EngineError;
+pub use lifecycle::IoFactory;
 pub use topics::TopicInfo;
 pub use types::{
     Backpressure, EngineConfig, FetchOptions, Fetched, LatencyBuckets, OffsetSpec, ProduceAck, ShardStats,
@@ -110,7 +111,21 @@ struct Inner {
 impl Engine {
     /// Opens the engine stored in `dir` (creating it if empty), recovering every partition.
     pub fn open(dir: impl AsRef<Path>, config: EngineConfig) -> Result<Engine, EngineError> {
-        let dir = dir.as_ref();
+        Engine::open_inner(dir.as_ref(), config, None)
+    }
+
+    /// [`Engine::open`] with each shard's I/O backend made by `io` (called on the shard's
+    /// thread with its id): a fault injector for crash tests, say. `config.io_backend` is then
+    /// unused.
+    pub fn open_with_io(
+        dir: impl AsRef<Path>,
+        config: EngineConfig,
+        io: IoFactory,
+    ) -> Result<Engine, EngineError> {
+        Engine::open_inner(dir.as_ref(), config, Some(io))
+    }
+
+    fn open_inner(dir: &Path, config: EngineConfig, io: Option<IoFactory>) -> Result<Engine, EngineError> {
         let config = config.resolved()?;
         let topics_dir = dir.join("topics");
         let data_dir = dir.join("data");
@@ -134,7 +149,7 @@ impl Engine {
             }
         }
         lifecycle::remove_orphans(&data_dir, &known)?;
-        let lifecycle::Shards { senders, threads } = lifecycle::spawn_shards(&config, &data_dir)?;
+        let lifecycle::Shards { senders, threads } = lifecycle::spawn_shards(&config, &data_dir, io)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 topics_dir,
@@ -935,5 +950,7 @@ fn offsets_topic(partitions: u32) -> TopicInfo {
     }
 }
 
+#[cfg(test)]
+mod crash_tests;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,7 @@ fn record<'a>(key: Option<&'a [u8]>, value: &'a [u8], timestamp: i64) -> Record<
 
 /// A minimal executor: polls a future on this thread, parking between wake-ups. Enough to show
 /// the async API needs no particular runtime.
-fn block_on<F: Future>(fut: F) -> F::Output {
+pub(super) fn block_on<F: Future>(fut: F) -> F::Output {
     struct Unpark(std::thread::Thread);
     impl std::task::Wake for Unpark {
         fn wake(self: Arc<Self>) {

@@ -59,11 +59,27 @@ pub struct FaultState {
     writes: AtomicU64,
     fsyncs: AtomicU64,
     creates: AtomicU64,
+    /// Per descriptor, for `power_cut`: the file's identity and its length at its last fsync,
+    /// present while it has writes that no fsync covered yet. Shared by every injector of one
+    /// state, so that a crash in one shard cuts the power for all.
+    unsynced: std::sync::Mutex<HashMap<i32, FileMark>>,
+    /// Held by every operation from its crash check to its end, and by the crash itself: with
+    /// several shards, an operation happens wholly before the crash or not at all (an fsync
+    /// cannot "succeed" after another shard's power cut).
+    gate: std::sync::Mutex<()>,
     crashed: AtomicBool,
     dropped: AtomicU64,
 }
 
 impl FaultState {
+    fn unsynced(&self) -> std::sync::MutexGuard<'_, HashMap<i32, FileMark>> {
+        self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.gate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Writes seen (performed, torn, failed or dropped).
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::SeqCst)
@@ -97,9 +113,6 @@ pub struct FaultIo<I: Io> {
     plan: FaultPlan,
     state: Arc<FaultState>,
     stats: IoStats,
-    /// Per descriptor, for `power_cut`: the file's identity and its length at its last fsync,
-    /// present while it has writes that no fsync covered yet.
-    unsynced: HashMap<i32, FileMark>,
 }
 
 /// A file with unsynced writes: which file (the descriptor number may be reused once closed)
@@ -121,13 +134,13 @@ fn identity(fd: BorrowedFd<'_>) -> Option<(u64, u64, u64)> {
 
 impl<I: Io> FaultIo<I> {
     pub fn new(inner: I, plan: FaultPlan) -> Self {
-        FaultIo {
-            inner,
-            plan,
-            state: Arc::new(FaultState::default()),
-            stats: IoStats::default(),
-            unsynced: HashMap::new(),
-        }
+        FaultIo::with_state(inner, plan, Arc::new(FaultState::default()))
+    }
+
+    /// An injector sharing its counts, its crash and its power cut with every other one made
+    /// with `state` (one per shard of an engine: the n-th operation is counted over all).
+    pub fn with_state(inner: I, plan: FaultPlan, state: Arc<FaultState>) -> Self {
+        FaultIo { inner, plan, state, stats: IoStats::default() }
     }
 
     pub fn state(&self) -> Arc<FaultState> {
@@ -135,6 +148,8 @@ impl<I: Io> FaultIo<I> {
     }
 
     fn write_one(&mut self, w: &Write<'_>) -> Result<(), IoError> {
+        let state = Arc::clone(&self.state);
+        let _gate = state.gate();
         let n = self.state.writes.fetch_add(1, Ordering::SeqCst) + 1;
         self.refuse_after_crash().map_err(|e| IoError::new(IoOp::Write, w.fd.as_raw_fd(), e))?;
         if let Some((at, errno)) = self.plan.fail_write {
@@ -166,7 +181,7 @@ impl<I: Io> FaultIo<I> {
         }
         if self.plan.power_cut {
             let fd = w.fd.as_raw_fd();
-            if let std::collections::hash_map::Entry::Vacant(slot) = self.unsynced.entry(fd) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.state.unsynced().entry(fd) {
                 if let Some((dev, ino, len)) = identity(w.fd) {
                     slot.insert(FileMark { dev, ino, synced_len: len });
                 }
@@ -182,6 +197,8 @@ impl<I: Io> FaultIo<I> {
     }
 
     fn fsync_one(&mut self, fd: BorrowedFd<'_>) -> Result<(), IoError> {
+        let state = Arc::clone(&self.state);
+        let _gate = state.gate();
         let n = self.state.fsyncs.fetch_add(1, Ordering::SeqCst) + 1;
         self.refuse_after_crash().map_err(|e| IoError::new(IoOp::Fsync, fd.as_raw_fd(), e))?;
         if let Some((at, errno)) = self.plan.fail_fsync {
@@ -195,7 +212,7 @@ impl<I: Io> FaultIo<I> {
         }
         self.inner.submit(&[], &[fd])?;
         self.stats.fsyncs += 1;
-        self.unsynced.remove(&fd.as_raw_fd());
+        self.state.unsynced().remove(&fd.as_raw_fd());
         if self.plan.crash_after_fsync == Some(n) {
             self.crash();
         }
@@ -220,7 +237,8 @@ impl<I: Io> FaultIo<I> {
 
     /// The power cut: every file with unsynced writes goes back to its length at its last fsync.
     fn lose_unsynced_writes(&mut self) {
-        for (fd, mark) in self.unsynced.drain() {
+        let marks: Vec<(i32, FileMark)> = self.state.unsynced().drain().collect();
+        for (fd, mark) in marks {
             // SAFETY: the descriptor may have been closed since; it is only used after fstat
             // shows it still refers to the same file, and ftruncate on it is harmless otherwise.
             let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -259,6 +277,8 @@ impl<I: Io> Io for FaultIo<I> {
     }
 
     fn create_file(&mut self, path: &Path, replace: bool) -> std::io::Result<File> {
+        let state = Arc::clone(&self.state);
+        let _gate = state.gate();
         let n = self.state.creates.fetch_add(1, Ordering::SeqCst) + 1;
         self.refuse_after_crash()?;
         if let Some((at, errno)) = self.plan.fail_create {
@@ -270,12 +290,16 @@ impl<I: Io> Io for FaultIo<I> {
     }
 
     fn set_len(&mut self, file: &File, len: u64) -> std::io::Result<()> {
+        let state = Arc::clone(&self.state);
+        let _gate = state.gate();
         self.refuse_after_crash()?;
         if self.plan.power_cut {
             // A file cut back (or extended) with unsynced writes pending keeps its mark: the
             // power cut still takes it back to its length at the last fsync.
             let fd = file.as_fd();
-            if let std::collections::hash_map::Entry::Vacant(slot) = self.unsynced.entry(fd.as_raw_fd()) {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                self.state.unsynced().entry(fd.as_raw_fd())
+            {
                 if let Some((dev, ino, size)) = identity(fd) {
                     slot.insert(FileMark { dev, ino, synced_len: size });
                 }
@@ -285,26 +309,36 @@ impl<I: Io> Io for FaultIo<I> {
     }
 
     fn reserve(&mut self, file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+        let state = Arc::clone(&self.state);
+        let _gate = state.gate();
         self.refuse_after_crash()?;
         self.inner.reserve(file, offset, len)
     }
 
     fn remove_file(&mut self, path: &Path) -> std::io::Result<()> {
+        let state = Arc::clone(&self.state);
+        let _gate = state.gate();
         self.refuse_after_crash()?;
         self.inner.remove_file(path)
     }
 
     fn remove_dir_all(&mut self, path: &Path) -> std::io::Result<()> {
+        let state = Arc::clone(&self.state);
+        let _gate = state.gate();
         self.refuse_after_crash()?;
         self.inner.remove_dir_all(path)
     }
 
     fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
+        let state = Arc::clone(&self.state);
+        let _gate = state.gate();
         self.refuse_after_crash()?;
         self.inner.rename(from, to)
     }
 
     fn sync_dir(&mut self, dir: &Path) -> std::io::Result<()> {
+        let state = Arc::clone(&self.state);
+        let _gate = state.gate();
         self.refuse_after_crash()?;
         self.inner.sync_dir(dir)
     }
