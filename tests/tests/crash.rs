@@ -1,7 +1,8 @@
-//! Real crash test: a child process appending with durability `always` is killed with SIGKILL at
-//! random moments; after every kill the partition is reopened and must hold every acknowledged
-//! batch, byte for byte, at the offset it was acknowledged with, in order; and the next child
-//! must be able to append again.
+//! Real crash test: a child process embedding the engine and appending with durability `always`
+//! from four threads is killed with SIGKILL at random moments; after every kill the partition is
+//! reopened and must hold every acknowledged batch, byte for byte, at the offset it was
+//! acknowledged with, in order; and the next child must be able to append again. (The same
+//! against `spate serve` and a real Kafka client: `engine/tests/kafka/crash.rs`.)
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -21,7 +22,7 @@ const THREADS: u32 = 4;
 fn read_back(dir: &std::path::Path) -> BTreeMap<i64, Vec<u8>> {
     let mut io = FallbackIo::new();
     let config = LogConfig { segment_bytes: 64 * 1024, batch_bytes_max: 16 * 1024, ..LogConfig::default() };
-    let p = Partition::open(dir, config, &mut io).expect("reopen after kill");
+    let p = Partition::open(&dir.join("data/crash-0"), config, &mut io).expect("reopen after kill");
     let mut out = BTreeMap::new();
     let mut offset = p.log_start_offset();
     loop {

@@ -100,28 +100,31 @@ fn filling_the_disk_gives_enospc_and_keeps_every_acknowledged_record() {
 
 #[test]
 fn every_producer_gets_an_answer_when_the_disk_fills_during_a_roll() {
-    use spate::log::Appender;
+    use spate::{Backpressure, Engine, EngineConfig};
     use std::io::Write as _;
     for attempt in 0..5 {
         let scratch = tempfile::tempdir().unwrap();
-        let Some(_mount) = mount_tmpfs(scratch.path(), 64 * 1024) else {
+        let Some(_mount) = mount_tmpfs(scratch.path(), 256 * 1024) else {
             eprintln!("skipped: cannot mount a tmpfs here (not root?)");
             return;
         };
         let config = LogConfig { segment_bytes: 1024, ..LogConfig::default() };
-        let (app, writer) =
-            Appender::spawn(&scratch.path().join("p"), config, BackendChoice::Fallback).unwrap();
-        app.append(batch(0).0).unwrap();
+        let engine_config =
+            EngineConfig { shards: 1, io_backend: BackendChoice::Fallback, ..EngineConfig::default() };
+        let engine = Engine::open(scratch.path().join("engine"), engine_config).unwrap();
+        engine.create_topic("full", 1, config).unwrap();
+        engine.produce_batch("full", 0, batch(0).0, &Backpressure::Buffer).unwrap();
         // Fill the file system, so that the next roll's index files (or the writes) fail.
         let mut ballast = std::fs::File::create(scratch.path().join("ballast")).unwrap();
         while ballast.write_all(&[0u8; 4096]).is_ok() {}
         let (tx, rx) = std::sync::mpsc::channel();
         let producers: Vec<_> = (0..32)
             .map(|i| {
-                let app = app.clone();
+                let engine = engine.clone();
                 let tx = tx.clone();
                 std::thread::spawn(move || {
-                    let _ = tx.send(app.append(batch(i).0).is_ok());
+                    let _ =
+                        tx.send(engine.produce_batch("full", 0, batch(i).0, &Backpressure::Buffer).is_ok());
                 })
             })
             .collect();
@@ -134,8 +137,7 @@ fn every_producer_gets_an_answer_when_the_disk_fills_during_a_roll() {
         for p in producers {
             p.join().unwrap();
         }
-        drop(app);
-        let _ = writer.join();
+        let _ = engine.shutdown();
     }
 }
 

@@ -1168,3 +1168,54 @@ fn committed_metadata_is_stored_returned_and_bounded() {
     engine.commit_offset("g", "meta", 0, 11).unwrap();
     assert_eq!(&*engine.committed_offset_with_metadata("g", "meta", 0).unwrap().unwrap().metadata, "");
 }
+
+#[test]
+fn concurrent_produces_share_fdatasyncs_and_keep_each_producers_order() {
+    for backend in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), config(backend, 1)).unwrap();
+        engine.create_topic("shared", 1, LogConfig::default()).unwrap();
+        const THREADS: usize = 8;
+        const PER_THREAD: usize = 200;
+        let before = engine.stats().unwrap()[0].commit_fsyncs;
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let engine = engine.clone();
+                std::thread::spawn(move || {
+                    let mut last = -1;
+                    for i in 0..PER_THREAD {
+                        let v = format!("{t}:{i}");
+                        let ack = engine
+                            .produce("shared", Target::Partition(0), &[record(None, v.as_bytes(), 1)])
+                            .unwrap();
+                        assert!(ack.base_offset > last, "offsets rise per producer");
+                        last = ack.base_offset;
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let stats = &engine.stats().unwrap()[0];
+        let fsyncs = stats.commit_fsyncs - before;
+        let appends = (THREADS * PER_THREAD) as u64;
+        eprintln!("{backend}: {appends} acknowledged produces shared {fsyncs} fdatasyncs");
+        assert!(fsyncs >= 1);
+        assert!(fsyncs * 2 <= appends, "group commit must share fsyncs: {fsyncs} for {appends} produces");
+        let mut next = [0usize; THREADS];
+        let mut offset = 0;
+        while offset < appends as i64 {
+            let fetched = engine.fetch("shared", 0, offset, FetchOptions::default()).unwrap();
+            for r in fetched.records(offset).unwrap() {
+                let v = String::from_utf8(r.value.unwrap()).unwrap();
+                let (t, i) = v.split_once(':').unwrap();
+                let (t, i): (usize, usize) = (t.parse().unwrap(), i.parse().unwrap());
+                assert_eq!(i, next[t], "producer {t} in order");
+                next[t] += 1;
+            }
+            offset = fetched.next_offset();
+        }
+        assert_eq!(next, [PER_THREAD; THREADS]);
+    }
+}

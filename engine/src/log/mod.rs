@@ -20,7 +20,6 @@
 //!   publishes nothing until reopened, and its fence makes the reopened log end at the high
 //!   watermark it had, so no batch whose producer was told it failed becomes visible.
 
-mod appender;
 mod commit;
 pub mod config;
 pub mod damage;
@@ -38,7 +37,6 @@ use std::time::{Instant, SystemTime};
 
 pub use crate::segment::files::ShardDisk;
 pub use crate::segment::reserve::{ReserveBudget, ReservePolicy};
-pub use appender::{Appender, AppenderStats, AppenderThread};
 pub use commit::{commit, CommitOutcome};
 pub use config::{Durability, LogConfig};
 pub use damage::{Damage, DamageReport};

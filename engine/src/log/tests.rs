@@ -726,53 +726,6 @@ fn interval_and_never_keep_a_prefix_with_every_synced_record_after_a_power_cut()
     }
 }
 
-#[test]
-fn concurrent_appends_share_one_fdatasync() {
-    for backend in [crate::io::BackendChoice::Fallback, crate::io::tests::uring_choice()] {
-        let dir = tempfile::tempdir().unwrap();
-        let (appender, thread) = Appender::spawn(dir.path(), LogConfig::default(), backend).unwrap();
-        const THREADS: usize = 8;
-        const PER_THREAD: usize = 200;
-        let handles: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let appender = appender.clone();
-                std::thread::spawn(move || {
-                    let mut last = -1;
-                    for i in 0..PER_THREAD {
-                        let info = appender.append(batch_of(&format!("{t}:{i}"))).unwrap();
-                        assert!(info.base_offset > last, "offsets rise per producer");
-                        last = info.base_offset;
-                    }
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
-        }
-        let appends = appender.stats().appends.load(std::sync::atomic::Ordering::Relaxed);
-        let fsyncs = appender.stats().fsyncs.load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(appends, (THREADS * PER_THREAD) as u64);
-        eprintln!("{backend}: {appends} acknowledged appends shared {fsyncs} fdatasyncs");
-        assert!(fsyncs >= 1);
-        assert!(fsyncs * 2 <= appends, "group commit must share fsyncs: {fsyncs} for {appends} appends");
-        drop(appender);
-        thread.join().unwrap();
-        // Every acknowledged append is there, in per-producer order.
-        let mut io = FallbackIo::new();
-        let p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
-        let all = read_all(&p);
-        assert_eq!(all.len(), THREADS * PER_THREAD);
-        let mut next = [0usize; THREADS];
-        for (_, v) in all {
-            let v = String::from_utf8(v).unwrap();
-            let (t, i) = v.split_once(':').unwrap();
-            let (t, i): (usize, usize) = (t.parse().unwrap(), i.parse().unwrap());
-            assert_eq!(i, next[t]);
-            next[t] += 1;
-        }
-    }
-}
-
 /// Checked-in partitions written by this version of the format. They must keep opening with
 /// the same content: a change that breaks them breaks every existing data directory.
 /// Regenerate (only for a deliberate format change) with

@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod clients;
+mod crash;
 mod limits;
 mod placement;
 mod recovery;

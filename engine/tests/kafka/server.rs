@@ -21,6 +21,10 @@ pub struct Options {
     pub open_files: Option<u64>,
     /// A TOML config file's text (written next to the data directory).
     pub config: Option<String>,
+    /// Listen here instead of on a free port (to restart on the same address).
+    pub listen: Option<std::net::SocketAddr>,
+    /// `--io-backend`.
+    pub io_backend: Option<&'static str>,
 }
 
 impl Spate {
@@ -35,13 +39,17 @@ impl Spate {
         let log = dir.with_extension("log");
         let stderr = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_spate"));
+        let listen = options.listen.map_or("127.0.0.1:0".to_string(), |a| a.to_string());
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--shards", "2"])
+            .args(["serve", "--listen", &listen, "--metrics-listen", "127.0.0.1:0", "--shards", "2"])
             .arg("--data-dir")
             .arg(dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr);
+        if let Some(backend) = options.io_backend {
+            command.args(["--io-backend", backend]);
+        }
         if let Some(text) = &options.config {
             let path = dir.with_extension("toml");
             std::fs::write(&path, text).unwrap();

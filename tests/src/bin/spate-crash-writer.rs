@@ -1,7 +1,8 @@
-//! Appends to a partition with durability `always` from several threads until it is killed.
+//! Appends to one partition of an embedded engine (its shard loop, group commit and recovery:
+//! the code users run) with durability `always` from several threads until it is killed.
 //!
 //! Usage: `spate-crash-writer <dir> <backend> <round> <threads>`. Prints `ready` once the
-//! partition is open (recovery done), then one line per acknowledged batch:
+//! engine is open (recovery done), then one line per acknowledged batch:
 //! `ack <base_offset> <round> <thread> <seq> <records>`, flushed before the next append, so every
 //! line the parent reads names a batch that was durable when it was printed.
 
@@ -9,9 +10,13 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 
 use spate::io::BackendChoice;
-use spate::log::{Appender, Durability, LogConfig};
+use spate::log::{Durability, LogConfig};
 use spate::record::{BatchBuilder, BatchOptions, Record};
+use spate::{Backpressure, Engine, EngineConfig, EngineError};
 use spate_tests::{crash_batch_records, crash_record_value};
+
+/// The topic the writer appends to (partition 0).
+pub const TOPIC: &str = "crash";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -28,13 +33,18 @@ fn main() -> anyhow::Result<()> {
         durability: Durability::Always,
         ..LogConfig::default()
     };
-    let (appender, _thread) = Appender::spawn(&dir, config, backend)?;
+    let engine =
+        Engine::open(&dir, EngineConfig { shards: 2, io_backend: backend, ..EngineConfig::default() })?;
+    match engine.create_topic(TOPIC, 1, config) {
+        Ok(()) | Err(EngineError::TopicExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let out = Arc::new(Mutex::new(std::io::stdout()));
     writeln!(out.lock().expect("stdout lock"), "ready")?;
     out.lock().expect("stdout lock").flush()?;
     let workers: Vec<_> = (0..threads)
         .map(|thread| {
-            let appender = appender.clone();
+            let engine = engine.clone();
             let out = Arc::clone(&out);
             std::thread::spawn(move || -> anyhow::Result<()> {
                 for seq in 0.. {
@@ -50,7 +60,7 @@ fn main() -> anyhow::Result<()> {
                             headers: &[],
                         });
                     }
-                    let info = appender.append(b.finish())?;
+                    let info = engine.produce_batch(TOPIC, 0, b.finish(), &Backpressure::Buffer)?;
                     let mut out = out.lock().expect("stdout lock");
                     writeln!(out, "ack {} {round} {thread} {seq} {n}", info.base_offset)?;
                     out.flush()?;

@@ -2,6 +2,7 @@
 
 Usage: confluent_segments.py produce BOOTSTRAP TOPIC COUNT SEGMENT_BYTES
        confluent_segments.py consume BOOTSTRAP TOPIC
+       confluent_segments.py consume-all BOOTSTRAP TOPIC PARTITIONS
 `produce` creates the topic with one partition and `segment.bytes`, then sends COUNT records
 of 200 bytes with acks=all, one request at a time, so that each record is its own batch.
 `consume` reads partition 0 from the beginning to its high watermark. Each prints one JSON
@@ -50,6 +51,26 @@ elif mode == "produce-one":
     producer.produce(topic, value=value(int(sys.argv[4])), partition=0, on_delivery=delivered)
     producer.flush(30)
     print(json.dumps(result))
+elif mode == "consume-all":
+    # Every record of every partition: [[partition, offset, value], ...].
+    partitions = int(sys.argv[4])
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "all-reader", "enable.auto.commit": False})
+    records = []
+    for p in range(partitions):
+        tp = TopicPartition(topic, p, 0)
+        _, high = c.get_watermark_offsets(tp, timeout=10)
+        c.assign([tp])
+        last = -1
+        while last < high - 1:
+            msg = c.poll(10)
+            if msg is None:
+                break
+            if msg.error():
+                raise KafkaException(msg.error())
+            records.append([p, msg.offset(), msg.value().decode()])
+            last = msg.offset()
+    c.close()
+    print(json.dumps({"records": records}))
 else:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": "segments-reader", "enable.auto.commit": False})
     tp = TopicPartition(topic, 0, 0)
