@@ -152,7 +152,7 @@ impl Partition {
             .iter()
             .zip(segments.iter().skip(1))
             .all(|(a, b)| a.next_offset() <= b.base_offset()));
-        Ok(Partition {
+        let partition = Partition {
             dir: dir.to_path_buf(),
             config,
             segments,
@@ -165,7 +165,9 @@ impl Partition {
             damage: damage.into(),
             damage_accepted,
             disk,
-        })
+        };
+        assert!(partition.watermarks_ordered(), "after recovery: {}", partition.watermarks());
+        Ok(partition)
     }
 
     /// Reserves disk space ahead of the staged appends, within the shard's budget (see
@@ -272,6 +274,28 @@ impl Partition {
             self.high_watermark = end;
             self.active_mut().mark_visible(len);
         }
+        debug_assert!(self.watermarks_ordered(), "{}", self.watermarks());
+    }
+
+    /// `log_start <= high_watermark <= written_end <= next_offset`, and `durable_end <=
+    /// written_end`: the ordering every change of these offsets keeps.
+    fn watermarks_ordered(&self) -> bool {
+        self.log_start_offset <= self.high_watermark
+            && self.high_watermark <= self.written_end
+            && self.durable_end <= self.written_end
+            && self.written_end <= self.next_offset()
+    }
+
+    fn watermarks(&self) -> String {
+        format!(
+            "{}: log start {}, high watermark {}, durable end {}, written end {}, next offset {}",
+            self.dir.display(),
+            self.log_start_offset,
+            self.high_watermark,
+            self.durable_end,
+            self.written_end,
+            self.next_offset()
+        )
     }
 
     /// Bytes staged that no commit has written yet.

@@ -137,6 +137,7 @@ impl Partition {
         }
         self.segments.pop_front();
         self.log_start_offset = self.segments[0].base_offset();
+        assert!(self.watermarks_ordered(), "after deleting a segment: {}", self.watermarks());
         Ok((len, path))
     }
 }
