@@ -11,3 +11,4 @@ mod limits;
 mod placement;
 mod recovery;
 mod server;
+mod soak;

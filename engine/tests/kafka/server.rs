@@ -108,6 +108,11 @@ impl Spate {
         spate::kafka::metrics::sample(&self.metrics_text(), name_and_labels).unwrap_or(0.0)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
