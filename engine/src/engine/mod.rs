@@ -186,7 +186,13 @@ impl Engine {
                 engine.request_to(s, |reply| Request::Forget { what, reply }, false)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        waits.into_iter().try_for_each(wait)?;
+        for w in waits {
+            // A damaged or failed offsets partition cannot take the tombstones: the stale offsets
+            // stay on disk, are dropped from memory, and go at a later open.
+            if let Err(e) = wait(w) {
+                tracing::warn!(error = %e, "could not write tombstones for the offsets of deleted topics");
+            }
+        }
         Ok(engine)
     }
 

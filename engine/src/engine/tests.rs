@@ -1219,3 +1219,32 @@ fn concurrent_produces_share_fdatasyncs_and_keep_each_producers_order() {
         assert_eq!(next, [PER_THREAD; THREADS]);
     }
 }
+
+#[test]
+fn a_damaged_offsets_partition_does_not_stop_the_engine_from_opening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 1)).unwrap();
+        engine.create_topic("cut", 1, LogConfig::default()).unwrap();
+        engine.commit_offset("reader", "cut", 0, 5).unwrap();
+        engine.shutdown().unwrap();
+    }
+    // The offsets partition holding the commit gets a later segment after a gap (damage), and
+    // the topic's description is gone (a deletion cut short): its offsets cannot be tombstoned.
+    let mut damaged = 0;
+    for e in std::fs::read_dir(dir.path().join("data")).unwrap() {
+        let p = e.unwrap().path();
+        if !p.file_name().unwrap().to_string_lossy().starts_with(OFFSETS_TOPIC) {
+            continue;
+        }
+        if std::fs::metadata(p.join("00000000000000000000.log")).map_or(0, |m| m.len()) > 0 {
+            std::fs::write(p.join("00000000000000000100.log"), b"").unwrap();
+            damaged += 1;
+        }
+    }
+    assert_eq!(damaged, 1);
+    std::fs::remove_file(dir.path().join("topics/cut.topic")).unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 1)).expect("opens anyway");
+    engine.create_topic("cut", 1, LogConfig::default()).unwrap();
+    assert_eq!(engine.committed_offset("reader", "cut", 0).unwrap(), None, "the stale offset is not served");
+}

@@ -59,6 +59,9 @@ pub struct FaultState {
     writes: AtomicU64,
     fsyncs: AtomicU64,
     creates: AtomicU64,
+    /// File-system operations other than creation (truncate, reserve, rename, remove, sync a
+    /// directory), performed or attempted.
+    file_ops: AtomicU64,
     /// Per descriptor, for `power_cut`: the file's identity and its length at its last fsync,
     /// present while it has writes that no fsync covered yet. Shared by every injector of one
     /// state, so that a crash in one shard cuts the power for all.
@@ -98,6 +101,11 @@ impl FaultState {
     /// Files created (or attempted).
     pub fn creates(&self) -> u64 {
         self.creates.load(Ordering::SeqCst)
+    }
+
+    /// File-system operations other than creation, performed or attempted.
+    pub fn file_ops(&self) -> u64 {
+        self.file_ops.load(Ordering::SeqCst)
     }
 
     /// Operations refused since the crash.
@@ -292,6 +300,7 @@ impl<I: Io> Io for FaultIo<I> {
     fn set_len(&mut self, file: &File, len: u64) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
+        state.file_ops.fetch_add(1, Ordering::SeqCst);
         self.refuse_after_crash()?;
         if self.plan.power_cut {
             // A file cut back (or extended) with unsynced writes pending keeps its mark: the
@@ -311,6 +320,7 @@ impl<I: Io> Io for FaultIo<I> {
     fn reserve(&mut self, file: &File, offset: u64, len: u64) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
+        state.file_ops.fetch_add(1, Ordering::SeqCst);
         self.refuse_after_crash()?;
         self.inner.reserve(file, offset, len)
     }
@@ -318,6 +328,7 @@ impl<I: Io> Io for FaultIo<I> {
     fn remove_file(&mut self, path: &Path) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
+        state.file_ops.fetch_add(1, Ordering::SeqCst);
         self.refuse_after_crash()?;
         self.inner.remove_file(path)
     }
@@ -325,6 +336,7 @@ impl<I: Io> Io for FaultIo<I> {
     fn remove_dir_all(&mut self, path: &Path) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
+        state.file_ops.fetch_add(1, Ordering::SeqCst);
         self.refuse_after_crash()?;
         self.inner.remove_dir_all(path)
     }
@@ -332,6 +344,7 @@ impl<I: Io> Io for FaultIo<I> {
     fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
+        state.file_ops.fetch_add(1, Ordering::SeqCst);
         self.refuse_after_crash()?;
         self.inner.rename(from, to)
     }
@@ -339,6 +352,7 @@ impl<I: Io> Io for FaultIo<I> {
     fn sync_dir(&mut self, dir: &Path) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
+        state.file_ops.fetch_add(1, Ordering::SeqCst);
         self.refuse_after_crash()?;
         self.inner.sync_dir(dir)
     }

@@ -119,12 +119,22 @@ async fn read_loop(
                 }
             }
         }
+        // From the first byte of a frame on, every part of it must arrive within the frame
+        // timeout: a client that sends a byte and stops holds its connection no longer.
+        let frame_timeout = config.frame_read_timeout;
         let mut size = [0u8; 4];
-        if let Err(e) = reader.read_exact(&mut size).await {
-            if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                tracing::debug!(%peer, error = %e, "read failed");
+        match tokio::time::timeout(frame_timeout, reader.read_exact(&mut size)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    tracing::debug!(%peer, error = %e, "read failed");
+                }
+                return None;
             }
-            return None;
+            Err(_) => {
+                bad_frame(&ctx, peer, "a frame's size did not arrive within the read timeout");
+                return None;
+            }
         }
         let started = Instant::now();
         let size = i32::from_be_bytes(size);
@@ -134,7 +144,7 @@ async fn read_loop(
         }
         let size = size as usize;
         let mut prefix = [0u8; PREFIX_BYTES];
-        if reader.read_exact(&mut prefix).await.is_err() {
+        if !matches!(tokio::time::timeout(frame_timeout, reader.read_exact(&mut prefix)).await, Ok(Ok(_))) {
             return None;
         }
         let parsed = Prefix::parse(&prefix)?;
@@ -152,7 +162,9 @@ async fn read_loop(
         // the server-wide budget at once (taking it piecemeal could leave several large frames
         // each holding part and all waiting for more), and must arrive within the deadline.
         let mut first = [0u8; 1];
-        if size > PREFIX_BYTES && !matches!(reader.peek(&mut first).await, Ok(n) if n > 0) {
+        if size > PREFIX_BYTES
+            && !matches!(tokio::time::timeout(frame_timeout, reader.peek(&mut first)).await, Ok(Ok(n)) if n > 0)
+        {
             return None;
         }
         // The connection's share first, then (for a large frame) the large-frame part of the
@@ -161,7 +173,11 @@ async fn read_loop(
         let Ok(own) = Arc::clone(&own_bytes).acquire_many_owned(size as u32).await else { return None };
         permits.push(own);
         if size > config.request_frame_bytes_max {
-            let Ok(large) = Arc::clone(&ctx.shared.large_request_bytes).acquire_many_owned(size as u32).await
+            // A frame larger than the whole large-frame part takes all of it, not forever.
+            let large_max = config.request_bytes_in_flight_max - config.small_request_reserve();
+            let Ok(large) = Arc::clone(&ctx.shared.large_request_bytes)
+                .acquire_many_owned(size.min(large_max) as u32)
+                .await
             else {
                 return None;
             };

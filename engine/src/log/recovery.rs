@@ -4,11 +4,14 @@
 //! 1. Segments are the `<20 digits>.log` files of the directory, ordered by base offset; index
 //!    files without a log and leftover temporary files are removed.
 //! 2. A fence left by a failure cuts the log back to the offset it names: segment files that
-//!    start at or after it are removed (they hold nothing a producer was told succeeded), and
-//!    the segment holding it becomes the active one and is cut at the fence. An empty last
-//!    segment after one whose index files exist but do not check out is a roll that did not
-//!    complete (a roll creates the index files, then the next segment, then seals): the empty
-//!    file is removed and the one before it is the active segment again.
+//!    start after it are removed (they hold nothing a producer was told succeeded), and the
+//!    segment holding it becomes the active one and is cut at the fence (a segment that starts
+//!    exactly at the fence is emptied, and the sealed one before it stays sealed). An empty
+//!    last segment after one whose index files exist but are not whole (their own CRC fails)
+//!    is a roll that did not complete (a roll creates the index files, then the next segment,
+//!    then seals, and writes the index files only after the log is durable): the empty file is
+//!    removed and the one before it is the active segment again. Index files that are whole
+//!    mean the seal completed, so anything wrong with that segment is damage (rule 4).
 //! 3. A segment other than the last is trusted when both of its index files decode (magic, CRC,
 //!    entry order), record exactly its current length, and the batches after the last index
 //!    entry end at the next segment's base offset: sealing wrote them only after the log was
@@ -139,7 +142,9 @@ pub(super) fn recover(dir: &Path, config: &LogConfig, io: &mut dyn Io) -> Result
 /// one that will hold it, which becomes the last (active) segment. Returns whether the
 /// directory changed.
 fn apply_fence(io: &mut dyn Io, dir: &Path, bases: &mut Vec<i64>, fence: i64) -> Result<bool, LogError> {
-    let keep = bases.partition_point(|&b| b < fence).max(1).min(bases.len());
+    // A segment starting at the fence holds only what the fence cuts: it stays, to be emptied
+    // as the active segment, and the sealed segment before it is not touched.
+    let keep = bases.partition_point(|&b| b <= fence).max(1).min(bases.len());
     let mut changed = false;
     for &base in &bases[keep..] {
         let path = segment::log_path(dir, base);
@@ -160,19 +165,21 @@ fn undo_incomplete_roll(io: &mut dyn Io, dir: &Path, bases: &mut Vec<i64>) -> Re
     let [.., previous, last] = bases[..] else { return Ok(false) };
     let last_path = segment::log_path(dir, last);
     let empty = std::fs::metadata(&last_path).map_err(|e| LogError::fs(&last_path, e))?.len() == 0;
-    let has_indexes =
-        segment::index_path(dir, previous).exists() || segment::time_index_path(dir, previous).exists();
-    if !empty || !has_indexes {
+    if !empty {
         return Ok(false);
     }
-    let prev_path = segment::log_path(dir, previous);
-    let len = std::fs::metadata(&prev_path).map_err(|e| LogError::fs(&prev_path, e))?.len();
-    if let Some(outcome) = load_indexes(dir, previous, len, last) {
-        let file = OpenOptions::new().read(true).open(&prev_path).map_err(|e| LogError::fs(&prev_path, e))?;
-        let seg = Segment::from_parts(dir, previous, file, len, outcome, true);
-        if seg.check_end()? {
-            return Ok(false);
+    let index_files = [segment::index_path(dir, previous), segment::time_index_path(dir, previous)];
+    let mut cut_short = false;
+    for path in &index_files {
+        match std::fs::read(path) {
+            Ok(bytes) => cut_short |= segment::index::intact_log_len(&bytes).is_none(),
+            // Both are created before the next segment: one missing is not an unfinished roll.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(LogError::fs(path, e)),
         }
+    }
+    if !cut_short {
+        return Ok(false);
     }
     tracing::warn!(
         file = %last_path.display(),

@@ -367,7 +367,8 @@ fn a_failed_partition_writes_syncs_and_publishes_nothing_and_its_failed_batches_
         assert!(hw <= failed.base_offset, "{durability}: nothing of the failed batch is visible");
         assert_eq!(read_all(&p).len(), 2);
         // From now on nothing touches the disk for this partition.
-        let (writes, fsyncs, creates) = (state.writes(), state.fsyncs(), state.creates());
+        let ops = |s: &crate::io::fault::FaultState| (s.writes(), s.fsyncs(), s.creates(), s.file_ops());
+        let before = ops(&state);
         // Late enough that retention would roll the active segment and delete old ones.
         let later = SystemTime::now() + Duration::from_secs(30 * 24 * 3600);
         assert!(p.append(&mut io, batch("more", 1, 1), later).is_err());
@@ -376,11 +377,7 @@ fn a_failed_partition_writes_syncs_and_publishes_nothing_and_its_failed_batches_
         assert!(p.flush(&mut io).is_err());
         assert!(commit(&mut io, &mut [&mut p], Instant::now()).is_err());
         assert!(p.delete_segments_before(&mut io, i64::MAX).is_err());
-        assert_eq!(
-            (state.writes(), state.fsyncs(), state.creates()),
-            (writes, fsyncs, creates),
-            "{durability}"
-        );
+        assert_eq!(ops(&state), before, "{durability}: no write, fsync or file-system call");
         assert_eq!(p.high_watermark(), hw);
         drop(p);
         // After a restart the failed batch is gone too, though its bytes reached the file.
@@ -460,6 +457,106 @@ fn recovery_undoes_a_roll_that_created_the_next_segment_but_did_not_seal() {
     assert_eq!(read_all(&p).len(), 5);
     assert!(!crate::segment::log_path(dir.path(), 7).exists());
     assert_eq!(p.append(&mut io, batch("next", 1, 1), SystemTime::now()).unwrap().base_offset, 5);
+}
+
+/// Five one-record batches in a sealed segment, then an empty active segment (a completed roll).
+fn sealed_then_empty(dir: &std::path::Path, config: &LogConfig) -> (std::path::PathBuf, Vec<u8>) {
+    let mut io = FallbackIo::new();
+    let mut p = Partition::open(dir, config.clone(), &mut io).unwrap();
+    for i in 0..5 {
+        p.append(&mut io, batch(&format!("r{i}"), 1, i), SystemTime::now()).unwrap();
+    }
+    p.flush(&mut io).unwrap();
+    p.roll_now(&mut io).unwrap();
+    drop(p);
+    let log = crate::segment::log_path(dir, 0);
+    let bytes = std::fs::read(&log).unwrap();
+    (log, bytes)
+}
+
+#[test]
+fn damage_before_an_empty_active_segment_is_damage_not_an_unfinished_roll() {
+    let config = small_config(Durability::Always);
+    // The last batch's magic destroyed: the segment's index files are whole, so its seal
+    // completed, and the segment is salvaged (reported), not cut as a torn tail.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut bytes) = sealed_then_empty(dir.path(), &config);
+    let n = bytes.len();
+    bytes[n - n / 5 + 16] = 9;
+    std::fs::write(&log, &bytes).unwrap();
+    let mut io = FallbackIo::new();
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    assert_eq!(std::fs::metadata(&log).unwrap().len() as usize, n, "the sealed segment was not cut");
+    assert_eq!(p.damage().len(), 1, "{:?}", p.damage());
+    assert!(matches!(p.append(&mut io, batch("x", 1, 1), SystemTime::now()), Err(LogError::Damaged { .. })));
+    // Ten bytes cut off the sealed log: acknowledged offset 4 is lost, never handed out again.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, bytes) = sealed_then_empty(dir.path(), &config);
+    std::fs::write(&log, &bytes[..bytes.len() - 10]).unwrap();
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    assert_eq!((p.damage().len(), p.next_offset()), (1, 5), "{:?}", p.damage());
+    assert!(matches!(p.append(&mut io, batch("x", 1, 1), SystemTime::now()), Err(LogError::Damaged { .. })));
+}
+
+#[test]
+fn a_fence_at_a_segment_boundary_leaves_the_sealed_segment_alone() {
+    let config = small_config(Durability::Always);
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut bytes) = sealed_then_empty(dir.path(), &config);
+    // Latent rot inside a record of batch 1 (no header check sees it), and a failure in the
+    // first commit after the roll, which leaves a fence at the new segment's base.
+    let n = bytes.len();
+    bytes[n / 5 + 70] ^= 0x40;
+    std::fs::write(&log, &bytes).unwrap();
+    let mut io = FallbackIo::new();
+    crate::log::damage::write_fence(&mut io, dir.path(), 5).unwrap();
+    let p = Partition::open(dir.path(), config, &mut io).unwrap();
+    assert_eq!(std::fs::metadata(&log).unwrap().len() as usize, n, "the sealed segment is untouched");
+    assert_eq!((p.log_start_offset(), p.next_offset()), (0, 5), "nothing cut, no offset reused");
+}
+
+#[test]
+fn batches_a_completed_roll_published_are_acknowledged_even_if_a_later_write_fails() {
+    // A is staged, B's append rolls (sealing and publishing A), then B's write fails: A was
+    // made durable and visible by the roll, so it must be kept (the fence is past it), and its
+    // producer must hear that it succeeded; B is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig { segment_bytes: 1024, ..small_config(Durability::Always) };
+    let mut io = FallbackIo::new();
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    let len = value_batch(200, 1, 1).len() as u64;
+    while p.active().len() + 2 * len <= 1024 {
+        p.append(&mut io, value_batch(200, 1, 1), SystemTime::now()).unwrap();
+        commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
+    }
+    drop(p);
+    let writes_before_commit = {
+        let calib = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), calib.path().join(e.file_name())).unwrap();
+        }
+        let mut io = FaultIo::new(FallbackIo::new(), FaultPlan::default());
+        let state = io.state();
+        let mut p = Partition::open(calib.path(), config.clone(), &mut io).unwrap();
+        p.append(&mut io, value_batch(200, 1, 1), SystemTime::now()).unwrap();
+        p.append(&mut io, value_batch(200, 1, 1), SystemTime::now()).unwrap();
+        state.writes()
+    };
+    let plan = FaultPlan { fail_write: Some((writes_before_commit + 1, libc::EIO)), ..Default::default() };
+    let mut io = FaultIo::new(FallbackIo::new(), plan);
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    let a = p.append(&mut io, value_batch(200, 1, 1), SystemTime::now()).unwrap();
+    let b = p.append(&mut io, value_batch(200, 1, 1), SystemTime::now()).unwrap();
+    assert_eq!(p.segments().len(), 2, "B's append rolled");
+    assert!(commit(&mut io, &mut [&mut p], Instant::now()).is_err());
+    assert!(p.high_watermark() > a.last_offset, "the roll published A");
+    assert!(p.high_watermark() <= b.base_offset, "B is not visible");
+    drop(p);
+    let p = Partition::open(dir.path(), config, &mut FallbackIo::new()).unwrap();
+    let offsets: Vec<i64> = read_all(&p).into_iter().map(|(o, _)| o).collect();
+    assert!(offsets.contains(&a.base_offset), "A is kept: {offsets:?}");
+    assert!(!offsets.contains(&b.base_offset), "B is not: {offsets:?}");
 }
 
 #[test]

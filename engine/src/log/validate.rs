@@ -88,7 +88,14 @@ fn check_records(
     limit: usize,
     bounds: TimestampBounds,
 ) -> Result<(), LogError> {
-    let create_time = header.attributes.timestamp_type() == TimestampType::CreateTime;
+    // Topics keep producers' timestamps (Kafka's CreateTime): a batch claiming log-append time
+    // would let its header's max timestamp go unchecked.
+    if header.attributes.timestamp_type() != TimestampType::CreateTime {
+        return Err(LogError::InvalidTimestamp {
+            timestamp: header.max_timestamp,
+            reason: "the batch claims log-append time; topics here keep create-time timestamps",
+        });
+    }
     let mut max_timestamp = i64::MIN;
     for (i, record) in Batch::parse(batch)?.records_in(buf, limit)?.enumerate() {
         let record = record?;
@@ -98,13 +105,13 @@ fn check_records(
                 record.offset_delta
             )));
         }
-        if create_time && record.timestamp < -1 {
+        if record.timestamp < -1 {
             return Err(LogError::InvalidTimestamp {
                 timestamp: record.timestamp,
                 reason: "a record timestamp is negative",
             });
         }
-        if create_time && record.timestamp != -1 {
+        if record.timestamp != -1 {
             if bounds.latest.is_some_and(|latest| record.timestamp > latest) {
                 return Err(LogError::InvalidTimestamp {
                     timestamp: record.timestamp,
@@ -120,7 +127,7 @@ fn check_records(
         }
         max_timestamp = max_timestamp.max(record.timestamp);
     }
-    if create_time && max_timestamp != header.max_timestamp {
+    if max_timestamp != header.max_timestamp {
         return Err(LogError::InvalidTimestamp {
             timestamp: header.max_timestamp,
             reason: "the batch's max timestamp is not the largest record timestamp",

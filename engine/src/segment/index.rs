@@ -188,6 +188,21 @@ fn frame(kind: u8, count: usize, log_len: u64, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The log length an index file records, if the file is whole (magic, version, entry count
+/// and CRC check out), whatever log it is compared with. A seal writes index files only after
+/// the log is durable, so a file that is not whole can only be one a crash cut short.
+pub fn intact_log_len(bytes: &[u8]) -> Option<u64> {
+    let header = bytes.get(..HEADER_LEN)?;
+    let kind = header[5];
+    let entry_len = match kind {
+        KIND_OFFSET => OFFSET_ENTRY_LEN,
+        KIND_TIME => TIME_ENTRY_LEN,
+        _ => return None,
+    };
+    let log_len = u64::from_be_bytes(header[12..20].try_into().ok()?);
+    unframe(bytes, kind, entry_len, log_len).map(|_| log_len)
+}
+
 fn unframe(bytes: &[u8], kind: u8, entry_len: usize, log_len: u64) -> Option<&[u8]> {
     let (header, body) = (bytes.get(..HEADER_LEN)?, bytes.get(HEADER_LEN..)?);
     if &header[0..4] != MAGIC || header[4] != VERSION || header[5] != kind {

@@ -99,9 +99,10 @@ pub struct Segment {
     /// When the segment was created (or, after a restart, last modified): drives roll by age.
     created: SystemTime,
     sealed: bool,
-    /// End of the blocks reserved with `fallocate` (beyond the file's size); `u64::MAX` once
-    /// the file system has refused, so that it is not asked again.
+    /// End of the blocks reserved with `fallocate` (beyond the file's size).
     reserved_to: u64,
+    /// The file system refused a reservation: it is not asked again for this segment.
+    reserve_refused: bool,
     /// What the shard's segments share: the reservation budget (this segment holds `claimed`
     /// of it, reserved and not yet written) and the count of open sealed files. Both are
     /// returned when the segment is dropped.
@@ -175,6 +176,7 @@ impl Segment {
             created,
             sealed,
             reserved_to: written_len,
+            reserve_refused: false,
             disk: None,
             claimed: 0,
             reserve_mark: None,
@@ -348,8 +350,7 @@ impl Segment {
     /// Brings the budget in line with what this segment holds reserved and unwritten.
     fn settle_claim(&mut self) {
         let Some(disk) = &self.disk else { return };
-        let held =
-            if self.reserved_to == u64::MAX { 0 } else { self.reserved_to.saturating_sub(self.written_len) };
+        let held = self.reserved_to.saturating_sub(self.written_len);
         if held != self.claimed {
             disk.reserve.adjust(held as i64 - self.claimed as i64);
             self.claimed = held;
@@ -379,7 +380,7 @@ impl Segment {
     ) {
         self.last_write = Some(now);
         let end = self.end();
-        if self.reserved_to == u64::MAX || end <= self.reserved_to {
+        if self.reserve_refused || end <= self.reserved_to {
             return;
         }
         let budget = &disk.reserve;
@@ -407,7 +408,8 @@ impl Segment {
             }
             Err(e) => {
                 tracing::debug!(file = %self.log_path().display(), error = %e, "no space reservation");
-                self.reserved_to = u64::MAX;
+                // What was reserved before stays counted, and goes back as usual.
+                self.reserve_refused = true;
             }
         }
         self.settle_claim();
@@ -433,7 +435,7 @@ impl Segment {
     /// only what it holds). Truncating to the current size frees blocks past the end; punching a
     /// hole would not, as file systems ignore holes beyond the end of a file.
     pub fn release_reservation(&mut self, io: &mut dyn Io) {
-        if self.reserved_to != u64::MAX && self.reserved_to > self.written_len {
+        if self.reserved_to > self.written_len {
             if let Err(e) = io.set_len(self.active_file(), self.written_len) {
                 tracing::debug!(file = %self.log_path().display(), error = %e, "reservation not released");
             }

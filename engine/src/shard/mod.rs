@@ -443,7 +443,15 @@ impl Shard {
                         self.committed.remove(key);
                     }
                 }
-                Err(e) => waiter.fail(e),
+                Err(e) => {
+                    // Offsets of topics that no longer exist are never served, tombstone or not.
+                    if matches!(what, Forget::AllBut(_)) {
+                        for key in &keys {
+                            self.committed.remove(key);
+                        }
+                    }
+                    waiter.fail(e)
+                }
             }
         }
     }

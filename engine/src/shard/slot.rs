@@ -264,15 +264,9 @@ impl Slot {
     /// Returns the number of produces acknowledged.
     pub fn settle(&mut self, durable_commits: &mut Vec<(OffsetKey, CommitValue)>) -> u64 {
         let mut produced = 0;
-        if let Some(cause) = self.log.failure() {
-            // A failed partition will never acknowledge anything: everything waiting on it,
-            // acknowledgements, long polls and parked produces, hears so now.
-            let dir = self.log.dir().to_path_buf();
-            let cause = Arc::clone(cause);
-            let err = || EngineError::Log(LogError::Failed { dir: dir.clone(), cause: Arc::clone(&cause) });
-            self.released_bytes += self.fail_everything(err);
-            return 0;
-        }
+        // What the high watermark covers is acknowledged first, even when the partition has
+        // just failed: a roll may have made it durable and visible before a later write failed,
+        // and the fence keeps exactly that much.
         let hw = self.log.high_watermark();
         while self.acks.front().is_some_and(|a| a.last_offset() < hw) {
             match self.acks.pop_front().expect("front exists") {
@@ -291,6 +285,14 @@ impl Slot {
                 }
                 PendingAck::Forget { waiter, .. } => waiter.done(),
             }
+        }
+        if let Some(cause) = self.log.failure() {
+            // A failed partition will never acknowledge anything more: everything still waiting
+            // on it, acknowledgements, long polls and parked produces, hears so now.
+            let dir = self.log.dir().to_path_buf();
+            let cause = Arc::clone(cause);
+            let err = || EngineError::Log(LogError::Failed { dir: dir.clone(), cause: Arc::clone(&cause) });
+            self.released_bytes += self.fail_everything(err);
         }
         produced
     }
