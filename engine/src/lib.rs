@@ -5,6 +5,7 @@
 //! commit, recovery, retention).
 
 pub mod alloc;
+mod api;
 mod engine;
 pub mod fds;
 pub mod group;
@@ -18,7 +19,7 @@ mod shard;
 
 pub use engine::{
     shard_of, topics, Backpressure, CommittedOffset, Engine, EngineConfig, EngineError, FetchOptions,
-    Fetched, LatencyBuckets, OffsetSpec, ProduceAck, Producer, ShardStats, Target, TopicInfo, OFFSETS_TOPIC,
-    OFFSET_METADATA_MAX_BYTES, TOPIC_PARTITIONS_MAX,
+    Fetched, FetchedRecord, IoFactory, LatencyBuckets, OffsetSpec, ProduceAck, Producer, ShardStats, Target,
+    TopicInfo, CONSUMER_NAME_BYTES_MAX, OFFSETS_TOPIC, OFFSET_METADATA_MAX_BYTES, TOPIC_PARTITIONS_MAX,
 };
 pub use shard::mailbox;

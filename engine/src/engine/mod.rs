@@ -29,10 +29,8 @@
 //! # }
 //! ```
 
-mod error;
 mod lifecycle;
 pub mod topics;
-mod types;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,13 +44,12 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-pub use error::EngineError;
+pub use crate::api::{
+    shard_of, Backpressure, EngineConfig, EngineError, FetchOptions, Fetched, FetchedRecord, LatencyBuckets,
+    OffsetSpec, ProduceAck, ShardStats, Target,
+};
 pub use lifecycle::IoFactory;
 pub use topics::TopicInfo;
-pub use types::{
-    Backpressure, EngineConfig, FetchOptions, Fetched, LatencyBuckets, OffsetSpec, ProduceAck, ShardStats,
-    Target,
-};
 
 use crate::log::{Durability, LogConfig};
 use crate::record::{BatchBuilder, BatchOptions, Record};
@@ -75,17 +72,6 @@ pub const OFFSET_METADATA_MAX_BYTES: usize = 4096;
 
 /// A committed offset and its metadata.
 pub use crate::shard::slot::CommitValue as CommittedOffset;
-
-/// The shard that owns `partition` of `topic`: consecutive partitions of a topic go to
-/// consecutive shards, starting from a stable hash of the topic name (FNV-1a).
-pub fn shard_of(topic: &str, partition: u32, shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in topic.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    ((h % shards as u64 + u64::from(partition)) % shards as u64) as usize
-}
 
 /// A handle to a running engine; clone it freely.
 #[derive(Debug, Clone)]

@@ -26,7 +26,7 @@ use mailbox::{MailboxReceiver, MailboxSender, SendError};
 use request::{answer, Forget, PartitionId, Request};
 use slot::Slot;
 
-use crate::engine::{EngineError, OffsetSpec, ProduceAck, ShardStats};
+use crate::api::{shard_of, EngineError, OffsetSpec, ProduceAck, ShardStats};
 use crate::io::Io;
 use crate::log::{commit, Partition, ShardDisk};
 
@@ -350,7 +350,7 @@ impl Shard {
             for (key, value) in slot.replay_offsets()? {
                 let (consumer, topic, partition) = key.clone();
                 let target = PartitionId { topic, partition };
-                let shard = crate::engine::shard_of(&target.topic, target.partition, self.setup.peers.len());
+                let shard = shard_of(&target.topic, target.partition, self.setup.peers.len());
                 self.outbox.insert((shard, target, consumer), value.offset);
                 self.committed.insert(key, (value, id.partition));
             }
@@ -460,7 +460,7 @@ impl Shard {
         &mut self,
         id: PartitionId,
         batch: Vec<u8>,
-        backpressure: crate::engine::Backpressure,
+        backpressure: crate::api::Backpressure,
         reply: request::Reply<ProduceAck>,
     ) {
         let parked_max = self.setup.parked_bytes_max;
@@ -549,7 +549,7 @@ impl Shard {
         for ((consumer, topic, partition), value, offsets_partition) in self.settle_acks() {
             // A commit became durable: remember it and tell the data partition's shard.
             let target = PartitionId { topic: Arc::clone(&topic), partition };
-            let shard = crate::engine::shard_of(&topic, partition, self.setup.peers.len());
+            let shard = shard_of(&topic, partition, self.setup.peers.len());
             self.outbox.insert((shard, target, Arc::clone(&consumer)), value.offset);
             self.committed.insert((consumer, topic, partition), (value, offsets_partition));
         }

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use crate::engine::EngineError;
+use crate::api::EngineError;
 use crate::log::{AppendInfo, Partition};
 use crate::record::BatchHeader;
 use crate::segment::HeaderCursor;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::slot::CommitValue;
-use crate::engine::{Backpressure, EngineError, Fetched, OffsetSpec, ProduceAck, ShardStats};
+use crate::api::{Backpressure, EngineError, Fetched, OffsetSpec, ProduceAck, ShardStats};
 use crate::log::{DamageReport, LogConfig};
 
 /// A reply slot: a one-shot channel that a blocking caller waits on or an async caller awaits.

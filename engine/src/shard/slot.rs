@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 
 use super::producers::{Check, Producers};
 use super::request::{answer, Reply};
-use crate::engine::{Backpressure, EngineError, Fetched, ProduceAck};
+use crate::api::{Backpressure, EngineError, Fetched, ProduceAck};
 use crate::io::Io;
 use crate::log::{AppendInfo, LogError, Partition};
 use crate::record::{batches, BatchBuilder, BatchHeader, BatchOptions, Record};
@@ -17,7 +17,7 @@ use crate::record::{batches, BatchBuilder, BatchHeader, BatchOptions, Record};
 pub(crate) type OffsetKey = (Arc<str>, Arc<str>, u32);
 
 /// A committed offset and the metadata string its consumer stored with it (Kafka's
-/// OffsetCommit metadata, at most [`crate::engine::OFFSET_METADATA_MAX_BYTES`]).
+/// OffsetCommit metadata, at most `OFFSET_METADATA_MAX_BYTES`, checked by the engine).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CommitValue {
     pub offset: i64,
