@@ -16,8 +16,44 @@ pub enum EngineError {
     TopicExists(String),
     #[error("invalid topic name {name:?}: {reason}")]
     InvalidTopicName { name: String, reason: &'static str },
-    #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
+    /// An `EngineConfig` field is out of its range.
+    #[error("engine configuration: {field} {reason}")]
+    BadEngineConfig { field: &'static str, reason: String },
+    /// A topic's `LogConfig` breaks a limit of the format.
+    #[error("topic configuration: {0}")]
+    BadTopicConfig(String),
+    /// A topic of this many partitions cannot exist.
+    #[error("{partitions} partitions: a topic has 1 to {max}")]
+    BadPartitionCount { partitions: u32, max: u32 },
+    /// A topic's description file on disk does not decode.
+    #[error("{}: {reason}", path.display())]
+    BadTopicFile { path: PathBuf, reason: String },
+    /// `Block` or `Drop` backpressure with a `max_lag` of 0, which could never be met.
+    #[error("backpressure max_lag must be at least 1")]
+    BadBackpressure,
+    /// No shard has this number.
+    #[error("no shard {shard} (the engine has {shards})")]
+    NoSuchShard { shard: usize, shards: usize },
+    /// Committed offsets are positions in a log: never negative.
+    #[error("committed offset {0} is negative")]
+    NegativeOffset(i64),
+    /// A produce of no records.
+    #[error("a produce needs at least one record")]
+    NoRecords,
+    /// A lookup by a timestamp that means nothing (below -2, Kafka's "earliest").
+    #[error("timestamp {0} is not supported")]
+    BadTimestamp(i64),
+    /// A system resource the engine needs could not be had (an eventfd, a thread, the count
+    /// of open descriptors).
+    #[error("{what}: {source}")]
+    System {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the bytes of a fetched slice failed.
+    #[error("reading fetched records: {0}")]
+    ReadFetched(#[source] std::io::Error),
     /// `Drop` backpressure: the watched consumer is too far behind, so the records were refused.
     #[error("dropped: consumer {consumer:?} is too far behind")]
     Dropped { consumer: String },

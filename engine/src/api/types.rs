@@ -68,9 +68,14 @@ impl EngineConfig {
             self.shards = std::thread::available_parallelism().map_or(1, |n| n.get());
         }
         if self.shards > 1024 {
-            return Err(EngineError::InvalidConfig(format!("{} shards is more than 1024", self.shards)));
+            return Err(EngineError::BadEngineConfig {
+                field: "shards",
+                reason: format!("{} is more than 1024", self.shards),
+            });
         }
-        self.reserve.validate().map_err(EngineError::InvalidConfig)?;
+        self.reserve
+            .validate()
+            .map_err(|reason| EngineError::BadEngineConfig { field: "reserve", reason })?;
         // The sealed-file caches of all shards take at most a quarter of the open-file limit.
         let limit = crate::fds::limit();
         if limit != u64::MAX {
@@ -78,10 +83,13 @@ impl EngineConfig {
             self.sealed_files_max = self.sealed_files_max.min(share);
         }
         self.sealed_files_max = self.sealed_files_max.max(1);
-        if self.mailbox_capacity == 0 || self.offsets_partitions == 0 {
-            return Err(EngineError::InvalidConfig(
-                "mailbox_capacity and offsets_partitions must be positive".into(),
-            ));
+        for (field, value) in [
+            ("mailbox_capacity", self.mailbox_capacity),
+            ("offsets_partitions", self.offsets_partitions as usize),
+        ] {
+            if value == 0 {
+                return Err(EngineError::BadEngineConfig { field, reason: "must be positive".into() });
+            }
         }
         Ok(self)
     }
@@ -122,7 +130,7 @@ impl Backpressure {
     pub fn validate(&self) -> Result<(), EngineError> {
         match self {
             Backpressure::Block { max_lag: 0, .. } | Backpressure::Drop { max_lag: 0, .. } => {
-                Err(EngineError::InvalidConfig("backpressure max_lag must be at least 1".into()))
+                Err(EngineError::BadBackpressure)
             }
             _ => Ok(()),
         }
@@ -205,8 +213,7 @@ impl Fetched {
     /// The records at or after `from` (a fetch starts at the batch holding `from`), compressed
     /// batches included.
     pub fn records(&self, from: i64) -> Result<Vec<FetchedRecord>, EngineError> {
-        let bytes =
-            self.bytes().map_err(|e| EngineError::Io { path: "fetched segment".into(), source: e })?;
+        let bytes = self.bytes().map_err(EngineError::ReadFetched)?;
         let mut out = Vec::new();
         let mut scratch = Vec::new();
         // What the log accepted decompresses within this limit (at the largest batch size).

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -127,7 +127,7 @@ pub(super) fn spawn_shards(
     let mut receivers = Vec::with_capacity(config.shards);
     for _ in 0..config.shards {
         let (tx, rx) = mailbox(config.mailbox_capacity)
-            .map_err(|e| EngineError::Io { path: PathBuf::from("eventfd"), source: e })?;
+            .map_err(|e| EngineError::System { what: "creating a shard's eventfd", source: e })?;
         senders.push(tx);
         receivers.push(rx);
     }
@@ -175,7 +175,7 @@ pub(super) fn spawn_shards(
             Ok(handle) => threads.push(handle),
             Err(e) => {
                 let _ = shutdown_shards(&senders, threads);
-                return Err(EngineError::Io { path: PathBuf::from("spawn shard thread"), source: e });
+                return Err(EngineError::System { what: "starting a shard thread", source: e });
             }
         }
     }

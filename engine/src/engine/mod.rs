@@ -233,11 +233,9 @@ impl Engine {
             });
         }
         if partitions == 0 || partitions > TOPIC_PARTITIONS_MAX {
-            return Err(EngineError::InvalidConfig(format!(
-                "{partitions} partitions: a topic has 1 to {TOPIC_PARTITIONS_MAX}"
-            )));
+            return Err(EngineError::BadPartitionCount { partitions, max: TOPIC_PARTITIONS_MAX });
         }
-        config.validate().map_err(EngineError::InvalidConfig)?;
+        config.validate().map_err(EngineError::BadTopicConfig)?;
         let _admin = self.inner.admin.lock().unwrap_or_else(|p| p.into_inner());
         self.check_open()?;
         if self.inner.topics.load().contains_key(name) {
@@ -276,7 +274,7 @@ impl Engine {
         let limit = crate::fds::limit();
         if limit != u64::MAX {
             let open = crate::fds::open_count()
-                .map_err(|e| EngineError::Io { path: "/proc/self/fd".into(), source: e })?;
+                .map_err(|e| EngineError::System { what: "counting open descriptors", source: e })?;
             let sealed = (self.inner.config.sealed_files_max * self.inner.shards.len()) as u64;
             let room = limit.saturating_sub(open + sealed + crate::fds::HEADROOM);
             if requested > room {
@@ -335,7 +333,7 @@ impl Engine {
 
     /// Changes a topic's configuration (segments, retention, durability); partitions keep theirs.
     pub fn alter_topic(&self, name: &str, config: LogConfig) -> Result<(), EngineError> {
-        config.validate().map_err(EngineError::InvalidConfig)?;
+        config.validate().map_err(EngineError::BadTopicConfig)?;
         let _admin = self.inner.admin.lock().unwrap_or_else(|p| p.into_inner());
         self.check_open()?;
         reject_internal(name)?;
@@ -418,9 +416,11 @@ impl Engine {
     /// Calls the task makes to the engine must not block (use the `_async` calls: on a shard
     /// thread a request for a full mailbox waits in order on the thread instead of blocking).
     pub fn spawn_on(&self, shard: usize, make: crate::shard::LocalTask) -> Result<(), EngineError> {
-        let mailbox = self.inner.shards.get(shard).ok_or_else(|| {
-            EngineError::InvalidConfig(format!("no shard {shard} (the engine has {})", self.shards()))
-        })?;
+        let mailbox = self
+            .inner
+            .shards
+            .get(shard)
+            .ok_or_else(|| EngineError::NoSuchShard { shard, shards: self.shards() })?;
         let request = Request::Spawn { task: make };
         if lifecycle::on_shard_thread() {
             return crate::shard::overflow::send(mailbox, request).map_err(|_| EngineError::ShuttingDown);
@@ -697,7 +697,7 @@ impl Engine {
     ) -> Result<oneshot::Receiver<Result<(), EngineError>>, EngineError> {
         let id = self.resolve(topic, Target::Partition(partition))?;
         if offset < 0 {
-            return Err(EngineError::InvalidConfig(format!("committed offset {offset} is negative")));
+            return Err(EngineError::NegativeOffset(offset));
         }
         if metadata.len() > OFFSET_METADATA_MAX_BYTES {
             return Err(EngineError::OffsetMetadataTooLarge {
@@ -907,7 +907,7 @@ async fn wait_async<T>(rx: oneshot::Receiver<Result<T, EngineError>>) -> Result<
 
 fn build_batch(records: &[Record<'_>]) -> Result<Vec<u8>, EngineError> {
     if records.is_empty() {
-        return Err(EngineError::InvalidConfig("produce needs at least one record".into()));
+        return Err(EngineError::NoRecords);
     }
     let mut b = BatchBuilder::new(BatchOptions::default());
     for r in records {

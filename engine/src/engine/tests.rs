@@ -59,7 +59,7 @@ fn topics_are_created_listed_altered_and_deleted_and_survive_restart() {
     ));
     assert!(matches!(
         engine.create_topic("zero", 0, LogConfig::default()),
-        Err(EngineError::InvalidConfig(_))
+        Err(EngineError::BadPartitionCount { partitions: 0, .. })
     ));
     let names: Vec<String> = engine.list_topics().iter().map(|t| t.name.to_string()).collect();
     assert_eq!(names, vec![OFFSETS_TOPIC, "clicks", "orders"]);
@@ -738,7 +738,7 @@ fn bad_input_gets_typed_errors_not_panics_or_hangs() {
     let long = "c".repeat(70_000);
     assert!(matches!(engine.commit_offset(&long, "t", 0, 1), Err(EngineError::InvalidConsumerName { .. })));
     assert!(matches!(engine.commit_offset("", "t", 0, 1), Err(EngineError::InvalidConsumerName { .. })));
-    assert!(matches!(engine.commit_offset("c", "t", 0, -1), Err(EngineError::InvalidConfig(_))));
+    assert!(matches!(engine.commit_offset("c", "t", 0, -1), Err(EngineError::NegativeOffset(-1))));
     // A wait beyond any clock is clamped, not an overflow.
     let forever = FetchOptions { max_wait: Duration::MAX, min_bytes: 0, ..FetchOptions::default() };
     assert_eq!(engine.fetch("t", 0, 0, forever).unwrap().slice.len, 0, "min_bytes 0 answers at once");
@@ -747,7 +747,7 @@ fn bad_input_gets_typed_errors_not_panics_or_hangs() {
         Backpressure::Block { consumer: Arc::from("c"), max_lag: 0 },
         Backpressure::Drop { consumer: Arc::from("c"), max_lag: 0 },
     ] {
-        assert!(matches!(engine.producer("t", bad), Err(EngineError::InvalidConfig(_))));
+        assert!(matches!(engine.producer("t", bad), Err(EngineError::BadBackpressure)));
     }
     // Internal topics are the engine's to write and configure.
     assert!(matches!(
@@ -758,7 +758,7 @@ fn bad_input_gets_typed_errors_not_panics_or_hangs() {
         engine.alter_topic(OFFSETS_TOPIC, LogConfig::default()),
         Err(EngineError::InvalidTopicName { .. })
     ));
-    assert!(matches!(engine.produce("t", Target::Any, &[]), Err(EngineError::InvalidConfig(_))));
+    assert!(matches!(engine.produce("t", Target::Any, &[]), Err(EngineError::NoRecords)));
     // The longest valid name works end to end.
     let name = "n".repeat(249);
     engine.create_topic(&name, 1, LogConfig::default()).unwrap();

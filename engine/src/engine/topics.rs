@@ -134,8 +134,8 @@ pub fn load_all(dir: &Path) -> Result<Vec<TopicInfo>, EngineError> {
         }
         let Some(name) = file.strip_suffix(".topic") else { continue };
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let info = decode(name, &text)
-            .map_err(|e| EngineError::InvalidConfig(format!("{}: {e}", path.display())))?;
+        let info =
+            decode(name, &text).map_err(|reason| EngineError::BadTopicFile { path: path.clone(), reason })?;
         out.push(info);
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -13,7 +13,17 @@ pub fn code(e: &EngineError) -> ResponseError {
         }
         EngineError::TopicExists(_) => ResponseError::TopicAlreadyExists,
         EngineError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
-        EngineError::InvalidConfig(_) => ResponseError::InvalidConfig,
+        EngineError::BadEngineConfig { .. }
+        | EngineError::BadTopicConfig(_)
+        | EngineError::BadTopicFile { .. }
+        | EngineError::BadBackpressure => ResponseError::InvalidConfig,
+        EngineError::BadPartitionCount { .. } => ResponseError::InvalidPartitions,
+        EngineError::NoSuchShard { .. } | EngineError::System { .. } | EngineError::ReadFetched(_) => {
+            ResponseError::UnknownServerError
+        }
+        EngineError::NegativeOffset(_) => ResponseError::InvalidCommitOffsetSize,
+        EngineError::NoRecords => ResponseError::InvalidRecord,
+        EngineError::BadTimestamp(_) => ResponseError::InvalidRequest,
         // The engine refuses to take more: the client retries later, as with a quota.
         EngineError::Dropped { .. } | EngineError::TooManyBlocked { .. } | EngineError::Busy { .. } => {
             ResponseError::ThrottlingQuotaExceeded

@@ -36,9 +36,7 @@ pub async fn list_offsets(ctx: &Rc<Ctx>, request: ListOffsetsRequest) -> ListOff
             };
             let mut out = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             let result = match (p.timestamp, partition_index(p.partition_index)) {
-                (ts, _) if ts < -2 => {
-                    Err(EngineError::InvalidConfig(format!("timestamp {ts} is not supported")))
-                }
+                (ts, _) if ts < -2 => Err(EngineError::BadTimestamp(ts)),
                 (_, Err(e)) => Err(e),
                 (_, Ok(index)) => {
                     let engine = ctx.engine.clone();
@@ -55,7 +53,7 @@ pub async fn list_offsets(ctx: &Rc<Ctx>, request: ListOffsetsRequest) -> ListOff
                     out.offset = -1;
                     out.timestamp = -1;
                 }
-                Err(EngineError::InvalidConfig(_)) => out.error_code = ResponseError::InvalidRequest.code(),
+                Err(EngineError::BadTimestamp(_)) => out.error_code = ResponseError::InvalidRequest.code(),
                 Err(e) => {
                     out.error_code = errors::code(&e).code();
                     out.offset = -1;
@@ -124,7 +122,7 @@ pub async fn commit(ctx: &Rc<Ctx>, request: OffsetCommitRequest) -> OffsetCommit
 fn commit_error(e: &EngineError) -> ResponseError {
     match e {
         EngineError::InvalidConsumerName { .. } => ResponseError::InvalidGroupId,
-        EngineError::InvalidConfig(_) => ResponseError::InvalidCommitOffsetSize,
+        EngineError::NegativeOffset(_) => ResponseError::InvalidCommitOffsetSize,
         other => errors::code(other),
     }
 }

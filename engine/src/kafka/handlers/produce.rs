@@ -138,7 +138,7 @@ async fn append_all(
         (Some(f), Some(l)) => {
             Ok(ProduceAck { partition, base_offset: f.base_offset, last_offset: l.last_offset })
         }
-        _ => Err(EngineError::InvalidConfig("no records".into())),
+        _ => Err(EngineError::NoRecords),
     }
 }
 
