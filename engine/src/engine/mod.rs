@@ -71,7 +71,7 @@ pub const CONSUMER_NAME_BYTES_MAX: usize = 255;
 pub const OFFSET_METADATA_MAX_BYTES: usize = 4096;
 
 /// A committed offset and its metadata.
-pub use crate::shard::slot::CommitValue as CommittedOffset;
+pub use crate::shard::offsets::CommitValue as CommittedOffset;
 
 /// A handle to a running engine; clone it freely.
 #[derive(Debug, Clone)]

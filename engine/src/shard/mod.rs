@@ -11,6 +11,7 @@
 //! request waits for a timer it does not need, and no loop polls while idle.
 
 pub mod mailbox;
+pub(crate) mod offsets;
 pub(crate) mod overflow;
 mod producers;
 pub(crate) mod request;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use mailbox::{MailboxReceiver, MailboxSender, SendError};
-use request::{answer, Forget, PartitionId, Request};
+use request::{answer, PartitionId, Request};
 use slot::Slot;
 
 use crate::api::{shard_of, EngineError, OffsetSpec, ProduceAck, ShardStats};
@@ -61,7 +62,7 @@ pub(crate) struct Shard {
     /// Committed offsets of the offsets-topic partitions this shard owns:
     /// (consumer, topic, partition) → offset.
     /// (offset, the offsets partition holding it) per key.
-    committed: HashMap<slot::OffsetKey, (slot::CommitValue, u32)>,
+    committed: HashMap<offsets::OffsetKey, (offsets::CommitValue, u32)>,
     /// Consumer positions to tell other shards, merged per (shard, partition, consumer) so the
     /// outbox stays as small as the set of positions, however often consumers commit.
     outbox: HashMap<(usize, PartitionId, Arc<str>), i64>,
@@ -415,47 +416,6 @@ impl Shard {
         }
     }
 
-    /// Drops (with tombstones) the committed offsets `what` names that this shard holds;
-    /// answers `reply` once every tombstone is durable. A key leaves memory only once its
-    /// tombstone is staged: a failure leaves it (and the error says so).
-    fn forget(&mut self, what: &Forget, reply: request::Reply<()>) {
-        let mut by_partition: HashMap<u32, Vec<slot::OffsetKey>> = HashMap::new();
-        for (key, &(_, offsets_partition)) in &self.committed {
-            if what.covers(&key.1) {
-                by_partition.entry(offsets_partition).or_default().push(key.clone());
-            }
-        }
-        let waiter = slot::Countdown::new(by_partition.len(), reply);
-        let io = &mut *self.io;
-        for (partition, keys) in by_partition {
-            let Some(slot) =
-                self.slots.get_mut(&*self.setup.offsets_topic).and_then(|m| m.get_mut(&partition))
-            else {
-                waiter.fail(EngineError::UnknownPartition {
-                    topic: self.setup.offsets_topic.to_string(),
-                    partition,
-                });
-                continue;
-            };
-            match slot.append_tombstones(io, &keys, &waiter) {
-                Ok(()) => {
-                    for key in &keys {
-                        self.committed.remove(key);
-                    }
-                }
-                Err(e) => {
-                    // Offsets of topics that no longer exist are never served, tombstone or not.
-                    if matches!(what, Forget::AllBut(_)) {
-                        for key in &keys {
-                            self.committed.remove(key);
-                        }
-                    }
-                    waiter.fail(e)
-                }
-            }
-        }
-    }
-
     fn produce(
         &mut self,
         id: PartitionId,
@@ -491,29 +451,6 @@ impl Shard {
                 self.stats.parked += 1;
                 slot.park(id.partition, batch, backpressure, reply);
             }
-        }
-    }
-
-    fn commit_offset(
-        &mut self,
-        offsets_partition: u32,
-        consumer: Arc<str>,
-        id: PartitionId,
-        value: slot::CommitValue,
-        reply: request::Reply<()>,
-    ) {
-        let offsets_id =
-            PartitionId { topic: Arc::clone(&self.setup.offsets_topic), partition: offsets_partition };
-        let io = &mut *self.io;
-        match self.slots.get_mut(&*offsets_id.topic).and_then(|m| m.get_mut(&offsets_partition)) {
-            Some(slot) => slot.append_commit(io, (consumer, id.topic, id.partition), value, reply),
-            None => answer(
-                reply,
-                Err(EngineError::UnknownPartition {
-                    topic: offsets_id.topic.to_string(),
-                    partition: offsets_partition,
-                }),
-            ),
         }
     }
 
@@ -560,7 +497,7 @@ impl Shard {
     /// that became durable.
     /// Answers every acknowledgement the high watermarks now cover; returns the offset commits
     /// that became durable, with the offsets partition holding each.
-    fn settle_acks(&mut self) -> Vec<(slot::OffsetKey, slot::CommitValue, u32)> {
+    fn settle_acks(&mut self) -> Vec<(offsets::OffsetKey, offsets::CommitValue, u32)> {
         let mut durable = Vec::new();
         let mut commits = Vec::new();
         for (&partition, slot) in self.slots.values_mut().flat_map(|m| m.iter_mut()) {

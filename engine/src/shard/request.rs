@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::slot::CommitValue;
+use super::offsets::CommitValue;
 use crate::api::{Backpressure, EngineError, Fetched, OffsetSpec, ProduceAck, ShardStats};
 use crate::log::{DamageReport, LogConfig};
 

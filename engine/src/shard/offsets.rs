@@ -1,0 +1,399 @@
+//! Committed offsets: what a consumer (a Kafka group, or an embedded consumer) has processed,
+//! kept in the internal compacted topic `__consumer_offsets`.
+//!
+//! The home of the concept in the shard layer: the record format (key: consumer, topic,
+//! partition; value: offset and metadata), appending a commit and answering it once durable,
+//! tombstones for a deleted topic's offsets (in batches within the partition's limit, answered
+//! once durable), replay at open, and compaction by snapshot. The shard owning an offsets
+//! partition keeps the latest value of each of its keys in memory (`Shard::committed`) and
+//! tells the data partitions' shards where their consumers stand; the engine's calls
+//! (`commit_offset`, `committed_offset`, ...) are the API.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::request::{answer, Forget, PartitionId, Reply};
+use super::slot::{PendingAck, Slot};
+use crate::api::EngineError;
+use crate::io::Io;
+use crate::log::LogError;
+use crate::record::{batches, BatchBuilder, BatchOptions, Record};
+
+/// (consumer, topic, partition): the key of a committed offset.
+pub(crate) type OffsetKey = (Arc<str>, Arc<str>, u32);
+
+/// A committed offset and the metadata string its consumer stored with it (Kafka's
+/// OffsetCommit metadata, at most `OFFSET_METADATA_MAX_BYTES`, checked by the engine).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CommitValue {
+    pub offset: i64,
+    pub metadata: Arc<str>,
+}
+
+impl CommitValue {
+    /// Record value: the offset as a big-endian i64, then the metadata's UTF-8 bytes.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.metadata.len());
+        out.extend_from_slice(&self.offset.to_be_bytes());
+        out.extend_from_slice(self.metadata.as_bytes());
+        out
+    }
+
+    /// The inverse of `encode`; values of 8 bytes (written before metadata was kept) have none.
+    fn decode(bytes: &[u8]) -> Option<CommitValue> {
+        let (offset, metadata) = bytes.split_first_chunk::<8>()?;
+        let metadata = std::str::from_utf8(metadata).ok()?;
+        Some(CommitValue { offset: i64::from_be_bytes(*offset), metadata: Arc::from(metadata) })
+    }
+}
+
+/// One reply that waits for several offsets partitions (each counts down once), or fails with
+/// the first error.
+#[derive(Debug, Clone)]
+pub(crate) struct Countdown(Arc<CountdownInner>);
+
+#[derive(Debug)]
+struct CountdownInner {
+    remaining: std::sync::atomic::AtomicUsize,
+    reply: std::sync::Mutex<Option<Reply<()>>>,
+}
+
+impl Countdown {
+    /// Waits for `parts` parts; with none, answers at once.
+    pub fn new(parts: usize, reply: Reply<()>) -> Countdown {
+        let countdown = Countdown(Arc::new(CountdownInner {
+            remaining: std::sync::atomic::AtomicUsize::new(parts),
+            reply: std::sync::Mutex::new(Some(reply)),
+        }));
+        if parts == 0 {
+            countdown.finish(Ok(()));
+        }
+        countdown
+    }
+
+    fn finish(&self, result: Result<(), EngineError>) {
+        let reply = self.0.reply.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(reply) = reply {
+            answer(reply, result);
+        }
+    }
+
+    /// One part is done.
+    pub fn done(&self) {
+        if self.0.remaining.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+            self.finish(Ok(()));
+        }
+    }
+
+    pub fn fail(&self, e: EngineError) {
+        self.finish(Err(e));
+    }
+}
+
+impl super::Shard {
+    /// Drops (with tombstones) the committed offsets `what` names that this shard holds;
+    /// answers `reply` once every tombstone is durable. A key leaves memory only once its
+    /// tombstone is staged: a failure leaves it (and the error says so).
+    pub(super) fn forget(&mut self, what: &Forget, reply: Reply<()>) {
+        let mut by_partition: HashMap<u32, Vec<OffsetKey>> = HashMap::new();
+        for (key, &(_, offsets_partition)) in &self.committed {
+            if what.covers(&key.1) {
+                by_partition.entry(offsets_partition).or_default().push(key.clone());
+            }
+        }
+        let waiter = Countdown::new(by_partition.len(), reply);
+        let io = &mut *self.io;
+        for (partition, keys) in by_partition {
+            let Some(slot) =
+                self.slots.get_mut(&*self.setup.offsets_topic).and_then(|m| m.get_mut(&partition))
+            else {
+                waiter.fail(EngineError::UnknownPartition {
+                    topic: self.setup.offsets_topic.to_string(),
+                    partition,
+                });
+                continue;
+            };
+            match slot.append_tombstones(io, &keys, &waiter) {
+                Ok(()) => {
+                    for key in &keys {
+                        self.committed.remove(key);
+                    }
+                }
+                Err(e) => {
+                    // Offsets of topics that no longer exist are never served, tombstone or not.
+                    if matches!(what, Forget::AllBut(_)) {
+                        for key in &keys {
+                            self.committed.remove(key);
+                        }
+                    }
+                    waiter.fail(e)
+                }
+            }
+        }
+    }
+
+    pub(super) fn commit_offset(
+        &mut self,
+        offsets_partition: u32,
+        consumer: Arc<str>,
+        id: PartitionId,
+        value: CommitValue,
+        reply: Reply<()>,
+    ) {
+        let offsets_id =
+            PartitionId { topic: Arc::clone(&self.setup.offsets_topic), partition: offsets_partition };
+        let io = &mut *self.io;
+        match self.slots.get_mut(&*offsets_id.topic).and_then(|m| m.get_mut(&offsets_partition)) {
+            Some(slot) => slot.append_commit(io, (consumer, id.topic, id.partition), value, reply),
+            None => answer(
+                reply,
+                Err(EngineError::UnknownPartition {
+                    topic: offsets_id.topic.to_string(),
+                    partition: offsets_partition,
+                }),
+            ),
+        }
+    }
+}
+
+impl Slot {
+    /// Appends a committed offset to this offsets-topic partition.
+    pub fn append_commit(&mut self, io: &mut dyn Io, key: OffsetKey, value: CommitValue, reply: Reply<()>) {
+        let encoded = encode_offset_key(&key);
+        let bytes = value.encode();
+        let mut b = BatchBuilder::new(BatchOptions::default());
+        let now_ms =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        b.push(&Record { timestamp: now_ms, key: Some(&encoded), value: Some(&bytes), headers: &[] });
+        match self.log.append(io, b.finish(), SystemTime::now()) {
+            Ok(info) => {
+                self.acks.push_back(PendingAck::Commit { key, value, last_offset: info.last_offset, reply })
+            }
+            Err(e) => answer(reply, Err(e.into())),
+        }
+    }
+
+    /// Appends tombstones for `keys` to this offsets partition, in batches within its batch
+    /// limit, so that replay forgets them too; `waiter` counts down once they are durable.
+    pub fn append_tombstones(
+        &mut self,
+        io: &mut dyn Io,
+        keys: &[OffsetKey],
+        waiter: &Countdown,
+    ) -> Result<(), EngineError> {
+        let entries: Vec<(OffsetKey, Option<CommitValue>)> = keys.iter().map(|k| (k.clone(), None)).collect();
+        let mut last_offset = None;
+        for batch in self.offset_batches(&entries) {
+            last_offset = Some(self.log.append(io, batch, SystemTime::now())?.last_offset);
+        }
+        match last_offset {
+            Some(last_offset) => {
+                self.acks.push_back(PendingAck::Forget { last_offset, waiter: waiter.clone() })
+            }
+            None => waiter.done(),
+        }
+        Ok(())
+    }
+
+    /// Offset records (a value, or a tombstone for `None`) in batches of at most half the
+    /// partition's batch limit (a single record longer than that goes alone).
+    fn offset_batches(&self, entries: &[(OffsetKey, Option<CommitValue>)]) -> Vec<Vec<u8>> {
+        let now_ms =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let batch_bytes = (self.log.config().batch_bytes_max / 2).max(1) as usize;
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < entries.len() {
+            let mut b = BatchBuilder::new(BatchOptions::default());
+            let mut bytes = 0;
+            while at < entries.len() {
+                let (key, value) = &entries[at];
+                let k = encode_offset_key(key);
+                let value = value.as_ref().map(CommitValue::encode);
+                let len = k.len() + value.as_ref().map_or(0, Vec::len) + 32;
+                if bytes > 0 && bytes + len > batch_bytes {
+                    break;
+                }
+                bytes += len;
+                b.push(&Record {
+                    timestamp: now_ms,
+                    key: Some(&k),
+                    value: value.as_ref().map(|v| &v[..]),
+                    headers: &[],
+                });
+                at += 1;
+            }
+            out.push(b.finish());
+        }
+        out
+    }
+
+    /// Compacts this offsets-topic partition if it has grown to `min_bytes` and to twice its
+    /// last snapshot: seals the log, writes the latest offset of every live key as a snapshot
+    /// at the end, makes it durable, then deletes every segment before it. Returns whether it
+    /// compacted.
+    ///
+    /// Crash safety: the old segments go only after the snapshot is durable, and replaying old
+    /// segments then the snapshot gives the same state as the snapshot alone; a torn snapshot
+    /// is cut off by recovery, leaving the old segments.
+    pub fn compact_offsets(&mut self, io: &mut dyn Io, min_bytes: u64) -> Result<bool, EngineError> {
+        let size = self.log.size_bytes();
+        if size < min_bytes || size < 2 * self.snapshot_bytes {
+            return Ok(false);
+        }
+        self.log.roll_now(io)?;
+        let start = self.log.next_offset();
+        // The log itself is the truth: it holds durable commits and the ones just sealed
+        // whose acknowledgements are still queued.
+        let mut live = self.replay_offsets()?;
+        live.sort();
+        let entries: Vec<(OffsetKey, Option<CommitValue>)> =
+            live.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+        let mut written = 0;
+        for batch in self.offset_batches(&entries) {
+            written += batch.len() as u64;
+            self.log.append(io, batch, SystemTime::now())?;
+        }
+        self.log.flush(io)?;
+        let deleted = self.log.delete_segments_before(io, start)?;
+        self.snapshot_bytes = written;
+        tracing::info!(
+            dir = %self.log.dir().display(),
+            keys = live.len(),
+            bytes_before = size,
+            bytes_after = self.log.size_bytes(),
+            segments_deleted = deleted.segments_deleted,
+            "compacted committed offsets"
+        );
+        Ok(true)
+    }
+
+    /// Reads this offsets-topic partition from start to end: the latest offset per key.
+    pub fn replay_offsets(&self) -> Result<Vec<(OffsetKey, CommitValue)>, EngineError> {
+        let mut latest: HashMap<OffsetKey, CommitValue> = HashMap::new();
+        let mut offset = self.log.log_start_offset();
+        let mut bytes = Vec::new();
+        loop {
+            let slice = self.log.read(offset, 1 << 20)?;
+            if slice.len == 0 {
+                break;
+            }
+            bytes.clear();
+            slice
+                .read_into(&mut bytes)
+                .map_err(|e| EngineError::Io { path: self.log.dir().to_path_buf(), source: e })?;
+            for batch in batches(&bytes) {
+                let batch = batch.map_err(LogError::from)?;
+                for record in batch.records() {
+                    let record = record.map_err(LogError::from)?;
+                    let decoded = record.key.and_then(decode_offset_key);
+                    match (decoded, record.value.map(CommitValue::decode)) {
+                        (Some(key), Some(Some(v))) => {
+                            latest.insert(key, v);
+                        }
+                        (Some(key), None) => {
+                            latest.remove(&key);
+                        }
+                        (None, _) | (_, Some(None)) => {
+                            tracing::warn!(offset = record.offset, "skipping a malformed offset record")
+                        }
+                    }
+                }
+            }
+            offset = slice.next_offset;
+        }
+        Ok(latest.into_iter().collect())
+    }
+}
+
+/// Offset-record key: consumer and topic, each as a u16 length and UTF-8 bytes, then the
+/// partition as a big-endian u32.
+pub(crate) fn encode_offset_key((consumer, topic, partition): &OffsetKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + consumer.len() + topic.len());
+    for s in [consumer, topic] {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(&partition.to_be_bytes());
+    out
+}
+
+fn decode_offset_key(mut bytes: &[u8]) -> Option<OffsetKey> {
+    let mut take_str = || -> Option<Arc<str>> {
+        let len = u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?) as usize;
+        let s = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+        bytes = &bytes[2 + len..];
+        Some(Arc::from(s))
+    };
+    let consumer = take_str()?;
+    let topic = take_str()?;
+    let partition = u32::from_be_bytes(bytes.try_into().ok()?);
+    Some((consumer, topic, partition))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Partition;
+
+    /// 40 live keys of 30 KiB make a 1.2 MB snapshot: more than one batch may hold.
+    #[test]
+    fn offsets_compaction_writes_a_snapshot_larger_than_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut io = crate::io::open(crate::io::BackendChoice::Fallback).unwrap();
+        let log = Partition::open(dir.path(), crate::log::LogConfig::default(), &mut *io).unwrap();
+        let mut slot = Slot::new(log).unwrap();
+        let key = |i: usize| -> OffsetKey {
+            (Arc::from(format!("{i:02}{}", "g".repeat(30 << 10))), Arc::from("t"), 0)
+        };
+        for round in 0..2 {
+            for i in 0..40 {
+                let (tx, _rx) = oneshot::channel();
+                let value = CommitValue {
+                    offset: (round * 100 + i) as i64,
+                    metadata: Arc::from(format!("m{round}-{i}")),
+                };
+                slot.append_commit(&mut *io, key(i), value, tx);
+            }
+            slot.log.flush(&mut *io).unwrap();
+        }
+        let before = slot.log.size_bytes();
+        assert!(slot.compact_offsets(&mut *io, 16 << 10).unwrap());
+        assert!(slot.log.size_bytes() < before * 3 / 4, "{} of {before} bytes left", slot.log.size_bytes());
+        assert_eq!(slot.log.segments().len(), 1, "everything before the snapshot is gone");
+        let mut live = slot.replay_offsets().unwrap();
+        live.sort();
+        let expect =
+            |i: usize| CommitValue { offset: (100 + i) as i64, metadata: Arc::from(format!("m1-{i}")) };
+        assert_eq!(
+            live,
+            (0..40).map(|i| (key(i), expect(i))).collect::<Vec<_>>(),
+            "offsets and metadata kept"
+        );
+        assert!(!slot.compact_offsets(&mut *io, 16 << 10).unwrap(), "not again until it doubles");
+    }
+
+    #[test]
+    fn commit_values_round_trip_and_old_eight_byte_values_have_no_metadata() {
+        let v = CommitValue { offset: 42, metadata: Arc::from("consumer state") };
+        assert_eq!(CommitValue::decode(&v.encode()), Some(v));
+        assert_eq!(
+            CommitValue::decode(&7i64.to_be_bytes()),
+            Some(CommitValue { offset: 7, metadata: Arc::from("") })
+        );
+        assert_eq!(CommitValue::decode(&[1, 2, 3]), None);
+        assert_eq!(CommitValue::decode(&[0, 0, 0, 0, 0, 0, 0, 1, 0xff]), None, "metadata is UTF-8");
+    }
+
+    #[test]
+    fn offset_keys_round_trip_and_reject_garbage() {
+        let key: OffsetKey = (Arc::from("billing"), Arc::from("orders"), 7);
+        assert_eq!(decode_offset_key(&encode_offset_key(&key)), Some(key));
+        assert_eq!(decode_offset_key(b""), None);
+        assert_eq!(decode_offset_key(&[0, 9, b'a']), None);
+        let mut long = encode_offset_key(&(Arc::from("c"), Arc::from("t"), 1));
+        long.push(0);
+        assert_eq!(decode_offset_key(&long), None);
+    }
+}
