@@ -16,11 +16,7 @@ use crate::server::{python, run_python, Options, Spate};
 #[test]
 fn sigkill_under_an_idempotent_producer_loses_and_duplicates_nothing() {
     let Some(python) = python() else { return };
-    let seed: u64 =
-        std::env::var("SPATE_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-        });
-    eprintln!("SPATE_CRASH_SEED={seed}");
+    let seed = crate::server::seed("SPATE_CRASH_SEED");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

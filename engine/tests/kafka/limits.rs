@@ -187,3 +187,13 @@ fn client_controlled_sizes_are_bounded_with_kafka_error_codes() {
     assert_eq!(r.responses[0].partitions.len(), many as usize);
     assert!(spate.server_log().lines().all(|l| !l.contains("panicked")));
 }
+
+/// `offsets_for_times` finds the first record at or after a time inside a batch, not the batch.
+#[test]
+fn offsets_for_times_finds_the_record_inside_a_batch() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let r = run_python(&python, "confluent_admin.py", &["offsets-for-times", &spate.bootstrap(), "times"]);
+    assert_eq!((r["between"].as_i64(), r["exact"].as_i64()), (Some(5), Some(7)), "{r}");
+}

@@ -189,3 +189,101 @@ fn invalid_produces_get_kafka_error_codes_and_store_nothing() {
     assert_eq!(produce(small_zstd, 9), (0, 0));
     assert_eq!(produce(compress_batch(&batch(&[b"ok"]), Compression::Lz4).unwrap(), 9), (0, 1));
 }
+
+/// A read made ahead for a partition of another shard is never served once its topic has been
+/// deleted and created again: the next fetch gets the new topic's records.
+#[test]
+fn a_read_ahead_of_a_deleted_and_recreated_topic_is_not_served() {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicsRequest;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, ProduceRequest, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, FetchResponse, TopicName};
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    use spate::record::{batches, BatchBuilder, BatchOptions, Record};
+
+    let dir = tempfile::tempdir().unwrap();
+    let spate = Spate::start(&dir.path().join("data"));
+    let topic = || TopicName(StrBytes::from_static_str("again"));
+    let mut s = TcpStream::connect(spate.addr).unwrap();
+    let mut call = |frame: Vec<u8>| bytes::Bytes::from(round_trip(&mut s, &frame).unwrap().1);
+    let create =
+        CreateTopicsRequest::default().with_timeout_ms(5000).with_topics(vec![CreatableTopic::default()
+            .with_name(topic())
+            .with_num_partitions(2)
+            .with_replication_factor(1)]);
+    let produce = |tag: &str| {
+        let data = (0..2)
+            .map(|p| {
+                // Ten batches of one record each: a fetch of one batch leaves the rest to read.
+                let mut records = Vec::new();
+                for i in 0..10 {
+                    let mut b = BatchBuilder::new(BatchOptions::default());
+                    let v = format!("{tag}-{p}-{i}");
+                    b.push(&Record {
+                        timestamp: 1_700_000_000_000,
+                        key: None,
+                        value: Some(v.as_bytes()),
+                        headers: &[],
+                    });
+                    records.push(b.finish());
+                }
+                (p, records)
+            })
+            .collect::<Vec<_>>();
+        data
+    };
+    let fetch = |offset: i64| {
+        FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![FetchTopic::default().with_topic(topic()).with_partitions(
+                (0..2)
+                    .map(|p| {
+                        FetchPartition::default()
+                            .with_partition(p)
+                            .with_fetch_offset(offset)
+                            .with_partition_max_bytes(1)
+                    })
+                    .collect(),
+            )])
+    };
+    let values = |body: bytes::Bytes| -> Vec<String> {
+        let r = FetchResponse::decode(&mut body.clone(), 11).unwrap();
+        let mut out = Vec::new();
+        for p in &r.responses[0].partitions {
+            let Some(records) = &p.records else { continue };
+            for b in batches(records) {
+                for rec in b.unwrap().records() {
+                    out.push(String::from_utf8(rec.unwrap().value.unwrap().to_vec()).unwrap());
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let mut write = |tag: &str, call: &mut dyn FnMut(Vec<u8>) -> bytes::Bytes| {
+        for (p, batches) in produce(tag) {
+            for batch in batches {
+                let req =
+                    ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+                        TopicProduceData::default().with_name(topic()).with_partition_data(vec![
+                            PartitionProduceData::default().with_index(p).with_records(Some(batch.into())),
+                        ]),
+                    ]);
+                call(request(ApiKey::Produce, 7, &req));
+            }
+        }
+    };
+    call(request(ApiKey::CreateTopics, 4, &create));
+    write("old", &mut call);
+    // Both partitions in one fetch (two shards own them, so the connection stays put): the one
+    // of the other shard is read ahead from offset 1.
+    assert_eq!(values(call(request(ApiKey::Fetch, 11, &fetch(0)))), ["old-0-0", "old-1-0"]);
+    let delete = DeleteTopicsRequest::default().with_timeout_ms(5000).with_topic_names(vec![topic()]);
+    call(request(ApiKey::DeleteTopics, 4, &delete));
+    call(request(ApiKey::CreateTopics, 4, &create));
+    write("new", &mut call);
+    assert_eq!(values(call(request(ApiKey::Fetch, 11, &fetch(1)))), ["new-0-1", "new-1-1"], "no old bytes");
+}

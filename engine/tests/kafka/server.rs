@@ -154,6 +154,15 @@ impl Drop for Spate {
     }
 }
 
+/// The seed of a randomised test: `var` if set (to replay a run), else the clock. Printed.
+pub fn seed(var: &str) -> u64 {
+    let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    });
+    eprintln!("{var}={seed}");
+    seed
+}
+
 fn required() -> bool {
     std::env::var("SPATE_REQUIRE_CLIENTS").is_ok_and(|v| v == "1")
 }

@@ -30,10 +30,7 @@ const FDS_MAX: usize = 256;
 #[test]
 fn a_soak_of_mixed_clients_and_server_kills_loses_nothing_and_stays_bounded() {
     let Some(python) = python() else { return };
-    let seed: u64 = std::env::var("SPATE_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    eprintln!("SPATE_SOAK_SEED={seed}");
+    let seed = crate::server::seed("SPATE_SOAK_SEED");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

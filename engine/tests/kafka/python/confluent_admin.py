@@ -33,3 +33,19 @@ elif mode == "commit-metadata":
     got = c.committed([TopicPartition(topic, 0)], timeout=10)[0]
     c.close()
     print(json.dumps({"offset": got.offset, "metadata": got.metadata}))
+elif mode == "offsets-for-times":
+    # One batch of records stamped 1000, 2000, ... ms; then the offset for a time between two.
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    topic = sys.argv[3]
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout=10)
+    base = 1_700_000_000_000
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 200})
+    for i in range(10):
+        p.produce(topic, value=b"v%d" % i, partition=0, timestamp=base + i * 1000)
+    p.flush(10)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "times"})
+    found = c.offsets_for_times([TopicPartition(topic, 0, base + 4500)], timeout=10)[0]
+    exact = c.offsets_for_times([TopicPartition(topic, 0, base + 7000)], timeout=10)[0]
+    c.close()
+    print(json.dumps({"between": found.offset, "exact": exact.offset}))
