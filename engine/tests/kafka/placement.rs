@@ -263,7 +263,7 @@ fn a_read_ahead_of_a_deleted_and_recreated_topic_is_not_served() {
         out.sort();
         out
     };
-    let mut write = |tag: &str, call: &mut dyn FnMut(Vec<u8>) -> bytes::Bytes| {
+    let write = |tag: &str, call: &mut dyn FnMut(Vec<u8>) -> bytes::Bytes| {
         for (p, batches) in produce(tag) {
             for batch in batches {
                 let req =
