@@ -40,6 +40,11 @@ pub struct EngineConfig {
     /// Partitions of all topics together (the internal ones included), at most. Creation is
     /// also refused where the open-file limit would not leave a descriptor for each.
     pub partitions_max: u64,
+    /// A committed offset expires (with a tombstone) this long after its last commit, unless
+    /// its consumer was reported active meanwhile ([`crate::Engine::consumers_active`]; the
+    /// Kafka listener reports the members of live groups): Kafka's `offsets.retention.minutes`,
+    /// seven days. `None`: never. Checked at each retention check.
+    pub offsets_retention: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +62,7 @@ impl Default for EngineConfig {
             reserve: crate::log::ReservePolicy::default(),
             sealed_files_max: crate::segment::files::SEALED_FILES_MAX,
             partitions_max: 100_000,
+            offsets_retention: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }

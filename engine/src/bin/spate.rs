@@ -99,6 +99,8 @@ struct FileConfig {
     connections_max_idle_ms: Option<u64>,
     auto_create_topics_per_sec: Option<u32>,
     frame_bytes_per_sec_min: Option<u64>,
+    offsets_retention_ms: Option<u64>,
+    retention_check_interval_ms: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -191,12 +193,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (None, Some(s)) => s.parse().map_err(anyhow::Error::msg)?,
         (None, None) => BackendChoice::Auto,
     };
-    let engine_config = EngineConfig {
+    let mut engine_config = EngineConfig {
         shards: args.shards.or(file.shards).unwrap_or(0),
         pin_threads: file.pin_threads.unwrap_or(true),
         io_backend,
         ..EngineConfig::default()
     };
+    if let Some(ms) = file.offsets_retention_ms {
+        // 0: committed offsets never expire.
+        engine_config.offsets_retention = (ms > 0).then(|| Duration::from_millis(ms));
+    }
+    if let Some(ms) = file.retention_check_interval_ms {
+        if ms == 0 {
+            bail!("retention_check_interval_ms must be positive");
+        }
+        engine_config.retention_check_interval = Duration::from_millis(ms);
+    }
     let mut config = ServerConfig::default();
     if let Some(listen) = args.listen.or(file.listen) {
         config.listen = listen;

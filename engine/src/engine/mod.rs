@@ -708,7 +708,10 @@ impl Engine {
         let offsets_partition = self.offsets_partition(consumer)?;
         let shard = shard_of(OFFSETS_TOPIC, offsets_partition, self.inner.shards.len());
         let consumer: Arc<str> = Arc::from(consumer);
-        let value = CommittedOffset { offset, metadata: Arc::from(metadata) };
+        let committed_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let value = CommittedOffset { offset, metadata: Arc::from(metadata), committed_at_ms };
         self.request_to(
             shard,
             |reply| Request::Commit { offsets_partition, consumer, id, value, reply },
@@ -770,6 +773,24 @@ impl Engine {
         let shard = shard_of(OFFSETS_TOPIC, offsets_partition, self.inner.shards.len());
         let consumer: Arc<str> = Arc::from(consumer);
         self.request_to(shard, |reply| Request::Committed { consumer, id, reply }, false)
+    }
+
+    /// Reports `consumers` active now, so that their committed offsets do not expire (see
+    /// `EngineConfig::offsets_retention`). Does not wait; safe to call from a shard's task.
+    pub fn consumers_active(&self, consumers: &[&str]) -> Result<(), EngineError> {
+        let consumers: Arc<[Arc<str>]> = consumers.iter().map(|c| Arc::from(*c)).collect();
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for mailbox in &self.inner.shards {
+            let request = Request::ConsumersActive { consumers: Arc::clone(&consumers), at_ms };
+            if lifecycle::on_shard_thread() {
+                crate::shard::overflow::send(mailbox, request).map_err(|_| EngineError::ShuttingDown)?;
+            } else if let Err(SendError::Closed(_)) = mailbox.send(request) {
+                return Err(EngineError::ShuttingDown);
+            }
+        }
+        Ok(())
     }
 
     /// Counters of every shard.

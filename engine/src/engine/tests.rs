@@ -766,6 +766,55 @@ fn bad_input_gets_typed_errors_not_panics_or_hangs() {
 }
 
 #[test]
+fn offsets_of_quiet_consumers_expire_and_active_ones_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = Duration::from_secs(2);
+    {
+        let engine = Engine::open(
+            dir.path(),
+            EngineConfig {
+                offsets_retention: Some(retention),
+                retention_check_interval: Duration::from_millis(100),
+                ..config(BackendChoice::Fallback, 2)
+            },
+        )
+        .unwrap();
+        engine.create_topic("t", 2, LogConfig::default()).unwrap();
+        let start = Instant::now();
+        engine.commit_offset("quiet", "t", 0, 4).unwrap();
+        engine.commit_offset("quiet", "t", 1, 5).unwrap();
+        engine.commit_offset("busy", "t", 0, 6).unwrap();
+        // "busy" never commits again but stays a live member; "quiet" goes away.
+        while engine.committed_offset("quiet", "t", 1).unwrap().is_some() {
+            assert!(start.elapsed() < Duration::from_secs(30), "quiet offsets never expired");
+            engine.consumers_active(&["busy"]).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(start.elapsed() >= retention, "expired after {:?}, before the retention", start.elapsed());
+        engine.consumers_active(&["busy"]).unwrap();
+        // Expiry is one pass per shard: give the other shard's a check interval or two.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(engine.committed_offset("quiet", "t", 0).unwrap(), None);
+        assert_eq!(
+            engine.committed_offset("busy", "t", 0).unwrap(),
+            Some(6),
+            "an active consumer keeps its offsets"
+        );
+        // A commit after expiry starts over.
+        engine.commit_offset("quiet", "t", 0, 9).unwrap();
+    }
+    // The tombstones are durable: nothing comes back at open, even with expiry off.
+    let engine = Engine::open(
+        dir.path(),
+        EngineConfig { offsets_retention: None, ..config(BackendChoice::Fallback, 2) },
+    )
+    .unwrap();
+    assert_eq!(engine.committed_offset("quiet", "t", 1).unwrap(), None);
+    assert_eq!(engine.committed_offset("quiet", "t", 0).unwrap(), Some(9));
+    assert_eq!(engine.committed_offset("busy", "t", 0).unwrap(), Some(6));
+}
+
+#[test]
 fn deleting_a_topic_forgets_its_offsets_and_leftovers_are_removed_at_open() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -544,6 +544,11 @@ impl Groups {
         Ok(())
     }
 
+    /// Ids of the groups with members: their committed offsets are in use and do not expire.
+    pub fn with_members(&self) -> Vec<String> {
+        self.groups.iter().filter(|(_, g)| !g.members.is_empty()).map(|(id, _)| id.clone()).collect()
+    }
+
     /// (group id, protocol type, state) of every group.
     pub fn list(&self) -> Vec<(String, String, GroupState)> {
         let mut all: Vec<_> =

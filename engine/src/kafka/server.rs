@@ -174,10 +174,10 @@ impl Server {
         };
         engine.spawn_on(0, accept)?;
         let timer = {
-            let (shared, wg) = (Arc::clone(&shared), tasks.clone());
+            let (engine2, shared, wg) = (engine.clone(), Arc::clone(&shared), tasks.clone());
             Box::new(move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
                 Box::pin(async move {
-                    shared.coordinator.run_timer(shared.stop.clone()).await;
+                    shared.coordinator.run_timer(&engine2, shared.stop.clone()).await;
                     drop(wg);
                 })
             })

@@ -51,6 +51,8 @@ pub(crate) struct ShardSetup {
     /// snapshot).
     pub offsets_compaction_bytes: u64,
     pub reserve: crate::log::ReservePolicy,
+    /// Committed offsets of inactive consumers expire this long after their last commit.
+    pub offsets_retention: Option<Duration>,
     /// Sealed-segment files this shard keeps open at most (see `segment::files`).
     pub sealed_files_max: usize,
 }
@@ -63,6 +65,9 @@ pub(crate) struct Shard {
     /// (consumer, topic, partition) → offset.
     /// (offset, the offsets partition holding it) per key.
     committed: HashMap<offsets::OffsetKey, (offsets::CommitValue, u32)>,
+    /// Consumers reported active (members of live groups), and when last: their offsets do not
+    /// expire.
+    active_consumers: HashMap<Arc<str>, i64>,
     /// Consumer positions to tell other shards, merged per (shard, partition, consumer) so the
     /// outbox stays as small as the set of positions, however often consumers commit.
     outbox: HashMap<(usize, PartitionId, Arc<str>), i64>,
@@ -107,6 +112,7 @@ impl Shard {
             io,
             slots: HashMap::new(),
             committed: HashMap::new(),
+            active_consumers: HashMap::new(),
             outbox: HashMap::new(),
             barriers: Vec::new(),
             waiting_fetches: 0,
@@ -330,6 +336,7 @@ impl Shard {
                 };
                 answer(reply, result);
             }
+            Request::ConsumersActive { consumers, at_ms } => self.consumers_active(&consumers, at_ms),
             Request::Shutdown { reply } => self.stopping = Some(reply),
             Request::Spawn { task } => {
                 self.has_tasks = true;
@@ -519,6 +526,10 @@ impl Shard {
 
     fn enforce_retention(&mut self) {
         let now = SystemTime::now();
+        if let Some(retention) = self.setup.offsets_retention {
+            let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            self.expire_offsets(retention, now_ms);
+        }
         for (topic, partitions) in &mut self.slots {
             let offsets = *topic == self.setup.offsets_topic;
             for slot in partitions.values_mut() {

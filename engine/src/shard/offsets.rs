@@ -29,6 +29,9 @@ pub(crate) type OffsetKey = (Arc<str>, Arc<str>, u32);
 pub struct CommitValue {
     pub offset: i64,
     pub metadata: Arc<str>,
+    /// When it was committed (ms since the epoch; the record's timestamp): committed offsets
+    /// of consumers gone quiet expire `offsets_retention` after it.
+    pub committed_at_ms: i64,
 }
 
 impl CommitValue {
@@ -40,11 +43,16 @@ impl CommitValue {
         out
     }
 
-    /// The inverse of `encode`; values of 8 bytes (written before metadata was kept) have none.
-    fn decode(bytes: &[u8]) -> Option<CommitValue> {
+    /// The inverse of `encode` for a record stamped `timestamp`; values of 8 bytes (written
+    /// before metadata was kept) have none.
+    fn decode(bytes: &[u8], timestamp: i64) -> Option<CommitValue> {
         let (offset, metadata) = bytes.split_first_chunk::<8>()?;
         let metadata = std::str::from_utf8(metadata).ok()?;
-        Some(CommitValue { offset: i64::from_be_bytes(*offset), metadata: Arc::from(metadata) })
+        Some(CommitValue {
+            offset: i64::from_be_bytes(*offset),
+            metadata: Arc::from(metadata),
+            committed_at_ms: timestamp,
+        })
     }
 }
 
@@ -92,13 +100,43 @@ impl Countdown {
 }
 
 impl super::Shard {
+    /// Marks consumers active at `at_ms` (their offsets do not expire meanwhile).
+    pub(super) fn consumers_active(&mut self, consumers: &[Arc<str>], at_ms: i64) {
+        for c in consumers {
+            let t = self.active_consumers.entry(Arc::clone(c)).or_insert(at_ms);
+            *t = (*t).max(at_ms);
+        }
+    }
+
+    /// Drops (with tombstones) the committed offsets last committed more than `retention` ago
+    /// by consumers not active since: Kafka's `offsets.retention.minutes` for empty groups.
+    pub(super) fn expire_offsets(&mut self, retention: std::time::Duration, now_ms: i64) {
+        let cutoff = now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        self.active_consumers.retain(|_, &mut at| at >= cutoff);
+        let expired: std::collections::HashSet<OffsetKey> = self
+            .committed
+            .iter()
+            .filter(|(key, (value, _))| {
+                value.committed_at_ms < cutoff && !self.active_consumers.contains_key(&key.0)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        tracing::info!(shard = self.setup.id, keys = expired.len(), "committed offsets expired");
+        // Nobody waits for the answer: a failure is logged by the partition that failed.
+        let (reply, _) = oneshot::channel();
+        self.forget(&Forget::Keys(Arc::new(expired)), reply);
+    }
+
     /// Drops (with tombstones) the committed offsets `what` names that this shard holds;
     /// answers `reply` once every tombstone is durable. A key leaves memory only once its
     /// tombstone is staged: a failure leaves it (and the error says so).
     pub(super) fn forget(&mut self, what: &Forget, reply: Reply<()>) {
         let mut by_partition: HashMap<u32, Vec<OffsetKey>> = HashMap::new();
         for (key, &(_, offsets_partition)) in &self.committed {
-            if what.covers(&key.1) {
+            if what.covers(key) {
                 by_partition.entry(offsets_partition).or_default().push(key.clone());
             }
         }
@@ -122,7 +160,7 @@ impl super::Shard {
                 }
                 Err(e) => {
                     // Offsets of topics that no longer exist are never served, tombstone or not.
-                    if matches!(what, Forget::AllBut(_)) {
+                    if !matches!(what, Forget::Topic(_)) {
                         for key in &keys {
                             self.committed.remove(key);
                         }
@@ -163,9 +201,8 @@ impl Slot {
         let encoded = encode_offset_key(&key);
         let bytes = value.encode();
         let mut b = BatchBuilder::new(BatchOptions::default());
-        let now_ms =
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        b.push(&Record { timestamp: now_ms, key: Some(&encoded), value: Some(&bytes), headers: &[] });
+        let timestamp = value.committed_at_ms;
+        b.push(&Record { timestamp, key: Some(&encoded), value: Some(&bytes), headers: &[] });
         match self.log.append(io, b.finish(), SystemTime::now()) {
             Ok(info) => {
                 self.acks.push_back(PendingAck::Commit { key, value, last_offset: info.last_offset, reply })
@@ -216,8 +253,10 @@ impl Slot {
                     break;
                 }
                 bytes += len;
+                // A snapshot keeps each commit's own time (tombstones are stamped now).
+                let timestamp = entries[at].1.as_ref().map_or(now_ms, |v| v.committed_at_ms);
                 b.push(&Record {
-                    timestamp: now_ms,
+                    timestamp,
                     key: Some(&k),
                     value: value.as_ref().map(|v| &v[..]),
                     headers: &[],
@@ -288,7 +327,7 @@ impl Slot {
                 for record in batch.records() {
                     let record = record.map_err(LogError::from)?;
                     let decoded = record.key.and_then(decode_offset_key);
-                    match (decoded, record.value.map(CommitValue::decode)) {
+                    match (decoded, record.value.map(|v| CommitValue::decode(v, record.timestamp))) {
                         (Some(key), Some(Some(v))) => {
                             latest.insert(key, v);
                         }
@@ -353,6 +392,7 @@ mod tests {
                 let value = CommitValue {
                     offset: (round * 100 + i) as i64,
                     metadata: Arc::from(format!("m{round}-{i}")),
+                    committed_at_ms: 1_700_000_000_000 + (round * 100 + i) as i64,
                 };
                 slot.append_commit(&mut *io, key(i), value, tx);
             }
@@ -364,26 +404,29 @@ mod tests {
         assert_eq!(slot.log.segments().len(), 1, "everything before the snapshot is gone");
         let mut live = slot.replay_offsets().unwrap();
         live.sort();
-        let expect =
-            |i: usize| CommitValue { offset: (100 + i) as i64, metadata: Arc::from(format!("m1-{i}")) };
+        let expect = |i: usize| CommitValue {
+            offset: (100 + i) as i64,
+            metadata: Arc::from(format!("m1-{i}")),
+            committed_at_ms: 1_700_000_000_000 + (100 + i) as i64,
+        };
         assert_eq!(
             live,
             (0..40).map(|i| (key(i), expect(i))).collect::<Vec<_>>(),
-            "offsets and metadata kept"
+            "offsets, metadata and commit times kept"
         );
         assert!(!slot.compact_offsets(&mut *io, 16 << 10).unwrap(), "not again until it doubles");
     }
 
     #[test]
     fn commit_values_round_trip_and_old_eight_byte_values_have_no_metadata() {
-        let v = CommitValue { offset: 42, metadata: Arc::from("consumer state") };
-        assert_eq!(CommitValue::decode(&v.encode()), Some(v));
+        let v = CommitValue { offset: 42, metadata: Arc::from("consumer state"), committed_at_ms: 5 };
+        assert_eq!(CommitValue::decode(&v.encode(), 5), Some(v));
         assert_eq!(
-            CommitValue::decode(&7i64.to_be_bytes()),
-            Some(CommitValue { offset: 7, metadata: Arc::from("") })
+            CommitValue::decode(&7i64.to_be_bytes(), 9),
+            Some(CommitValue { offset: 7, metadata: Arc::from(""), committed_at_ms: 9 })
         );
-        assert_eq!(CommitValue::decode(&[1, 2, 3]), None);
-        assert_eq!(CommitValue::decode(&[0, 0, 0, 0, 0, 0, 0, 1, 0xff]), None, "metadata is UTF-8");
+        assert_eq!(CommitValue::decode(&[1, 2, 3], 0), None);
+        assert_eq!(CommitValue::decode(&[0, 0, 0, 0, 0, 0, 0, 1, 0xff], 0), None, "metadata is UTF-8");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::offsets::CommitValue;
+use super::offsets::{CommitValue, OffsetKey};
 use crate::api::{Backpressure, EngineError, Fetched, OffsetSpec, ProduceAck, ShardStats};
 use crate::log::{DamageReport, LogConfig};
 
@@ -38,6 +38,7 @@ impl std::fmt::Debug for Request {
             Request::Stats { .. } => "Stats",
             Request::Barrier { .. } => "Barrier",
             Request::Forget { .. } => "Forget",
+            Request::ConsumersActive { .. } => "ConsumersActive",
             Request::Damage { .. } => "Damage",
             Request::AcceptDamage { .. } => "AcceptDamage",
             Request::Shutdown { .. } => "Shutdown",
@@ -134,6 +135,12 @@ pub(crate) enum Request {
         id: PartitionId,
         reply: Reply<usize>,
     },
+    /// These consumers are active (members of a live group, say) at `at_ms`: their committed
+    /// offsets do not expire while they are.
+    ConsumersActive {
+        consumers: Arc<[Arc<str>]>,
+        at_ms: i64,
+    },
     /// Flush everything and stop.
     Shutdown {
         reply: Reply<()>,
@@ -151,13 +158,16 @@ pub(crate) enum Forget {
     Topic(Arc<str>),
     /// Those of every topic not in this set (what a deletion cut short by a crash left).
     AllBut(Arc<std::collections::HashSet<Arc<str>>>),
+    /// These keys (expired ones).
+    Keys(Arc<std::collections::HashSet<OffsetKey>>),
 }
 
 impl Forget {
-    pub fn covers(&self, topic: &str) -> bool {
+    pub fn covers(&self, key: &OffsetKey) -> bool {
         match self {
-            Forget::Topic(t) => **t == *topic,
-            Forget::AllBut(keep) => !keep.contains(topic),
+            Forget::Topic(t) => **t == *key.1,
+            Forget::AllBut(keep) => !keep.contains(&key.1),
+            Forget::Keys(keys) => keys.contains(key),
         }
     }
 }

@@ -85,6 +85,22 @@ fn committed_metadata_round_trips_through_a_real_client() {
     assert_eq!((r["offset"].as_i64(), r["metadata"].as_str()), (Some(3), Some("job state 3")), "{r}");
 }
 
+/// Committed offsets of a group that left expire after `offsets_retention_ms`; those of a group
+/// with members are kept however long ago they were committed.
+#[test]
+fn offsets_of_an_empty_group_expire_and_a_live_group_keeps_its_own() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = "offsets_retention_ms = 2000\nretention_check_interval_ms = 200\n".to_string();
+    let spate =
+        Spate::start_with(&dir.path().join("data"), Options { config: Some(config), ..Options::default() });
+    let r =
+        run_python(&python, "confluent_admin.py", &["offsets-expire", &spate.bootstrap(), "expiring", "6"]);
+    // -1001: no committed offset.
+    assert_eq!((r["live"].as_i64(), r["gone"].as_i64()), (Some(2), Some(-1001)), "{r}");
+    assert!(spate.server_log().contains("committed offsets expired"));
+}
+
 /// Everything a client controls is bounded, and each bound answers with a Kafka error code:
 /// group id length, assignment protocols per member, partitions per OffsetCommit, OffsetFetch
 /// and Fetch, and topics created on first use per second.

@@ -33,6 +33,33 @@ elif mode == "commit-metadata":
     got = c.committed([TopicPartition(topic, 0)], timeout=10)[0]
     c.close()
     print(json.dumps({"offset": got.offset, "metadata": got.metadata}))
+elif mode == "offsets-expire":
+    # Group "live" commits once and stays a member; group "gone" commits once and leaves.
+    # After `wait` seconds (past the server's offsets retention) each group's committed offset.
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic, wait = sys.argv[3], float(sys.argv[4])
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(timeout=10)
+    gone = Consumer({"bootstrap.servers": bootstrap, "group.id": "gone", "enable.auto.commit": False})
+    gone.commit(offsets=[TopicPartition(topic, 0, 3)], asynchronous=False)
+    gone.close()
+    live = Consumer({"bootstrap.servers": bootstrap, "group.id": "live", "enable.auto.commit": False})
+    live.subscribe([topic])
+    deadline = time.time() + 30
+    while not live.assignment() and time.time() < deadline:
+        live.poll(0.1)
+    live.commit(offsets=[TopicPartition(topic, 0, 2)], asynchronous=False)
+    until = time.time() + wait
+    while time.time() < until:
+        live.poll(0.1)
+    kept = live.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+    live.close()
+    check = Consumer({"bootstrap.servers": bootstrap, "group.id": "gone"})
+    expired = check.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+    check.close()
+    print(json.dumps({"live": kept, "gone": expired}))
 elif mode == "offsets-for-times":
     # One batch of records stamped 1000, 2000, ... ms; then the offset for a time between two.
     from confluent_kafka import Consumer, Producer, TopicPartition
