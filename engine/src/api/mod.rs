@@ -4,9 +4,11 @@
 //! They live below both `engine` (the handle callers hold) and `shard` (the loop that does the
 //! work), so that neither imports the other's types; `engine` re-exports them.
 
+mod clock;
 mod error;
 mod types;
 
+pub use clock::{Clock, ManualClock};
 pub use error::EngineError;
 pub use types::{
     Backpressure, EngineConfig, FetchOptions, Fetched, FetchedRecord, LatencyBuckets, OffsetSpec, ProduceAck,

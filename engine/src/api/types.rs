@@ -45,6 +45,9 @@ pub struct EngineConfig {
     /// Kafka listener reports the members of live groups): Kafka's `offsets.retention.minutes`,
     /// seven days. `None`: never. Checked at each retention check.
     pub offsets_retention: Option<Duration>,
+    /// The wall clock (see [`crate::Clock`]): the system's unless a test or simulation
+    /// moves time by hand with a [`crate::ManualClock`].
+    pub clock: super::Clock,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +66,7 @@ impl Default for EngineConfig {
             sealed_files_max: crate::segment::files::SEALED_FILES_MAX,
             partitions_max: 100_000,
             offsets_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            clock: super::Clock::system(),
         }
     }
 }

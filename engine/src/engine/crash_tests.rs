@@ -26,6 +26,12 @@ fn config() -> EngineConfig {
         // Compaction of the offsets topic runs at every check once a partition holds 512 bytes.
         offsets_compaction_bytes: 512,
         retention_check_interval: Duration::from_millis(1),
+        // A clock that stands still at the records' time: every run sees the same ages,
+        // whatever the date.
+        clock: crate::api::ManualClock::new(
+            std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ROUNDS as u64),
+        )
+        .clock(),
         ..EngineConfig::default()
     }
 }

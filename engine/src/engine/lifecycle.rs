@@ -148,6 +148,7 @@ pub(super) fn spawn_shards(
             reserve: config.reserve,
             sealed_files_max: config.sealed_files_max,
             offsets_retention: config.offsets_retention,
+            clock: config.clock.clone(),
         };
         let cpu = (config.pin_threads && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let (backend, ready, factory) = (config.io_backend, ready_tx.clone(), io.clone());

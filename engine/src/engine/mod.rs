@@ -45,8 +45,8 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 pub use crate::api::{
-    shard_of, Backpressure, EngineConfig, EngineError, FetchOptions, Fetched, FetchedRecord, LatencyBuckets,
-    OffsetSpec, ProduceAck, ShardStats, Target,
+    shard_of, Backpressure, Clock, EngineConfig, EngineError, FetchOptions, Fetched, FetchedRecord,
+    LatencyBuckets, ManualClock, OffsetSpec, ProduceAck, ShardStats, Target,
 };
 pub use lifecycle::IoFactory;
 pub use topics::TopicInfo;
@@ -708,9 +708,7 @@ impl Engine {
         let offsets_partition = self.offsets_partition(consumer)?;
         let shard = shard_of(OFFSETS_TOPIC, offsets_partition, self.inner.shards.len());
         let consumer: Arc<str> = Arc::from(consumer);
-        let committed_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let committed_at_ms = self.inner.config.clock.now_ms();
         let value = CommittedOffset { offset, metadata: Arc::from(metadata), committed_at_ms };
         self.request_to(
             shard,
@@ -779,9 +777,7 @@ impl Engine {
     /// `EngineConfig::offsets_retention`). Does not wait; safe to call from a shard's task.
     pub fn consumers_active(&self, consumers: &[&str]) -> Result<(), EngineError> {
         let consumers: Arc<[Arc<str>]> = consumers.iter().map(|c| Arc::from(*c)).collect();
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let at_ms = self.inner.config.clock.now_ms();
         for mailbox in &self.inner.shards {
             let request = Request::ConsumersActive { consumers: Arc::clone(&consumers), at_ms };
             if lifecycle::on_shard_thread() {

@@ -765,36 +765,43 @@ fn bad_input_gets_typed_errors_not_panics_or_hangs() {
     engine.produce(&name, Target::Partition(0), &one(b"v")).unwrap();
 }
 
+/// Waits (on the monotonic clock, at most 30 s) until `done` holds.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(30), "{what}: not within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn offsets_of_quiet_consumers_expire_and_active_ones_are_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let retention = Duration::from_secs(2);
+    let manual = ManualClock::new(std::time::SystemTime::now());
+    let day = Duration::from_secs(86_400);
     {
         let engine = Engine::open(
             dir.path(),
             EngineConfig {
-                offsets_retention: Some(retention),
-                retention_check_interval: Duration::from_millis(100),
+                clock: manual.clock(),
+                retention_check_interval: Duration::from_millis(20),
                 ..config(BackendChoice::Fallback, 2)
             },
         )
         .unwrap();
+        assert_eq!(engine.config().offsets_retention, Some(7 * day), "Kafka's default");
         engine.create_topic("t", 2, LogConfig::default()).unwrap();
-        let start = Instant::now();
         engine.commit_offset("quiet", "t", 0, 4).unwrap();
         engine.commit_offset("quiet", "t", 1, 5).unwrap();
         engine.commit_offset("busy", "t", 0, 6).unwrap();
         // "busy" never commits again but stays a live member; "quiet" goes away.
-        while engine.committed_offset("quiet", "t", 1).unwrap().is_some() {
-            assert!(start.elapsed() < Duration::from_secs(30), "quiet offsets never expired");
-            engine.consumers_active(&["busy"]).unwrap();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert!(start.elapsed() >= retention, "expired after {:?}, before the retention", start.elapsed());
+        manual.advance(6 * day);
         engine.consumers_active(&["busy"]).unwrap();
-        // Expiry is one pass per shard: give the other shard's a check interval or two.
-        std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(engine.committed_offset("quiet", "t", 0).unwrap(), None);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(engine.committed_offset("quiet", "t", 1).unwrap(), Some(5), "not before seven days");
+        manual.advance(2 * day);
+        eventually("quiet offsets expire", || engine.committed_offset("quiet", "t", 1).unwrap().is_none());
+        eventually("on every shard", || engine.committed_offset("quiet", "t", 0).unwrap().is_none());
         assert_eq!(
             engine.committed_offset("busy", "t", 0).unwrap(),
             Some(6),
@@ -802,16 +809,59 @@ fn offsets_of_quiet_consumers_expire_and_active_ones_are_kept() {
         );
         // A commit after expiry starts over.
         engine.commit_offset("quiet", "t", 0, 9).unwrap();
+        // Seven days after busy was last reported, its offsets go too.
+        manual.advance(5 * day + Duration::from_secs(1));
+        eventually("busy offsets expire", || engine.committed_offset("busy", "t", 0).unwrap().is_none());
+        assert_eq!(engine.committed_offset("quiet", "t", 0).unwrap(), Some(9), "committed five days ago");
     }
     // The tombstones are durable: nothing comes back at open, even with expiry off.
     let engine = Engine::open(
         dir.path(),
-        EngineConfig { offsets_retention: None, ..config(BackendChoice::Fallback, 2) },
+        EngineConfig { offsets_retention: None, clock: manual.clock(), ..config(BackendChoice::Fallback, 2) },
     )
     .unwrap();
     assert_eq!(engine.committed_offset("quiet", "t", 1).unwrap(), None);
     assert_eq!(engine.committed_offset("quiet", "t", 0).unwrap(), Some(9));
-    assert_eq!(engine.committed_offset("busy", "t", 0).unwrap(), Some(6));
+    assert_eq!(engine.committed_offset("busy", "t", 0).unwrap(), None);
+}
+
+/// Retention by age and roll by age follow the engine's clock: eight days later by a manual
+/// clock, the segments a week old are gone.
+#[test]
+fn retention_by_age_follows_the_engine_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let manual = ManualClock::new(std::time::SystemTime::now());
+    let engine = Engine::open(
+        dir.path(),
+        EngineConfig {
+            clock: manual.clock(),
+            retention_check_interval: Duration::from_millis(20),
+            ..config(BackendChoice::Fallback, 1)
+        },
+    )
+    .unwrap();
+    let week = Duration::from_secs(7 * 86_400);
+    let topic = LogConfig { retention_age: Some(week), segment_bytes: 4096, ..LogConfig::default() };
+    engine.create_topic("t", 1, topic).unwrap();
+    let now_ms = manual.clock().now_ms();
+    for i in 0..50 {
+        engine.produce("t", Target::Partition(0), &[record(None, &[b'x'; 200], now_ms + i)]).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        engine.list_offset("t", 0, OffsetSpec::Earliest).unwrap(),
+        Some(0),
+        "nothing is a week old yet"
+    );
+    manual.advance(week + Duration::from_secs(86_400));
+    eventually("week-old records deleted", || {
+        engine.list_offset("t", 0, OffsetSpec::Earliest).unwrap() == Some(50)
+    });
+    assert_eq!(engine.list_offset("t", 0, OffsetSpec::Latest).unwrap(), Some(50));
+    // New records are stamped by the same clock, and accepted at its time.
+    let later = manual.clock().now_ms();
+    engine.produce("t", Target::Partition(0), &[record(None, b"new", later)]).unwrap();
+    assert_eq!(engine.list_offset("t", 0, OffsetSpec::Timestamp(later)).unwrap(), Some(50));
 }
 
 #[test]

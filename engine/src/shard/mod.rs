@@ -21,7 +21,7 @@ pub(crate) mod slot;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use mailbox::{MailboxReceiver, MailboxSender, SendError};
 use request::{answer, PartitionId, Request};
@@ -53,6 +53,8 @@ pub(crate) struct ShardSetup {
     pub reserve: crate::log::ReservePolicy,
     /// Committed offsets of inactive consumers expire this long after their last commit.
     pub offsets_retention: Option<Duration>,
+    /// The wall clock.
+    pub clock: crate::api::Clock,
     /// Sealed-segment files this shard keeps open at most (see `segment::files`).
     pub sealed_files_max: usize,
 }
@@ -351,7 +353,7 @@ impl Shard {
         }
         let dir = self.partition_dir(&id);
         let log = Partition::open_with(&dir, config, &mut *self.io, Arc::clone(&self.disk))?;
-        let slot = Slot::new(log)?;
+        let slot = Slot::new(log, self.setup.clock.clone())?;
         if id.topic == self.setup.offsets_topic {
             // Rebuild the committed offsets this partition holds, and tell the data partitions'
             // shards where their consumers stand.
@@ -525,10 +527,9 @@ impl Shard {
     }
 
     fn enforce_retention(&mut self) {
-        let now = SystemTime::now();
+        let now = self.setup.clock.now();
         if let Some(retention) = self.setup.offsets_retention {
-            let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            self.expire_offsets(retention, now_ms);
+            self.expire_offsets(retention, self.setup.clock.now_ms());
         }
         for (topic, partitions) in &mut self.slots {
             let offsets = *topic == self.setup.offsets_topic;

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use super::request::{answer, Forget, PartitionId, Reply};
 use super::slot::{PendingAck, Slot};
@@ -203,7 +202,7 @@ impl Slot {
         let mut b = BatchBuilder::new(BatchOptions::default());
         let timestamp = value.committed_at_ms;
         b.push(&Record { timestamp, key: Some(&encoded), value: Some(&bytes), headers: &[] });
-        match self.log.append(io, b.finish(), SystemTime::now()) {
+        match self.log.append(io, b.finish(), self.clock.now()) {
             Ok(info) => {
                 self.acks.push_back(PendingAck::Commit { key, value, last_offset: info.last_offset, reply })
             }
@@ -222,7 +221,7 @@ impl Slot {
         let entries: Vec<(OffsetKey, Option<CommitValue>)> = keys.iter().map(|k| (k.clone(), None)).collect();
         let mut last_offset = None;
         for batch in self.offset_batches(&entries) {
-            last_offset = Some(self.log.append(io, batch, SystemTime::now())?.last_offset);
+            last_offset = Some(self.log.append(io, batch, self.clock.now())?.last_offset);
         }
         match last_offset {
             Some(last_offset) => {
@@ -236,8 +235,7 @@ impl Slot {
     /// Offset records (a value, or a tombstone for `None`) in batches of at most half the
     /// partition's batch limit (a single record longer than that goes alone).
     fn offset_batches(&self, entries: &[(OffsetKey, Option<CommitValue>)]) -> Vec<Vec<u8>> {
-        let now_ms =
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now_ms = self.clock.now_ms();
         let batch_bytes = (self.log.config().batch_bytes_max / 2).max(1) as usize;
         let mut out = Vec::new();
         let mut at = 0;
@@ -292,7 +290,7 @@ impl Slot {
         let mut written = 0;
         for batch in self.offset_batches(&entries) {
             written += batch.len() as u64;
-            self.log.append(io, batch, SystemTime::now())?;
+            self.log.append(io, batch, self.clock.now())?;
         }
         self.log.flush(io)?;
         let deleted = self.log.delete_segments_before(io, start)?;
@@ -382,7 +380,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut io = crate::io::open(crate::io::BackendChoice::Fallback).unwrap();
         let log = Partition::open(dir.path(), crate::log::LogConfig::default(), &mut *io).unwrap();
-        let mut slot = Slot::new(log).unwrap();
+        let mut slot = Slot::new(log, crate::api::Clock::system()).unwrap();
         let key = |i: usize| -> OffsetKey {
             (Arc::from(format!("{i:02}{}", "g".repeat(30 << 10))), Arc::from("t"), 0)
         };

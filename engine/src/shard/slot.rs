@@ -77,12 +77,14 @@ pub(crate) struct Slot {
     producers: Producers,
     /// Bytes of the last snapshot written by offsets compaction (0: none yet).
     pub(super) snapshot_bytes: u64,
+    /// The wall clock appends are stamped with.
+    pub(super) clock: crate::api::Clock,
 }
 
 impl Slot {
     /// A slot for `log`, with its idempotent producers rebuilt from its recent segments.
-    pub fn new(log: Partition) -> Result<Slot, EngineError> {
-        let producers = Producers::rebuild(&log, SystemTime::now())?;
+    pub fn new(log: Partition, clock: crate::api::Clock) -> Result<Slot, EngineError> {
+        let producers = Producers::rebuild(&log, clock.now())?;
         Ok(Slot {
             log,
             acks: VecDeque::new(),
@@ -92,6 +94,7 @@ impl Slot {
             released_bytes: 0,
             producers,
             snapshot_bytes: 0,
+            clock,
         })
     }
 
@@ -137,10 +140,11 @@ impl Slot {
                 Check::Refuse(e) => return answer(reply, Err(e)),
             }
         }
-        match self.log.append(io, batch, SystemTime::now()) {
+        let now = self.clock.now();
+        match self.log.append(io, batch, now) {
             Ok(info) => {
                 if let Some(h) = &header {
-                    self.producers.record(h, info, SystemTime::now());
+                    self.producers.record(h, info, now);
                 }
                 self.acks.push_back(PendingAck::Produce { partition, info, reply })
             }
