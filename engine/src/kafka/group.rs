@@ -1,7 +1,8 @@
-//! The group coordinator shared by every connection: the `group` state machine behind a mutex
-//! (group calls are control traffic, never on the produce or fetch path), and its timer.
+//! The group coordinator shared by every connection: the `group` state machine on a thread of
+//! its own. Connections send it closures and await their results, so a shard thread never
+//! waits for a lock nor does work sized by what clients sent (member lists, protocols,
+//! assignments); the same thread runs the groups' timers and reports live groups to the engine.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::config::ServerConfig;
@@ -15,46 +16,79 @@ pub const TICK: Duration = Duration::from_millis(50);
 /// retention where that is shorter.
 pub const ACTIVE_REPORT: Duration = Duration::from_secs(10);
 
+/// Work for the coordinator thread.
+type Job = Box<dyn FnOnce(&mut Groups) + Send>;
+
+/// The handle connections hold. The thread ends when the last handle goes.
 #[derive(Debug)]
 pub struct Coordinator {
-    groups: Mutex<Groups>,
+    // Unbounded: each connection has at most `in_flight_per_connection` requests waiting, so
+    // the queue holds at most that many jobs per connection.
+    jobs: crossbeam::channel::Sender<Job>,
 }
 
 impl Coordinator {
-    pub fn new(config: &ServerConfig) -> Coordinator {
-        Coordinator {
-            groups: Mutex::new(Groups::new(Timeouts {
-                session_min: config.group_session_timeout_min,
-                session_max: config.group_session_timeout_max,
-                initial_rebalance_delay: config.group_initial_rebalance_delay,
-            })),
+    /// Starts the coordinator thread over `engine`.
+    pub fn start(
+        config: &ServerConfig,
+        engine: Engine,
+    ) -> std::io::Result<(Coordinator, std::thread::JoinHandle<()>)> {
+        let groups = Groups::new(Timeouts {
+            session_min: config.group_session_timeout_min,
+            session_max: config.group_session_timeout_max,
+            initial_rebalance_delay: config.group_initial_rebalance_delay,
+        });
+        let (tx, rx) = crossbeam::channel::unbounded::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("spate-groups".into())
+            .spawn(move || run(groups, &rx, &engine))?;
+        Ok((Coordinator { jobs: tx }, thread))
+    }
+
+    /// Runs `f` on the coordinator's groups and returns its result; `None` once the coordinator
+    /// has stopped.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Groups) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |groups| {
+            let _ = tx.send(f(groups));
+        });
+        self.jobs.send(job).ok()?;
+        rx.await.ok()
+    }
+
+    /// Queues `f` without waiting for it (tests hold the coordinator busy with it).
+    #[cfg(test)]
+    pub fn post(&self, f: impl FnOnce(&mut Groups) + Send + 'static) {
+        let _ = self.jobs.send(Box::new(f));
+    }
+}
+
+/// The coordinator thread: jobs as they come, timers every `TICK`, live groups reported to
+/// `engine`; until every handle is gone.
+fn run(mut groups: Groups, jobs: &crossbeam::channel::Receiver<Job>, engine: &Engine) {
+    let report_every = engine.config().offsets_retention.map_or(ACTIVE_REPORT, |r| ACTIVE_REPORT.min(r / 4));
+    let mut next_tick = Instant::now() + TICK;
+    let mut next_report = Instant::now();
+    loop {
+        match jobs.recv_deadline(next_tick.min(next_report)) {
+            Ok(job) => job(&mut groups),
+            Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam::channel::RecvTimeoutError::Disconnected) => return,
         }
-    }
-
-    pub fn lock(&self) -> MutexGuard<'_, Groups> {
-        self.groups.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs the groups' timers until `stop` turns true, and reports the groups with members
-    /// active to `engine` (see `ACTIVE_REPORT`).
-    pub async fn run_timer(&self, engine: &Engine, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let report_every =
-            engine.config().offsets_retention.map_or(ACTIVE_REPORT, |r| ACTIVE_REPORT.min(r / 4));
-        let mut reported: Option<Instant> = None;
-        loop {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(TICK) => {}
-            }
-            let now = Instant::now();
-            self.lock().tick(now);
-            if reported.is_none_or(|at| now.duration_since(at) >= report_every) {
-                reported = Some(now);
-                let live = self.lock().with_members();
-                let ids: Vec<&str> = live.iter().map(String::as_str).collect();
-                if !ids.is_empty() && engine.consumers_active(&ids).is_err() {
-                    return; // shutting down
-                }
+        let now = Instant::now();
+        if now >= next_tick {
+            groups.tick(now);
+            next_tick = now + TICK;
+        }
+        if now >= next_report {
+            next_report = now + report_every;
+            let live = groups.with_members();
+            let ids: Vec<&str> = live.iter().map(String::as_str).collect();
+            if !ids.is_empty() && engine.consumers_active(&ids).is_err() {
+                tracing::debug!("engine shutting down; live groups not reported");
             }
         }
     }

@@ -34,7 +34,7 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Engine(#[from] EngineError),
-    #[error("cannot start the admin thread: {0}")]
+    #[error("cannot start a server thread (admin or group coordinator): {0}")]
     Thread(#[source] std::io::Error),
 }
 
@@ -124,6 +124,7 @@ pub struct Server {
     stop: Option<watch::Sender<bool>>,
     tasks: Option<WaitGroup>,
     admin: Option<std::thread::JoinHandle<()>>,
+    groups: Option<std::thread::JoinHandle<()>>,
     shared: Option<Arc<Shared>>,
 }
 
@@ -147,10 +148,12 @@ impl Server {
                 }
             })
             .map_err(ServerError::Thread)?;
+        let (coordinator, groups_thread) =
+            Coordinator::start(&config, engine.clone()).map_err(ServerError::Thread)?;
         let shared = Arc::new(Shared {
             advertised: config.advertised(local_addr),
             metrics: Metrics::new(),
-            coordinator: Coordinator::new(&config),
+            coordinator,
             producer_ids: ProducerIds::default(),
             admin: admin_tx,
             connections: AtomicUsize::new(0),
@@ -173,16 +176,6 @@ impl Server {
             })
         };
         engine.spawn_on(0, accept)?;
-        let timer = {
-            let (engine2, shared, wg) = (engine.clone(), Arc::clone(&shared), tasks.clone());
-            Box::new(move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
-                Box::pin(async move {
-                    shared.coordinator.run_timer(&engine2, shared.stop.clone()).await;
-                    drop(wg);
-                })
-            })
-        };
-        engine.spawn_on(0, timer)?;
         if let Some(listener) = metrics_listener {
             let (engine2, shared, wg) = (engine.clone(), Arc::clone(&shared), tasks.clone());
             let shard = engine.shards() - 1;
@@ -200,6 +193,7 @@ impl Server {
             stop: Some(stop_tx),
             tasks: Some(tasks),
             admin: Some(admin),
+            groups: Some(groups_thread),
             shared: Some(shared),
         })
     }
@@ -219,6 +213,12 @@ impl Server {
         self.shared.as_ref().map(|s| s.metrics.render(Vec::new())).unwrap_or_default()
     }
 
+    /// What the connections share (tests reach the coordinator through it).
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Shared {
+        self.shared.as_ref().expect("running")
+    }
+
     /// Stops accepting, closes every connection (requests in flight are dropped unanswered, as
     /// when a broker goes away) and waits for the tasks to finish. The engine keeps running.
     pub fn shutdown(mut self) {
@@ -232,11 +232,12 @@ impl Server {
         if let Some(tasks) = self.tasks.take() {
             tasks.wait();
         }
-        // The last handle to the admin queue goes with `shared`; the thread then ends.
+        // The last handles to the admin and coordinator queues go with `shared`; the
+        // threads then end.
         self.shared.take();
-        if let Some(admin) = self.admin.take() {
-            if admin.join().is_err() {
-                tracing::error!("the admin thread panicked");
+        for (name, thread) in [("admin", self.admin.take()), ("group coordinator", self.groups.take())] {
+            if thread.is_some_and(|t| t.join().is_err()) {
+                tracing::error!("the {name} thread panicked");
             }
         }
     }

@@ -89,3 +89,67 @@ fn pipelined_produces_stay_in_order_when_mailboxes_are_full() {
     server.shutdown();
     engine.shutdown().unwrap();
 }
+
+fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut size = [0u8; 4];
+    s.read_exact(&mut size).unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut body).unwrap();
+    body
+}
+
+/// Group coordination runs on its own thread: while it is busy (here, held by the test), a
+/// heartbeat waits for it but the shard its connection lives on keeps serving produces.
+#[test]
+fn a_busy_coordinator_does_not_hold_up_the_shard() {
+    use kafka_protocol::messages::{GroupId, HeartbeatRequest};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig { shards: 1, io_backend: BackendChoice::Fallback, ..EngineConfig::default() };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    engine.create_topic("t", 1, LogConfig::default()).unwrap();
+    let server = Server::start(
+        &engine,
+        ServerConfig { listen: ([127, 0, 0, 1], 0).into(), ..ServerConfig::default() },
+    )
+    .unwrap();
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    server.shared().coordinator.post(move |_| {
+        let _ = held.recv();
+    });
+    let mut group_client = TcpStream::connect(server.local_addr()).unwrap();
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Heartbeat as i16)
+        .with_request_api_version(0)
+        .with_correlation_id(7);
+    let request = HeartbeatRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_member_id(StrBytes::from_static_str("m"))
+        .with_generation_id(1);
+    let mut buf = BytesMut::new();
+    header.encode(&mut buf, 1).unwrap();
+    request.encode(&mut buf, 0).unwrap();
+    let mut frame = (buf.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&buf);
+    group_client.write_all(&frame).unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // the heartbeat reaches the coordinator's queue
+
+    let mut producer = TcpStream::connect(server.local_addr()).unwrap();
+    producer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    producer.write_all(&produce_frame("t", 1, -1, -1)).unwrap();
+    let body = read_frame(&mut producer);
+    let r = ProduceResponse::decode(&mut bytes::Bytes::from(body).slice(4..), 7).unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+
+    group_client.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut size = [0u8; 4];
+    assert!(group_client.read_exact(&mut size).is_err(), "the heartbeat waits for the coordinator");
+    release.send(()).unwrap();
+    group_client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = read_frame(&mut group_client);
+    assert_eq!(i32::from_be_bytes(body[..4].try_into().unwrap()), 7, "answered once it is free");
+    drop((group_client, producer));
+    server.shutdown();
+    engine.shutdown().unwrap();
+}

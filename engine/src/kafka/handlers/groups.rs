@@ -62,7 +62,7 @@ pub async fn join(ctx: &Rc<Ctx>, request: JoinGroupRequest, header: &RequestHead
         require_known_member_id: version >= 4,
     };
     let (tx, rx) = oneshot::channel();
-    let handed_out = ctx.shared.coordinator.lock().join(req, Instant::now(), tx);
+    let handed_out = ctx.shared.coordinator.call(move |g| g.join(req, Instant::now(), tx)).await.flatten();
     let outcome = rx.await.unwrap_or(Err(GroupError::CoordinatorNotAvailable));
     let mut response = JoinGroupResponse::default().with_generation_id(-1);
     match outcome {
@@ -97,14 +97,14 @@ pub async fn sync(ctx: &Rc<Ctx>, request: SyncGroupRequest) -> SyncGroupResponse
     let (tx, rx) = oneshot::channel();
     let assignments =
         request.assignments.into_iter().map(|a| (a.member_id.to_string(), a.assignment)).collect();
-    ctx.shared.coordinator.lock().sync(
-        request.group_id.0.as_str(),
-        request.member_id.as_str(),
-        request.generation_id,
-        assignments,
-        Instant::now(),
-        tx,
-    );
+    let (group, member, generation) =
+        (request.group_id.0.to_string(), request.member_id.to_string(), request.generation_id);
+    // Gone: `tx` goes with the job, and the answer below is COORDINATOR_NOT_AVAILABLE.
+    let _ = ctx
+        .shared
+        .coordinator
+        .call(move |g| g.sync(&group, &member, generation, assignments, Instant::now(), tx))
+        .await;
     match rx.await.unwrap_or(Err(GroupError::CoordinatorNotAvailable)) {
         Ok(o) => SyncGroupResponse::default()
             .with_protocol_type(Some(str_bytes(&o.protocol_type)))
@@ -115,34 +115,53 @@ pub async fn sync(ctx: &Rc<Ctx>, request: SyncGroupRequest) -> SyncGroupResponse
 }
 
 pub async fn heartbeat(ctx: &Rc<Ctx>, request: HeartbeatRequest) -> HeartbeatResponse {
-    let result = ctx.shared.coordinator.lock().heartbeat(
-        request.group_id.0.as_str(),
-        request.member_id.as_str(),
-        request.generation_id,
-        Instant::now(),
-    );
+    let (group, member, generation) =
+        (request.group_id.0.to_string(), request.member_id.to_string(), request.generation_id);
+    let result = ctx
+        .shared
+        .coordinator
+        .call(move |g| g.heartbeat(&group, &member, generation, Instant::now()))
+        .await
+        .unwrap_or(Err(GroupError::CoordinatorNotAvailable));
     HeartbeatResponse::default().with_error_code(result.err().map_or(0, |e| group_code(e).code()))
 }
 
 pub async fn leave(ctx: &Rc<Ctx>, request: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
     let group = request.group_id.0.to_string();
-    let now = Instant::now();
-    let mut coordinator = ctx.shared.coordinator.lock();
+    let unavailable = || Err(GroupError::CoordinatorNotAvailable);
     if version < 3 {
-        let result = coordinator.leave(&group, request.member_id.as_str(), None, now);
+        let member = request.member_id.to_string();
+        let result = ctx
+            .shared
+            .coordinator
+            .call(move |g| g.leave(&group, &member, None, Instant::now()))
+            .await
+            .unwrap_or_else(unavailable);
         return LeaveGroupResponse::default()
             .with_error_code(result.err().map_or(0, |e| group_code(e).code()));
     }
+    let leaving: Vec<(String, Option<String>)> = request
+        .members
+        .iter()
+        .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|s| s.to_string())))
+        .collect();
+    let results = ctx
+        .shared
+        .coordinator
+        .call(move |g| {
+            let now = Instant::now();
+            leaving
+                .iter()
+                .map(|(member, instance)| g.leave(&group, member, instance.as_deref(), now))
+                .collect()
+        })
+        .await
+        .unwrap_or_else(|| vec![unavailable(); request.members.len()]);
     let members = request
         .members
         .into_iter()
-        .map(|m| {
-            let result = coordinator.leave(
-                &group,
-                m.member_id.as_str(),
-                m.group_instance_id.as_ref().map(|s| s.as_str()),
-                now,
-            );
+        .zip(results)
+        .map(|(m, result)| {
             MemberResponse::default()
                 .with_member_id(m.member_id)
                 .with_group_instance_id(m.group_instance_id)
@@ -157,8 +176,9 @@ pub async fn list(ctx: &Rc<Ctx>, request: ListGroupsRequest) -> ListGroupsRespon
     let groups = ctx
         .shared
         .coordinator
-        .lock()
-        .list()
+        .call(|g| g.list())
+        .await
+        .unwrap_or_default()
         .into_iter()
         .filter(|(_, _, state)| states.is_empty() || states.iter().any(|s| s == state.name()))
         .map(|(id, protocol_type, state)| {
@@ -172,13 +192,25 @@ pub async fn list(ctx: &Rc<Ctx>, request: ListGroupsRequest) -> ListGroupsRespon
 }
 
 pub async fn describe(ctx: &Rc<Ctx>, request: DescribeGroupsRequest) -> DescribeGroupsResponse {
-    let coordinator = ctx.shared.coordinator.lock();
+    let ids: Vec<String> = request.groups.iter().map(|id| id.0.to_string()).collect();
+    let Some(descriptions) =
+        ctx.shared.coordinator.call(move |g| ids.iter().map(|id| g.describe(id)).collect::<Vec<_>>()).await
+    else {
+        let error = group_code(GroupError::CoordinatorNotAvailable).code();
+        let groups = request
+            .groups
+            .into_iter()
+            .map(|id| DescribedGroup::default().with_group_id(id).with_error_code(error))
+            .collect();
+        return DescribeGroupsResponse::default().with_groups(groups);
+    };
     let groups = request
         .groups
         .into_iter()
-        .map(|id| {
+        .zip(descriptions)
+        .map(|(id, description)| {
             let described = DescribedGroup::default().with_group_id(id.clone());
-            match coordinator.describe(id.0.as_str()) {
+            match description {
                 // Kafka describes an unknown group as Dead with no members.
                 None => described.with_group_state(str_bytes("Dead")),
                 Some(d) => described

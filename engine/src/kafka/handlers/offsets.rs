@@ -69,11 +69,14 @@ pub async fn list_offsets(ctx: &Rc<Ctx>, request: ListOffsetsRequest) -> ListOff
 
 pub async fn commit(ctx: &Rc<Ctx>, request: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = request.group_id.0.to_string();
-    let allowed = ctx.shared.coordinator.lock().check_commit(
-        &group,
-        request.member_id.as_str(),
-        request.generation_id_or_member_epoch,
-    );
+    let (group2, member, generation) =
+        (group.clone(), request.member_id.to_string(), request.generation_id_or_member_epoch);
+    let allowed = ctx
+        .shared
+        .coordinator
+        .call(move |g| g.check_commit(&group2, &member, generation))
+        .await
+        .unwrap_or(Err(crate::group::GroupError::CoordinatorNotAvailable));
     let named: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
     let allowed = allowed.and_then(|()| {
         super::check_partition_count(named).map_err(|_| crate::group::GroupError::InvalidRequest)
