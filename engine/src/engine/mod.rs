@@ -774,16 +774,35 @@ impl Engine {
     }
 
     /// Reports `consumers` active now, so that their committed offsets do not expire (see
-    /// `EngineConfig::offsets_retention`). Does not wait; safe to call from a shard's task.
+    /// `EngineConfig::offsets_retention`). Each name goes to the shard holding its offsets;
+    /// never waits: a shard whose mailbox is full misses this report (the next one counts).
+    /// Names that cannot hold offsets are skipped.
     pub fn consumers_active(&self, consumers: &[&str]) -> Result<(), EngineError> {
-        let consumers: Arc<[Arc<str>]> = consumers.iter().map(|c| Arc::from(*c)).collect();
         let at_ms = self.inner.config.clock.now_ms();
-        for mailbox in &self.inner.shards {
-            let request = Request::ConsumersActive { consumers: Arc::clone(&consumers), at_ms };
-            if lifecycle::on_shard_thread() {
-                crate::shard::overflow::send(mailbox, request).map_err(|_| EngineError::ShuttingDown)?;
-            } else if let Err(SendError::Closed(_)) = mailbox.send(request) {
-                return Err(EngineError::ShuttingDown);
+        let mut by_shard: HashMap<usize, Vec<Arc<str>>> = HashMap::new();
+        for c in consumers {
+            if let Ok(p) = self.offsets_partition(c) {
+                let shard = shard_of(OFFSETS_TOPIC, p, self.inner.shards.len());
+                by_shard.entry(shard).or_default().push(Arc::from(*c));
+            }
+        }
+        for (shard, names) in by_shard {
+            let request = Request::ConsumersActive { consumers: names.into(), at_ms };
+            let mailbox = &self.inner.shards[shard];
+            let sent = if lifecycle::on_shard_thread() {
+                crate::shard::overflow::send(mailbox, request).map_err(|_| SendError::Closed(()))
+            } else {
+                mailbox.try_send(request).map_err(|e| match e {
+                    SendError::Closed(_) => SendError::Closed(()),
+                    SendError::Full(_) => SendError::Full(()),
+                })
+            };
+            match sent {
+                Err(SendError::Closed(())) => return Err(EngineError::ShuttingDown),
+                Err(SendError::Full(())) => {
+                    tracing::debug!(shard, "mailbox full: live consumers not reported")
+                }
+                Ok(()) => {}
             }
         }
         Ok(())

@@ -814,6 +814,28 @@ fn offsets_of_quiet_consumers_expire_and_active_ones_are_kept() {
         eventually("busy offsets expire", || engine.committed_offset("busy", "t", 0).unwrap().is_none());
         assert_eq!(engine.committed_offset("quiet", "t", 0).unwrap(), Some(9), "committed five days ago");
     }
+    // Group membership is not kept across a restart: at open every consumer gets a whole
+    // retention period again, even one whose last commit is already older than that.
+    manual.advance(3 * day);
+    {
+        let engine = Engine::open(
+            dir.path(),
+            EngineConfig {
+                clock: manual.clock(),
+                retention_check_interval: Duration::from_millis(20),
+                ..config(BackendChoice::Fallback, 2)
+            },
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            engine.committed_offset("quiet", "t", 0).unwrap(),
+            Some(9),
+            "eight days old, kept after open"
+        );
+        // Reports for consumers without offsets here are dropped, not kept.
+        engine.consumers_active(&["never-committed", ""]).unwrap();
+    }
     // The tombstones are durable: nothing comes back at open, even with expiry off.
     let engine = Engine::open(
         dir.path(),

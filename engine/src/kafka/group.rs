@@ -15,6 +15,8 @@ pub const TICK: Duration = Duration::from_millis(50);
 /// offsets do not expire; see `EngineConfig::offsets_retention`), at most; a quarter of the
 /// retention where that is shorter.
 pub const ACTIVE_REPORT: Duration = Duration::from_secs(10);
+/// However short the retention, reports are at least this far apart.
+pub const ACTIVE_REPORT_MIN: Duration = Duration::from_millis(100);
 
 /// Work for the coordinator thread.
 type Job = Box<dyn FnOnce(&mut Groups) + Send>;
@@ -69,18 +71,29 @@ impl Coordinator {
 /// The coordinator thread: jobs as they come, timers every `TICK`, live groups reported to
 /// `engine`; until every handle is gone.
 fn run(mut groups: Groups, jobs: &crossbeam::channel::Receiver<Job>, engine: &Engine) {
-    let report_every = engine.config().offsets_retention.map_or(ACTIVE_REPORT, |r| ACTIVE_REPORT.min(r / 4));
+    let report_every = engine
+        .config()
+        .offsets_retention
+        .map_or(ACTIVE_REPORT, |r| ACTIVE_REPORT.min(r / 4).max(ACTIVE_REPORT_MIN));
     let mut next_tick = Instant::now() + TICK;
     let mut next_report = Instant::now();
     loop {
         match jobs.recv_deadline(next_tick.min(next_report)) {
-            Ok(job) => job(&mut groups),
+            Ok(job) => {
+                // Everything queued runs before the timers: a heartbeat that waited behind
+                // other work still counts before sessions are checked.
+                for job in std::iter::once(job).chain(jobs.try_iter()) {
+                    guarded("a group request", || job(&mut groups));
+                }
+            }
             Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam::channel::RecvTimeoutError::Disconnected) => return,
         }
         let now = Instant::now();
         if now >= next_tick {
-            groups.tick(now);
+            guarded("the group timers", || {
+                groups.tick(now);
+            });
             next_tick = now + TICK;
         }
         if now >= next_report {
@@ -91,5 +104,18 @@ fn run(mut groups: Groups, jobs: &crossbeam::channel::Receiver<Job>, engine: &En
                 tracing::debug!("engine shutting down; live groups not reported");
             }
         }
+    }
+}
+
+/// Runs `f`; a panic (a bug) is logged and the coordinator goes on: the request it served gets
+/// COORDINATOR_NOT_AVAILABLE (its reply is dropped), every other group keeps working.
+fn guarded(what: &str, f: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(%message, "group coordinator: {what} panicked");
     }
 }

@@ -98,11 +98,52 @@ fn read_frame(s: &mut TcpStream) -> Vec<u8> {
     body
 }
 
+fn heartbeat_frame(correlation_id: i32) -> Vec<u8> {
+    use kafka_protocol::messages::{GroupId, HeartbeatRequest};
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Heartbeat as i16)
+        .with_request_api_version(0)
+        .with_correlation_id(correlation_id);
+    let request = HeartbeatRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("g")))
+        .with_member_id(StrBytes::from_static_str("m"))
+        .with_generation_id(1);
+    let mut buf = BytesMut::new();
+    header.encode(&mut buf, 1).unwrap();
+    request.encode(&mut buf, 0).unwrap();
+    let mut frame = (buf.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&buf);
+    frame
+}
+
+/// A panic inside the coordinator (a bug) costs the request it served, not the coordinator.
+#[test]
+fn the_coordinator_survives_a_panicking_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig { shards: 1, io_backend: BackendChoice::Fallback, ..EngineConfig::default() };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    let server = Server::start(
+        &engine,
+        ServerConfig { listen: ([127, 0, 0, 1], 0).into(), ..ServerConfig::default() },
+    )
+    .unwrap();
+    server.shared().coordinator.post(|_| panic!("a bug in group coordination"));
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    s.write_all(&heartbeat_frame(3)).unwrap();
+    let body = read_frame(&mut s);
+    assert_eq!(i32::from_be_bytes(body[..4].try_into().unwrap()), 3);
+    // UNKNOWN_MEMBER_ID (25), from a coordinator still running (not COORDINATOR_NOT_AVAILABLE).
+    assert_eq!(i16::from_be_bytes(body[4..6].try_into().unwrap()), 25);
+    drop(s);
+    server.shutdown();
+    engine.shutdown().unwrap();
+}
+
 /// Group coordination runs on its own thread: while it is busy (here, held by the test), a
 /// heartbeat waits for it but the shard its connection lives on keeps serving produces.
 #[test]
 fn a_busy_coordinator_does_not_hold_up_the_shard() {
-    use kafka_protocol::messages::{GroupId, HeartbeatRequest};
     use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
@@ -119,20 +160,7 @@ fn a_busy_coordinator_does_not_hold_up_the_shard() {
         let _ = held.recv();
     });
     let mut group_client = TcpStream::connect(server.local_addr()).unwrap();
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Heartbeat as i16)
-        .with_request_api_version(0)
-        .with_correlation_id(7);
-    let request = HeartbeatRequest::default()
-        .with_group_id(GroupId(StrBytes::from_static_str("g")))
-        .with_member_id(StrBytes::from_static_str("m"))
-        .with_generation_id(1);
-    let mut buf = BytesMut::new();
-    header.encode(&mut buf, 1).unwrap();
-    request.encode(&mut buf, 0).unwrap();
-    let mut frame = (buf.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&buf);
-    group_client.write_all(&frame).unwrap();
+    group_client.write_all(&heartbeat_frame(7)).unwrap();
     std::thread::sleep(Duration::from_millis(200)); // the heartbeat reaches the coordinator's queue
 
     let mut producer = TcpStream::connect(server.local_addr()).unwrap();

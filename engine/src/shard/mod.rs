@@ -67,9 +67,9 @@ pub(crate) struct Shard {
     /// (consumer, topic, partition) → offset.
     /// (offset, the offsets partition holding it) per key.
     committed: HashMap<offsets::OffsetKey, (offsets::CommitValue, u32)>,
-    /// Consumers reported active (members of live groups), and when last: their offsets do not
-    /// expire.
-    active_consumers: HashMap<Arc<str>, i64>,
+    /// Every consumer with a key in `committed`: how many, and when it was last reported
+    /// active (a member of a live group; its offsets do not expire meanwhile).
+    consumers: HashMap<Arc<str>, offsets::ConsumerEntry>,
     /// Consumer positions to tell other shards, merged per (shard, partition, consumer) so the
     /// outbox stays as small as the set of positions, however often consumers commit.
     outbox: HashMap<(usize, PartitionId, Arc<str>), i64>,
@@ -114,7 +114,7 @@ impl Shard {
             io,
             slots: HashMap::new(),
             committed: HashMap::new(),
-            active_consumers: HashMap::new(),
+            consumers: HashMap::new(),
             outbox: HashMap::new(),
             barriers: Vec::new(),
             waiting_fetches: 0,
@@ -357,12 +357,15 @@ impl Shard {
         if id.topic == self.setup.offsets_topic {
             // Rebuild the committed offsets this partition holds, and tell the data partitions'
             // shards where their consumers stand.
+            // Group membership does not survive a restart: every consumer counts as active
+            // at open, so a live group has a whole retention period to rejoin.
+            let now_ms = self.setup.clock.now_ms();
             for (key, value) in slot.replay_offsets()? {
                 let (consumer, topic, partition) = key.clone();
                 let target = PartitionId { topic, partition };
                 let shard = shard_of(&target.topic, target.partition, self.setup.peers.len());
                 self.outbox.insert((shard, target, consumer), value.offset);
-                self.committed.insert(key, (value, id.partition));
+                self.remember(key, value, id.partition, Some(now_ms));
             }
         }
         self.slots.entry(Arc::clone(&id.topic)).or_default().insert(id.partition, slot);
@@ -497,7 +500,7 @@ impl Shard {
             let target = PartitionId { topic: Arc::clone(&topic), partition };
             let shard = shard_of(&topic, partition, self.setup.peers.len());
             self.outbox.insert((shard, target, Arc::clone(&consumer)), value.offset);
-            self.committed.insert((consumer, topic, partition), (value, offsets_partition));
+            self.remember((consumer, topic, partition), value, offsets_partition, None);
         }
         committed
     }

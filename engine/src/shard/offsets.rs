@@ -98,12 +98,54 @@ impl Countdown {
     }
 }
 
+/// What a shard knows of a consumer holding committed offsets there.
+#[derive(Debug)]
+pub(crate) struct ConsumerEntry {
+    /// Its keys in `Shard::committed`; the entry goes with the last.
+    keys: usize,
+    /// When last reported active (ms since the epoch; `i64::MIN`: never).
+    active_at: i64,
+}
+
 impl super::Shard {
-    /// Marks consumers active at `at_ms` (their offsets do not expire meanwhile).
+    /// Keeps `value` as `key`'s latest (durable) commit, held by `offsets_partition`;
+    /// `active_at` marks its consumer active then (at open).
+    pub(super) fn remember(
+        &mut self,
+        key: OffsetKey,
+        value: CommitValue,
+        offsets_partition: u32,
+        active_at: Option<i64>,
+    ) {
+        let consumer = Arc::clone(&key.0);
+        if self.committed.insert(key, (value, offsets_partition)).is_none() {
+            let e = self.consumers.entry(consumer).or_insert(ConsumerEntry { keys: 0, active_at: i64::MIN });
+            e.keys += 1;
+            if let Some(at) = active_at {
+                e.active_at = e.active_at.max(at);
+            }
+        }
+    }
+
+    /// Forgets `key` (its tombstone is staged).
+    fn unremember(&mut self, key: &OffsetKey) {
+        if self.committed.remove(key).is_some() {
+            if let Some(e) = self.consumers.get_mut(&key.0) {
+                e.keys -= 1;
+                if e.keys == 0 {
+                    self.consumers.remove(&key.0);
+                }
+            }
+        }
+    }
+
+    /// Marks consumers active at `at_ms` (their offsets do not expire meanwhile). Only
+    /// consumers with offsets here are kept track of: the map is as small as `committed`.
     pub(super) fn consumers_active(&mut self, consumers: &[Arc<str>], at_ms: i64) {
         for c in consumers {
-            let t = self.active_consumers.entry(Arc::clone(c)).or_insert(at_ms);
-            *t = (*t).max(at_ms);
+            if let Some(e) = self.consumers.get_mut(c) {
+                e.active_at = e.active_at.max(at_ms);
+            }
         }
     }
 
@@ -111,12 +153,12 @@ impl super::Shard {
     /// by consumers not active since: Kafka's `offsets.retention.minutes` for empty groups.
     pub(super) fn expire_offsets(&mut self, retention: std::time::Duration, now_ms: i64) {
         let cutoff = now_ms.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-        self.active_consumers.retain(|_, &mut at| at >= cutoff);
         let expired: std::collections::HashSet<OffsetKey> = self
             .committed
             .iter()
             .filter(|(key, (value, _))| {
-                value.committed_at_ms < cutoff && !self.active_consumers.contains_key(&key.0)
+                value.committed_at_ms < cutoff
+                    && self.consumers.get(&key.0).is_none_or(|e| e.active_at < cutoff)
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -141,6 +183,7 @@ impl super::Shard {
         }
         let waiter = Countdown::new(by_partition.len(), reply);
         let io = &mut *self.io;
+        let mut gone = Vec::new();
         for (partition, keys) in by_partition {
             let Some(slot) =
                 self.slots.get_mut(&*self.setup.offsets_topic).and_then(|m| m.get_mut(&partition))
@@ -152,21 +195,18 @@ impl super::Shard {
                 continue;
             };
             match slot.append_tombstones(io, &keys, &waiter) {
-                Ok(()) => {
-                    for key in &keys {
-                        self.committed.remove(key);
-                    }
-                }
+                Ok(()) => gone.extend(keys),
                 Err(e) => {
                     // Offsets of topics that no longer exist are never served, tombstone or not.
-                    if !matches!(what, Forget::Topic(_)) {
-                        for key in &keys {
-                            self.committed.remove(key);
-                        }
+                    if matches!(what, Forget::AllBut(_)) {
+                        gone.extend(keys);
                     }
                     waiter.fail(e)
                 }
             }
+        }
+        for key in &gone {
+            self.unremember(key);
         }
     }
 

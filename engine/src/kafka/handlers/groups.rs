@@ -145,7 +145,7 @@ pub async fn leave(ctx: &Rc<Ctx>, request: LeaveGroupRequest, version: i16) -> L
         .iter()
         .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|s| s.to_string())))
         .collect();
-    let results = ctx
+    let Some(results) = ctx
         .shared
         .coordinator
         .call(move |g| {
@@ -153,10 +153,13 @@ pub async fn leave(ctx: &Rc<Ctx>, request: LeaveGroupRequest, version: i16) -> L
             leaving
                 .iter()
                 .map(|(member, instance)| g.leave(&group, member, instance.as_deref(), now))
-                .collect()
+                .collect::<Vec<_>>()
         })
         .await
-        .unwrap_or_else(|| vec![unavailable(); request.members.len()]);
+    else {
+        return LeaveGroupResponse::default()
+            .with_error_code(group_code(GroupError::CoordinatorNotAvailable).code());
+    };
     let members = request
         .members
         .into_iter()
@@ -173,12 +176,11 @@ pub async fn leave(ctx: &Rc<Ctx>, request: LeaveGroupRequest, version: i16) -> L
 
 pub async fn list(ctx: &Rc<Ctx>, request: ListGroupsRequest) -> ListGroupsResponse {
     let states: Vec<String> = request.states_filter.iter().map(|s| s.to_string()).collect();
-    let groups = ctx
-        .shared
-        .coordinator
-        .call(|g| g.list())
-        .await
-        .unwrap_or_default()
+    let Some(listed) = ctx.shared.coordinator.call(|g| g.list()).await else {
+        return ListGroupsResponse::default()
+            .with_error_code(group_code(GroupError::CoordinatorNotAvailable).code());
+    };
+    let groups = listed
         .into_iter()
         .filter(|(_, _, state)| states.is_empty() || states.iter().any(|s| s == state.name()))
         .map(|(id, protocol_type, state)| {
