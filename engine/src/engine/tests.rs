@@ -774,21 +774,22 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `shards` shards on `manual`'s time, checking retention every 20 ms.
+fn on_clock(manual: &ManualClock, shards: usize) -> EngineConfig {
+    EngineConfig {
+        clock: manual.clock(),
+        retention_check_interval: Duration::from_millis(20),
+        ..config(BackendChoice::Fallback, shards)
+    }
+}
+
 #[test]
 fn offsets_of_quiet_consumers_expire_and_active_ones_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let manual = ManualClock::new(std::time::SystemTime::now());
     let day = Duration::from_secs(86_400);
     {
-        let engine = Engine::open(
-            dir.path(),
-            EngineConfig {
-                clock: manual.clock(),
-                retention_check_interval: Duration::from_millis(20),
-                ..config(BackendChoice::Fallback, 2)
-            },
-        )
-        .unwrap();
+        let engine = Engine::open(dir.path(), on_clock(&manual, 2)).unwrap();
         assert_eq!(engine.config().offsets_retention, Some(7 * day), "Kafka's default");
         engine.create_topic("t", 2, LogConfig::default()).unwrap();
         engine.commit_offset("quiet", "t", 0, 4).unwrap();
@@ -818,15 +819,7 @@ fn offsets_of_quiet_consumers_expire_and_active_ones_are_kept() {
     // retention period again, even one whose last commit is already older than that.
     manual.advance(3 * day);
     {
-        let engine = Engine::open(
-            dir.path(),
-            EngineConfig {
-                clock: manual.clock(),
-                retention_check_interval: Duration::from_millis(20),
-                ..config(BackendChoice::Fallback, 2)
-            },
-        )
-        .unwrap();
+        let engine = Engine::open(dir.path(), on_clock(&manual, 2)).unwrap();
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(
             engine.committed_offset("quiet", "t", 0).unwrap(),
@@ -853,15 +846,7 @@ fn offsets_of_quiet_consumers_expire_and_active_ones_are_kept() {
 fn retention_by_age_follows_the_engine_clock() {
     let dir = tempfile::tempdir().unwrap();
     let manual = ManualClock::new(std::time::SystemTime::now());
-    let engine = Engine::open(
-        dir.path(),
-        EngineConfig {
-            clock: manual.clock(),
-            retention_check_interval: Duration::from_millis(20),
-            ..config(BackendChoice::Fallback, 1)
-        },
-    )
-    .unwrap();
+    let engine = Engine::open(dir.path(), on_clock(&manual, 1)).unwrap();
     let week = Duration::from_secs(7 * 86_400);
     let topic = LogConfig { retention_age: Some(week), segment_bytes: 4096, ..LogConfig::default() };
     engine.create_topic("t", 1, topic).unwrap();

@@ -29,13 +29,18 @@ fn produce_frame(topic: &str, correlation_id: i32, producer_id: i64, sequence: i
                 .with_index(0)
                 .with_records(Some(b.finish().into()))]),
     ]);
+    request_frame(ApiKey::Produce, 7, correlation_id, &request)
+}
+
+/// A request frame: size, header v1, `request` encoded at `version`.
+fn request_frame(api: ApiKey, version: i16, correlation_id: i32, request: &impl Encodable) -> Vec<u8> {
     let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(7)
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
         .with_correlation_id(correlation_id);
     let mut buf = BytesMut::new();
     header.encode(&mut buf, 1).unwrap();
-    request.encode(&mut buf, 7).unwrap();
+    request.encode(&mut buf, version).unwrap();
     let mut frame = (buf.len() as i32).to_be_bytes().to_vec();
     frame.extend_from_slice(&buf);
     frame
@@ -100,20 +105,11 @@ fn read_frame(s: &mut TcpStream) -> Vec<u8> {
 
 fn heartbeat_frame(correlation_id: i32) -> Vec<u8> {
     use kafka_protocol::messages::{GroupId, HeartbeatRequest};
-    let header = RequestHeader::default()
-        .with_request_api_key(ApiKey::Heartbeat as i16)
-        .with_request_api_version(0)
-        .with_correlation_id(correlation_id);
     let request = HeartbeatRequest::default()
         .with_group_id(GroupId(StrBytes::from_static_str("g")))
         .with_member_id(StrBytes::from_static_str("m"))
         .with_generation_id(1);
-    let mut buf = BytesMut::new();
-    header.encode(&mut buf, 1).unwrap();
-    request.encode(&mut buf, 0).unwrap();
-    let mut frame = (buf.len() as i32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&buf);
-    frame
+    request_frame(ApiKey::Heartbeat, 0, correlation_id, &request)
 }
 
 /// A panic inside the coordinator (a bug) costs the request it served, not the coordinator.
