@@ -1,11 +1,13 @@
 //! The order of a submission, shared by every backend: which operations, in which chains.
 //!
 //! A submission becomes, for each file to sync, one *chain*: all writes to that file in request
-//! order (split into pieces of at most [`IOV_MAX`] slices), then its `fdatasync`. Writes to files
-//! that are not synced stand alone. A chain runs in order — io_uring links its entries, the
-//! fallback runs them one after the other — so a file's fsync never starts before its writes
-//! have completed, which is what durability under `always` rests on. Chains are independent and
-//! may run in parallel.
+//! order, then its `fdatasync`. Writes to files that are not synced stand alone. A chain runs in
+//! order — io_uring links its entries, the fallback runs them one after the other — so a file's
+//! fsync never starts before its writes have completed, which is what durability under `always`
+//! rests on. Chains are independent and may run in parallel.
+//!
+//! Every write is cut into pieces of at most [`WRITE_PIECE_BYTES`] bytes and [`IOV_MAX`] slices,
+//! each one operation (see the constant for why the size is capped).
 //!
 //! [`Plan::complete`] turns the results of running a plan (some operations may not have run at
 //! all) into the submission's result, doing synchronously whatever is missing: an operation
@@ -16,13 +18,12 @@ use std::io::IoSlice;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use super::{fdatasync, pwritev_all, IoError, IoOp, Write, IOV_MAX};
+use super::{fdatasync, pwritev_all, IoError, IoOp, Write, IOV_MAX, WRITE_PIECE_BYTES};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum OpKind {
-    /// Slices `slices` of request `write`, written at `offset` (`len` bytes).
+    /// The plan's slices `slices`, written back to back at `offset` (`len` bytes).
     Write {
-        write: usize,
         slices: Range<usize>,
         offset: u64,
         len: usize,
@@ -36,15 +37,17 @@ pub(crate) struct Op {
     pub kind: OpKind,
 }
 
-/// Operations in chain order; `chains` partitions `ops` into consecutive ranges.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Plan {
+/// Operations in chain order; `chains` partitions `ops` into consecutive ranges. `slices` are
+/// the writes' buffers cut at piece boundaries, in operation order.
+#[derive(Debug, Default)]
+pub(crate) struct Plan<'a> {
     pub ops: Vec<Op>,
     pub chains: Vec<Range<usize>>,
+    pub slices: Vec<IoSlice<'a>>,
 }
 
-impl Plan {
-    pub fn build(writes: &[Write<'_>], syncs: &[BorrowedFd<'_>]) -> Plan {
+impl<'a> Plan<'a> {
+    pub fn build(writes: &[Write<'a>], syncs: &[BorrowedFd<'_>]) -> Plan<'a> {
         let mut plan = Plan::default();
         let mut by_fd: HashMap<i32, Vec<usize>> = HashMap::new();
         for (wi, w) in writes.iter().enumerate() {
@@ -55,7 +58,7 @@ impl Plan {
         for fd in syncs.iter().map(|f| f.as_raw_fd()) {
             let start = plan.ops.len();
             for wi in by_fd.remove(&fd).unwrap_or_default() {
-                plan.push_write(wi, &writes[wi]);
+                plan.push_write(&writes[wi]);
             }
             plan.ops.push(Op { fd, kind: OpKind::Fsync });
             plan.chains.push(start..plan.ops.len());
@@ -64,31 +67,43 @@ impl Plan {
         unsynced.sort_unstable();
         for wi in unsynced {
             let start = plan.ops.len();
-            plan.push_write(wi, &writes[wi]);
+            plan.push_write(&writes[wi]);
             plan.chains.extend((start..plan.ops.len()).map(|i| i..i + 1));
         }
         plan
     }
 
-    fn push_write(&mut self, wi: usize, w: &Write<'_>) {
+    fn push_write(&mut self, w: &Write<'a>) {
+        let fd = w.fd.as_raw_fd();
         let mut offset = w.offset;
-        let mut start = 0;
-        while start < w.bufs.len() {
-            let end = (start + IOV_MAX).min(w.bufs.len());
-            let len: usize = w.bufs[start..end].iter().map(|b| b.len()).sum();
-            self.ops.push(Op {
-                fd: w.fd.as_raw_fd(),
-                kind: OpKind::Write { write: wi, slices: start..end, offset, len },
-            });
-            offset += len as u64;
-            start = end;
+        let (mut start, mut len) = (self.slices.len(), 0usize);
+        for b in w.bufs {
+            let mut rest: &'a [u8] = b;
+            while !rest.is_empty() {
+                let take = rest.len().min(WRITE_PIECE_BYTES - len);
+                let (now, later) = rest.split_at(take);
+                self.slices.push(IoSlice::new(now));
+                len += take;
+                rest = later;
+                if len == WRITE_PIECE_BYTES || self.slices.len() - start == IOV_MAX {
+                    self.ops.push(Op {
+                        fd,
+                        kind: OpKind::Write { slices: start..self.slices.len(), offset, len },
+                    });
+                    offset += len as u64;
+                    (start, len) = (self.slices.len(), 0);
+                }
+            }
+        }
+        if len > 0 {
+            self.ops.push(Op { fd, kind: OpKind::Write { slices: start..self.slices.len(), offset, len } });
         }
     }
 
     /// Finishes a run of this plan. `results[i]` is the kernel's result for operation `i`
     /// (bytes written, 0 for an fsync, or `-errno`), or `None` if it did not run. Runs what is
     /// missing synchronously and returns the first real error.
-    pub fn complete(&self, writes: &[Write<'_>], results: &[Option<i32>]) -> Result<(), IoError> {
+    pub fn complete(&self, results: &[Option<i32>]) -> Result<(), IoError> {
         debug_assert_eq!(results.len(), self.ops.len());
         for chain in &self.chains {
             // After a short write the kernel cancels the rest of the chain; those run here.
@@ -101,8 +116,8 @@ impl Plan {
                 let res = results[i];
                 let rerun = res.is_none() || (broken && res == Some(-libc::ECANCELED));
                 match (&op.kind, res) {
-                    (OpKind::Write { write, slices, offset, .. }, _) if rerun => {
-                        pwritev_all(fd, *offset, &writes[*write].bufs[slices.clone()])?;
+                    (OpKind::Write { slices, offset, .. }, _) if rerun => {
+                        pwritev_all(fd, *offset, &self.slices[slices.clone()])?;
                     }
                     (OpKind::Fsync, _) if rerun => fdatasync(fd)?,
                     (OpKind::Write { .. }, Some(r)) if r < 0 => {
@@ -111,9 +126,8 @@ impl Plan {
                     (OpKind::Fsync, Some(r)) if r < 0 => {
                         return Err(IoError::new(IoOp::Fsync, op.fd, std::io::Error::from_raw_os_error(-r)));
                     }
-                    (OpKind::Write { write, slices, offset, len }, Some(r)) if (r as usize) < *len => {
-                        let bufs: &[IoSlice<'_>] = writes[*write].bufs;
-                        let rest = remainder(&bufs[slices.clone()], r as usize);
+                    (OpKind::Write { slices, offset, len }, Some(r)) if (r as usize) < *len => {
+                        let rest = remainder(&self.slices[slices.clone()], r as usize);
                         pwritev_all(fd, offset + r as u64, &rest)?;
                         broken = true;
                     }
@@ -171,27 +185,59 @@ mod tests {
         ];
         let plan = Plan::build(&writes, &[b.as_fd(), a.as_fd()]);
         let (fa, fb, fc) = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
-        let w = |fd, write, slices: Range<usize>, offset, len| Op {
-            fd,
-            kind: OpKind::Write { write, slices, offset, len },
-        };
+        let w =
+            |fd, slices: Range<usize>, offset, len| Op { fd, kind: OpKind::Write { slices, offset, len } };
         let sync = |fd| Op { fd, kind: OpKind::Fsync };
+        let m = IOV_MAX;
         assert_eq!(
             plan.ops,
             vec![
                 // b: split at IOV_MAX slices, offsets continue, then its fsync.
-                w(fb, 1, 0..IOV_MAX, 0, 2 * IOV_MAX),
-                w(fb, 1, IOV_MAX..IOV_MAX + 3, 2 * IOV_MAX as u64, 6),
+                w(fb, 0..m, 0, 2 * m),
+                w(fb, m..m + 3, 2 * m as u64, 6),
                 sync(fb),
                 // a: both writes in request order, then its fsync.
-                w(fa, 0, 0..1, 0, 1),
-                w(fa, 2, 0..1, 1, 1),
+                w(fa, m + 3..m + 4, 0, 1),
+                w(fa, m + 4..m + 5, 1, 1),
                 sync(fa),
                 // c is not synced: alone.
-                w(fc, 3, 0..1, 0, 1),
+                w(fc, m + 5..m + 6, 0, 1),
             ]
         );
         assert_eq!(plan.chains, vec![0..3, 3..6, 6..7]);
+    }
+
+    #[test]
+    fn writes_are_cut_into_pieces_of_at_most_write_piece_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = scratch(&dir, "f");
+        // Slices that straddle piece boundaries: 0.75, 1.5 and 0.5 pieces (2.75 pieces in all).
+        let p = WRITE_PIECE_BYTES;
+        let data: Vec<Vec<u8>> = [p * 3 / 4, p * 3 / 2, p / 2]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 7 + j % 251) as u8).collect())
+            .collect();
+        let slices: Vec<IoSlice<'_>> = data.iter().map(|d| IoSlice::new(d)).collect();
+        let writes = [Write { fd: f.as_fd(), offset: 100, bufs: &slices }];
+        let plan = Plan::build(&writes, &[f.as_fd()]);
+        let lens: Vec<(u64, usize)> = plan
+            .ops
+            .iter()
+            .filter_map(|op| match &op.kind {
+                OpKind::Write { slices, offset, len } => {
+                    assert_eq!(plan.slices[slices.clone()].iter().map(|s| s.len()).sum::<usize>(), *len);
+                    Some((*offset, *len))
+                }
+                OpKind::Fsync => None,
+            })
+            .collect();
+        assert_eq!(lens, vec![(100, p), (100 + p as u64, p), (100 + 2 * p as u64, p * 3 / 4)]);
+        assert_eq!(plan.chains, vec![0..4]);
+        // Run synchronously, the pieces put every byte where the unsplit write would have.
+        plan.complete(&vec![None; plan.ops.len()]).unwrap();
+        let written = std::fs::read(dir.path().join("f")).unwrap();
+        assert_eq!(&written[100..], data.concat().as_slice());
     }
 
     #[test]
@@ -208,7 +254,7 @@ mod tests {
         assert_eq!(plan.ops.len(), 3);
         // The kernel wrote 4 bytes of the first write and cancelled the rest of the chain.
         std::fs::write(dir.path().join("f"), b"hell").unwrap();
-        plan.complete(&writes, &[Some(4), Some(-libc::ECANCELED), Some(-libc::ECANCELED)]).unwrap();
+        plan.complete(&[Some(4), Some(-libc::ECANCELED), Some(-libc::ECANCELED)]).unwrap();
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello world!");
     }
 
@@ -219,12 +265,12 @@ mod tests {
         let data = [IoSlice::new(b"abc")];
         let writes = [Write { fd: f.as_fd(), offset: 0, bufs: &data }];
         let plan = Plan::build(&writes, &[f.as_fd()]);
-        let err = plan.complete(&writes, &[Some(-libc::ENOSPC), Some(-libc::ECANCELED)]).unwrap_err();
+        let err = plan.complete(&[Some(-libc::ENOSPC), Some(-libc::ECANCELED)]).unwrap_err();
         assert_eq!((err.op, err.raw_os_error()), (IoOp::Write, Some(libc::ENOSPC)));
-        let err = plan.complete(&writes, &[Some(3), Some(-libc::EIO)]).unwrap_err();
+        let err = plan.complete(&[Some(3), Some(-libc::EIO)]).unwrap_err();
         assert_eq!((err.op, err.raw_os_error()), (IoOp::Fsync, Some(libc::EIO)));
         // A cancellation without a short write before it is not ours to paper over.
-        let err = plan.complete(&writes, &[Some(3), Some(-libc::ECANCELED)]).unwrap_err();
+        let err = plan.complete(&[Some(3), Some(-libc::ECANCELED)]).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ECANCELED));
     }
 
@@ -235,7 +281,7 @@ mod tests {
         let data = [IoSlice::new(b"abc")];
         let writes = [Write { fd: f.as_fd(), offset: 5, bufs: &data }];
         let plan = Plan::build(&writes, &[f.as_fd()]);
-        plan.complete(&writes, &[None, None]).unwrap();
+        plan.complete(&[None, None]).unwrap();
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"\0\0\0\0\0abc");
     }
 }

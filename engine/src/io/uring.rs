@@ -70,10 +70,9 @@ impl UringIo {
     /// Runs the chains `round` of `plan` and records each operation's result.
     fn run_round(
         &mut self,
-        plan: &Plan,
+        plan: &Plan<'_>,
         round: &[std::ops::Range<usize>],
         iovecs: &[libc::iovec],
-        iov_base: &[usize],
         results: &mut [Option<i32>],
     ) {
         // Rounds are sized to the ring and every round is drained before the next, so the queue
@@ -84,12 +83,13 @@ impl UringIo {
             for i in chain.clone() {
                 let op = &plan.ops[i];
                 let entry = match &op.kind {
-                    OpKind::Write { write, slices, offset, .. } => {
-                        let start = iov_base[*write] + slices.start;
-                        opcode::Writev::new(types::Fd(op.fd), iovecs[start..].as_ptr(), slices.len() as u32)
-                            .offset(*offset)
-                            .build()
-                    }
+                    OpKind::Write { slices, offset, .. } => opcode::Writev::new(
+                        types::Fd(op.fd),
+                        iovecs[slices.start..].as_ptr(),
+                        slices.len() as u32,
+                    )
+                    .offset(*offset)
+                    .build(),
                     OpKind::Fsync => {
                         opcode::Fsync::new(types::Fd(op.fd)).flags(types::FsyncFlags::DATASYNC).build()
                     }
@@ -145,17 +145,12 @@ impl Io for UringIo {
         self.stats.submits += 1;
         self.generation = self.generation.wrapping_add(1);
         let plan = Plan::build(writes, syncs);
-        // Every buffer as one iovec array that lives until every round has completed.
-        let mut iovecs: Vec<libc::iovec> = Vec::new();
-        let mut iov_base = Vec::with_capacity(writes.len());
-        for w in writes {
-            iov_base.push(iovecs.len());
-            iovecs.extend(
-                w.bufs
-                    .iter()
-                    .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }),
-            );
-        }
+        // Every piece as one iovec array that lives until every round has completed.
+        let iovecs: Vec<libc::iovec> = plan
+            .slices
+            .iter()
+            .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+            .collect();
         let mut results: Vec<Option<i32>> = vec![None; plan.ops.len()];
         let mut round: Vec<std::ops::Range<usize>> = Vec::new();
         let mut round_len = 0usize;
@@ -165,7 +160,7 @@ impl Io for UringIo {
                 continue;
             }
             if round_len + chain.len() > RING_ENTRIES as usize {
-                self.run_round(&plan, &round, &iovecs, &iov_base, &mut results);
+                self.run_round(&plan, &round, &iovecs, &mut results);
                 round.clear();
                 round_len = 0;
             }
@@ -173,9 +168,9 @@ impl Io for UringIo {
             round.push(chain.clone());
         }
         if !round.is_empty() {
-            self.run_round(&plan, &round, &iovecs, &iov_base, &mut results);
+            self.run_round(&plan, &round, &iovecs, &mut results);
         }
-        plan.complete(writes, &results)?;
+        plan.complete(&results)?;
         self.stats.count(writes, syncs.len());
         Ok(())
     }
