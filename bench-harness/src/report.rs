@@ -107,6 +107,30 @@ pub struct Outcome {
     pub plots: Vec<LatencyPlot>,
 }
 
+/// A latency row's ratios to its floor, and whether the floor moved between its runs.
+fn floor_cell(r: &Row) -> String {
+    let get = |key: &str| r.extra.iter().find(|(k, _)| *k == key).and_then(|(_, v)| v.as_f64());
+    let (Some(a), Some(b), Some(c)) =
+        (get("p50_ratio_to_floor"), get("p99_ratio_to_floor"), get("p999_ratio_to_floor"))
+    else {
+        return "-".into();
+    };
+    match get("floor_moved") {
+        Some(m) => format!("{a:.1}/{b:.1}/{c:.1} (floor moved {:.0}%)", m * 100.0),
+        None => format!("{a:.1}/{b:.1}/{c:.1}"),
+    }
+}
+
+/// How far a reference moved between two measurements of it, as a fraction of the smaller,
+/// when that is more than [`MOVED_MAX`]; `None` when it held still.
+pub fn moved(a: f64, b: f64) -> Option<f64> {
+    let (lo, hi) = (a.min(b), a.max(b));
+    (lo > 0.0 && hi / lo - 1.0 > MOVED_MAX).then(|| hi / lo - 1.0)
+}
+
+/// A reference that moved more than this between its measurements is flagged in its row.
+pub const MOVED_MAX: f64 = 0.20;
+
 pub fn document(scenario: &str, params: Value, rows: &[Row]) -> Value {
     json!({
         "scenario": scenario,
@@ -132,6 +156,7 @@ pub fn table(rows: &[Row]) -> String {
         "p99 µs",
         "p99.9 µs",
         "max µs",
+        "× floor p50/p99/p99.9",
         "order viol.",
         "lost",
     ];
@@ -151,6 +176,7 @@ pub fn table(rows: &[Row]) -> String {
             f(r.p99_us, 1.0, 0),
             f(r.p999_us, 1.0, 0),
             f(r.max_us, 1.0, 0),
+            floor_cell(r),
             // Global violations, and per key where the scenario counts them.
             match (r.order_violations, r.extra.iter().find(|(k, _)| *k == "order_violations_per_key")) {
                 (Some(g), Some((_, k))) => format!("{g} / {k} per key"),
@@ -247,5 +273,14 @@ mod tests {
         let t = table(&rows);
         let widths: Vec<usize> = t.lines().map(|l| l.chars().count()).collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");
+    }
+
+    #[test]
+    fn a_reference_moved_only_beyond_twenty_percent_either_way() {
+        assert_eq!(moved(100.0, 110.0), None);
+        assert_eq!(moved(110.0, 100.0), None);
+        assert!((moved(100.0, 130.0).unwrap() - 0.3).abs() < 1e-9);
+        assert!((moved(130.0, 100.0).unwrap() - 0.3).abs() < 1e-9);
+        assert_eq!(moved(0.0, 5.0), None, "no measurement, nothing to compare");
     }
 }

@@ -6,6 +6,14 @@
 //!
 //! The sweep first measures the maximum rate (closed loop, as many single-record produces as the
 //! producers can complete), then reports latency at fractions of it (10%, 50%, 80% by default).
+//!
+//! Every rate also runs through the *floor*: the same schedule, the same producer work (a
+//! message value carrying its due time), handed through one bare bounded crossbeam channel per
+//! partition to a consumer thread that blocks in `recv`, as the engine's consumers block in a
+//! long poll. It is what any cross-thread handoff costs on this machine at that moment. The
+//! floor runs just before and just after the engine at each rate (A B A); each engine row
+//! carries its ratios to the merged floor at p50, p99 and p99.9, and says when the floor's p99
+//! moved by more than 20% between its two runs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -149,6 +157,75 @@ pub fn open_loop(engine: &Engine, p: &Params, rate: f64) -> anyhow::Result<(Hist
     Ok((histogram, seen.load(Ordering::Acquire)))
 }
 
+/// The floor at `rate` for `seconds`: the open-loop schedule through bare bounded channels, one
+/// per partition, each to a consumer thread blocking in `recv`.
+pub fn channel_floor(p: &Params, rate: f64, seconds: f64) -> anyhow::Result<Histogram<u64>> {
+    let total = (rate * seconds).max(1.0) as u64;
+    let schedule = Schedule::new(Instant::now() + Duration::from_millis(20), rate);
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..p.partitions).map(|_| crossbeam::channel::bounded::<Vec<u8>>(FLOOR_CHANNEL_CAPACITY)).unzip();
+    std::thread::scope(|s| -> anyhow::Result<Histogram<u64>> {
+        let consumers: Vec<_> = receivers
+            .into_iter()
+            .map(|rx| {
+                s.spawn(move || {
+                    let mut h = workload::histogram();
+                    while let Ok(value) = rx.recv() {
+                        h.saturating_record(schedule.latency_us(workload::due_ns(Some(&value))).max(1));
+                    }
+                    h
+                })
+            })
+            .collect();
+        let value_len = p.message_bytes.max(8);
+        for i in 0..total {
+            let due = schedule.wait_for(i);
+            let mut value = vec![0u8; value_len];
+            value[..8].copy_from_slice(&due.to_be_bytes());
+            // Blocks only if a consumer is FLOOR_CHANNEL_CAPACITY messages behind; the lateness
+            // that causes is counted, as for the engine.
+            senders[(i % u64::from(p.partitions)) as usize]
+                .send(value)
+                .map_err(|_| anyhow::anyhow!("floor consumer gone"))?;
+        }
+        drop(senders);
+        let mut all = workload::histogram();
+        for c in consumers {
+            all.add(c.join().map_err(|_| anyhow::anyhow!("floor consumer panicked"))?)?;
+        }
+        Ok(all)
+    })
+}
+
+/// Messages a floor channel holds: far more than a consumer falls behind at any rate measured.
+const FLOOR_CHANNEL_CAPACITY: usize = 1 << 16;
+
+/// A floor run lasts at most this long (it runs twice per rate).
+const FLOOR_SECONDS_MAX: f64 = 1.0;
+
+/// The floor's two runs around an engine run, and the engine row's ratios to them.
+fn with_floor(row: Row, engine: &Histogram<u64>, before: &Histogram<u64>, after: &Histogram<u64>) -> Row {
+    let mut floor = before.clone();
+    floor.add(after).expect("same bounds");
+    let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q).max(1) as f64;
+    let mut row = row
+        .extra("floor_p50_us", q(&floor, 0.5))
+        .extra("floor_p99_us", q(&floor, 0.99))
+        .extra("floor_p999_us", q(&floor, 0.999));
+    if !engine.is_empty() {
+        row = row
+            .extra("p50_ratio_to_floor", q(engine, 0.5) / q(&floor, 0.5))
+            .extra("p99_ratio_to_floor", q(engine, 0.99) / q(&floor, 0.99))
+            .extra("p999_ratio_to_floor", q(engine, 0.999) / q(&floor, 0.999));
+    }
+    let moved = crate::report::moved(q(before, 0.99), q(after, 0.99));
+    row = row.extra("floor_p99_before_us", q(before, 0.99)).extra("floor_p99_after_us", q(after, 0.99));
+    match moved {
+        Some(m) => row.extra("floor_moved", m),
+        None => row,
+    }
+}
+
 pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
     let mut out = Outcome::default();
     for &durability in &p.durabilities {
@@ -169,16 +246,28 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
             series: Vec::new(),
         };
         for (label, rate) in rates {
+            let floor_secs = p.seconds.min(FLOOR_SECONDS_MAX);
+            progress(&format!("latency {durability}: {label}: channel floor ({floor_secs:.1} s)"));
+            let before = channel_floor(p, rate, floor_secs)?;
             progress(&format!("latency {durability}: {label} ({rate:.0} msgs/s) for {:.1} s", p.seconds));
             let (h, seen) = open_loop(&engine, p, rate)?;
+            progress(&format!("latency {durability}: {label}: channel floor again"));
+            let after = channel_floor(p, rate, floor_secs)?;
             let total = (rate * p.seconds).max(1.0) as u64;
             let mut row = Row::named(format!("latency {durability} {label}")).with_latency(&h);
             // What arrived over the run, not the target.
             row.msgs_per_s = Some(seen as f64 / p.seconds);
             row.lost = Some(total - seen);
-            let row = row.extra("target_msgs_per_s", rate);
+            let row = with_floor(row.extra("target_msgs_per_s", rate), &h, &before, &after);
             out.rows.push(row.extra("messages", seen));
-            plot.series.push((label, h));
+            let mut floor = before;
+            floor.add(&after)?;
+            let mut floor_row =
+                Row::named(format!("  floor: channel, blocking, {label}")).with_latency(&floor);
+            floor_row.msgs_per_s = Some(rate);
+            out.rows.push(floor_row.extra("floor_of", format!("latency {durability} {label}")));
+            plot.series.push((label.clone(), h));
+            plot.series.push((format!("{label}, channel floor"), floor));
         }
         out.plots.push(plot);
         engine.shutdown()?;
@@ -262,5 +351,37 @@ mod tests {
             .sum::<u64>();
         assert!(delayed >= 250, "messages due during the stall carry it: {delayed} above 150 ms");
         assert!(h.max() >= 250_000, "max {} µs", h.max());
+    }
+
+    #[test]
+    fn the_floor_hands_every_message_over_and_measures_from_its_due_time() {
+        let p = Params { partitions: 2, ..stall_params() };
+        let h = channel_floor(&p, 2_000.0, 0.5).unwrap();
+        assert_eq!(h.len(), 1_000, "every message due in 0.5 s at 2,000/s arrives once");
+        // A handoff on an idle machine takes microseconds, far below a scheduling quantum.
+        assert!(h.value_at_quantile(0.5) < 5_000, "p50 {} µs", h.value_at_quantile(0.5));
+    }
+
+    #[test]
+    fn engine_rows_carry_their_ratios_to_the_floor_and_flag_a_floor_that_moved() {
+        let of = |values: &[u64]| {
+            let mut h = workload::histogram();
+            for &v in values {
+                h.record(v).unwrap();
+            }
+            h
+        };
+        let engine = of(&[200; 100]);
+        let (before, after) = (of(&[100; 100]), of(&[100; 100]));
+        let row = with_floor(Row::named("r"), &engine, &before, &after);
+        let get = |row: &Row, key: &str| row.extra.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
+        assert_eq!(get(&row, "p99_ratio_to_floor").and_then(|v| v.as_f64()), Some(2.0));
+        assert_eq!(get(&row, "p50_ratio_to_floor").and_then(|v| v.as_f64()), Some(2.0));
+        assert_eq!(get(&row, "floor_moved"), None);
+        // The floor doubled between its runs: said in the row.
+        let row = with_floor(Row::named("r"), &engine, &before, &of(&[200; 100]));
+        let moved = get(&row, "floor_moved").and_then(|v| v.as_f64()).unwrap();
+        assert!((moved - 1.0).abs() < 0.01, "moved {moved}");
+        assert!(crate::report::table(&[row]).contains("floor moved 100%"));
     }
 }
