@@ -52,6 +52,9 @@ enum Scenario {
     /// Produce and catch-up consume through the Kafka listener over loopback, against loopback
     /// TCP copy and loopback sendfile references.
     Network(NetworkArgs),
+    /// Network produce as requests in flight per connection rise (1 to 16), at batch sizes
+    /// from 16 KiB to 1 MiB: whole runs against the same-run loopback copy.
+    Sweep(SweepArgs),
     /// Open-loop end-to-end latency at fractions of the maximum rate (or fixed rates).
     Latency(LatencyArgs),
     /// Head-of-line blocking: the log with partition-exclusive consumers against a bounded queue.
@@ -134,6 +137,25 @@ struct NetworkArgs {
     in_flight: usize,
     #[arg(long, default_value_t = 1 << 20)]
     fetch_bytes: u64,
+    #[arg(long, default_value = "never")]
+    durability: Durability,
+}
+
+#[derive(Debug, Args)]
+struct SweepArgs {
+    /// MiB produced at each point.
+    #[arg(long, default_value_t = 256)]
+    mib_per_point: u64,
+    #[arg(long, default_value_t = 1024)]
+    message_bytes: usize,
+    /// Batch sizes in KiB (one batch per request).
+    #[arg(long, default_value = "16,64,256,1024", value_delimiter = ',')]
+    batch_kib: Vec<usize>,
+    /// Requests in flight per connection.
+    #[arg(long, default_value = "1,2,4,8,16", value_delimiter = ',')]
+    in_flight: Vec<usize>,
+    #[arg(long, default_value_t = 2)]
+    partitions: u32,
     #[arg(long, default_value = "never")]
     durability: Durability,
 }
@@ -275,6 +297,16 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         backend,
     };
     add("network", n.to_json(), network::run(root, &n, progress)?);
+    let w = network::SweepParams {
+        bytes_per_point: 128 << 20,
+        message_bytes: 1024,
+        batch_bytes: vec![16 << 10, 64 << 10, 256 << 10, 1 << 20],
+        windows: vec![1, 2, 4, 8, 16],
+        partitions: 2,
+        durability: Durability::Never,
+        backend,
+    };
+    add("sweep", w.to_json(), network::sweep(root, &w, progress)?);
     let l = latency::Params {
         message_bytes: 100,
         partitions: 2,
@@ -368,6 +400,18 @@ fn main() -> anyhow::Result<()> {
                 backend,
             };
             ("network", p.to_json(), network::run(&root, &p, &progress)?)
+        }
+        Scenario::Sweep(a) => {
+            let p = network::SweepParams {
+                bytes_per_point: a.mib_per_point.max(1) << 20,
+                message_bytes: a.message_bytes.max(1),
+                batch_bytes: a.batch_kib.iter().map(|k| k.max(&1) << 10).collect(),
+                windows: a.in_flight.iter().map(|w| *w.max(&1)).collect(),
+                partitions: a.partitions.max(1),
+                durability: a.durability,
+                backend,
+            };
+            ("sweep", p.to_json(), network::sweep(&root, &p, &progress)?)
         }
         Scenario::Latency(a) => {
             let p = latency::Params {

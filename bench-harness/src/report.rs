@@ -121,6 +121,17 @@ fn floor_cell(r: &Row) -> String {
     }
 }
 
+/// The median of measurements (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// How far a reference moved between two measurements of it, as a fraction of the smaller,
 /// when that is more than [`MOVED_MAX`]; `None` when it held still.
 pub fn moved(a: f64, b: f64) -> Option<f64> {
@@ -282,5 +293,11 @@ mod tests {
         assert!((moved(100.0, 130.0).unwrap() - 0.3).abs() < 1e-9);
         assert!((moved(130.0, 100.0).unwrap() - 0.3).abs() < 1e-9);
         assert_eq!(moved(0.0, 5.0), None, "no measurement, nothing to compare");
+    }
+
+    #[test]
+    fn the_median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

@@ -25,16 +25,15 @@ use spate::io::BackendChoice;
 use spate::kafka::{Server, ServerConfig};
 use spate::log::{Durability, LogConfig};
 
-use crate::report::{Outcome, Row};
+use crate::report::{median, Outcome, Row};
 use crate::workload;
 
 const TOPIC: &str = "net";
 const PRODUCE_VERSION: i16 = 7;
 const FETCH_VERSION: i16 = 11;
-/// Produce rounds (each a third of the bytes); the fastest counts, as for the reference.
-const PRODUCE_ROUNDS: u64 = 3;
-/// Catch-up reads of the whole log; the fastest counts, as for the reference (rounds vary a lot
-/// on two cores: where the scheduler puts each client thread relative to its shard matters).
+/// Catch-up reads of the whole log. The row is the median run; the fastest stands beside it,
+/// labelled (runs vary a lot on two cores: where the scheduler puts each client thread
+/// relative to its shard matters).
 const CONSUME_RUNS: u64 = 5;
 
 #[derive(Debug, Clone)]
@@ -104,19 +103,20 @@ fn produce_request(partition: u32, batch: &Bytes) -> ProduceRequest {
     ])
 }
 
-/// Sends `requests` Produce requests on one connection with `window` in flight.
+/// Sends `requests` Produce requests on a connected stream with `window` in flight, starting
+/// when every connection of the run is ready.
 fn produce_connection(
-    addr: SocketAddr,
+    mut stream: TcpStream,
     partition: u32,
     batch: &Bytes,
     requests: u64,
     window: usize,
+    ready: &std::sync::Barrier,
 ) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_nodelay(true)?;
     let frame = encode_request(ApiKey::Produce, PRODUCE_VERSION, 0, &produce_request(partition, batch));
     let mut buf = BytesMut::new();
     let (mut sent, mut answered) = (0u64, 0u64);
+    ready.wait();
     while answered < requests {
         while sent < requests && sent - answered < window as u64 {
             stream.write_all(&frame)?;
@@ -130,6 +130,67 @@ fn produce_connection(
         answered += 1;
     }
     Ok(())
+}
+
+/// One whole produce run: a connection per partition, `requests` requests each with `window`
+/// in flight. Returns the seconds from the first request sent to the last acknowledgement.
+fn produce_run(
+    addr: SocketAddr,
+    partitions: u32,
+    batch: &Bytes,
+    requests: u64,
+    window: usize,
+) -> anyhow::Result<f64> {
+    let streams: Vec<TcpStream> = (0..partitions)
+        .map(|_| {
+            let s = TcpStream::connect(addr)?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+        .collect::<std::io::Result<_>>()?;
+    let ready = std::sync::Barrier::new(partitions as usize + 1);
+    std::thread::scope(|s| -> anyhow::Result<f64> {
+        let handles: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(partition, stream)| {
+                let ready = &ready;
+                s.spawn(move || produce_connection(stream, partition as u32, batch, requests, window, ready))
+            })
+            .collect();
+        ready.wait();
+        let start = Instant::now();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })
+}
+
+/// Loopback TCP copy of `requests` × `chunk` bytes over `streams` connections, best of three:
+/// the most a broker could ingest through this kernel's TCP stack.
+fn copy_reference(streams: usize, chunk: &Bytes, requests: u64) -> anyhow::Result<f64> {
+    let mut best: f64 = 0.0;
+    for _ in 0..3 {
+        let r = loopback(streams, &|_, s: &mut TcpStream| {
+            for _ in 0..requests {
+                s.write_all(chunk)?;
+            }
+            Ok(requests * chunk.len() as u64)
+        })?;
+        best = best.max(r);
+    }
+    Ok(best)
+}
+
+/// The reference measured before and after, as one row field: the stronger counts, and a
+/// reference that moved more than 20% between them is said so.
+fn with_reference_pair(row: Row, before: f64, after: f64) -> Row {
+    let row = row.extra("reference_before_bytes_per_s", before).extra("reference_after_bytes_per_s", after);
+    match crate::report::moved(before, after) {
+        Some(m) => row.extra("reference_moved", m),
+        None => row,
+    }
 }
 
 /// Fetches `partitions` (partition, end) from offset 0 to their ends over one connection, all
@@ -345,58 +406,25 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     let per_partition = (p.total_bytes / batch.len() as u64 / u64::from(p.partitions)).max(1);
     let produced_bytes = per_partition * u64::from(p.partitions) * batch.len() as u64;
 
-    let copy_reference = |progress_label: &str| -> anyhow::Result<f64> {
-        progress(progress_label);
-        let chunk = batch.clone();
-        let mut best: f64 = 0.0;
-        for _ in 0..3 {
-            let r = loopback(p.partitions as usize, &|_, s: &mut TcpStream| {
-                for _ in 0..per_partition {
-                    s.write_all(&chunk)?;
-                }
-                Ok(per_partition * chunk.len() as u64)
-            })?;
-            best = best.max(r);
-        }
-        Ok(best)
-    };
     // Dirty pages of earlier work would be written back during the produce otherwise.
     workload::settle();
-    let produce_before = copy_reference("network: loopback copy reference (before)")?;
+    progress("network: loopback copy reference (before)");
+    let produce_before = copy_reference(p.partitions as usize, &batch, per_partition)?;
     progress(&format!(
-        "network: producing {} MiB over {} connections, in three rounds",
+        "network: producing {} MiB over {} connections, {} requests in flight each",
         produced_bytes >> 20,
-        p.partitions
+        p.partitions,
+        p.in_flight
     ));
-    // Three rounds of a third each; the fastest counts, as for the reference.
-    let round = per_partition.div_ceil(PRODUCE_ROUNDS).max(1);
-    let mut produce_secs = f64::MAX;
-    let mut sent = 0;
-    while sent < per_partition {
-        let requests = round.min(per_partition - sent);
-        let start = Instant::now();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let handles: Vec<_> = (0..p.partitions)
-                .map(|partition| {
-                    let batch = &batch;
-                    s.spawn(move || produce_connection(addr, partition, batch, requests, p.in_flight))
-                })
-                .collect();
-            for h in handles {
-                h.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
-            }
-            Ok(())
-        })?;
-        // Seconds per request, so a shorter last round compares fairly.
-        produce_secs = produce_secs.min(start.elapsed().as_secs_f64() / requests as f64);
-        sent += requests;
-    }
-    let produce_secs = produce_secs * per_partition as f64;
-    let produce_after = copy_reference("network: loopback copy reference (after)")?;
+    let produce_secs = produce_run(addr, p.partitions, &batch, per_partition, p.in_flight)?;
+    progress("network: loopback copy reference (after)");
+    let produce_after = copy_reference(p.partitions as usize, &batch, per_partition)?;
     let messages = per_partition * u64::from(p.partitions) * p.batch_messages as u64;
     let produce_row = Row::named(format!("network produce {}", p.durability))
         .with_throughput(messages, produced_bytes, produce_secs, Some(produce_before.max(produce_after)))
-        .extra("reference", "loopback TCP copy");
+        .extra("reference", "loopback TCP copy")
+        .extra("in_flight", p.in_flight as u64);
+    let produce_row = with_reference_pair(produce_row, produce_before, produce_after);
 
     // Catch-up consume from the page cache; the reference sends the same files with sendfile.
     let files: Vec<Vec<std::path::PathBuf>> = (0..p.partitions)
@@ -435,7 +463,7 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     };
     sendfile_reference("network: warming the page cache")?;
     let consume_before = sendfile_reference("network: loopback sendfile reference (before)")?;
-    progress("network: catch-up consume (best of three)");
+    progress(&format!("network: catch-up consume ({CONSUME_RUNS} runs, the median counts)"));
     let ends: Vec<i64> = (0..p.partitions)
         .map(|partition| {
             engine.list_offset(TOPIC, partition, spate::OffsetSpec::Latest).map(|o| o.unwrap_or(0))
@@ -443,9 +471,8 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
         .collect::<Result<_, _>>()?;
     let zero_copy_before = zero_copy(&server);
     let remote_before = metric(&server, "spate_partition_reads_total{hop=\"remote\"}");
-    let mut consume_secs = f64::MAX;
     let mut consumed = 0;
-    let mut rounds = Vec::new();
+    let mut rounds: Vec<f64> = Vec::new();
     for _ in 0..CONSUME_RUNS {
         let start = Instant::now();
         consumed = std::thread::scope(|s| -> anyhow::Result<u64> {
@@ -462,23 +489,24 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
             }
             Ok(total)
         })?;
-        consume_secs = consume_secs.min(start.elapsed().as_secs_f64());
-        rounds.push((consumed as f64 / start.elapsed().as_secs_f64()).round());
+        rounds.push(consumed as f64 / start.elapsed().as_secs_f64());
     }
     let zero_copy_bytes = (zero_copy(&server) - zero_copy_before) / CONSUME_RUNS;
     let remote_reads = metric(&server, "spate_partition_reads_total{hop=\"remote\"}") - remote_before;
     // A Kafka consumer reads all its partitions over one connection, so some of them live on
     // another shard than the connection: this row pays those hops.
-    progress("network: catch-up consume over one connection (best of five)");
+    progress(&format!(
+        "network: catch-up consume over one connection ({CONSUME_RUNS} runs, the median counts)"
+    ));
     let all: Vec<(u32, i64)> =
         ends.iter().enumerate().map(|(partition, &end)| (partition as u32, end)).collect();
-    let mut one_secs = f64::MAX;
+    let mut one_rounds: Vec<f64> = Vec::new();
     let mut one_bytes = 0;
     let remote_before_one = metric(&server, "spate_partition_reads_total{hop=\"remote\"}");
     for _ in 0..CONSUME_RUNS {
         let start = Instant::now();
         one_bytes = consume_connection(addr, &all, p.fetch_bytes)?;
-        one_secs = one_secs.min(start.elapsed().as_secs_f64());
+        one_rounds.push(one_bytes as f64 / start.elapsed().as_secs_f64());
     }
     let one_remote = metric(&server, "spate_partition_reads_total{hop=\"remote\"}") - remote_before_one;
     let consume_after = sendfile_reference("network: loopback sendfile reference (after)")?;
@@ -501,17 +529,128 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     engine.shutdown()?;
     let consumed_messages = ends.iter().map(|&e| e as u64).sum();
     let consume_row = Row::named("network consume catch-up")
-        .with_throughput(consumed_messages, consumed, consume_secs, Some(consume_before.max(consume_after)))
+        .with_throughput(
+            consumed_messages,
+            consumed,
+            consumed as f64 / median(&rounds),
+            Some(consume_before.max(consume_after)),
+        )
         .extra("reference", "loopback sendfile")
+        .extra("best_run_bytes_per_s", rounds.iter().copied().fold(0.0, f64::max))
         .extra("zero_copy_bytes", zero_copy_bytes)
         .extra("remote_partition_reads", remote_reads)
-        .extra("rounds_bytes_per_s", rounds);
+        .extra("runs_bytes_per_s", rounds.iter().map(|r| r.round()).collect::<Vec<_>>());
+    let consume_row = with_reference_pair(consume_row, consume_before, consume_after);
     let one_row = Row::named("network consume, one connection")
-        .with_throughput(consumed_messages, one_bytes, one_secs, Some(one_reference))
+        .with_throughput(
+            consumed_messages,
+            one_bytes,
+            one_bytes as f64 / median(&one_rounds),
+            Some(one_reference),
+        )
+        .extra("best_run_bytes_per_s", one_rounds.iter().copied().fold(0.0, f64::max))
         .extra("reference", "loopback sendfile over one connection")
         .extra("bytes_read", one_bytes)
         .extra("remote_partition_reads", one_remote);
     Ok(Outcome { rows: vec![produce_row, consume_row, one_row], plots: Vec::new() })
+}
+
+/// What the in-flight sweep covers.
+#[derive(Debug, Clone)]
+pub struct SweepParams {
+    /// Bytes produced at each point.
+    pub bytes_per_point: u64,
+    pub message_bytes: usize,
+    /// Batch sizes in bytes (one batch per request); messages per batch follow from them.
+    pub batch_bytes: Vec<usize>,
+    pub windows: Vec<usize>,
+    pub partitions: u32,
+    pub durability: Durability,
+    pub backend: BackendChoice,
+}
+
+impl SweepParams {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "bytes_per_point": self.bytes_per_point, "message_bytes": self.message_bytes,
+            "batch_bytes": self.batch_bytes, "in_flight": self.windows, "partitions": self.partitions,
+            "durability": self.durability.to_string(),
+        })
+    }
+}
+
+/// Network produce as requests in flight rise, at several batch sizes: whole runs against the
+/// loopback copy of the same bytes in the same chunks, measured before and after each batch
+/// size. A point slower than 90% of the best at fewer requests in flight (same batch size) is
+/// marked `falls`: more in flight must never cost throughput.
+pub fn sweep(root: &std::path::Path, p: &SweepParams, progress: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
+    let (engine, _dir) = workload::engine(root, 2, p.backend)?;
+    let server = Server::start(
+        &engine,
+        ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..ServerConfig::default() },
+    )?;
+    let addr = server.local_addr();
+    let mut rows = Vec::new();
+    for &batch_bytes in &p.batch_bytes {
+        // As many messages as fit in the size (61 bytes of batch header, about 12 per record).
+        let count = (batch_bytes.saturating_sub(61) / (p.message_bytes + 12)).max(1);
+        let batch = Bytes::from(workload::batch(p.message_bytes, count));
+        let requests = (p.bytes_per_point / batch.len() as u64 / u64::from(p.partitions)).max(1);
+        let bytes = requests * u64::from(p.partitions) * batch.len() as u64;
+        let label = kib(batch_bytes);
+        workload::settle();
+        progress(&format!("sweep {label}: loopback copy reference (before)"));
+        let before = copy_reference(p.partitions as usize, &batch, requests)?;
+        let mut points = Vec::new();
+        for &window in &p.windows {
+            // A topic per point, deleted after it, so the disk holds one point at a time.
+            let topic_config = LogConfig { durability: p.durability, ..LogConfig::default() };
+            engine.create_topic(TOPIC, p.partitions, topic_config)?;
+            progress(&format!("sweep {label}: {window} in flight, {} MiB", bytes >> 20));
+            let secs = produce_run(addr, p.partitions, &batch, requests, window)?;
+            engine.delete_topic(TOPIC)?;
+            points.push((window, secs));
+        }
+        progress(&format!("sweep {label}: loopback copy reference (after)"));
+        let after = copy_reference(p.partitions as usize, &batch, requests)?;
+        let falls = falling(&points.iter().map(|&(_, secs)| bytes as f64 / secs).collect::<Vec<_>>());
+        for ((window, secs), falls) in points.into_iter().zip(falls) {
+            let name =
+                format!("sweep produce {label} × {window} in flight{}", if falls { " (falls)" } else { "" });
+            let messages = requests * u64::from(p.partitions) * count as u64;
+            let row = Row::named(name)
+                .with_throughput(messages, bytes, secs, Some(before.max(after)))
+                .extra("reference", "loopback TCP copy")
+                .extra("batch_bytes", batch.len() as u64)
+                .extra("in_flight", window as u64)
+                .extra("falls", falls);
+            rows.push(with_reference_pair(row, before, after));
+        }
+    }
+    server.shutdown();
+    engine.shutdown()?;
+    Ok(Outcome { rows, plots: Vec::new() })
+}
+
+/// For throughputs at rising windows, which fall below 90% of the best at a smaller window.
+fn falling(rates: &[f64]) -> Vec<bool> {
+    let mut best: f64 = 0.0;
+    rates
+        .iter()
+        .map(|&r| {
+            let falls = r < 0.9 * best;
+            best = best.max(r);
+            falls
+        })
+        .collect()
+}
+
+fn kib(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.0}MiB", bytes as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.0}KiB", bytes as f64 / 1024.0)
+    }
 }
 
 fn zero_copy(server: &Server) -> u64 {
@@ -559,5 +698,26 @@ mod tests {
         let remote =
             consume.extra.iter().find(|(k, _)| *k == "remote_partition_reads").unwrap().1.as_u64().unwrap();
         assert!(remote <= 2 * CONSUME_RUNS, "{remote} partition reads crossed shards");
+    }
+
+    #[test]
+    fn the_sweep_runs_every_point_whole_and_marks_what_falls() {
+        let root = tempfile::tempdir().unwrap();
+        let p = SweepParams {
+            bytes_per_point: 2 << 20,
+            message_bytes: 1024,
+            batch_bytes: vec![16 << 10, 256 << 10],
+            windows: vec![1, 4],
+            partitions: 2,
+            durability: Durability::Never,
+            backend: BackendChoice::Fallback,
+        };
+        let out = sweep(root.path(), &p, &|_| {}).unwrap();
+        assert_eq!(out.rows.len(), 4, "one row per batch size and window");
+        for row in &out.rows {
+            assert!(row.ratio_to_reference.unwrap() > 0.0, "{}", row.name);
+            assert!(row.bytes_per_s.unwrap() > 0.0, "{}", row.name);
+        }
+        assert_eq!(falling(&[100.0, 95.0, 80.0, 120.0, 107.0]), vec![false, false, true, false, true]);
     }
 }
