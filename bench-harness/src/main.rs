@@ -39,6 +39,9 @@ struct Cli {
     /// I/O backend: auto, uring or fallback.
     #[arg(long, global = true, default_value = "auto")]
     io_backend: BackendChoice,
+    /// Engine writes with RWF_DONTCACHE where supported (EngineConfig::uncached_writes).
+    #[arg(long, global = true, default_value_t = true, action = clap::ArgAction::Set)]
+    uncached_writes: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -365,6 +368,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let backend = cli.io_backend;
+    workload::UNCACHED_WRITES.store(cli.uncached_writes, std::sync::atomic::Ordering::Relaxed);
     let progress = progress_printer();
     let started = Instant::now();
     let scenario = cli.scenario.unwrap_or(Scenario::Suite);

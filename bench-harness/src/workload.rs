@@ -27,6 +27,10 @@ pub fn settle() {
     std::thread::sleep(Duration::from_millis(200));
 }
 
+/// Whether engines the harness opens use uncached writes (`--uncached-writes`); set once by
+/// `main` before any scenario runs.
+pub static UNCACHED_WRITES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// An engine in a fresh directory under `root`, with `shards` shards.
 pub fn engine(
     root: &Path,
@@ -34,8 +38,11 @@ pub fn engine(
     backend: BackendChoice,
 ) -> anyhow::Result<(Engine, tempfile::TempDir)> {
     let dir = tempfile::tempdir_in(root)?;
-    let engine =
-        Engine::open(dir.path(), EngineConfig { shards, io_backend: backend, ..EngineConfig::default() })?;
+    let uncached_writes = UNCACHED_WRITES.load(std::sync::atomic::Ordering::Relaxed);
+    let engine = Engine::open(
+        dir.path(),
+        EngineConfig { shards, io_backend: backend, uncached_writes, ..EngineConfig::default() },
+    )?;
     Ok((engine, dir))
 }
 

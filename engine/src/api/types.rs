@@ -48,6 +48,12 @@ pub struct EngineConfig {
     /// The wall clock (see [`crate::Clock`]): the system's unless a test or simulation
     /// moves time by hand with a [`crate::ManualClock`].
     pub clock: super::Clock,
+    /// Segment writes carry `RWF_DONTCACHE` where the kernel (6.14+) and the file system under
+    /// the data directory support it (probed at open; elsewhere writes are as usual): appended
+    /// pages are written back soon and leave the page cache, so sustained appends neither grow
+    /// the cache nor wait on its reclaim. Readers of data already written back read it from
+    /// the disk (into the cache, as any read). `false`: appends stay cached.
+    pub uncached_writes: bool,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +73,7 @@ impl Default for EngineConfig {
             partitions_max: 100_000,
             offsets_retention: Some(Duration::from_secs(7 * 24 * 3600)),
             clock: super::Clock::system(),
+            uncached_writes: true,
         }
     }
 }

@@ -101,6 +101,7 @@ struct FileConfig {
     frame_bytes_per_sec_min: Option<u64>,
     offsets_retention_ms: Option<u64>,
     retention_check_interval_ms: Option<u64>,
+    uncached_writes: Option<bool>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -197,6 +198,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shards: args.shards.or(file.shards).unwrap_or(0),
         pin_threads: file.pin_threads.unwrap_or(true),
         io_backend,
+        uncached_writes: file.uncached_writes.unwrap_or(true),
         ..EngineConfig::default()
     };
     if let Some(ms) = file.offsets_retention_ms {

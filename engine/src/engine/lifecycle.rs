@@ -117,11 +117,33 @@ pub(super) struct Shards {
 /// Makes the I/O backend of a shard, on that shard's thread (one ring per shard).
 pub type IoFactory = Arc<dyn Fn(usize) -> Result<Box<dyn crate::io::Io>, crate::io::IoError> + Send + Sync>;
 
+/// How the shards' writes treat the page cache: uncached where configured and supported.
+pub(super) fn write_cache(
+    config: &EngineConfig,
+    data_dir: &Path,
+) -> Result<crate::io::WriteCache, EngineError> {
+    if !config.uncached_writes {
+        return Ok(crate::io::WriteCache::Keep);
+    }
+    match crate::io::uncached_writes_supported(data_dir) {
+        Ok(true) => Ok(crate::io::WriteCache::Drop),
+        Ok(false) => {
+            tracing::info!(
+                dir = %data_dir.display(),
+                "RWF_DONTCACHE is not supported here (Linux 6.14+ and file system support needed); appends stay in the page cache"
+            );
+            Ok(crate::io::WriteCache::Keep)
+        }
+        Err(e) => Err(EngineError::Io { path: data_dir.to_path_buf(), source: e }),
+    }
+}
+
 /// Spawns the shard threads and waits until each has its I/O ring.
 pub(super) fn spawn_shards(
     config: &EngineConfig,
     data_dir: &Path,
     io: Option<IoFactory>,
+    cache: crate::io::WriteCache,
 ) -> Result<Shards, EngineError> {
     let mut senders = Vec::with_capacity(config.shards);
     let mut receivers = Vec::with_capacity(config.shards);
@@ -160,7 +182,7 @@ pub(super) fn spawn_shards(
             // The ring is created on the thread that uses it: one ring per shard.
             let io = match &factory {
                 Some(make) => make(id),
-                None => crate::io::open(backend),
+                None => crate::io::open_with(backend, cache),
             };
             match io {
                 Ok(io) => {

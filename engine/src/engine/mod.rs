@@ -135,7 +135,8 @@ impl Engine {
             }
         }
         lifecycle::remove_orphans(&data_dir, &known)?;
-        let lifecycle::Shards { senders, threads } = lifecycle::spawn_shards(&config, &data_dir, io)?;
+        let cache = lifecycle::write_cache(&config, &data_dir)?;
+        let lifecycle::Shards { senders, threads } = lifecycle::spawn_shards(&config, &data_dir, io, cache)?;
         let engine = Engine {
             inner: Arc::new(Inner {
                 topics_dir,

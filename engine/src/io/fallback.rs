@@ -8,23 +8,29 @@
 use std::os::fd::BorrowedFd;
 
 use super::plan::Plan;
-use super::{Backend, Io, IoError, IoStats, Write};
+use super::{Backend, Io, IoError, IoStats, Write, WriteCache};
 
 #[derive(Debug, Default)]
 pub struct FallbackIo {
     stats: IoStats,
+    cache: WriteCache,
 }
 
 impl FallbackIo {
     pub fn new() -> Self {
         FallbackIo::default()
     }
+
+    /// Writes that treat the page cache as `cache` says.
+    pub fn with_cache(cache: WriteCache) -> Self {
+        FallbackIo { cache, ..FallbackIo::default() }
+    }
 }
 
 impl Io for FallbackIo {
     fn submit(&mut self, writes: &[Write<'_>], syncs: &[BorrowedFd<'_>]) -> Result<(), IoError> {
         self.stats.submits += 1;
-        let plan = Plan::build(writes, syncs);
+        let plan = Plan::build(writes, syncs, self.cache);
         // Nothing ran asynchronously: `complete` runs every operation, chain by chain.
         plan.complete(&vec![None; plan.ops.len()])?;
         self.stats.count(writes, syncs.len());

@@ -49,6 +49,52 @@ pub const IOV_MAX: usize = 1024;
 /// system call or SQE per MiB and keep the copy at memory speed.
 pub const WRITE_PIECE_BYTES: usize = 1 << 20;
 
+/// `RWF_DONTCACHE` (Linux 6.14+, `include/uapi/linux/fs.h`): a buffered write whose pages
+/// leave the page cache once they are written back.
+pub const RWF_DONTCACHE: libc::c_int = 0x0000_0080;
+
+/// How a backend's writes treat the page cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WriteCache {
+    /// Written pages stay cached until the kernel reclaims them.
+    #[default]
+    Keep,
+    /// Writes carry [`RWF_DONTCACHE`]: their pages are written back soon and then dropped, so
+    /// appending never grows the page cache (see docs/ARCHITECTURE.md, "Uncached writes").
+    /// Only where [`uncached_writes_supported`] said yes.
+    Drop,
+}
+
+impl WriteCache {
+    /// The `RWF_*` flags of every write.
+    pub(crate) fn rw_flags(self) -> libc::c_int {
+        match self {
+            WriteCache::Keep => 0,
+            WriteCache::Drop => RWF_DONTCACHE,
+        }
+    }
+}
+
+/// Whether the kernel and the file system under `dir` accept `RWF_DONTCACHE` writes: one byte
+/// written to a scratch file there (removed again). Kernels before 6.14 and file systems
+/// without support answer `EOPNOTSUPP` (or `EINVAL`): no.
+pub fn uncached_writes_supported(dir: &Path) -> std::io::Result<bool> {
+    let path = dir.join(format!(".spate-probe-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+    let byte = [0u8; 1];
+    let iov = libc::iovec { iov_base: byte.as_ptr() as *mut libc::c_void, iov_len: 1 };
+    // SAFETY: one iovec over a live local buffer; the descriptor is open.
+    let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, 0, RWF_DONTCACHE) };
+    let err = std::io::Error::last_os_error();
+    drop(file);
+    std::fs::remove_file(&path)?;
+    match n {
+        1 => Ok(true),
+        _ if matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) => Ok(false),
+        _ => Err(err),
+    }
+}
+
 /// One positional write of a list of buffers, written back to back starting at `offset`.
 #[derive(Debug)]
 pub struct Write<'a> {
@@ -307,17 +353,22 @@ impl fmt::Display for BackendChoice {
 /// Creates the backend for the calling thread (each shard thread calls this once: one ring per
 /// shard). `Uring` fails if io_uring cannot be used; `Auto` then falls back, logging why once.
 pub fn open(choice: BackendChoice) -> Result<Box<dyn Io>, IoError> {
+    open_with(choice, WriteCache::Keep)
+}
+
+/// [`open`], with writes that treat the page cache as `cache` says.
+pub fn open_with(choice: BackendChoice, cache: WriteCache) -> Result<Box<dyn Io>, IoError> {
     match choice {
-        BackendChoice::Fallback => Ok(Box::new(fallback::FallbackIo::new())),
-        BackendChoice::Uring => Ok(Box::new(uring::UringIo::new()?)),
-        BackendChoice::Auto => match uring::UringIo::new() {
+        BackendChoice::Fallback => Ok(Box::new(fallback::FallbackIo::with_cache(cache))),
+        BackendChoice::Uring => Ok(Box::new(uring::UringIo::with_cache(cache)?)),
+        BackendChoice::Auto => match uring::UringIo::with_cache(cache) {
             Ok(io) => Ok(Box::new(io)),
             Err(err) if uring::is_unavailable(&err) => {
                 tracing::warn!(
                     "io_uring unavailable ({}); using the fallback backend (pwritev + fdatasync)",
                     err.source
                 );
-                Ok(Box::new(fallback::FallbackIo::new()))
+                Ok(Box::new(fallback::FallbackIo::with_cache(cache)))
             }
             Err(err) => Err(err),
         },
@@ -329,9 +380,15 @@ pub fn probe(choice: BackendChoice) -> Result<Backend, IoError> {
     Ok(open(choice)?.backend())
 }
 
-/// Writes `bufs` at `offset` with `pwritev`, completing short writes and retrying `EINTR`.
-/// Shared by the fallback backend and by the io_uring backend's short-write completion.
-pub(crate) fn pwritev_all(fd: BorrowedFd<'_>, mut offset: u64, bufs: &[IoSlice<'_>]) -> Result<(), IoError> {
+/// Writes `bufs` at `offset` with `pwritev2` and `flags` (`RWF_*`), completing short writes and
+/// retrying `EINTR`. Shared by the fallback backend and by the io_uring backend's short-write
+/// completion.
+pub(crate) fn pwritev_all(
+    fd: BorrowedFd<'_>,
+    mut offset: u64,
+    bufs: &[IoSlice<'_>],
+    flags: libc::c_int,
+) -> Result<(), IoError> {
     let raw = fd.as_raw_fd();
     // Owned cursor over the slices: (index of first unfinished slice, bytes done within it).
     let mut first = 0usize;
@@ -353,7 +410,7 @@ pub(crate) fn pwritev_all(fd: BorrowedFd<'_>, mut offset: u64, bufs: &[IoSlice<'
         };
         // SAFETY: every iovec points into a slice borrowed for the duration of this call, with its
         // true length; `raw` is a valid open descriptor borrowed through `fd`.
-        let n = unsafe { libc::pwritev(raw, iov.as_ptr(), iov.len() as libc::c_int, off) };
+        let n = unsafe { libc::pwritev2(raw, iov.as_ptr(), iov.len() as libc::c_int, off, flags) };
         if n < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {

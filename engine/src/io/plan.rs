@@ -6,8 +6,11 @@
 //! fsync never starts before its writes have completed, which is what durability under `always`
 //! rests on. Chains are independent and may run in parallel.
 //!
-//! Every write is cut into pieces of at most [`WRITE_PIECE_BYTES`] bytes and [`IOV_MAX`] slices,
-//! each one operation (see the constant for why the size is capped).
+//! Every write is cut into pieces at file offsets that are multiples of [`WRITE_PIECE_BYTES`]
+//! (and at [`IOV_MAX`] slices), each one operation (see the constant for why the size is
+//! capped). Under [`WriteCache::Drop`] a piece that ends on a page boundary is written with
+//! `RWF_DONTCACHE`; the piece holding a write's last, partial page is written cached, so that
+//! the next append into that page finds it in memory instead of reading it back from disk.
 //!
 //! [`Plan::complete`] turns the results of running a plan (some operations may not have run at
 //! all) into the submission's result, doing synchronously whatever is missing: an operation
@@ -18,15 +21,21 @@ use std::io::IoSlice;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use super::{fdatasync, pwritev_all, IoError, IoOp, Write, IOV_MAX, WRITE_PIECE_BYTES};
+use super::{fdatasync, pwritev_all, IoError, IoOp, Write, WriteCache, IOV_MAX, WRITE_PIECE_BYTES};
+
+/// Page size assumed for `RWF_DONTCACHE` pieces (a larger page only makes fewer pieces end
+/// on a page boundary; nothing depends on it for correctness).
+const PAGE_BYTES: u64 = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum OpKind {
-    /// The plan's slices `slices`, written back to back at `offset` (`len` bytes).
+    /// The plan's slices `slices`, written back to back at `offset` (`len` bytes) with the
+    /// `RWF_*` flags `flags`.
     Write {
         slices: Range<usize>,
         offset: u64,
         len: usize,
+        flags: libc::c_int,
     },
     Fsync,
 }
@@ -44,11 +53,12 @@ pub(crate) struct Plan<'a> {
     pub ops: Vec<Op>,
     pub chains: Vec<Range<usize>>,
     pub slices: Vec<IoSlice<'a>>,
+    cache: WriteCache,
 }
 
 impl<'a> Plan<'a> {
-    pub fn build(writes: &[Write<'a>], syncs: &[BorrowedFd<'_>]) -> Plan<'a> {
-        let mut plan = Plan::default();
+    pub fn build(writes: &[Write<'a>], syncs: &[BorrowedFd<'_>], cache: WriteCache) -> Plan<'a> {
+        let mut plan = Plan { cache, ..Plan::default() };
         let mut by_fd: HashMap<i32, Vec<usize>> = HashMap::new();
         for (wi, w) in writes.iter().enumerate() {
             if !w.is_empty() {
@@ -77,27 +87,32 @@ impl<'a> Plan<'a> {
         let fd = w.fd.as_raw_fd();
         let mut offset = w.offset;
         let (mut start, mut len) = (self.slices.len(), 0usize);
+        // Bytes to the next multiple of the piece size in the file.
+        let room = |at: u64| WRITE_PIECE_BYTES - (at % WRITE_PIECE_BYTES as u64) as usize;
         for b in w.bufs {
             let mut rest: &'a [u8] = b;
             while !rest.is_empty() {
-                let take = rest.len().min(WRITE_PIECE_BYTES - len);
+                let take = rest.len().min(room(offset) - len);
                 let (now, later) = rest.split_at(take);
                 self.slices.push(IoSlice::new(now));
                 len += take;
                 rest = later;
-                if len == WRITE_PIECE_BYTES || self.slices.len() - start == IOV_MAX {
-                    self.ops.push(Op {
-                        fd,
-                        kind: OpKind::Write { slices: start..self.slices.len(), offset, len },
-                    });
+                if len == room(offset) || self.slices.len() - start == IOV_MAX {
+                    self.push_piece(fd, start..self.slices.len(), offset, len);
                     offset += len as u64;
                     (start, len) = (self.slices.len(), 0);
                 }
             }
         }
         if len > 0 {
-            self.ops.push(Op { fd, kind: OpKind::Write { slices: start..self.slices.len(), offset, len } });
+            self.push_piece(fd, start..self.slices.len(), offset, len);
         }
+    }
+
+    fn push_piece(&mut self, fd: i32, slices: Range<usize>, offset: u64, len: usize) {
+        let ends_on_page = (offset + len as u64) % PAGE_BYTES == 0;
+        let flags = if ends_on_page { self.cache.rw_flags() } else { 0 };
+        self.ops.push(Op { fd, kind: OpKind::Write { slices, offset, len, flags } });
     }
 
     /// Finishes a run of this plan. `results[i]` is the kernel's result for operation `i`
@@ -116,8 +131,8 @@ impl<'a> Plan<'a> {
                 let res = results[i];
                 let rerun = res.is_none() || (broken && res == Some(-libc::ECANCELED));
                 match (&op.kind, res) {
-                    (OpKind::Write { slices, offset, .. }, _) if rerun => {
-                        pwritev_all(fd, *offset, &self.slices[slices.clone()])?;
+                    (OpKind::Write { slices, offset, flags, .. }, _) if rerun => {
+                        pwritev_all(fd, *offset, &self.slices[slices.clone()], *flags)?;
                     }
                     (OpKind::Fsync, _) if rerun => fdatasync(fd)?,
                     (OpKind::Write { .. }, Some(r)) if r < 0 => {
@@ -126,9 +141,9 @@ impl<'a> Plan<'a> {
                     (OpKind::Fsync, Some(r)) if r < 0 => {
                         return Err(IoError::new(IoOp::Fsync, op.fd, std::io::Error::from_raw_os_error(-r)));
                     }
-                    (OpKind::Write { slices, offset, len }, Some(r)) if (r as usize) < *len => {
+                    (OpKind::Write { slices, offset, len, flags }, Some(r)) if (r as usize) < *len => {
                         let rest = remainder(&self.slices[slices.clone()], r as usize);
-                        pwritev_all(fd, offset + r as u64, &rest)?;
+                        pwritev_all(fd, offset + r as u64, &rest, *flags)?;
                         broken = true;
                     }
                     _ => {}
@@ -183,10 +198,12 @@ mod tests {
             Write { fd: a.as_fd(), offset: 1, bufs: &one },
             Write { fd: c.as_fd(), offset: 0, bufs: &one },
         ];
-        let plan = Plan::build(&writes, &[b.as_fd(), a.as_fd()]);
+        let plan = Plan::build(&writes, &[b.as_fd(), a.as_fd()], WriteCache::Keep);
         let (fa, fb, fc) = (a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd());
-        let w =
-            |fd, slices: Range<usize>, offset, len| Op { fd, kind: OpKind::Write { slices, offset, len } };
+        let w = |fd, slices: Range<usize>, offset, len| Op {
+            fd,
+            kind: OpKind::Write { slices, offset, len, flags: 0 },
+        };
         let sync = |fd| Op { fd, kind: OpKind::Fsync };
         let m = IOV_MAX;
         assert_eq!(
@@ -208,10 +225,11 @@ mod tests {
     }
 
     #[test]
-    fn writes_are_cut_into_pieces_of_at_most_write_piece_bytes() {
+    fn writes_are_cut_at_piece_boundaries_of_the_file_and_only_whole_pages_go_uncached() {
         let dir = tempfile::tempdir().unwrap();
         let f = scratch(&dir, "f");
-        // Slices that straddle piece boundaries: 0.75, 1.5 and 0.5 pieces (2.75 pieces in all).
+        // Slices that straddle piece boundaries: 0.75, 1.5 and 0.5 pieces (2.75 pieces in all),
+        // written at offset 100, so the first piece ends at the first boundary in the file.
         let p = WRITE_PIECE_BYTES;
         let data: Vec<Vec<u8>> = [p * 3 / 4, p * 3 / 2, p / 2]
             .iter()
@@ -220,24 +238,39 @@ mod tests {
             .collect();
         let slices: Vec<IoSlice<'_>> = data.iter().map(|d| IoSlice::new(d)).collect();
         let writes = [Write { fd: f.as_fd(), offset: 100, bufs: &slices }];
-        let plan = Plan::build(&writes, &[f.as_fd()]);
-        let lens: Vec<(u64, usize)> = plan
-            .ops
-            .iter()
-            .filter_map(|op| match &op.kind {
-                OpKind::Write { slices, offset, len } => {
-                    assert_eq!(plan.slices[slices.clone()].iter().map(|s| s.len()).sum::<usize>(), *len);
-                    Some((*offset, *len))
-                }
-                OpKind::Fsync => None,
-            })
-            .collect();
-        assert_eq!(lens, vec![(100, p), (100 + p as u64, p), (100 + 2 * p as u64, p * 3 / 4)]);
-        assert_eq!(plan.chains, vec![0..4]);
-        // Run synchronously, the pieces put every byte where the unsplit write would have.
-        plan.complete(&vec![None; plan.ops.len()]).unwrap();
-        let written = std::fs::read(dir.path().join("f")).unwrap();
-        assert_eq!(&written[100..], data.concat().as_slice());
+        for cache in [WriteCache::Keep, WriteCache::Drop] {
+            let plan = Plan::build(&writes, &[f.as_fd()], cache);
+            let pieces: Vec<(u64, usize, bool)> = plan
+                .ops
+                .iter()
+                .filter_map(|op| match &op.kind {
+                    OpKind::Write { slices, offset, len, flags } => {
+                        let sum: usize = plan.slices[slices.clone()].iter().map(|s| s.len()).sum();
+                        assert_eq!(sum, *len);
+                        Some((*offset, *len, *flags & super::super::RWF_DONTCACHE != 0))
+                    }
+                    OpKind::Fsync => None,
+                })
+                .collect();
+            let total = p * 11 / 4;
+            let drop = cache == WriteCache::Drop;
+            assert_eq!(
+                pieces,
+                vec![
+                    (100, p - 100, drop),
+                    (p as u64, p, drop),
+                    // The last piece ends inside a page: written cached, whatever the mode.
+                    (2 * p as u64, total + 100 - 2 * p, false),
+                ],
+                "{cache:?}"
+            );
+            assert_eq!(plan.chains, vec![0..4]);
+            // Run synchronously, the pieces put every byte where the unsplit write would have.
+            std::fs::write(dir.path().join("f"), b"").unwrap();
+            plan.complete(&vec![None; plan.ops.len()]).unwrap();
+            let written = std::fs::read(dir.path().join("f")).unwrap();
+            assert_eq!(&written[100..], data.concat().as_slice());
+        }
     }
 
     #[test]
@@ -250,7 +283,7 @@ mod tests {
             Write { fd: f.as_fd(), offset: 0, bufs: &parts },
             Write { fd: f.as_fd(), offset: 11, bufs: &tail },
         ];
-        let plan = Plan::build(&writes, &[f.as_fd()]);
+        let plan = Plan::build(&writes, &[f.as_fd()], WriteCache::Keep);
         assert_eq!(plan.ops.len(), 3);
         // The kernel wrote 4 bytes of the first write and cancelled the rest of the chain.
         std::fs::write(dir.path().join("f"), b"hell").unwrap();
@@ -264,7 +297,7 @@ mod tests {
         let f = scratch(&dir, "f");
         let data = [IoSlice::new(b"abc")];
         let writes = [Write { fd: f.as_fd(), offset: 0, bufs: &data }];
-        let plan = Plan::build(&writes, &[f.as_fd()]);
+        let plan = Plan::build(&writes, &[f.as_fd()], WriteCache::Keep);
         let err = plan.complete(&[Some(-libc::ENOSPC), Some(-libc::ECANCELED)]).unwrap_err();
         assert_eq!((err.op, err.raw_os_error()), (IoOp::Write, Some(libc::ENOSPC)));
         let err = plan.complete(&[Some(3), Some(-libc::EIO)]).unwrap_err();
@@ -280,7 +313,7 @@ mod tests {
         let f = scratch(&dir, "f");
         let data = [IoSlice::new(b"abc")];
         let writes = [Write { fd: f.as_fd(), offset: 5, bufs: &data }];
-        let plan = Plan::build(&writes, &[f.as_fd()]);
+        let plan = Plan::build(&writes, &[f.as_fd()], WriteCache::Keep);
         plan.complete(&[None, None]).unwrap();
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"\0\0\0\0\0abc");
     }

@@ -18,6 +18,34 @@ pub(crate) fn backends() -> Vec<Box<dyn Io>> {
     out
 }
 
+/// Both backends with writes that treat the page cache as `cache` says (io_uring where the
+/// kernel allows it, as for [`backends`]).
+pub(crate) fn backends_with(cache: WriteCache) -> Vec<Box<dyn Io>> {
+    let mut out: Vec<Box<dyn Io>> = vec![Box::new(fallback::FallbackIo::with_cache(cache))];
+    if let Ok(io) = uring::UringIo::with_cache(cache) {
+        out.push(Box::new(io));
+    }
+    out
+}
+
+/// Pages of `file` resident in the page cache, by `mincore` over a mapping of it.
+fn resident_pages(file: &File, len: usize) -> usize {
+    use std::os::fd::AsRawFd;
+    let page = 4096;
+    let pages = len.div_ceil(page);
+    // SAFETY: a private read-only mapping of an open file, unmapped below; `vec` has one byte per
+    // page of it, as mincore requires.
+    unsafe {
+        let map =
+            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
+        assert_ne!(map, libc::MAP_FAILED);
+        let mut vec = vec![0u8; pages];
+        assert_eq!(libc::mincore(map, len, vec.as_mut_ptr()), 0);
+        libc::munmap(map, len);
+        vec.iter().filter(|&&b| b & 1 == 1).count()
+    }
+}
+
 /// `Uring` where CI requires io_uring, else `Auto` (which may fall back).
 pub(crate) fn uring_choice() -> BackendChoice {
     if std::env::var_os("SPATE_REQUIRE_URING").is_some() {
@@ -215,7 +243,9 @@ fn writes_larger_than_a_piece_land_whole_through_every_backend() {
     // them into pieces (and `pwritev_all` caps each call), and every byte lands in place.
     let dir = tempfile::tempdir().unwrap();
     let big: Vec<u8> = (0..WRITE_PIECE_BYTES * 5 / 2).map(|i| (i % 253) as u8).collect();
-    for (n, mut io) in backends().into_iter().enumerate() {
+    let mut all = backends();
+    all.extend(backends_with(WriteCache::Drop));
+    for (n, mut io) in all.into_iter().enumerate() {
         let f = file(&dir, &format!("f{n}"));
         let bufs = [IoSlice::new(&big), IoSlice::new(b"tail")];
         io.submit(&[Write { fd: f.as_fd(), offset: 3, bufs: &bufs }], &[f.as_fd()]).unwrap();
@@ -224,6 +254,36 @@ fn writes_larger_than_a_piece_land_whole_through_every_backend() {
         assert!(got[3..3 + big.len()] == big[..] && &got[3 + big.len()..] == b"tail", "{:?}", io.backend());
     }
     let f = file(&dir, "direct");
-    pwritev_all(f.as_fd(), 0, &[IoSlice::new(&big)]).unwrap();
+    pwritev_all(f.as_fd(), 0, &[IoSlice::new(&big)], 0).unwrap();
     assert!(std::fs::read(dir.path().join("direct")).unwrap() == big);
+}
+
+#[test]
+fn uncached_writes_leave_the_page_cache_once_synced_and_cached_ones_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    if !uncached_writes_supported(dir.path()).unwrap() {
+        eprintln!("RWF_DONTCACHE unsupported here: skipped");
+        return;
+    }
+    let data: Vec<u8> = (0..8 * WRITE_PIECE_BYTES).map(|i| (i % 241) as u8).collect();
+    let pages = data.len() / 4096;
+    for (cache, mut io) in backends_with(WriteCache::Drop)
+        .into_iter()
+        .map(|io| (WriteCache::Drop, io))
+        .chain(backends_with(WriteCache::Keep).into_iter().map(|io| (WriteCache::Keep, io)))
+    {
+        let name = format!("{:?}-{cache:?}", io.backend());
+        let f = file(&dir, &name);
+        let bufs = [IoSlice::new(&data)];
+        io.submit(&[Write { fd: f.as_fd(), offset: 0, bufs: &bufs }], &[f.as_fd()]).unwrap();
+        let resident = resident_pages(&f, data.len());
+        match cache {
+            // Written back by the fsync, then dropped: at most a few pages linger.
+            WriteCache::Drop => assert!(resident * 10 < pages, "{name}: {resident} of {pages} pages cached"),
+            WriteCache::Keep => {
+                assert!(resident * 10 > pages * 9, "{name}: {resident} of {pages} pages cached")
+            }
+        }
+        assert!(std::fs::read(dir.path().join(&name)).unwrap() == data, "{name}");
+    }
 }

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
 use super::plan::{OpKind, Plan};
-use super::{Backend, Io, IoError, IoOp, IoStats, Write};
+use super::{Backend, Io, IoError, IoOp, IoStats, Write, WriteCache};
 
 /// Submission queue entries per ring. A round holds whole chains up to this many SQEs.
 pub const RING_ENTRIES: u32 = 256;
@@ -27,6 +27,7 @@ pub struct UringIo {
     stats: IoStats,
     /// Tags every SQE of a submission, so a CQE that is not ours can never be mistaken for one.
     generation: u32,
+    cache: WriteCache,
 }
 
 impl std::fmt::Debug for UringIo {
@@ -47,6 +48,11 @@ pub fn is_unavailable(err: &IoError) -> bool {
 impl UringIo {
     /// Creates a ring and checks that the kernel supports every opcode this backend uses.
     pub fn new() -> Result<Self, IoError> {
+        Self::with_cache(WriteCache::Keep)
+    }
+
+    /// [`UringIo::new`], with writes that treat the page cache as `cache` says.
+    pub fn with_cache(cache: WriteCache) -> Result<Self, IoError> {
         let ring = IoUring::new(RING_ENTRIES).map_err(|e| IoError::new(IoOp::Setup, -1, e))?;
         let mut probe = Probe::new();
         ring.submitter()
@@ -64,7 +70,7 @@ impl UringIo {
                 ));
             }
         }
-        Ok(UringIo { ring, stats: IoStats::default(), generation: 0 })
+        Ok(UringIo { ring, stats: IoStats::default(), generation: 0, cache })
     }
 
     /// Runs the chains `round` of `plan` and records each operation's result.
@@ -81,6 +87,10 @@ impl UringIo {
         let mut pushed = 0usize;
         for chain in round {
             for i in chain.clone() {
+                if results[i].is_some() {
+                    // Done before the round (uncached writes); only what follows is linked.
+                    continue;
+                }
                 let op = &plan.ops[i];
                 let entry = match &op.kind {
                     OpKind::Write { slices, offset, .. } => opcode::Writev::new(
@@ -144,7 +154,7 @@ impl Io for UringIo {
     fn submit(&mut self, writes: &[Write<'_>], syncs: &[BorrowedFd<'_>]) -> Result<(), IoError> {
         self.stats.submits += 1;
         self.generation = self.generation.wrapping_add(1);
-        let plan = Plan::build(writes, syncs);
+        let plan = Plan::build(writes, syncs, self.cache);
         // Every piece as one iovec array that lives until every round has completed.
         let iovecs: Vec<libc::iovec> = plan
             .slices
@@ -152,6 +162,21 @@ impl Io for UringIo {
             .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
             .collect();
         let mut results: Vec<Option<i32>> = vec![None; plan.ops.len()];
+        // Uncached pieces are written here, before the round, and only the rest goes to the
+        // ring: on Linux 6.18 an io_uring write with RWF_DONTCACHE (run by an io-wq worker,
+        // since ext4 buffered writes cannot be issued without blocking) kept its pages cached,
+        // while pwritev2 dropped them (docs/ARCHITECTURE.md, "Uncached writes"). A file's fsync
+        // still follows all its writes: these complete before the ring is entered.
+        for (i, op) in plan.ops.iter().enumerate() {
+            if let OpKind::Write { slices, offset, len, flags } = &op.kind {
+                if *flags & super::RWF_DONTCACHE != 0 {
+                    // SAFETY: `op.fd` comes from a `BorrowedFd` the caller holds for this call.
+                    let fd = unsafe { BorrowedFd::borrow_raw(op.fd) };
+                    super::pwritev_all(fd, *offset, &plan.slices[slices.clone()], *flags)?;
+                    results[i] = Some(*len as i32);
+                }
+            }
+        }
         let mut round: Vec<std::ops::Range<usize>> = Vec::new();
         let mut round_len = 0usize;
         for chain in &plan.chains {

@@ -219,29 +219,43 @@ async fn read_loop(
     }
 }
 
-/// Bytes of a frame's body read (and allocated) at a time: the buffer grows with what arrives.
+/// Bytes of a frame's body that must arrive within one deadline (a second plus their share of
+/// the minimum rate).
 const BODY_CHUNK_BYTES: usize = 256 << 10;
 
 /// Reads the rest of a `size`-byte frame after its prefix, each piece within a second plus
 /// its share of `bytes_per_sec_min` (a `TimedOut` error otherwise).
+///
+/// The buffer is reserved at the frame's size, which the budget already holds, and read into
+/// without being zeroed first: its pages are touched only as bytes arrive, so a frame that
+/// never arrives costs address space, not memory, and nothing is copied as it grows.
 async fn read_body(
     reader: &mut OwnedReadHalf,
     prefix: &[u8],
     size: usize,
     bytes_per_sec_min: u64,
 ) -> std::io::Result<BytesMut> {
-    let mut frame = BytesMut::with_capacity(size.min(BODY_CHUNK_BYTES));
+    let mut frame = BytesMut::with_capacity(size);
     frame.extend_from_slice(prefix);
     while frame.len() < size {
         let chunk = (size - frame.len()).min(BODY_CHUNK_BYTES);
-        let start = frame.len();
-        frame.resize(start + chunk, 0);
         let allowed = std::time::Duration::from_secs(1)
             + std::time::Duration::from_secs_f64(chunk as f64 / bytes_per_sec_min as f64);
-        match tokio::time::timeout(allowed, reader.read_exact(&mut frame[start..])).await {
+        let end = frame.len() + chunk;
+        let piece = async {
+            while frame.len() < end {
+                // At most up to `end`: `read_buf` fills spare capacity, never past the limit.
+                let mut limited = (&mut *reader).take((end - frame.len()) as u64);
+                if limited.read_buf(&mut frame).await? == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(allowed, piece).await {
             Ok(read) => read?,
             Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        };
+        }
     }
     Ok(frame)
 }
