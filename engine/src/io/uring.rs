@@ -5,6 +5,8 @@
 //! unlinked. Chains of different files run in parallel inside the kernel; the submitting thread
 //! makes one `io_uring_enter` per round (at most [`RING_ENTRIES`] SQEs of whole chains) and waits
 //! for every completion of that round. A chain longer than the ring runs synchronously.
+//! Pieces to be written uncached (`RWF_DONTCACHE`) are written with `pwritev2` before the round,
+//! since through the ring they stayed cached; the rest of their chain follows in the ring.
 //!
 //! Memory safety rests on one rule: once an SQE is pushed, this code does not return until its
 //! CQE has been reaped, because the kernel holds pointers into the caller's buffers and the
