@@ -105,6 +105,9 @@ pub struct Partition {
     /// One past the last offset readers may see and producers may be told about.
     high_watermark: i64,
     last_sync: Instant,
+    /// The latest wall-clock time the engine gave this partition (an append, a retention
+    /// check): a segment rolled now is created at it.
+    now_hint: SystemTime,
     failed: Option<Arc<IoError>>,
     /// Damage recovery found in sealed segments.
     damage: Arc<[Damage]>,
@@ -161,6 +164,7 @@ impl Partition {
             durable_end: end,
             high_watermark: end,
             last_sync: Instant::now(),
+            now_hint: SystemTime::now(),
             failed: None,
             damage: damage.into(),
             damage_accepted,
@@ -377,10 +381,13 @@ impl Partition {
         now: SystemTime,
     ) -> Result<AppendInfo, LogError> {
         self.check_writable()?;
+        self.now_hint = now;
         let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         let header = validate::check(&self.config, &batch, now_ms)?;
         self.roll_for(io, batch.len() as u64, i64::from(header.records_count), now)?;
-        Ok(self.stage(batch, header))
+        let info = self.stage(batch, header);
+        self.active_mut().touch(now);
+        Ok(info)
     }
 
     /// Rolls first if `bytes` more (of `offsets` offsets) do not fit the active segment, or it
@@ -432,7 +439,10 @@ impl Partition {
             }
             Err(SealError::Io(e)) => return Err(self.fail(io, Arc::new(e))),
         };
-        let next = match Segment::create(io, &self.dir, end) {
+        let next = match Segment::create(io, &self.dir, end).map(|mut s| {
+            s.set_created(self.now_hint);
+            s
+        }) {
             Ok(next) => next,
             Err(source) if out_of_descriptors(&source) => {
                 // Nothing was written: the active segment stays active, without index files.

@@ -25,6 +25,7 @@ impl Partition {
         io: &mut dyn Io,
         now: SystemTime,
     ) -> Result<RetentionOutcome, LogError> {
+        self.now_hint = now;
         let now_ms = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -66,12 +67,14 @@ impl Partition {
     }
 
     /// The time retention by age goes by for a sealed segment: its largest record timestamp;
-    /// the file's modification time when its records carry none (-1); and never more than
-    /// `timestamp_after_max` past that modification time, so that records stamped in the far
-    /// future (written before that limit was checked) cannot hold a segment forever.
+    /// its last append when its records carry none (-1); and never more than
+    /// `timestamp_after_max` past that last append, so that records stamped in the far future
+    /// (written before that limit was checked) cannot hold a segment forever. The last append
+    /// is by the engine's clock (after a restart, the file's modification time): a file's
+    /// timestamps are the system's, and would disagree with a manual clock.
     fn retention_time_ms(&self, seg: &crate::segment::Segment) -> i64 {
-        let modified = std::fs::metadata(seg.log_path()).and_then(|m| m.modified()).unwrap_or(seg.created());
-        let modified_ms = modified
+        let modified_ms = seg
+            .modified()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let stamped = if seg.max_timestamp() < 0 { modified_ms } else { seg.max_timestamp() };

@@ -1336,19 +1336,23 @@ fn compressed_batches_are_decompressed_and_checked_like_any_other() {
 }
 
 #[test]
-fn retention_by_age_goes_by_file_times_for_records_without_timestamps_or_from_the_future() {
+fn retention_by_age_goes_by_last_append_for_records_without_timestamps_or_from_the_future() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
     let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as i64;
     // Timestamps from a year ahead are only accepted with the future bound lifted.
     let lax = LogConfig { timestamp_after_max: None, ..small_config(Durability::Never) };
-    let mut p = Partition::open(dir.path(), lax.clone(), &mut io).unwrap();
-    for i in 0..150 {
-        let ts = if i < 75 { -1 } else { now_ms + 365 * 24 * 3600 * 1000 };
-        p.append(&mut io, batch(&format!("t{i}"), 4, ts), now).unwrap();
-    }
-    p.flush(&mut io).unwrap();
+    let write = |dir: &std::path::Path, io: &mut FallbackIo| {
+        let mut p = Partition::open(dir, lax.clone(), io).unwrap();
+        for i in 0..150 {
+            let ts = if i < 75 { -1 } else { now_ms + 365 * 24 * 3600 * 1000 };
+            p.append(io, batch(&format!("t{i}"), 4, ts), now).unwrap();
+        }
+        p.flush(io).unwrap();
+        p
+    };
+    let mut p = write(dir.path(), &mut io);
     let sealed: Vec<std::path::PathBuf> =
         p.segments().take(p.segments().len() - 1).map(|s| s.log_path()).collect();
     assert!(sealed.len() >= 3);
@@ -1357,17 +1361,29 @@ fn retention_by_age_goes_by_file_times_for_records_without_timestamps_or_from_th
         LogConfig { retention_age: Some(Duration::from_secs(24 * 3600)), ..small_config(Durability::Never) };
     p.set_config(day.clone()).unwrap();
     assert_eq!(p.enforce_retention(&mut io, now).unwrap().segments_deleted, 0, "-1 is not 'infinitely old'");
-    // The files were last written three days ago: everything sealed expires, the future-stamped
-    // segments too (they count at most an hour past their file's time).
-    let old = now - Duration::from_secs(3 * 24 * 3600);
-    for path in &sealed {
-        std::fs::File::options().write(true).open(path).unwrap().set_modified(old).unwrap();
-    }
-    let out = p.enforce_retention(&mut io, now).unwrap();
+    // Three days later by the engine's clock: everything sealed expires, the future-stamped
+    // segments too (they count at most an hour past their last append).
+    let later = now + Duration::from_secs(3 * 24 * 3600);
+    let out = p.enforce_retention(&mut io, later).unwrap();
     assert_eq!(out.segments_deleted, sealed.len());
     // The bound itself: a record stamped a day ahead is refused at append.
     let err = p.append(&mut io, batch("late", 1, now_ms + 24 * 3600 * 1000), now).unwrap_err();
     assert!(matches!(err, LogError::InvalidTimestamp { .. }), "{err}");
+    drop(p);
+
+    // After a restart the last append is the file's modification time: files last written
+    // three days ago expire at once.
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(dir.path(), &mut io);
+    let sealed: Vec<std::path::PathBuf> =
+        p.segments().take(p.segments().len() - 1).map(|s| s.log_path()).collect();
+    drop(p);
+    let old = now - Duration::from_secs(3 * 24 * 3600);
+    for path in &sealed {
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(old).unwrap();
+    }
+    let mut p = Partition::open(dir.path(), day, &mut io).unwrap();
+    assert_eq!(p.enforce_retention(&mut io, now).unwrap().segments_deleted, sealed.len());
 }
 
 #[test]

@@ -98,6 +98,9 @@ pub struct Segment {
     bytes_since_index: u64,
     /// When the segment was created (or, after a restart, last modified): drives roll by age.
     created: SystemTime,
+    /// When a batch was last appended, by the engine's clock (after a restart: the file's
+    /// modification time): what retention by age falls back on.
+    modified: SystemTime,
     sealed: bool,
     /// End of the blocks reserved with `fallocate` (beyond the file's size).
     reserved_to: u64,
@@ -174,6 +177,7 @@ impl Segment {
             time_index: outcome.time_index,
             bytes_since_index: outcome.bytes_since_index,
             created,
+            modified: created,
             sealed,
             reserved_to: written_len,
             reserve_refused: false,
@@ -241,6 +245,22 @@ impl Segment {
 
     pub fn created(&self) -> SystemTime {
         self.created
+    }
+
+    pub fn modified(&self) -> SystemTime {
+        self.modified
+    }
+
+    /// Records an append at `now` (the engine's clock).
+    pub fn touch(&mut self, now: SystemTime) {
+        self.modified = now;
+    }
+
+    /// A segment the running engine created: its age counts from `now` (the engine's clock),
+    /// not from the file's timestamps.
+    pub fn set_created(&mut self, now: SystemTime) {
+        self.created = now;
+        self.modified = now;
     }
 
     pub fn is_sealed(&self) -> bool {
