@@ -20,7 +20,7 @@ use spate::io::BackendChoice;
 use spate::log::Durability;
 
 use report::Outcome;
-use scenarios::{backpressure, consume, hol, latency, network, peers, produce};
+use scenarios::{backpressure, consume, hol, latency, network, peers, produce, scale};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,6 +58,9 @@ enum Scenario {
     /// Network produce as requests in flight per connection rise (1 to 16), at batch sizes
     /// from 16 KiB to 1 MiB: whole runs against the same-run loopback copy.
     Sweep(SweepArgs),
+    /// What idle partitions and parked long polls cost a busy one: produce round trip and
+    /// long-poll wake-up with 10 and with 10,000 idle partitions.
+    Scale(ScaleArgs),
     /// Open-loop end-to-end latency at fractions of the maximum rate (or fixed rates).
     Latency(LatencyArgs),
     /// Head-of-line blocking: the log with partition-exclusive consumers against a bounded queue.
@@ -161,6 +164,16 @@ struct SweepArgs {
     partitions: u32,
     #[arg(long, default_value = "never")]
     durability: Durability,
+}
+
+#[derive(Debug, Args)]
+struct ScaleArgs {
+    /// Counts of idle partitions; the first is the baseline the others are compared with.
+    #[arg(long, default_value = "10,10000", value_delimiter = ',')]
+    idle: Vec<u32>,
+    /// Round trips and wake-ups measured per configuration.
+    #[arg(long, default_value_t = 2000)]
+    samples: u64,
 }
 
 #[derive(Debug, Args)]
@@ -310,6 +323,8 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         backend,
     };
     add("sweep", w.to_json(), network::sweep(root, &w, progress)?);
+    let sc = scale::Params { idle: vec![10, 10_000], samples: 1_000, backend };
+    add("scale", sc.to_json(), scale::run(root, &sc, progress)?);
     let l = latency::Params {
         message_bytes: 100,
         partitions: 2,
@@ -416,6 +431,14 @@ fn main() -> anyhow::Result<()> {
                 backend,
             };
             ("sweep", p.to_json(), network::sweep(&root, &p, &progress)?)
+        }
+        Scenario::Scale(a) => {
+            let p = scale::Params {
+                idle: a.idle.iter().map(|n| (*n).max(1)).collect(),
+                samples: a.samples.max(1),
+                backend,
+            };
+            ("scale", p.to_json(), scale::run(&root, &p, &progress)?)
         }
         Scenario::Latency(a) => {
             let p = latency::Params {

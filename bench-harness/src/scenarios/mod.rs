@@ -7,3 +7,4 @@ pub mod latency;
 pub mod network;
 pub mod peers;
 pub mod produce;
+pub mod scale;

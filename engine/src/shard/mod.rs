@@ -17,6 +17,7 @@ mod producers;
 pub(crate) mod request;
 pub use request::LocalTask;
 pub(crate) mod slot;
+mod slots;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -62,7 +63,7 @@ pub(crate) struct ShardSetup {
 pub(crate) struct Shard {
     setup: ShardSetup,
     io: Box<dyn Io>,
-    slots: HashMap<Arc<str>, HashMap<u32, Slot>>,
+    slots: slots::Slots,
     /// Committed offsets of the offsets-topic partitions this shard owns:
     /// (consumer, topic, partition) → offset.
     /// (offset, the offsets partition holding it) per key.
@@ -75,8 +76,12 @@ pub(crate) struct Shard {
     outbox: HashMap<(usize, PartitionId, Arc<str>), i64>,
     /// Barrier requests waiting for the outbox to empty.
     barriers: Vec<request::Reply<()>>,
-    /// Long-poll fetches waiting, as of the last turn.
+    /// Long-poll fetches waiting (those whose callers went away count until their deadline).
     waiting_fetches: usize,
+    /// The deadline of every long poll, earliest first: the slot is marked busy when it
+    /// passes (a slot with waiters is not busy otherwise; data arriving marks it). Entries of
+    /// waiters answered earlier stay until their deadline and then find nothing to do.
+    fetch_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, PartitionId)>>,
     next_retention: Instant,
     /// What the shard's segments share (reservation budget, open sealed files), and when idle
     /// reservations are next given back.
@@ -112,12 +117,13 @@ impl Shard {
             next_reserve_check,
             setup,
             io,
-            slots: HashMap::new(),
+            slots: slots::Slots::default(),
             committed: HashMap::new(),
             consumers: HashMap::new(),
             outbox: HashMap::new(),
             barriers: Vec::new(),
             waiting_fetches: 0,
+            fetch_deadlines: std::collections::BinaryHeap::new(),
             next_retention,
             parked_bytes: 0,
             stats,
@@ -175,7 +181,15 @@ impl Shard {
                 handled += 1;
             }
             let committed = self.commit(now);
-            self.answer_waiters(Instant::now());
+            let answered_at = Instant::now();
+            while let Some(std::cmp::Reverse((deadline, _))) = self.fetch_deadlines.peek() {
+                if *deadline > answered_at {
+                    break;
+                }
+                let std::cmp::Reverse((_, id)) = self.fetch_deadlines.pop().expect("peeked");
+                self.slots.mark(&id.topic, id.partition);
+            }
+            self.answer_waiters(answered_at);
             if now >= self.next_retention {
                 self.enforce_retention();
                 self.next_retention = now + self.setup.retention_check_interval;
@@ -203,6 +217,7 @@ impl Shard {
                 answer(reply, flushed);
                 return;
             }
+            self.slots.keep_busy(Slot::has_work);
             if handled == 0 && !committed {
                 self.sleep(&wake).await;
             } else if self.has_tasks {
@@ -240,8 +255,9 @@ impl Shard {
     }
 
     fn slot(&mut self, id: &PartitionId) -> Result<&mut Slot, EngineError> {
-        self.slots.get_mut(&*id.topic).and_then(|m| m.get_mut(&id.partition)).ok_or_else(|| {
-            EngineError::UnknownPartition { topic: id.topic.to_string(), partition: id.partition }
+        self.slots.get_mut(&id.topic, id.partition).ok_or_else(|| EngineError::UnknownPartition {
+            topic: id.topic.to_string(),
+            partition: id.partition,
         })
     }
 
@@ -250,6 +266,23 @@ impl Shard {
     }
 
     fn handle(&mut self, request: Request, now: Instant) {
+        // What the request names needs this turn (see `slots`); requests that can make work
+        // for partitions they do not name mark them all.
+        match &request {
+            Request::Open { id, .. }
+            | Request::Configure { id, .. }
+            | Request::Produce { id, .. }
+            | Request::Fetch { id, .. }
+            | Request::Progress { id, .. }
+            | Request::AcceptDamage { id, .. } => self.slots.mark(&id.topic, id.partition),
+            Request::Commit { offsets_partition, .. } => {
+                self.slots.mark(&self.setup.offsets_topic, *offsets_partition)
+            }
+            Request::Close { .. } | Request::Forget { .. } | Request::Shutdown { .. } => {
+                self.slots.mark_all()
+            }
+            _ => {}
+        }
         match request {
             Request::Open { id, config, reply } => {
                 let result = self.open(id, *config);
@@ -276,6 +309,7 @@ impl Shard {
                         let deadline = if room { deadline } else { now };
                         if slot.fetch(offset, max_bytes, min_bytes, deadline, now, reply) {
                             self.waiting_fetches += 1;
+                            self.fetch_deadlines.push(std::cmp::Reverse((deadline, id)));
                         }
                     }
                     Err(e) => answer(reply, Err(e)),
@@ -304,14 +338,14 @@ impl Shard {
             }
             Request::Progress { id, consumer, offset } => {
                 let io = &mut *self.io;
-                if let Some(slot) = self.slots.get_mut(&*id.topic).and_then(|m| m.get_mut(&id.partition)) {
+                if let Some(slot) = self.slots.get_mut(&id.topic, id.partition) {
                     slot.consumers.insert(consumer, offset);
                     self.parked_bytes -= slot.release_parked(io);
                 }
             }
             Request::Stats { reply } => {
                 let mut stats = self.stats.clone();
-                stats.partitions = self.slots.values().map(HashMap::len).sum();
+                stats.partitions = self.slots.len();
                 stats.io = self.io.stats();
                 stats.parked_bytes = self.parked_bytes;
                 stats.reserved_bytes = self.disk.reserve.reserved_bytes();
@@ -326,7 +360,7 @@ impl Shard {
             }
             Request::AcceptDamage { id, reply } => {
                 let io = &mut *self.io;
-                let result = match self.slots.get_mut(&*id.topic).and_then(|m| m.get_mut(&id.partition)) {
+                let result = match self.slots.get_mut(&id.topic, id.partition) {
                     Some(slot) => {
                         let ranges = slot.log.damage().len();
                         slot.log.accept_damage(io).map(|()| ranges).map_err(EngineError::from)
@@ -368,16 +402,13 @@ impl Shard {
                 self.remember(key, value, id.partition, Some(now_ms));
             }
         }
-        self.slots.entry(Arc::clone(&id.topic)).or_default().insert(id.partition, slot);
+        self.slots.insert(id, slot);
         Ok(())
     }
 
     fn close(&mut self, id: &PartitionId, delete: bool) -> Result<(), EngineError> {
-        let Some(topic) = self.slots.get_mut(&*id.topic) else { return Ok(()) };
-        let Some(mut slot) = topic.remove(&id.partition) else { return Ok(()) };
-        if topic.is_empty() {
-            self.slots.remove(&*id.topic);
-        }
+        let Some(mut slot) = self.slots.remove(&id.topic, id.partition) else { return Ok(()) };
+        self.waiting_fetches = self.waiting_fetches.saturating_sub(slot.waiter_count());
         self.parked_bytes -= slot.fail_everything(|| EngineError::UnknownTopic(id.topic.to_string()));
         if delete {
             drop(slot);
@@ -396,7 +427,7 @@ impl Shard {
     fn close_idle_files(&mut self) {
         let target = self.disk.files.max() - self.disk.files.max() / 8;
         let mut ticks = Vec::with_capacity(self.disk.files.open());
-        for slot in self.slots.values().flat_map(|m| m.values()) {
+        for (_, slot) in self.slots.iter() {
             slot.log.open_file_ticks(&mut ticks);
         }
         if ticks.len() <= target {
@@ -405,7 +436,7 @@ impl Shard {
         let excess = ticks.len() - target;
         let (_, &mut threshold, _) = ticks.select_nth_unstable(excess - 1);
         let mut closed = 0;
-        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+        for (_, slot) in self.slots.iter_mut() {
             closed += slot.log.close_files_used_by(threshold);
         }
         tracing::debug!(
@@ -421,7 +452,7 @@ impl Shard {
         if self.disk.reserve.reserved_bytes() == 0 {
             return;
         }
-        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+        for (_, slot) in self.slots.iter_mut() {
             if slot.log.failure().is_none() {
                 slot.log.release_reservation(&mut *self.io, now, false);
             }
@@ -438,7 +469,7 @@ impl Shard {
         let parked_max = self.setup.parked_bytes_max;
         let parked_now = self.parked_bytes;
         let io = &mut *self.io;
-        let slot = match self.slots.get_mut(&*id.topic).and_then(|m| m.get_mut(&id.partition)) {
+        let slot = match self.slots.get_mut(&id.topic, id.partition) {
             Some(s) => s,
             None => {
                 let err =
@@ -471,8 +502,9 @@ impl Shard {
     fn commit(&mut self, now: Instant) -> bool {
         let mut parts: Vec<&mut Partition> = self
             .slots
-            .values_mut()
-            .flat_map(|m| m.values_mut())
+            .busy_mut()
+            .into_iter()
+            .map(|(_, s)| s)
             .filter(|s| s.needs_commit(now))
             .map(|s| &mut s.log)
             .collect();
@@ -512,7 +544,8 @@ impl Shard {
     fn settle_acks(&mut self) -> Vec<(offsets::OffsetKey, offsets::CommitValue, u32)> {
         let mut durable = Vec::new();
         let mut commits = Vec::new();
-        for (&partition, slot) in self.slots.values_mut().flat_map(|m| m.iter_mut()) {
+        for (id, slot) in self.slots.busy_mut() {
+            let partition = id.partition;
             self.stats.produced += slot.settle(&mut commits);
             self.parked_bytes -= slot.take_released_bytes();
             durable.extend(commits.drain(..).map(|(key, offset)| (key, offset, partition)));
@@ -520,13 +553,15 @@ impl Shard {
         durable
     }
 
+    /// Answers the long polls of the busy slots that have their data or passed their deadline.
     fn answer_waiters(&mut self, now: Instant) {
-        let mut waiting = 0;
-        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+        let mut answered = 0;
+        for (_, slot) in self.slots.busy_mut() {
+            let before = slot.waiter_count();
             slot.answer_waiters(now);
-            waiting += slot.waiter_count();
+            answered += before - slot.waiter_count();
         }
-        self.waiting_fetches = waiting;
+        self.waiting_fetches = self.waiting_fetches.saturating_sub(answered);
     }
 
     fn enforce_retention(&mut self) {
@@ -534,19 +569,19 @@ impl Shard {
         if let Some(retention) = self.setup.offsets_retention {
             self.expire_offsets(retention, self.setup.clock.now_ms());
         }
-        for (topic, partitions) in &mut self.slots {
-            let offsets = *topic == self.setup.offsets_topic;
-            for slot in partitions.values_mut() {
-                slot.expire_producers(now);
-                // The offsets topic is compacted instead: its keys live until overwritten.
-                let kept = if offsets {
-                    slot.compact_offsets(&mut *self.io, self.setup.offsets_compaction_bytes).map(drop)
-                } else {
-                    slot.log.enforce_retention(&mut *self.io, now).map(drop).map_err(EngineError::from)
-                };
-                if let Err(e) = kept {
-                    tracing::error!(dir = %slot.log.dir().display(), error = %e, "retention failed");
-                }
+        // Expiry and compaction append to offsets partitions no request named.
+        self.slots.mark_all();
+        for (id, slot) in self.slots.iter_mut() {
+            let offsets = id.topic == self.setup.offsets_topic;
+            slot.expire_producers(now);
+            // The offsets topic is compacted instead: its keys live until overwritten.
+            let kept = if offsets {
+                slot.compact_offsets(&mut *self.io, self.setup.offsets_compaction_bytes).map(drop)
+            } else {
+                slot.log.enforce_retention(&mut *self.io, now).map(drop).map_err(EngineError::from)
+            };
+            if let Err(e) = kept {
+                tracing::error!(dir = %slot.log.dir().display(), error = %e, "retention failed");
             }
         }
     }
@@ -580,7 +615,8 @@ impl Shard {
                 next = Some(next.map_or(t, |n: Instant| n.min(t)));
             }
         };
-        for slot in self.slots.values().flat_map(|m| m.values()) {
+        earliest(self.fetch_deadlines.peek().map(|std::cmp::Reverse((d, _))| *d));
+        for slot in self.slots.busy() {
             earliest(slot.next_deadline());
         }
         if !self.outbox.is_empty() || self.overflow_waiting {
@@ -595,7 +631,7 @@ impl Shard {
     fn close_all(&mut self) -> Result<(), EngineError> {
         let io = &mut *self.io;
         let mut first_error = None;
-        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+        for (_, slot) in self.slots.iter_mut() {
             if let Err(e) = slot.log.flush(io) {
                 tracing::error!(dir = %slot.log.dir().display(), error = %e, "flush at shutdown failed");
                 first_error.get_or_insert(EngineError::from(e));
@@ -605,7 +641,7 @@ impl Shard {
             }
         }
         let mut durable = Vec::new();
-        for slot in self.slots.values_mut().flat_map(|m| m.values_mut()) {
+        for (_, slot) in self.slots.iter_mut() {
             slot.settle(&mut durable);
             slot.fail_everything(|| EngineError::ShuttingDown);
         }

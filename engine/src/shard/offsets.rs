@@ -185,9 +185,7 @@ impl super::Shard {
         let io = &mut *self.io;
         let mut gone = Vec::new();
         for (partition, keys) in by_partition {
-            let Some(slot) =
-                self.slots.get_mut(&*self.setup.offsets_topic).and_then(|m| m.get_mut(&partition))
-            else {
+            let Some(slot) = self.slots.get_mut(&self.setup.offsets_topic, partition) else {
                 waiter.fail(EngineError::UnknownPartition {
                     topic: self.setup.offsets_topic.to_string(),
                     partition,
@@ -221,7 +219,7 @@ impl super::Shard {
         let offsets_id =
             PartitionId { topic: Arc::clone(&self.setup.offsets_topic), partition: offsets_partition };
         let io = &mut *self.io;
-        match self.slots.get_mut(&*offsets_id.topic).and_then(|m| m.get_mut(&offsets_partition)) {
+        match self.slots.get_mut(&offsets_id.topic, offsets_partition) {
             Some(slot) => slot.append_commit(io, (consumer, id.topic, id.partition), value, reply),
             None => answer(
                 reply,

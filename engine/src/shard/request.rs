@@ -16,7 +16,7 @@ pub(crate) fn answer<T>(reply: Reply<T>, value: Result<T, EngineError>) {
 }
 
 /// A partition of a topic, as the shards name it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct PartitionId {
     pub topic: Arc<str>,
     pub partition: u32,

@@ -99,6 +99,18 @@ impl Slot {
     }
 
     /// Whether the next group commit must include this partition.
+    /// Whether the shard's next turn has anything to do here: staged or unsynced data,
+    /// acknowledgements waiting, parked produces or their released bytes. Long polls alone do
+    /// not count: data arriving marks the slot, and so does a deadline passing (the shard
+    /// keeps those in a heap).
+    pub fn has_work(&self) -> bool {
+        self.log.has_staged()
+            || self.log.sync_deadline().is_some()
+            || !self.acks.is_empty()
+            || !self.parked.is_empty()
+            || self.released_bytes > 0
+    }
+
     pub fn needs_commit(&self, now: Instant) -> bool {
         self.log.failure().is_none()
             && (self.log.has_staged() || self.log.sync_deadline().is_some_and(|d| d <= now))
