@@ -182,7 +182,10 @@ pub fn table(rows: &[Row]) -> String {
             f(r.msgs_per_s, 1.0, 0),
             f(r.bytes_per_s, 1e6, 1),
             f(r.reference_bytes_per_s, 1e6, 1),
-            f(r.ratio_to_reference, 1.0, 3),
+            match r.extra.iter().find(|(k, _)| *k == "reference_moved").and_then(|(_, v)| v.as_f64()) {
+                Some(m) => format!("{} (ref moved {:.0}%)", f(r.ratio_to_reference, 1.0, 3), m * 100.0),
+                None => f(r.ratio_to_reference, 1.0, 3),
+            },
             f(r.p50_us, 1.0, 0),
             f(r.p99_us, 1.0, 0),
             f(r.p999_us, 1.0, 0),
@@ -284,6 +287,14 @@ mod tests {
         let t = table(&rows);
         let widths: Vec<usize> = t.lines().map(|l| l.chars().count()).collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{t}");
+    }
+
+    #[test]
+    fn a_throughput_row_whose_reference_moved_says_so_in_the_table() {
+        let mut row = Row::named("r").with_throughput(10, 1000, 1.0, Some(2000.0));
+        assert!(!table(&[row.clone()]).contains("moved"));
+        row = row.extra("reference_moved", 0.35);
+        assert!(table(&[row]).contains("0.500 (ref moved 35%)"));
     }
 
     #[test]

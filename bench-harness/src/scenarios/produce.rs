@@ -79,6 +79,10 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
                 .extra("direct_reference_bytes_per_s", direct)
                 .extra("ratio_to_direct", bytes_total as f64 / m.secs / direct);
         }
+        // A reference that moved more than 20% between its runs around any measurement.
+        if let Some(moved) = runs.iter().filter_map(|m| m.moved).reduce(f64::max) {
+            row = row.extra("reference_moved", moved);
+        }
         out.rows.push(row);
     }
     Ok(out)
@@ -89,6 +93,9 @@ struct Measurement {
     secs: f64,
     fsyncs: u64,
     reference: crate::reference::WriteReference,
+    /// How far the reference moved between its runs before and after, when more than 20%
+    /// (`pwrite` or `O_DIRECT`, the larger).
+    moved: Option<f64>,
 }
 
 fn measure_once(
@@ -165,7 +172,15 @@ fn measure_once(
         },
     };
     let fsyncs: u64 = stats.iter().map(|s| s.commit_fsyncs).sum();
-    Ok(Measurement { secs, fsyncs, reference })
+    let moved_direct = match (before.direct_bytes_per_s, after.direct_bytes_per_s) {
+        (Some(a), Some(b)) => crate::report::moved(a, b),
+        _ => None,
+    };
+    let moved = [crate::report::moved(before.pwrite_bytes_per_s, after.pwrite_bytes_per_s), moved_direct]
+        .into_iter()
+        .flatten()
+        .reduce(f64::max);
+    Ok(Measurement { secs, fsyncs, reference, moved })
 }
 
 #[cfg(test)]
