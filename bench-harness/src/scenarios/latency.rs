@@ -88,7 +88,20 @@ fn max_rate(engine: &Engine, message_bytes: usize, seconds: f64) -> anyhow::Resu
 }
 
 /// One open-loop run at `rate`; returns the latency histogram and the messages seen.
+#[cfg(test)]
 pub fn open_loop(engine: &Engine, p: &Params, rate: f64) -> anyhow::Result<(Histogram<u64>, u64)> {
+    open_loop_with_acks(engine, p, rate, false).map(|(h, seen, _)| (h, seen))
+}
+
+/// [`open_loop`], and with `acks` also the acknowledgement latency of every produce (from its
+/// due time to its acknowledgement), collected on a thread of its own that awaits every
+/// produce's future as it completes.
+fn open_loop_with_acks(
+    engine: &Engine,
+    p: &Params,
+    rate: f64,
+    acks: bool,
+) -> anyhow::Result<(Histogram<u64>, u64, Option<Histogram<u64>>)> {
     let total = (rate * p.seconds).max(1.0) as u64;
     let start = Instant::now() + Duration::from_millis(20);
     let schedule = Schedule::new(start, rate);
@@ -98,7 +111,10 @@ pub fn open_loop(engine: &Engine, p: &Params, rate: f64) -> anyhow::Result<(Hist
         starts.push(engine.list_offset("lat", partition, spate::OffsetSpec::Latest)?.unwrap_or(0));
     }
     let seen = Arc::new(AtomicU64::new(0));
+    let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, AckFuture)>();
+    let mut ack_histogram = None;
     let histogram = std::thread::scope(|s| -> anyhow::Result<Histogram<u64>> {
+        let collector = acks.then(|| s.spawn(move || collect_acks(ack_rx, schedule)));
         let consumers: Vec<_> = (0..p.partitions)
             .map(|partition| {
                 let (engine, seen, mut offset) =
@@ -146,7 +162,14 @@ pub fn open_loop(engine: &Engine, p: &Params, rate: f64) -> anyhow::Result<(Hist
             value[..8].copy_from_slice(&due.to_be_bytes());
             let r = Record { timestamp: 0, key: None, value: Some(&value), headers: &[] };
             let partition = (i % u64::from(p.partitions)) as u32;
-            drop(engine.produce_async("lat", Target::Partition(partition), &[r]));
+            let ack = engine.produce_async("lat", Target::Partition(partition), &[r]);
+            if acks {
+                let _ = ack_tx.send((due, Box::pin(async move { ack.await.map(drop) })));
+            }
+        }
+        drop(ack_tx);
+        if let Some(c) = collector {
+            ack_histogram = Some(c.join().map_err(|_| anyhow::anyhow!("ack collector panicked"))??);
         }
         let mut all = workload::histogram();
         for c in consumers {
@@ -154,8 +177,64 @@ pub fn open_loop(engine: &Engine, p: &Params, rate: f64) -> anyhow::Result<(Hist
         }
         Ok(all)
     })?;
-    Ok((histogram, seen.load(Ordering::Acquire)))
+    Ok((histogram, seen.load(Ordering::Acquire), ack_histogram))
 }
+
+type AckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), spate::EngineError>> + Send>>;
+
+/// Awaits every produce's acknowledgement as it completes (in any order) and records the time
+/// from its due time, on a current-thread runtime of its own.
+fn collect_acks(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(u64, AckFuture)>,
+    schedule: Schedule,
+) -> anyhow::Result<Histogram<u64>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let local = tokio::task::LocalSet::new();
+    let h = std::rc::Rc::new(std::cell::RefCell::new(workload::histogram()));
+    let failed = std::rc::Rc::new(std::cell::Cell::new(None));
+    local.block_on(&runtime, async {
+        let mut tasks = Vec::new();
+        while let Some((due, ack)) = rx.recv().await {
+            let (h, failed) = (std::rc::Rc::clone(&h), std::rc::Rc::clone(&failed));
+            tasks.push(tokio::task::spawn_local(async move {
+                match ack.await {
+                    Ok(()) => h.borrow_mut().saturating_record(schedule.latency_us(due).max(1)),
+                    Err(e) => failed.set(Some(e.to_string())),
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    if let Some(e) = failed.take() {
+        anyhow::bail!("a produce failed: {e}");
+    }
+    let h = h.borrow().clone();
+    Ok(h)
+}
+
+/// The raw cost of durability on this directory: `samples` appends of `bytes` bytes to one
+/// file, each followed by `fdatasync`, one after the other; their latencies in µs.
+fn fdatasync_reference(dir: &std::path::Path, bytes: usize, samples: u64) -> anyhow::Result<Histogram<u64>> {
+    use std::io::Write as _;
+    let path = dir.join(format!("fdatasync-reference-{}", std::process::id()));
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+    let data = vec![7u8; bytes];
+    let mut h = workload::histogram();
+    for _ in 0..samples {
+        let start = Instant::now();
+        file.write_all(&data)?;
+        file.sync_data()?;
+        h.saturating_record((start.elapsed().as_micros() as u64).max(1));
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(h)
+}
+
+/// Appends measured per `fdatasync` reference run.
+const FDATASYNC_SAMPLES: u64 = 1_000;
 
 /// The floor at `rate` for `seconds`: the open-loop schedule through bare bounded channels, one
 /// per partition, each to a consumer thread blocking in `recv`.
@@ -250,7 +329,18 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
             progress(&format!("latency {durability}: {label}: channel floor ({floor_secs:.1} s)"));
             let before = channel_floor(p, rate, floor_secs)?;
             progress(&format!("latency {durability}: {label} ({rate:.0} msgs/s) for {:.1} s", p.seconds));
-            let (h, seen) = open_loop(&engine, p, rate)?;
+            let always = durability == Durability::Always;
+            let fsync_before = if always {
+                Some(fdatasync_reference(root, p.message_bytes, FDATASYNC_SAMPLES)?)
+            } else {
+                None
+            };
+            let (h, seen, acks) = open_loop_with_acks(&engine, p, rate, always)?;
+            let fsync_after = if always {
+                Some(fdatasync_reference(root, p.message_bytes, FDATASYNC_SAMPLES)?)
+            } else {
+                None
+            };
             progress(&format!("latency {durability}: {label}: channel floor again"));
             let after = channel_floor(p, rate, floor_secs)?;
             let total = (rate * p.seconds).max(1.0) as u64;
@@ -258,8 +348,37 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
             // What arrived over the run, not the target.
             row.msgs_per_s = Some(seen as f64 / p.seconds);
             row.lost = Some(total - seen);
-            let row = with_floor(row.extra("target_msgs_per_s", rate), &h, &before, &after);
+            let mut row = with_floor(row.extra("target_msgs_per_s", rate), &h, &before, &after);
+            let mut fsync_row = None;
+            if let (Some(acks), Some(mut fsync), Some(fsync_after)) = (acks, fsync_before, fsync_after) {
+                fsync.add(&fsync_after)?;
+                let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q).max(1) as f64;
+                row = row
+                    .extra("ack_p50_us", q(&acks, 0.5))
+                    .extra("ack_p99_us", q(&acks, 0.99))
+                    .extra("ack_p999_us", q(&acks, 0.999))
+                    .extra("fdatasync_p50_us", q(&fsync, 0.5))
+                    .extra("fdatasync_p99_us", q(&fsync, 0.99))
+                    .extra("ack_p99_ratio_to_fdatasync_p99", q(&acks, 0.99) / q(&fsync, 0.99));
+                let mut ack_row = Row::named(format!("  acknowledgements, {label}")).with_latency(&acks);
+                ack_row.msgs_per_s = Some(acks.len() as f64 / p.seconds);
+                let ack_row =
+                    ack_row.extra("ack_p99_ratio_to_fdatasync_p99", q(&acks, 0.99) / q(&fsync, 0.99));
+                fsync_row = Some((
+                    ack_row,
+                    Row::named(format!(
+                        "  fdatasync: {} B write + fdatasync, same directory",
+                        p.message_bytes
+                    ))
+                    .with_latency(&fsync)
+                    .extra("samples", fsync.len()),
+                ));
+            }
             out.rows.push(row.extra("messages", seen));
+            if let Some((ack_row, fsync_row)) = fsync_row {
+                out.rows.push(ack_row);
+                out.rows.push(fsync_row);
+            }
             let mut floor = before;
             floor.add(&after)?;
             let mut floor_row =
@@ -383,5 +502,30 @@ mod tests {
         let moved = get(&row, "floor_moved").and_then(|v| v.as_f64()).unwrap();
         assert!((moved - 1.0).abs() < 0.01, "moved {moved}");
         assert!(crate::report::table(&[row]).contains("floor moved 100%"));
+    }
+
+    #[test]
+    fn always_rows_carry_their_acknowledgements_beside_the_raw_fdatasync() {
+        let root = tempfile::tempdir().unwrap();
+        let p = Params {
+            durabilities: vec![Durability::Always],
+            rates: vec![500.0],
+            seconds: 0.5,
+            shards: 1,
+            ..stall_params()
+        };
+        let out = run(root.path(), &p, &|_| {}).unwrap();
+        let names: Vec<&str> = out.rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        let engine = &out.rows[0];
+        let get = |r: &Row, k: &str| r.extra.iter().find(|(key, _)| *key == k).and_then(|(_, v)| v.as_f64());
+        let (ack, fsync) = (get(engine, "ack_p99_us").unwrap(), get(engine, "fdatasync_p99_us").unwrap());
+        assert!(ack >= 1.0 && fsync >= 1.0);
+        assert!((get(engine, "ack_p99_ratio_to_fdatasync_p99").unwrap() - ack / fsync).abs() < 1e-9);
+        // Every produce was acknowledged, and the reference made all its appends.
+        assert_eq!(out.rows[1].msgs_per_s, Some(250.0 / 0.5), "{}", out.rows[1].name);
+        let samples = out.rows[2].extra.iter().find(|(k, _)| *k == "samples").unwrap().1.as_u64();
+        assert_eq!(samples, Some(2 * FDATASYNC_SAMPLES), "{}", out.rows[2].name);
+        assert!(out.rows[3].name.contains("floor"));
     }
 }
