@@ -49,6 +49,13 @@ pub const IOV_MAX: usize = 1024;
 /// system call or SQE per MiB and keep the copy at memory speed.
 pub const WRITE_PIECE_BYTES: usize = 1 << 20;
 
+/// Writes of at most this many bytes are written with `pwritev2` on the submitting thread
+/// even by the io_uring backend. ext4 cannot issue a buffered write without blocking, so the
+/// ring hands every write to an io-wq worker: for a small append that is two context switches
+/// (shard to worker and back) for a copy of a few microseconds. Measured on the latency
+/// scenario at 20,000 messages/s of 100 B: 1.3 io-wq switches per message before.
+pub const INLINE_WRITE_BYTES: usize = 64 << 10;
+
 /// `RWF_DONTCACHE` (Linux 6.14+, `include/uapi/linux/fs.h`): a buffered write whose pages
 /// leave the page cache once they are written back.
 pub const RWF_DONTCACHE: libc::c_int = 0x0000_0080;
@@ -124,6 +131,8 @@ pub struct IoStats {
     pub write_bytes: u64,
     /// `fdatasync` calls completed.
     pub fsyncs: u64,
+    /// Operations that went through an io_uring ring (0 for the fallback).
+    pub ring_ops: u64,
 }
 
 impl IoStats {

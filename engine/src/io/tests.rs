@@ -287,3 +287,23 @@ fn uncached_writes_leave_the_page_cache_once_synced_and_cached_ones_stay() {
         assert!(std::fs::read(dir.path().join(&name)).unwrap() == data, "{name}");
     }
 }
+
+#[test]
+fn small_writes_skip_the_ring_and_large_ones_use_it() {
+    let Ok(mut io) = uring::UringIo::new() else {
+        eprintln!("io_uring unavailable: skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = file(&dir, "f");
+    let small = vec![1u8; 100];
+    io.submit(&[Write { fd: f.as_fd(), offset: 0, bufs: &[IoSlice::new(&small)] }], &[]).unwrap();
+    assert_eq!(io.stats().ring_ops, 0, "a 100-byte write is written inline");
+    io.submit(&[Write { fd: f.as_fd(), offset: 100, bufs: &[IoSlice::new(&small)] }], &[f.as_fd()]).unwrap();
+    assert_eq!(io.stats().ring_ops, 1, "only the fsync went to the ring");
+    let large = vec![2u8; 2 * INLINE_WRITE_BYTES];
+    io.submit(&[Write { fd: f.as_fd(), offset: 200, bufs: &[IoSlice::new(&large)] }], &[]).unwrap();
+    assert_eq!(io.stats().ring_ops, 2, "a large cached write goes through the ring");
+    let got = std::fs::read(dir.path().join("f")).unwrap();
+    assert!(got.len() == 200 + large.len() && got[..200].iter().all(|&b| b == 1) && got[200..] == large[..]);
+}

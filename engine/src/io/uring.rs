@@ -5,8 +5,9 @@
 //! unlinked. Chains of different files run in parallel inside the kernel; the submitting thread
 //! makes one `io_uring_enter` per round (at most [`RING_ENTRIES`] SQEs of whole chains) and waits
 //! for every completion of that round. A chain longer than the ring runs synchronously.
-//! Pieces to be written uncached (`RWF_DONTCACHE`) are written with `pwritev2` before the round,
-//! since through the ring they stayed cached; the rest of their chain follows in the ring.
+//! Pieces to be written uncached (`RWF_DONTCACHE`) and small writes are written with `pwritev2`
+//! before the round (through the ring the first stayed cached, the second cost an io-wq round
+//! trip each); the rest of their chain follows in the ring.
 //!
 //! Memory safety rests on one rule: once an SQE is pushed, this code does not return until its
 //! CQE has been reaped, because the kernel holds pointers into the caller's buffers and the
@@ -140,6 +141,7 @@ impl UringIo {
                 }
                 results[index] = Some(cqe.result());
                 done += 1;
+                self.stats.ring_ops += 1;
             }
         }
     }
@@ -164,14 +166,15 @@ impl Io for UringIo {
             .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
             .collect();
         let mut results: Vec<Option<i32>> = vec![None; plan.ops.len()];
-        // Uncached pieces are written here, before the round, and only the rest goes to the
-        // ring: on Linux 6.18 an io_uring write with RWF_DONTCACHE (run by an io-wq worker,
+        // Uncached pieces and small writes (`INLINE_WRITE_BYTES`) are written here, before the
+        // round, and only the rest goes to the ring: on Linux 6.18 an io_uring write with RWF_DONTCACHE (run by an io-wq worker,
         // since ext4 buffered writes cannot be issued without blocking) kept its pages cached,
         // while pwritev2 dropped them (docs/ARCHITECTURE.md, "Uncached writes"). A file's fsync
         // still follows all its writes: these complete before the ring is entered.
         for (i, op) in plan.ops.iter().enumerate() {
             if let OpKind::Write { slices, offset, len, flags } = &op.kind {
-                if *flags & super::RWF_DONTCACHE != 0 {
+                // Small writes too: through the ring they would cost an io-wq round trip.
+                if *flags & super::RWF_DONTCACHE != 0 || *len <= super::INLINE_WRITE_BYTES {
                     // SAFETY: `op.fd` comes from a `BorrowedFd` the caller holds for this call.
                     let fd = unsafe { BorrowedFd::borrow_raw(op.fd) };
                     super::pwritev_all(fd, *offset, &plan.slices[slices.clone()], *flags)?;
