@@ -192,6 +192,28 @@ struct LatencyArgs {
     rates: Vec<f64>,
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// How the engine and its waiting callers idle: park (the default), or low-latency
+    /// (spin 20 µs, yield until 200 µs, then park); the floor's consumer waits the same way.
+    #[arg(long, default_value = "park")]
+    idle: IdleArg,
+    /// Shard threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum IdleArg {
+    Park,
+    LowLatency,
+}
+
+impl From<IdleArg> for spate::IdleStrategy {
+    fn from(a: IdleArg) -> Self {
+        match a {
+            IdleArg::Park => spate::IdleStrategy::Park,
+            IdleArg::LowLatency => spate::IdleStrategy::LOW_LATENCY,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -336,6 +358,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         backend,
         consumer_stall: None,
         producer_stall: None,
+        idle: spate::IdleStrategy::Park,
     };
     add("latency", l.to_json(), latency::run(root, &l, progress)?);
     let h = hol::Params {
@@ -444,7 +467,7 @@ fn main() -> anyhow::Result<()> {
             let p = latency::Params {
                 message_bytes: a.message_bytes,
                 partitions: a.partitions.max(1),
-                shards: 0,
+                shards: a.shards,
                 durabilities: a.durability.clone(),
                 fractions: if a.rates.is_empty() { a.fractions.clone() } else { Vec::new() },
                 rates: a.rates.clone(),
@@ -452,6 +475,7 @@ fn main() -> anyhow::Result<()> {
                 backend,
                 consumer_stall: None,
                 producer_stall: None,
+                idle: a.idle.into(),
             };
             ("latency", p.to_json(), latency::run(&root, &p, &progress)?)
         }

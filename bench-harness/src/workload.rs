@@ -37,11 +37,21 @@ pub fn engine(
     shards: usize,
     backend: BackendChoice,
 ) -> anyhow::Result<(Engine, tempfile::TempDir)> {
+    engine_with(root, shards, backend, spate::IdleStrategy::Park)
+}
+
+/// [`engine`], idling as `idle` says.
+pub fn engine_with(
+    root: &Path,
+    shards: usize,
+    backend: BackendChoice,
+    idle: spate::IdleStrategy,
+) -> anyhow::Result<(Engine, tempfile::TempDir)> {
     let dir = tempfile::tempdir_in(root)?;
     let uncached_writes = UNCACHED_WRITES.load(std::sync::atomic::Ordering::Relaxed);
     let engine = Engine::open(
         dir.path(),
-        EngineConfig { shards, io_backend: backend, uncached_writes, ..EngineConfig::default() },
+        EngineConfig { shards, io_backend: backend, uncached_writes, idle, ..EngineConfig::default() },
     )?;
     Ok((engine, dir))
 }

@@ -45,6 +45,8 @@ pub struct Params {
     pub consumer_stall: Option<(Duration, Duration)>,
     /// Stall the producer on purpose for `.1` after `.0` (a sender paused by GC, say).
     pub producer_stall: Option<(Duration, Duration)>,
+    /// How the engine idles (`EngineConfig::idle`); the floor's consumer waits the same way.
+    pub idle: spate::IdleStrategy,
 }
 
 impl Params {
@@ -53,6 +55,7 @@ impl Params {
             "message_bytes": self.message_bytes, "partitions": self.partitions, "shards": self.shards,
             "durability": self.durabilities.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
             "fractions_of_max": self.fractions, "rates": self.rates, "seconds": self.seconds,
+            "idle": format!("{:?}", self.idle),
         })
     }
 }
@@ -247,9 +250,21 @@ pub fn channel_floor(p: &Params, rate: f64, seconds: f64) -> anyhow::Result<Hist
         let consumers: Vec<_> = receivers
             .into_iter()
             .map(|rx| {
+                let idle = p.idle;
                 s.spawn(move || {
                     let mut h = workload::histogram();
-                    while let Ok(value) = rx.recv() {
+                    loop {
+                        // The engine's waiting strategy: spin and yield a while, then block.
+                        let mut early = None;
+                        idle.back_off(|| match rx.try_recv() {
+                            Ok(v) => {
+                                early = Some(Ok(v));
+                                true
+                            }
+                            Err(crossbeam::channel::TryRecvError::Empty) => false,
+                            Err(crossbeam::channel::TryRecvError::Disconnected) => true,
+                        });
+                        let Ok(value) = early.unwrap_or_else(|| rx.recv()) else { break };
                         h.saturating_record(schedule.latency_us(workload::due_ns(Some(&value))).max(1));
                     }
                     h
@@ -308,7 +323,7 @@ fn with_floor(row: Row, engine: &Histogram<u64>, before: &Histogram<u64>, after:
 pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
     let mut out = Outcome::default();
     for &durability in &p.durabilities {
-        let (engine, _dir) = workload::engine(root, p.shards, p.backend)?;
+        let (engine, _dir) = workload::engine_with(root, p.shards, p.backend, p.idle)?;
         engine.create_topic("lat", p.partitions, LogConfig { durability, ..LogConfig::default() })?;
         let mut rates: Vec<(String, f64)> = p.rates.iter().map(|&r| (format!("{r:.0}/s"), r)).collect();
         if !p.fractions.is_empty() {
@@ -381,8 +396,9 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
             }
             let mut floor = before;
             floor.add(&after)?;
+            let waits = if p.idle == spate::IdleStrategy::Park { "blocking" } else { "spin, yield, block" };
             let mut floor_row =
-                Row::named(format!("  floor: channel, blocking, {label}")).with_latency(&floor);
+                Row::named(format!("  floor: channel, {waits}, {label}")).with_latency(&floor);
             floor_row.msgs_per_s = Some(rate);
             out.rows.push(floor_row.extra("floor_of", format!("latency {durability} {label}")));
             plot.series.push((label.clone(), h));
@@ -422,6 +438,7 @@ mod tests {
             backend: BackendChoice::Fallback,
             consumer_stall: None,
             producer_stall: None,
+            idle: spate::IdleStrategy::Park,
         }
     }
 

@@ -54,6 +54,57 @@ pub struct EngineConfig {
     /// the cache nor wait on its reclaim. Readers of data already written back read it from
     /// the disk (into the cache, as any read). `false`: appends stay cached.
     pub uncached_writes: bool,
+    /// How shard threads and callers waiting for an answer wait: park at once (the default,
+    /// an idle engine costs nothing), or spin and yield first ([`IdleStrategy::Backoff`]) for
+    /// a service that has cores to spare and wants answers without a thread's wake-up.
+    pub idle: IdleStrategy,
+}
+
+/// How a thread of the engine, or a caller waiting for one of its answers, waits for work.
+///
+/// `Backoff` spins (checking for work with a pause instruction) for `spin`, then yields the CPU
+/// between checks until `spin + yield_for` has passed, then parks as `Park` does: busy periods
+/// never pay a wake-up, and an idle engine parks within `spin + yield_for`, costing no CPU. As
+/// Aeron's backoff idle strategy. Shard threads that serve network connections always park
+/// (their event loop must poll the sockets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdleStrategy {
+    #[default]
+    Park,
+    Backoff {
+        spin: Duration,
+        yield_for: Duration,
+    },
+}
+
+impl IdleStrategy {
+    /// Spin 20 µs, yield until 200 µs, then park: about a wake-up's cost on a VM spent spinning,
+    /// and a bounded tail of yields.
+    pub const LOW_LATENCY: IdleStrategy =
+        IdleStrategy::Backoff { spin: Duration::from_micros(20), yield_for: Duration::from_micros(180) };
+
+    /// Waits while `ready()` is false, spinning then yielding, for at most this strategy's
+    /// window; returns whether it became ready (false: the caller parks). `Park` returns
+    /// `ready()` at once.
+    pub fn back_off(self, mut ready: impl FnMut() -> bool) -> bool {
+        let IdleStrategy::Backoff { spin, yield_for } = self else { return ready() };
+        let start = std::time::Instant::now();
+        loop {
+            if ready() {
+                return true;
+            }
+            let waited = start.elapsed();
+            if waited < spin {
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                }
+            } else if waited < spin + yield_for {
+                std::thread::yield_now();
+            } else {
+                return false;
+            }
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -74,6 +125,7 @@ impl Default for EngineConfig {
             offsets_retention: Some(Duration::from_secs(7 * 24 * 3600)),
             clock: super::Clock::system(),
             uncached_writes: true,
+            idle: IdleStrategy::Park,
         }
     }
 }
@@ -316,5 +368,30 @@ impl LatencyBuckets {
         self.counts[i] += 1;
         self.sum_us = self.sum_us.saturating_add(us);
         self.count += 1;
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_waits_within_its_window_and_park_does_not_wait() {
+        assert!(!IdleStrategy::Park.back_off(|| false));
+        assert!(IdleStrategy::Park.back_off(|| true));
+        let strategy =
+            IdleStrategy::Backoff { spin: Duration::from_micros(200), yield_for: Duration::from_millis(2) };
+        // Ready after a few checks: seen while spinning.
+        let mut checks = 0;
+        assert!(strategy.back_off(|| {
+            checks += 1;
+            checks == 5
+        }));
+        // Never ready: gives up once the window has passed, not before and not much after.
+        let start = std::time::Instant::now();
+        assert!(!strategy.back_off(|| false));
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_micros(2200), "{waited:?}");
+        assert!(waited < Duration::from_millis(500), "{waited:?}");
     }
 }

@@ -46,7 +46,7 @@ use arc_swap::ArcSwap;
 
 pub use crate::api::{
     shard_of, Backpressure, Clock, EngineConfig, EngineError, FetchOptions, Fetched, FetchedRecord,
-    LatencyBuckets, ManualClock, OffsetSpec, ProduceAck, ShardStats, Target,
+    IdleStrategy, LatencyBuckets, ManualClock, OffsetSpec, ProduceAck, ShardStats, Target,
 };
 pub use lifecycle::IoFactory;
 pub use topics::TopicInfo;
@@ -482,7 +482,7 @@ impl Engine {
     ) -> Result<ProduceAck, EngineError> {
         reject_internal(topic)?;
         let id = self.resolve(topic, target)?;
-        wait(self.send_produce(id, build_batch(records)?, &Backpressure::Buffer)?)
+        self.wait_answer(self.send_produce(id, build_batch(records)?, &Backpressure::Buffer)?)
     }
 
     /// [`Engine::produce`] as a future. Queuing may wait briefly while the shard's mailbox is
@@ -511,7 +511,7 @@ impl Engine {
         reject_internal(topic)?;
         backpressure.validate()?;
         let id = self.resolve(topic, Target::Partition(partition))?;
-        wait(self.send_produce(id, batch, backpressure)?)
+        self.wait_answer(self.send_produce(id, batch, backpressure)?)
     }
 
     /// [`Engine::produce_batch`] as a future: the batch is queued when this is called, so a
@@ -572,7 +572,7 @@ impl Engine {
         offset: i64,
         options: FetchOptions,
     ) -> Result<Fetched, EngineError> {
-        wait(self.send_fetch(topic, partition, offset, options)?)
+        self.wait_answer(self.send_fetch(topic, partition, offset, options)?)
     }
 
     pub fn fetch_async(
@@ -931,6 +931,26 @@ impl Producer {
 
     pub fn backpressure(&self) -> &Backpressure {
         &self.backpressure
+    }
+}
+
+impl Engine {
+    /// Waits for a shard's answer as [`EngineConfig::idle`] says (spinning and yielding a
+    /// while before parking, or parking at once).
+    fn wait_answer<T>(&self, rx: oneshot::Receiver<Result<T, EngineError>>) -> Result<T, EngineError> {
+        let mut early = None;
+        self.inner.config.idle.back_off(|| match rx.try_recv() {
+            Ok(v) => {
+                early = Some(v);
+                true
+            }
+            Err(oneshot::TryRecvError::Empty) => false,
+            Err(oneshot::TryRecvError::Disconnected) => true,
+        });
+        match early {
+            Some(v) => v,
+            None => wait(rx),
+        }
     }
 }
 

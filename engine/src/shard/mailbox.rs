@@ -179,6 +179,11 @@ impl<T> MailboxReceiver<T> {
         self.rx.try_recv().ok()
     }
 
+    /// Whether nothing is queued (a check, no wake-up involved).
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
     /// Closes the mailbox for good: later sends fail, and everything queued is dropped (its
     /// senders' replies report the shutdown).
     pub fn close(&self) {

@@ -58,6 +58,8 @@ pub(crate) struct ShardSetup {
     pub clock: crate::api::Clock,
     /// Sealed-segment files this shard keeps open at most (see `segment::files`).
     pub sealed_files_max: usize,
+    /// How the loop waits for work when a turn found none.
+    pub idle: crate::api::IdleStrategy,
 }
 
 pub(crate) struct Shard {
@@ -230,6 +232,16 @@ impl Shard {
     /// Sleeps until a message arrives (the eventfd turns readable) or the next timer is due,
     /// while the shard's other tasks run.
     async fn sleep(&mut self, wake: &tokio::io::unix::AsyncFd<WakeFd>) {
+        // Spin and yield first where configured: a request arriving meanwhile costs nobody a
+        // wake-up (senders only signal a shard that announced its sleep). Not with tasks on
+        // this loop: they need the event loop to poll their sockets.
+        if !self.has_tasks {
+            let deadline = self.next_deadline();
+            let rx = &self.setup.rx;
+            if self.setup.idle.back_off(|| !rx.is_empty() || deadline.is_some_and(|d| Instant::now() >= d)) {
+                return;
+            }
+        }
         if !self.setup.rx.prepare_sleep() {
             return;
         }
