@@ -5,6 +5,7 @@
 //! `target/spate-bench/results/`. Each scenario also runs on its own with its parameters; see
 //! `docs/benchmarks.md` for the method and the figures of recorded runs.
 
+mod kafka_wire;
 mod plot;
 mod reference;
 mod report;

@@ -16,21 +16,20 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, ProduceRequest, TopicProduceData};
-use kafka_protocol::messages::{ApiKey, BrokerId, FetchResponse, ProduceResponse, RequestHeader, TopicName};
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use kafka_protocol::messages::{ApiKey, FetchResponse, ProduceResponse};
+use kafka_protocol::protocol::Decodable;
 use serde_json::json;
 use spate::io::BackendChoice;
 use spate::kafka::{Server, ServerConfig};
 use spate::log::{Durability, LogConfig};
 
+use crate::kafka_wire::{
+    encode_request, fetch_request, next_offset, produce_request, read_frame, FETCH_VERSION, PRODUCE_VERSION,
+};
 use crate::report::{median, Outcome, Row};
 use crate::workload;
 
 const TOPIC: &str = "net";
-const PRODUCE_VERSION: i16 = 7;
-const FETCH_VERSION: i16 = 11;
 /// Catch-up reads of the whole log. The row is the median run; the fastest stands beside it,
 /// labelled (runs vary a lot on two cores: where the scheduler puts each client thread
 /// relative to its shard matters).
@@ -60,49 +59,6 @@ impl Params {
     }
 }
 
-fn encode_request<R: Encodable + HeaderVersion>(
-    api: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: &R,
-) -> Bytes {
-    let header = RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation_id)
-        .with_client_id(Some(StrBytes::from_static_str("spate-bench")));
-    let mut buf = BytesMut::new();
-    buf.extend_from_slice(&[0; 4]);
-    header.encode(&mut buf, R::header_version(version)).expect("request header encodes");
-    body.encode(&mut buf, version).expect("request encodes");
-    let size = (buf.len() - 4) as i32;
-    buf[..4].copy_from_slice(&size.to_be_bytes());
-    buf.freeze()
-}
-
-/// Reads one response frame into `buf` (its allocation is reused once the previous frame's
-/// `Bytes` are dropped) and returns the frame, without copying it.
-fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<Bytes> {
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size)?;
-    let size = i32::from_be_bytes(size);
-    anyhow::ensure!(size >= 4, "response frame of {size} bytes");
-    buf.clear();
-    buf.resize(size as usize, 0);
-    stream.read_exact(&mut buf[..])?;
-    Ok(buf.split().freeze())
-}
-
-fn produce_request(partition: u32, batch: &Bytes) -> ProduceRequest {
-    ProduceRequest::default().with_acks(-1).with_timeout_ms(30_000).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(partition as i32)
-                .with_records(Some(batch.clone()))]),
-    ])
-}
-
 /// Sends `requests` Produce requests on a connected stream with `window` in flight, starting
 /// when every connection of the run is ready.
 fn produce_connection(
@@ -113,7 +69,8 @@ fn produce_connection(
     window: usize,
     ready: &std::sync::Barrier,
 ) -> anyhow::Result<()> {
-    let frame = encode_request(ApiKey::Produce, PRODUCE_VERSION, 0, &produce_request(partition, batch));
+    let frame =
+        encode_request(ApiKey::Produce, PRODUCE_VERSION, 0, &produce_request(TOPIC, partition, batch));
     let mut buf = BytesMut::new();
     let (mut sent, mut answered) = (0u64, 0u64);
     ready.wait();
@@ -202,26 +159,13 @@ fn consume_connection(addr: SocketAddr, partitions: &[(u32, i64)], fetch_bytes: 
     let mut offsets: Vec<i64> = vec![0; partitions.len()];
     let mut bytes = 0u64;
     while partitions.iter().zip(&offsets).any(|(&(_, end), &o)| o < end) {
-        let wanted: Vec<FetchPartition> = partitions
+        let wanted: Vec<(u32, i64)> = partitions
             .iter()
             .zip(&offsets)
             .filter(|(&(_, end), &o)| o < end)
-            .map(|(&(p, _), &o)| {
-                FetchPartition::default()
-                    .with_partition(p as i32)
-                    .with_fetch_offset(o)
-                    .with_partition_max_bytes(fetch_bytes as i32)
-            })
+            .map(|(&(p, _), &o)| (p, o))
             .collect();
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(0)
-            .with_min_bytes(1)
-            .with_max_bytes(i32::MAX)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
-                .with_partitions(wanted)]);
+        let request = fetch_request(TOPIC, &wanted, fetch_bytes);
         stream.write_all(&encode_request(ApiKey::Fetch, FETCH_VERSION, 0, &request))?;
         let mut body = read_frame(&mut stream, &mut buf)?.slice(4..);
         let response = FetchResponse::decode(&mut body, FETCH_VERSION)?;
@@ -243,23 +187,6 @@ fn consume_connection(addr: SocketAddr, partitions: &[(u32, i64)], fetch_bytes: 
         anyhow::ensure!(progressed, "an empty fetch before the end");
     }
     Ok(bytes)
-}
-
-/// The offset after the last whole batch in `records` (RecordBatch v2 headers).
-fn next_offset(records: &[u8]) -> anyhow::Result<i64> {
-    let mut at = 0;
-    let mut next = None;
-    while at + 27 <= records.len() {
-        let base = i64::from_be_bytes(records[at..at + 8].try_into()?);
-        let length = i32::from_be_bytes(records[at + 8..at + 12].try_into()?) as usize;
-        let last_delta = i32::from_be_bytes(records[at + 23..at + 27].try_into()?);
-        if at + 12 + length > records.len() {
-            break;
-        }
-        next = Some(base + i64::from(last_delta) + 1);
-        at += 12 + length;
-    }
-    next.ok_or_else(|| anyhow::anyhow!("no whole batch in a fetch response"))
 }
 
 /// Loopback TCP: `streams` connections each carrying `bytes_each`, written by one thread per

@@ -1,6 +1,8 @@
 //! `peers`: the same produce-then-consume workload — same message size, count and durability
-//! request — against Spate (embedded), Redis Streams and NATS JetStream, all on this machine in
-//! this run. Each client has `pipeline` messages in flight: a Spate batch and a Redis pipeline
+//! request — against Spate through its Kafka listener (and embedded, for scale), Redis Streams
+//! and NATS JetStream, all on this machine in this run, every system behind a loopback socket
+//! but the embedded row. The Kafka listener runs in the harness's process; its client speaks
+//! Produce v7 (acks -1) and Fetch v11 over a blocking socket. Each client has `pipeline` messages in flight: a Spate batch and a Redis pipeline
 //! are sent and acknowledged in rounds, NATS keeps a window of that many unacknowledged
 //! publishes. Every client encodes its messages inside the timed part and decodes every record
 //! when reading back. Servers are the Debian packages `redis-server` and
@@ -151,6 +153,83 @@ fn run_spate(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
     Ok((produce, consume))
 }
 
+/// Spate through its Kafka listener on loopback: one Produce request of `pipeline` messages
+/// per round, each acknowledged before the next (as a Redis pipeline), then Fetch from offset 0
+/// to the end, every record decoded.
+fn run_spate_kafka(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
+    use std::io::Write as _;
+
+    use kafka_protocol::messages::{ApiKey, FetchResponse, ProduceResponse};
+    use kafka_protocol::protocol::Decodable;
+
+    use crate::kafka_wire::{
+        encode_request, fetch_request, next_offset, produce_request, read_frame, FETCH_VERSION,
+        PRODUCE_VERSION,
+    };
+
+    const TOPIC: &str = "peers";
+    let (engine, _dir) = workload::engine(root, 0, p.backend)?;
+    engine.create_topic(TOPIC, 1, LogConfig { durability: p.durability, ..LogConfig::default() })?;
+    let server = spate::kafka::Server::start(
+        &engine,
+        spate::kafka::ServerConfig {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..spate::kafka::ServerConfig::default()
+        },
+    )?;
+    let mut stream = TcpStream::connect(server.local_addr())?;
+    stream.set_nodelay(true)?;
+    let mut buf = bytes::BytesMut::new();
+    let value = vec![7u8; p.message_bytes];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while sent < p.messages {
+        let n = (p.messages - sent).min(p.pipeline as u64);
+        let mut b = spate::record::BatchBuilder::new(spate::record::BatchOptions::default());
+        for _ in 0..n {
+            b.push(&spate::record::Record { timestamp: 0, key: None, value: Some(&value), headers: &[] });
+        }
+        let batch = bytes::Bytes::from(b.finish());
+        stream.write_all(&encode_request(
+            ApiKey::Produce,
+            PRODUCE_VERSION,
+            0,
+            &produce_request(TOPIC, 0, &batch),
+        ))?;
+        let mut body = read_frame(&mut stream, &mut buf)?.slice(4..);
+        let response = ProduceResponse::decode(&mut body, PRODUCE_VERSION)?;
+        let code = response.responses[0].partition_responses[0].error_code;
+        anyhow::ensure!(code == 0, "produce failed with error code {code}");
+        sent += n;
+    }
+    let produce = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let (mut offset, mut seen) = (0i64, 0u64);
+    while seen < p.messages {
+        let request = fetch_request(TOPIC, &[(0, offset)], 1 << 20);
+        stream.write_all(&encode_request(ApiKey::Fetch, FETCH_VERSION, 0, &request))?;
+        let mut body = read_frame(&mut stream, &mut buf)?.slice(4..);
+        let response = FetchResponse::decode(&mut body, FETCH_VERSION)?;
+        let part = &response.responses[0].partitions[0];
+        anyhow::ensure!(part.error_code == 0, "fetch failed with error code {}", part.error_code);
+        let records = part.records.clone().unwrap_or_default();
+        anyhow::ensure!(!records.is_empty(), "an empty fetch before the end");
+        for b in spate::record::batches(&records) {
+            let Ok(b) = b else { break }; // a partial batch at the end of the response
+            for r in b.records() {
+                let r = r.map_err(spate::log::LogError::from)?;
+                anyhow::ensure!(r.value.map_or(0, <[u8]>::len) == p.message_bytes, "short record");
+                seen += 1;
+            }
+        }
+        offset = next_offset(&records)?;
+    }
+    let consume = start.elapsed().as_secs_f64();
+    server.shutdown();
+    engine.shutdown()?;
+    Ok((produce, consume))
+}
+
 fn run_redis(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
     let dir = tempfile::tempdir_in(root)?;
     let port = free_port()?;
@@ -271,9 +350,12 @@ fn run_nats(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
 pub fn run(root: &Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
     let d = p.durability.to_string();
     progress(&format!("peers: Spate, {} messages of {} B, durability {d}", p.messages, p.message_bytes));
-    let (sp, sc) = run_spate(root, p)?;
+    let (ep, ec) = run_spate(root, p)?;
     let mut out = Outcome::default();
-    out.rows.extend(rows("spate", &d, p, sp, sc));
+    out.rows.extend(rows("spate embedded", &d, p, ep, ec));
+    progress("peers: Spate through its Kafka listener");
+    let (sp, sc) = run_spate_kafka(root, p)?;
+    out.rows.extend(rows("spate", &format!("{d}, Kafka listener"), p, sp, sc));
     progress("peers: Redis Streams");
     let (rp, rc) = run_redis(root, p)?;
     let redis_rows = rows(
@@ -294,7 +376,7 @@ pub fn run(root: &Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<O
     let (np, nc) = run_nats(root, p)?;
     let nats_rows = rows("nats", "file storage, server-scheduled sync", p, np, nc);
     for (mut row, spate_secs) in redis_rows.into_iter().chain(nats_rows).zip([sp, sc, sp, sc]) {
-        // How many times faster Spate was on the same work.
+        // How many times faster Spate (through its Kafka listener) was on the same work.
         let peer_secs = p.messages as f64 / row.msgs_per_s.unwrap_or(f64::NAN);
         row = row.extra("spate_speedup", peer_secs / spate_secs);
         out.rows.push(row);
@@ -330,8 +412,8 @@ mod tests {
         };
         let out = run(root.path(), &p, &|_| {}).unwrap();
         let names: Vec<&str> = out.rows.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names.len(), 6, "{names:?}");
-        for system in ["spate", "redis", "nats"] {
+        assert_eq!(names.len(), 8, "{names:?}");
+        for system in ["spate embedded", "spate", "redis", "nats"] {
             assert!(names.iter().any(|n| n.starts_with(&format!("peers {system} produce"))), "{names:?}");
             assert!(names.contains(&format!("peers {system} consume").as_str()), "{names:?}");
         }
