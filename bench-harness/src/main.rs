@@ -21,7 +21,7 @@ use spate::io::BackendChoice;
 use spate::log::Durability;
 
 use report::Outcome;
-use scenarios::{backpressure, consume, hol, latency, network, peers, produce, scale};
+use scenarios::{backpressure, consume, hol, kafka_load, latency, network, peers, produce, scale};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,6 +59,9 @@ enum Scenario {
     /// Network produce as requests in flight per connection rise (1 to 16), at batch sizes
     /// from 16 KiB to 1 MiB: whole runs against the same-run loopback copy.
     Sweep(SweepArgs),
+    /// Open-loop Kafka-protocol load against one broker (`--bootstrap HOST:PORT`, by default a
+    /// Spate listener in this process): produce-to-consume latency from the intended send time.
+    KafkaLoad(KafkaLoadArgs),
     /// What idle partitions and parked long polls cost a busy one: produce round trip and
     /// long-poll wake-up with 10 and with 10,000 idle partitions.
     Scale(ScaleArgs),
@@ -165,6 +168,25 @@ struct SweepArgs {
     partitions: u32,
     #[arg(long, default_value = "never")]
     durability: Durability,
+}
+
+#[derive(Debug, Args)]
+struct KafkaLoadArgs {
+    /// The broker (a single node: it must lead every partition); default: Spate in this process.
+    #[arg(long)]
+    bootstrap: Option<String>,
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Messages per second.
+    #[arg(long, default_value_t = 20_000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 1024)]
+    message_bytes: usize,
+    /// Produce requests unanswered at most (Kafka clients default to 5).
+    #[arg(long, default_value_t = 5)]
+    in_flight: usize,
 }
 
 #[derive(Debug, Args)]
@@ -455,6 +477,18 @@ fn main() -> anyhow::Result<()> {
                 backend,
             };
             ("sweep", p.to_json(), network::sweep(&root, &p, &progress)?)
+        }
+        Scenario::KafkaLoad(a) => {
+            let p = kafka_load::Params {
+                bootstrap: a.bootstrap.clone(),
+                partitions: a.partitions.max(1),
+                rate: a.rate.max(1.0),
+                seconds: a.seconds,
+                message_bytes: a.message_bytes.max(8),
+                in_flight: a.in_flight.max(1),
+                backend,
+            };
+            ("kafka-load", p.to_json(), kafka_load::run(&root, &p, &progress)?)
         }
         Scenario::Scale(a) => {
             let p = scale::Params {

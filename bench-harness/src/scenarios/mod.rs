@@ -3,6 +3,7 @@
 pub mod backpressure;
 pub mod consume;
 pub mod hol;
+pub mod kafka_load;
 pub mod latency;
 pub mod network;
 pub mod peers;
