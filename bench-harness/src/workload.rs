@@ -19,6 +19,15 @@ pub fn batch(bytes: usize, count: usize) -> Vec<u8> {
     b.finish()
 }
 
+/// One batch of `count` records, each with `value` (no key, timestamp 0).
+pub fn batch_of(value: &[u8], count: usize) -> Vec<u8> {
+    let mut b = BatchBuilder::new(BatchOptions::default());
+    for _ in 0..count {
+        b.push(&Record { timestamp: 0, key: None, value: Some(value), headers: &[] });
+    }
+    b.finish()
+}
+
 /// Flushes every dirty page of the machine and lets writeback settle, so that one measurement
 /// does not pay for the dirty pages of the one before it.
 pub fn settle() {

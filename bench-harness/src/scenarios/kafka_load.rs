@@ -89,11 +89,7 @@ fn create_topic(addr: SocketAddr, topic: &'static str, partitions: u32) -> anyho
 fn batch(count: usize, message_bytes: usize, due: u64) -> Bytes {
     let mut value = vec![0u8; message_bytes.max(8)];
     value[..8].copy_from_slice(&due.to_be_bytes());
-    let mut b = spate::record::BatchBuilder::new(spate::record::BatchOptions::default());
-    for _ in 0..count {
-        b.push(&spate::record::Record { timestamp: 0, key: None, value: Some(&value), headers: &[] });
-    }
-    Bytes::from(b.finish())
+    Bytes::from(workload::batch_of(&value, count))
 }
 
 /// Produces until every partition accepts (a new topic may take a moment to get its leaders).

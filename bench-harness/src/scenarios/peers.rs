@@ -109,6 +109,22 @@ fn rows(system: &str, durability: &str, p: &Params, produce_secs: f64, consume_s
     ]
 }
 
+/// Decodes every record of the whole batches in `bytes` (as the peers' clients parse every
+/// entry), checking each value's size; returns how many there were. A partial batch at the
+/// end (a fetch cut at its size limit) is left for the next read.
+fn decode_all(bytes: &[u8], message_bytes: usize) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for b in spate::record::batches(bytes) {
+        let Ok(b) = b else { break };
+        for r in b.records() {
+            let r = r.map_err(spate::log::LogError::from)?;
+            anyhow::ensure!(r.value.map_or(0, <[u8]>::len) == message_bytes, "short record");
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 fn run_spate(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
     let (engine, _dir) = workload::engine(root, 0, p.backend)?;
     engine.create_topic("peers", 1, LogConfig { durability: p.durability, ..LogConfig::default() })?;
@@ -120,11 +136,7 @@ fn run_spate(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
         // peers' clients encode theirs), sent, and acknowledged before the next round, as the
         // Redis pipeline is.
         let n = (p.messages - sent).min(p.pipeline as u64);
-        let mut b = spate::record::BatchBuilder::new(spate::record::BatchOptions::default());
-        for _ in 0..n {
-            b.push(&spate::record::Record { timestamp: 0, key: None, value: Some(&value), headers: &[] });
-        }
-        engine.produce_batch("peers", 0, b.finish(), &Backpressure::Buffer)?;
+        engine.produce_batch("peers", 0, workload::batch_of(&value, n as usize), &Backpressure::Buffer)?;
         sent += n;
     }
     let produce = start.elapsed().as_secs_f64();
@@ -136,16 +148,7 @@ fn run_spate(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
         if buf.len() < f.slice.len as usize {
             buf.resize(f.slice.len as usize, 0);
         }
-        let bytes = f.slice.read_to(&mut buf)?;
-        // Every record is decoded, as the peers' clients parse every entry.
-        for b in spate::record::batches(bytes) {
-            let b = b.map_err(spate::log::LogError::from)?;
-            for r in b.records() {
-                let r = r.map_err(spate::log::LogError::from)?;
-                anyhow::ensure!(r.value.map_or(0, <[u8]>::len) == p.message_bytes, "short record");
-                seen += 1;
-            }
-        }
+        seen += decode_all(f.slice.read_to(&mut buf)?, p.message_bytes)?;
         offset = f.next_offset();
     }
     let consume = start.elapsed().as_secs_f64();
@@ -185,11 +188,7 @@ fn run_spate_kafka(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
     let mut sent = 0u64;
     while sent < p.messages {
         let n = (p.messages - sent).min(p.pipeline as u64);
-        let mut b = spate::record::BatchBuilder::new(spate::record::BatchOptions::default());
-        for _ in 0..n {
-            b.push(&spate::record::Record { timestamp: 0, key: None, value: Some(&value), headers: &[] });
-        }
-        let batch = bytes::Bytes::from(b.finish());
+        let batch = bytes::Bytes::from(workload::batch_of(&value, n as usize));
         stream.write_all(&encode_request(
             ApiKey::Produce,
             PRODUCE_VERSION,
@@ -214,14 +213,7 @@ fn run_spate_kafka(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
         anyhow::ensure!(part.error_code == 0, "fetch failed with error code {}", part.error_code);
         let records = part.records.clone().unwrap_or_default();
         anyhow::ensure!(!records.is_empty(), "an empty fetch before the end");
-        for b in spate::record::batches(&records) {
-            let Ok(b) = b else { break }; // a partial batch at the end of the response
-            for r in b.records() {
-                let r = r.map_err(spate::log::LogError::from)?;
-                anyhow::ensure!(r.value.map_or(0, <[u8]>::len) == p.message_bytes, "short record");
-                seen += 1;
-            }
-        }
+        seen += decode_all(&records, p.message_bytes)?;
         offset = next_offset(&records)?;
     }
     let consume = start.elapsed().as_secs_f64();
