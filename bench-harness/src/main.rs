@@ -187,6 +187,15 @@ struct KafkaLoadArgs {
     /// Produce requests unanswered at most (Kafka clients default to 5).
     #[arg(long, default_value_t = 5)]
     in_flight: usize,
+    /// A topic config for CreateTopics, KEY=VALUE (repeatable): `spate.durability=never`, or
+    /// Kafka's `flush.messages=1`. None: the broker's defaults (Spate's is `always`).
+    #[arg(long = "topic-config", value_parser = parse_key_value)]
+    topic_configs: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s}: expected KEY=VALUE"))?;
+    Ok((k.to_string(), v.to_string()))
 }
 
 #[derive(Debug, Args)]
@@ -486,6 +495,7 @@ fn main() -> anyhow::Result<()> {
                 seconds: a.seconds,
                 message_bytes: a.message_bytes.max(8),
                 in_flight: a.in_flight.max(1),
+                topic_configs: a.topic_configs.clone(),
                 backend,
             };
             ("kafka-load", p.to_json(), kafka_load::run(&root, &p, &progress)?)

@@ -10,6 +10,12 @@
 //! from offset 0 (long polls of 100 ms). Latency runs from each message's due time to the
 //! moment the consumer decodes it, so a stall anywhere counts for every message it delays.
 //!
+//! The reader thread also records each produce request's acknowledgement, from the due time of
+//! its first message. Durability is the broker's default unless `--topic-config` says
+//! otherwise (Spate's default is `always`, an fdatasync before each acknowledgement; Kafka's
+//! leaves flushing to the OS): pass `spate.durability=never` or Kafka's `flush.messages=1` to
+//! compare at equal durability.
+//!
 //! Limits: every partition must be led by the bootstrap broker (a single-node cluster); topics
 //! are created with replication factor 1 and left behind on an external broker.
 
@@ -20,7 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::create_topics_request::{
+    CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
+};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsResponse, FetchResponse, ProduceResponse, TopicName,
@@ -42,6 +50,9 @@ pub struct Params {
     pub seconds: f64,
     pub message_bytes: usize,
     pub in_flight: usize,
+    /// Topic configs for CreateTopics (`spate.durability=never`, or Kafka's `flush.messages=1`
+    /// for an fsync per message); none: the broker's defaults (Spate: `always`).
+    pub topic_configs: Vec<(String, String)>,
     pub backend: BackendChoice,
 }
 
@@ -50,6 +61,7 @@ impl Params {
         json!({
             "bootstrap": self.bootstrap, "partitions": self.partitions, "rate": self.rate,
             "seconds": self.seconds, "message_bytes": self.message_bytes, "in_flight": self.in_flight,
+            "topic_configs": self.topic_configs,
         })
     }
 }
@@ -64,13 +76,27 @@ fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(s)
 }
 
-fn create_topic(addr: SocketAddr, topic: &'static str, partitions: u32) -> anyhow::Result<()> {
+fn create_topic(
+    addr: SocketAddr,
+    topic: &'static str,
+    partitions: u32,
+    configs: &[(String, String)],
+) -> anyhow::Result<()> {
     let mut s = connect(addr)?;
+    let configs = configs
+        .iter()
+        .map(|(k, v)| {
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from_string(k.clone()))
+                .with_value(Some(StrBytes::from_string(v.clone())))
+        })
+        .collect();
     let request =
         CreateTopicsRequest::default().with_timeout_ms(30_000).with_topics(vec![CreatableTopic::default()
             .with_name(TopicName(StrBytes::from_static_str(topic)))
             .with_num_partitions(partitions as i32)
-            .with_replication_factor(1)]);
+            .with_replication_factor(1)
+            .with_configs(configs)]);
     s.write_all(&encode_request(ApiKey::CreateTopics, CREATE_TOPICS_VERSION, 1, &request))?;
     let mut body = read_frame(&mut s, &mut BytesMut::new())?.slice(4..);
     let response = CreateTopicsResponse::decode(&mut body, CREATE_TOPICS_VERSION)?;
@@ -148,7 +174,7 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     );
     let topic: &'static str = Box::leak(name.into_boxed_str());
     progress(&format!("kafka-load: creating {topic} ({} partitions) on {addr}", p.partitions));
-    create_topic(addr, topic, p.partitions)?;
+    create_topic(addr, topic, p.partitions, &p.topic_configs)?;
     warm_up(addr, topic, p.partitions)?;
     let total = (p.rate * p.seconds).max(1.0) as u64;
     // Every partition holds its warm-up record at offset 0: the consumer skips it.
@@ -157,59 +183,70 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     let answered = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     progress(&format!("kafka-load: {:.0} msgs/s for {:.1} s, open loop", p.rate, p.seconds));
-    let histogram = std::thread::scope(|s| -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-        let consumer = {
-            let seen = Arc::clone(&seen);
-            s.spawn(move || consume(addr, topic, p, total, schedule, &seen))
-        };
-        let mut producer = connect(addr)?;
-        let mut responses = producer.try_clone()?;
-        let reader = {
-            let (answered, errors) = (Arc::clone(&answered), Arc::clone(&errors));
-            s.spawn(move || -> anyhow::Result<()> {
-                let mut buf = BytesMut::new();
-                loop {
-                    let frame = match read_frame(&mut responses, &mut buf) {
-                        Ok(f) => f,
-                        Err(_) => return Ok(()), // the producer closed its side
-                    };
-                    let mut body = frame.slice(4..);
-                    let response = ProduceResponse::decode(&mut body, PRODUCE_VERSION)?;
-                    if response.responses[0].partition_responses[0].error_code != 0 {
-                        errors.fetch_add(1, Ordering::Relaxed);
+    let histogram = std::thread::scope(
+        |s| -> anyhow::Result<(hdrhistogram::Histogram<u64>, hdrhistogram::Histogram<u64>)> {
+            let consumer = {
+                let seen = Arc::clone(&seen);
+                s.spawn(move || consume(addr, topic, p, total, schedule, &seen))
+            };
+            let mut producer = connect(addr)?;
+            let mut responses = producer.try_clone()?;
+            // The due time of each request's first message, in request order (answers come in
+            // that order on a connection).
+            let (dues_tx, dues_rx) = crossbeam::channel::unbounded::<u64>();
+            let reader = {
+                let (answered, errors) = (Arc::clone(&answered), Arc::clone(&errors));
+                s.spawn(move || -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+                    let mut buf = BytesMut::new();
+                    let mut acks = workload::histogram();
+                    loop {
+                        let frame = match read_frame(&mut responses, &mut buf) {
+                            Ok(f) => f,
+                            Err(_) => return Ok(acks), // the producer closed its side
+                        };
+                        let mut body = frame.slice(4..);
+                        let response = ProduceResponse::decode(&mut body, PRODUCE_VERSION)?;
+                        if response.responses[0].partition_responses[0].error_code != 0 {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Ok(due) = dues_rx.try_recv() {
+                            acks.saturating_record(schedule.latency_us(due).max(1));
+                        }
+                        answered.fetch_add(1, Ordering::Release);
                     }
-                    answered.fetch_add(1, Ordering::Release);
+                })
+            };
+            let (mut next, mut requests, mut partition) = (0u64, 0u64, 0u32);
+            while next < total {
+                let due = schedule.wait_for(next);
+                // Everything due by now goes in this request.
+                let now = schedule.start.elapsed().as_nanos() as u64;
+                let mut count = 1u64;
+                while next + count < total && schedule.due_ns(next + count) <= now && count < 10_000 {
+                    count += 1;
                 }
-            })
-        };
-        let (mut next, mut requests, mut partition) = (0u64, 0u64, 0u32);
-        while next < total {
-            let due = schedule.wait_for(next);
-            // Everything due by now goes in this request.
-            let now = schedule.start.elapsed().as_nanos() as u64;
-            let mut count = 1u64;
-            while next + count < total && schedule.due_ns(next + count) <= now && count < 10_000 {
-                count += 1;
+                while requests - answered.load(Ordering::Acquire) >= p.in_flight as u64 {
+                    std::thread::yield_now();
+                }
+                let b = batch(count as usize, p.message_bytes, due);
+                let _ = dues_tx.send(due);
+                producer.write_all(&encode_request(
+                    ApiKey::Produce,
+                    PRODUCE_VERSION,
+                    0,
+                    &produce_request(topic, partition, &b),
+                ))?;
+                requests += 1;
+                partition = (partition + 1) % p.partitions;
+                next += count;
             }
-            while requests - answered.load(Ordering::Acquire) >= p.in_flight as u64 {
-                std::thread::yield_now();
-            }
-            let b = batch(count as usize, p.message_bytes, due);
-            producer.write_all(&encode_request(
-                ApiKey::Produce,
-                PRODUCE_VERSION,
-                0,
-                &produce_request(topic, partition, &b),
-            ))?;
-            requests += 1;
-            partition = (partition + 1) % p.partitions;
-            next += count;
-        }
-        let h = consumer.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
-        producer.shutdown(std::net::Shutdown::Both)?;
-        reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
-        Ok(h)
-    })?;
+            let h = consumer.join().map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+            producer.shutdown(std::net::Shutdown::Both)?;
+            let acks = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+            Ok((h, acks))
+        },
+    )?;
+    let (histogram, acks) = histogram;
     let seen = seen.load(Ordering::Acquire);
     let mut row = Row::named(format!("kafka-load {:.0}/s produce→consume", p.rate)).with_latency(&histogram);
     row.msgs_per_s = Some(seen as f64 / p.seconds);
@@ -222,8 +259,10 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
         server.shutdown();
         engine.shutdown()?;
     }
+    let ack_row =
+        Row::named(format!("  produce acknowledgements ({} requests)", acks.len())).with_latency(&acks);
     Ok(Outcome {
-        rows: vec![row],
+        rows: vec![row, ack_row],
         plots: vec![LatencyPlot {
             name: "kafka-load".into(),
             title: format!("Kafka-protocol load, produce to consume, {:.0} msgs/s, open loop", p.rate),
@@ -309,11 +348,13 @@ mod tests {
             seconds: 1.0,
             message_bytes: 100,
             in_flight: 5,
+            topic_configs: vec![("spate.durability".into(), "never".into())],
             backend: BackendChoice::Fallback,
         };
         let out = run(root.path(), &p, &|_| {}).unwrap();
         let row = &out.rows[0];
         assert_eq!(row.lost, Some(0), "{row:?}");
+        assert!(out.rows[1].name.contains("acknowledgements") && out.rows[1].p50_us.is_some());
         assert!(row.p50_us.unwrap() >= 1.0 && row.p99_us.unwrap() >= row.p50_us.unwrap());
         assert_eq!(row.extra.iter().find(|(k, _)| *k == "produce_errors").unwrap().1.as_u64(), Some(0));
     }
