@@ -958,8 +958,13 @@ fn a_long_poll_whose_caller_went_away_gives_up_its_place() {
     .unwrap();
     engine.create_topic("t", 1, LogConfig::default()).unwrap();
     let long = FetchOptions { max_bytes: 1 << 20, min_bytes: 1, max_wait: Duration::from_secs(30) };
-    // The only place, taken and then abandoned.
+    // The only place, taken and then abandoned: once right away, and once after the shard
+    // has parked it and gone idle (nothing visits an idle partition's waiters until then).
     drop(engine.fetch_async("t", 0, 0, long));
+    std::thread::sleep(Duration::from_millis(30));
+    let parked = engine.fetch_async("t", 0, 0, long);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(parked);
     // A later turn of the shard notices. (Requests arriving in one turn share the count made
     // at the end of the turn before, so the turns are kept apart.)
     std::thread::sleep(Duration::from_millis(30));

@@ -80,9 +80,9 @@ pub(crate) struct Shard {
     barriers: Vec<request::Reply<()>>,
     /// Long-poll fetches waiting (those whose callers went away count until their deadline).
     waiting_fetches: usize,
-    /// The deadline of every long poll, earliest first: the slot is marked busy when it
-    /// passes (a slot with waiters is not busy otherwise; data arriving marks it). Entries of
-    /// waiters answered earlier stay until their deadline and then find nothing to do.
+    /// The earliest long-poll deadline of each slot with waiters (`Slot::deadline_queued`),
+    /// earliest first: the slot is marked busy when it passes (a slot with waiters is not busy
+    /// otherwise; data arriving marks it).
     fetch_deadlines: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, PartitionId)>>,
     next_retention: Instant,
     /// What the shard's segments share (reservation budget, open sealed files), and when idle
@@ -188,7 +188,12 @@ impl Shard {
                 if *deadline > answered_at {
                     break;
                 }
-                let std::cmp::Reverse((_, id)) = self.fetch_deadlines.pop().expect("peeked");
+                let std::cmp::Reverse((deadline, id)) = self.fetch_deadlines.pop().expect("peeked");
+                if let Some(slot) = self.slots.get_mut(&id.topic, id.partition) {
+                    if slot.deadline_queued == Some(deadline) {
+                        slot.deadline_queued = None;
+                    }
+                }
                 self.slots.mark(&id.topic, id.partition);
             }
             self.answer_waiters(answered_at);
@@ -315,16 +320,28 @@ impl Shard {
             Request::Fetch { id, offset, max_bytes, min_bytes, deadline, reply } => {
                 // A full waiting room refuses long polls, not fetches that can be answered now:
                 // with no room the deadline is now.
+                if self.waiting_fetches >= self.setup.waiters_max {
+                    // Long polls whose callers went away still count until visited: drop them
+                    // before refusing (one pass over the partitions, only at the limit).
+                    self.drop_closed_waiters();
+                }
                 let room = self.waiting_fetches < self.setup.waiters_max;
-                match self.slot(&id) {
-                    Ok(slot) => {
+                let heap = &mut self.fetch_deadlines;
+                match self.slots.get_mut(&id.topic, id.partition) {
+                    Some(slot) => {
                         let deadline = if room { deadline } else { now };
                         if slot.fetch(offset, max_bytes, min_bytes, deadline, now, reply) {
                             self.waiting_fetches += 1;
-                            self.fetch_deadlines.push(std::cmp::Reverse((deadline, id)));
+                            queue_deadline(heap, &id, slot);
                         }
                     }
-                    Err(e) => answer(reply, Err(e)),
+                    None => answer(
+                        reply,
+                        Err(EngineError::UnknownPartition {
+                            topic: id.topic.to_string(),
+                            partition: id.partition,
+                        }),
+                    ),
                 }
             }
             Request::ListOffset { id, spec, reply } => {
@@ -556,24 +573,42 @@ impl Shard {
     fn settle_acks(&mut self) -> Vec<(offsets::OffsetKey, offsets::CommitValue, u32)> {
         let mut durable = Vec::new();
         let mut commits = Vec::new();
+        let mut dropped = 0;
         for (id, slot) in self.slots.busy_mut() {
             let partition = id.partition;
+            // A failed partition's settle answers its long polls too.
+            let before = slot.waiter_count();
             self.stats.produced += slot.settle(&mut commits);
+            dropped += before - slot.waiter_count();
             self.parked_bytes -= slot.take_released_bytes();
             durable.extend(commits.drain(..).map(|(key, offset)| (key, offset, partition)));
         }
+        self.waiting_fetches = self.waiting_fetches.saturating_sub(dropped);
         durable
     }
 
     /// Answers the long polls of the busy slots that have their data or passed their deadline.
     fn answer_waiters(&mut self, now: Instant) {
         let mut answered = 0;
-        for (_, slot) in self.slots.busy_mut() {
+        let heap = &mut self.fetch_deadlines;
+        for (id, slot) in self.slots.busy_mut() {
             let before = slot.waiter_count();
             slot.answer_waiters(now);
             answered += before - slot.waiter_count();
+            // The ones left need their deadline in the heap.
+            queue_deadline(heap, id, slot);
         }
         self.waiting_fetches = self.waiting_fetches.saturating_sub(answered);
+    }
+
+    /// Drops every long poll whose caller went away, and counts the rest again.
+    fn drop_closed_waiters(&mut self) {
+        let mut waiting = 0;
+        for (_, slot) in self.slots.iter_mut() {
+            slot.drop_closed_waiters();
+            waiting += slot.waiter_count();
+        }
+        self.waiting_fetches = waiting;
     }
 
     fn enforce_retention(&mut self) {
@@ -659,6 +694,22 @@ impl Shard {
         }
         self.flush_outbox();
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Puts `slot`'s earliest long-poll deadline in the heap unless an entry as early is there: one
+/// live entry per slot, so the heap stays as small as the set of partitions with waiters (an
+/// entry made stale by an earlier one marks its slot once, harmlessly).
+fn queue_deadline(
+    heap: &mut std::collections::BinaryHeap<std::cmp::Reverse<(Instant, PartitionId)>>,
+    id: &PartitionId,
+    slot: &mut Slot,
+) {
+    if let Some(d) = slot.next_waiter_deadline() {
+        if slot.deadline_queued.is_none_or(|q| d < q) {
+            heap.push(std::cmp::Reverse((d, id.clone())));
+            slot.deadline_queued = Some(d);
+        }
     }
 }
 

@@ -68,6 +68,9 @@ pub(crate) struct Slot {
     pub log: Partition,
     pub(super) acks: VecDeque<PendingAck>,
     waiters: Vec<Waiter>,
+    /// The deadline the shard's deadline heap holds for this slot's waiters (an entry that
+    /// will mark the slot busy), if any.
+    pub(super) deadline_queued: Option<Instant>,
     parked: VecDeque<Parked>,
     /// Committed positions of consumers, as reported by the offsets shard.
     pub consumers: HashMap<Arc<str>, i64>,
@@ -89,6 +92,7 @@ impl Slot {
             log,
             acks: VecDeque::new(),
             waiters: Vec::new(),
+            deadline_queued: None,
             parked: VecDeque::new(),
             consumers: HashMap::new(),
             released_bytes: 0,
@@ -98,19 +102,32 @@ impl Slot {
         })
     }
 
-    /// Whether the next group commit must include this partition.
     /// Whether the shard's next turn has anything to do here: staged or unsynced data,
-    /// acknowledgements waiting, parked produces or their released bytes. Long polls alone do
-    /// not count: data arriving marks the slot, and so does a deadline passing (the shard
-    /// keeps those in a heap).
+    /// acknowledgements waiting, parked produces or their released bytes, or long polls on a
+    /// failed partition (to be told). Long polls alone do not count: data arriving marks the
+    /// slot, and so does a deadline passing (the shard keeps those in a heap).
     pub fn has_work(&self) -> bool {
         self.log.has_staged()
             || self.log.sync_deadline().is_some()
             || !self.acks.is_empty()
             || !self.parked.is_empty()
             || self.released_bytes > 0
+            || (self.log.failure().is_some() && !self.waiters.is_empty())
     }
 
+    /// The earliest deadline of the long polls waiting here.
+    pub fn next_waiter_deadline(&self) -> Option<Instant> {
+        self.waiters.iter().map(|w| w.deadline).min()
+    }
+
+    /// Drops the long polls whose callers stopped waiting; returns how many.
+    pub fn drop_closed_waiters(&mut self) -> usize {
+        let before = self.waiters.len();
+        self.waiters.retain(|w| !w.reply.is_closed());
+        before - self.waiters.len()
+    }
+
+    /// Whether the next group commit must include this partition.
     pub fn needs_commit(&self, now: Instant) -> bool {
         self.log.failure().is_none()
             && (self.log.has_staged() || self.log.sync_deadline().is_some_and(|d| d <= now))
@@ -285,7 +302,7 @@ impl Slot {
 
     /// The earliest time this slot needs the shard awake: a fetch deadline or an interval sync.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let waiters = self.waiters.iter().map(|w| w.deadline).min();
+        let waiters = self.next_waiter_deadline();
         match (waiters, self.log.sync_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -5,8 +5,8 @@
 //! busy partitions cost, not what all of them do. So slots live in a slab addressed by index,
 //! found by (topic, partition) through an index map, and a *busy list* names those that may
 //! need the turn: a request naming a partition marks it, and at the end of each turn only
-//! those with work left stay marked (staged or unsynced data, acknowledgements or long polls
-//! waiting, parked produces). Work that arises without a request naming its partition (the
+//! those with work left stay marked (staged or unsynced data, acknowledgements waiting, parked
+//! produces; long polls are woken by their data or by the shard's deadline heap). Work that arises without a request naming its partition (the
 //! offsets expiry of a retention check, a `Forget`, closing) marks every partition for one
 //! turn; those are rare.
 
