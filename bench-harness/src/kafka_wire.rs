@@ -58,8 +58,14 @@ pub fn produce_request(topic: &'static str, partition: u32, batch: &Bytes) -> Pr
     ])
 }
 
-/// A Fetch request (no wait) of `partitions` (partition, offset) of `topic`, `max_bytes` each.
-pub fn fetch_request(topic: &'static str, partitions: &[(u32, i64)], max_bytes: u64) -> FetchRequest {
+/// A Fetch request of `partitions` (partition, offset) of `topic`, `max_bytes` each, waiting up
+/// to `max_wait_ms` for a first byte (0: answered at once).
+pub fn fetch_request(
+    topic: &'static str,
+    partitions: &[(u32, i64)],
+    max_bytes: u64,
+    max_wait_ms: i32,
+) -> FetchRequest {
     let wanted: Vec<FetchPartition> = partitions
         .iter()
         .map(|&(p, o)| {
@@ -71,7 +77,7 @@ pub fn fetch_request(topic: &'static str, partitions: &[(u32, i64)], max_bytes: 
         .collect();
     FetchRequest::default()
         .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(0)
+        .with_max_wait_ms(max_wait_ms)
         .with_min_bytes(1)
         .with_max_bytes(i32::MAX)
         .with_session_epoch(-1)

@@ -56,6 +56,17 @@ impl Row {
         self
     }
 
+    /// Records a reference measured before and after the engine, and says when it moved more
+    /// than [`MOVED_MAX`] between the two (`reference_moved`).
+    pub fn with_reference_pair(self, before: f64, after: f64) -> Row {
+        let row =
+            self.extra("reference_before_bytes_per_s", before).extra("reference_after_bytes_per_s", after);
+        match moved(before, after) {
+            Some(m) => row.extra("reference_moved", m),
+            None => row,
+        }
+    }
+
     pub fn extra(mut self, key: &'static str, value: impl Into<Value>) -> Row {
         self.extra.push((key, value.into()));
         self

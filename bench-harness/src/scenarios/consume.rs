@@ -116,13 +116,9 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     progress("consume: reference read (after)");
     let after = read_reference(&groups, p.fetch_bytes as usize)?;
     let reference = before.max(after);
-    let mut row = Row::named("consume embedded catch-up")
+    let row = Row::named("consume embedded catch-up")
         .with_throughput(messages, bytes, secs, Some(reference))
-        .extra("reference_before_bytes_per_s", before)
-        .extra("reference_after_bytes_per_s", after);
-    if let Some(moved) = crate::report::moved(before, after) {
-        row = row.extra("reference_moved", moved);
-    }
+        .with_reference_pair(before, after);
     Ok(Outcome { rows: vec![row], plots: Vec::new() })
 }
 

@@ -29,15 +29,14 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::create_topics_request::{
     CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
 };
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
-use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsResponse, FetchResponse, ProduceResponse, TopicName,
-};
+use kafka_protocol::messages::{ApiKey, CreateTopicsResponse, FetchResponse, ProduceResponse, TopicName};
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use serde_json::json;
 use spate::io::BackendChoice;
 
-use crate::kafka_wire::{encode_request, produce_request, read_frame, FETCH_VERSION, PRODUCE_VERSION};
+use crate::kafka_wire::{
+    encode_request, fetch_request, produce_request, read_frame, FETCH_VERSION, PRODUCE_VERSION,
+};
 use crate::report::{LatencyPlot, Outcome, Row};
 use crate::workload::{self, Schedule};
 
@@ -287,25 +286,8 @@ fn consume(
     let mut h = workload::histogram();
     let give_up = schedule.start + Duration::from_secs_f64(p.seconds) + Duration::from_secs(10);
     while seen.load(Ordering::Acquire) < total && Instant::now() < give_up {
-        let wanted: Vec<FetchPartition> = offsets
-            .iter()
-            .enumerate()
-            .map(|(i, &o)| {
-                FetchPartition::default()
-                    .with_partition(i as i32)
-                    .with_fetch_offset(o)
-                    .with_partition_max_bytes(1 << 20)
-            })
-            .collect();
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(100)
-            .with_min_bytes(1)
-            .with_max_bytes(16 << 20)
-            .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(TopicName(StrBytes::from_static_str(topic)))
-                .with_partitions(wanted)]);
+        let wanted: Vec<(u32, i64)> = offsets.iter().enumerate().map(|(i, &o)| (i as u32, o)).collect();
+        let request = fetch_request(topic, &wanted, 1 << 20, 100);
         s.write_all(&encode_request(ApiKey::Fetch, FETCH_VERSION, 0, &request))?;
         let mut body = read_frame(&mut s, &mut buf)?.slice(4..);
         let response = FetchResponse::decode(&mut body, FETCH_VERSION)?;

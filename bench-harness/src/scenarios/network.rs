@@ -140,16 +140,6 @@ fn copy_reference(streams: usize, chunk: &Bytes, requests: u64) -> anyhow::Resul
     Ok(best)
 }
 
-/// The reference measured before and after, as one row field: the stronger counts, and a
-/// reference that moved more than 20% between them is said so.
-fn with_reference_pair(row: Row, before: f64, after: f64) -> Row {
-    let row = row.extra("reference_before_bytes_per_s", before).extra("reference_after_bytes_per_s", after);
-    match crate::report::moved(before, after) {
-        Some(m) => row.extra("reference_moved", m),
-        None => row,
-    }
-}
-
 /// Fetches `partitions` (partition, end) from offset 0 to their ends over one connection, all
 /// of them in each request as a Kafka consumer does; returns the record bytes received.
 fn consume_connection(addr: SocketAddr, partitions: &[(u32, i64)], fetch_bytes: u64) -> anyhow::Result<u64> {
@@ -165,7 +155,7 @@ fn consume_connection(addr: SocketAddr, partitions: &[(u32, i64)], fetch_bytes: 
             .filter(|(&(_, end), &o)| o < end)
             .map(|(&(p, _), &o)| (p, o))
             .collect();
-        let request = fetch_request(TOPIC, &wanted, fetch_bytes);
+        let request = fetch_request(TOPIC, &wanted, fetch_bytes, 0);
         stream.write_all(&encode_request(ApiKey::Fetch, FETCH_VERSION, 0, &request))?;
         let mut body = read_frame(&mut stream, &mut buf)?.slice(4..);
         let response = FetchResponse::decode(&mut body, FETCH_VERSION)?;
@@ -351,7 +341,7 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
         .with_throughput(messages, produced_bytes, produce_secs, Some(produce_before.max(produce_after)))
         .extra("reference", "loopback TCP copy")
         .extra("in_flight", p.in_flight as u64);
-    let produce_row = with_reference_pair(produce_row, produce_before, produce_after);
+    let produce_row = produce_row.with_reference_pair(produce_before, produce_after);
 
     // Catch-up consume from the page cache; the reference sends the same files with sendfile.
     let files: Vec<Vec<std::path::PathBuf>> = (0..p.partitions)
@@ -467,7 +457,7 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
         .extra("zero_copy_bytes", zero_copy_bytes)
         .extra("remote_partition_reads", remote_reads)
         .extra("runs_bytes_per_s", rounds.iter().map(|r| r.round()).collect::<Vec<_>>());
-    let consume_row = with_reference_pair(consume_row, consume_before, consume_after);
+    let consume_row = consume_row.with_reference_pair(consume_before, consume_after);
     let one_row = Row::named("network consume, one connection")
         .with_throughput(
             consumed_messages,
@@ -551,7 +541,7 @@ pub fn sweep(root: &std::path::Path, p: &SweepParams, progress: &dyn Fn(&str)) -
                 .extra("batch_bytes", batch.len() as u64)
                 .extra("in_flight", window as u64)
                 .extra("falls", falls);
-            rows.push(with_reference_pair(row, before, after));
+            rows.push(row.with_reference_pair(before, after));
         }
     }
     server.shutdown();

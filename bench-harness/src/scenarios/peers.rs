@@ -205,7 +205,7 @@ fn run_spate_kafka(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
     let start = Instant::now();
     let (mut offset, mut seen) = (0i64, 0u64);
     while seen < p.messages {
-        let request = fetch_request(TOPIC, &[(0, offset)], 1 << 20);
+        let request = fetch_request(TOPIC, &[(0, offset)], 1 << 20, 0);
         stream.write_all(&encode_request(ApiKey::Fetch, FETCH_VERSION, 0, &request))?;
         let mut body = read_frame(&mut stream, &mut buf)?.slice(4..);
         let response = FetchResponse::decode(&mut body, FETCH_VERSION)?;

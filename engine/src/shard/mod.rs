@@ -272,10 +272,7 @@ impl Shard {
     }
 
     fn slot(&mut self, id: &PartitionId) -> Result<&mut Slot, EngineError> {
-        self.slots.get_mut(&id.topic, id.partition).ok_or_else(|| EngineError::UnknownPartition {
-            topic: id.topic.to_string(),
-            partition: id.partition,
-        })
+        self.slots.get_mut(&id.topic, id.partition).ok_or_else(|| unknown_partition(id))
     }
 
     fn partition_dir(&self, id: &PartitionId) -> PathBuf {
@@ -335,13 +332,7 @@ impl Shard {
                             queue_deadline(heap, &id, slot);
                         }
                     }
-                    None => answer(
-                        reply,
-                        Err(EngineError::UnknownPartition {
-                            topic: id.topic.to_string(),
-                            partition: id.partition,
-                        }),
-                    ),
+                    None => answer(reply, Err(unknown_partition(&id))),
                 }
             }
             Request::ListOffset { id, spec, reply } => {
@@ -394,10 +385,7 @@ impl Shard {
                         let ranges = slot.log.damage().len();
                         slot.log.accept_damage(io).map(|()| ranges).map_err(EngineError::from)
                     }
-                    None => Err(EngineError::UnknownPartition {
-                        topic: id.topic.to_string(),
-                        partition: id.partition,
-                    }),
+                    None => Err(unknown_partition(&id)),
                 };
                 answer(reply, result);
             }
@@ -500,11 +488,7 @@ impl Shard {
         let io = &mut *self.io;
         let slot = match self.slots.get_mut(&id.topic, id.partition) {
             Some(s) => s,
-            None => {
-                let err =
-                    EngineError::UnknownPartition { topic: id.topic.to_string(), partition: id.partition };
-                return answer(reply, Err(err));
-            }
+            None => return answer(reply, Err(unknown_partition(&id))),
         };
         match slot.admit(&backpressure) {
             slot::Admission::Append => slot.append(io, id.partition, batch, reply),
@@ -695,6 +679,10 @@ impl Shard {
         self.flush_outbox();
         first_error.map_or(Ok(()), Err)
     }
+}
+
+fn unknown_partition(id: &PartitionId) -> EngineError {
+    EngineError::UnknownPartition { topic: id.topic.to_string(), partition: id.partition }
 }
 
 /// Puts `slot`'s earliest long-poll deadline in the heap unless an entry as early is there: one
