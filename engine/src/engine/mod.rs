@@ -43,6 +43,7 @@ use lifecycle::DirLock;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 
 pub use crate::api::{
     shard_of, Backpressure, Clock, EngineConfig, EngineError, FetchOptions, Fetched, FetchedRecord,
@@ -500,12 +501,14 @@ impl Engine {
         async move { wait_async(rx?).await }
     }
 
-    /// Appends a ready RecordBatch v2 (offsets are assigned by the log) to one partition.
+    /// Appends a ready RecordBatch v2 (offsets are assigned by the log) to one partition. The
+    /// bytes are staged and written as given (a `Vec<u8>` or a `Bytes` slice of a larger
+    /// buffer), never copied; the log writes the offsets it assigns in place of the first eight.
     pub fn produce_batch(
         &self,
         topic: &str,
         partition: u32,
-        batch: Vec<u8>,
+        batch: impl Into<Bytes>,
         backpressure: &Backpressure,
     ) -> Result<ProduceAck, EngineError> {
         reject_internal(topic)?;
@@ -521,7 +524,7 @@ impl Engine {
         &self,
         topic: &str,
         partition: u32,
-        batch: Vec<u8>,
+        batch: impl Into<Bytes>,
         backpressure: &Backpressure,
     ) -> impl Future<Output = Result<ProduceAck, EngineError>> + Send + 'static {
         let rx = reject_internal(topic)
@@ -534,14 +537,14 @@ impl Engine {
     fn send_produce(
         &self,
         id: PartitionId,
-        batch: Vec<u8>,
+        batch: impl Into<Bytes>,
         backpressure: &Backpressure,
     ) -> Result<oneshot::Receiver<Result<ProduceAck, EngineError>>, EngineError> {
         let shard = shard_of(&id.topic, id.partition, self.inner.shards.len());
         // Drop fails fast at the edge too: a full mailbox refuses rather than waits.
         let fail_fast = matches!(backpressure, Backpressure::Drop { .. });
         let consumer = backpressure.consumer().unwrap_or_default().to_string();
-        let backpressure = backpressure.clone();
+        let (batch, backpressure) = (batch.into(), backpressure.clone());
         self.request_to(shard, |reply| Request::Produce { id, batch, backpressure, reply }, fail_fast)
             .map_err(|e| match e {
                 EngineError::Busy { .. } if fail_fast => EngineError::Dropped { consumer },

@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
+
 pub use crate::segment::files::ShardDisk;
 pub use crate::segment::reserve::{ReserveBudget, ReservePolicy};
 pub use commit::{commit, CommitOutcome};
@@ -44,7 +46,7 @@ pub use error::LogError;
 pub use retention::RetentionOutcome;
 
 use crate::io::{Io, IoError};
-use crate::record::{set_base_offset, BatchHeader};
+use crate::record::BatchHeader;
 use crate::segment::{IndexFiles, SealError, Segment};
 
 /// Offsets assigned to one appended batch.
@@ -377,9 +379,10 @@ impl Partition {
     pub fn append(
         &mut self,
         io: &mut dyn Io,
-        batch: Vec<u8>,
+        batch: impl Into<Bytes>,
         now: SystemTime,
     ) -> Result<AppendInfo, LogError> {
+        let batch = batch.into();
         self.check_writable()?;
         self.now_hint = now;
         let now_ms = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
@@ -408,9 +411,8 @@ impl Partition {
     }
 
     /// Gives a checked batch the next offsets and stages it.
-    fn stage(&mut self, mut batch: Vec<u8>, header: BatchHeader) -> AppendInfo {
+    fn stage(&mut self, batch: Bytes, header: BatchHeader) -> AppendInfo {
         let base_offset = self.next_offset();
-        set_base_offset(&mut batch, base_offset);
         let header = BatchHeader { base_offset, ..header };
         let interval = self.config.index_interval_bytes;
         self.active_mut().stage(batch, &header, interval);

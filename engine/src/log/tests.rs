@@ -130,6 +130,43 @@ fn append_commit_read_round_trip_on_both_backends() {
 }
 
 #[test]
+fn batches_are_staged_from_the_callers_buffer_and_written_with_the_assigned_offsets() {
+    // As a Kafka frame carries them: batches inside a larger buffer, each with the client's
+    // base offset 0.
+    let (a, b) = (batch("a", 3, 1), batch("b", 2, 1));
+    let mut frame = b"request header".to_vec();
+    let at_a = frame.len();
+    frame.extend_from_slice(&a);
+    let at_b = frame.len();
+    frame.extend_from_slice(&b);
+    frame.extend_from_slice(b"trailing fields");
+    let frame = bytes::Bytes::from(frame);
+    for mut io in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partition::open(dir.path(), LogConfig::default(), &mut *io).unwrap();
+        let now = SystemTime::now();
+        p.append(&mut *io, frame.slice(at_a..at_b), now).unwrap();
+        p.append(&mut *io, frame.slice(at_b..at_b + b.len()), now).unwrap();
+        // Staged without a copy: the bodies the write will take are the frame's own bytes,
+        // behind base offsets the log owns.
+        let slices = p.active().staged_slices();
+        assert_eq!(slices.len(), 4);
+        assert_eq!(slices[1].as_ptr(), frame[at_a + 8..].as_ptr());
+        assert_eq!(slices[3].as_ptr(), frame[at_b + 8..].as_ptr());
+        assert_eq!(&slices[2][..], &3i64.to_be_bytes());
+        drop(slices);
+        commit(&mut *io, &mut [&mut p], Instant::now()).unwrap();
+        // The caller's bytes are untouched; the file has the assigned offsets and valid CRCs.
+        assert_eq!(&frame[at_b..at_b + 8], &0i64.to_be_bytes());
+        let offsets: Vec<i64> = read_all(&p).into_iter().map(|(o, _)| o).collect();
+        assert_eq!(offsets, vec![0, 1, 2, 3, 4], "{}", io.backend());
+        drop(p);
+        let p = Partition::open(dir.path(), LogConfig::default(), &mut *io).unwrap();
+        assert_eq!(p.next_offset(), 5, "{}", io.backend());
+    }
+}
+
+#[test]
 fn rejects_bad_batches_with_typed_errors() {
     let mut io = FallbackIo::new();
     let dir = tempfile::tempdir().unwrap();

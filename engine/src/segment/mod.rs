@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use bytes::{Buf, Bytes};
+
 pub use index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 pub use read::HeaderCursor;
 pub use scan::{salvage, scan, DamagedRange, Salvage, ScanOutcome, ScanTarget};
@@ -87,7 +89,10 @@ pub struct Segment {
     /// Bytes below the partition's high watermark: what readers may see.
     visible_len: u64,
     /// Batches accepted but not yet handed to the I/O layer.
-    staged: Vec<Vec<u8>>,
+    /// Staged batches: each one's base offset as the log assigned it, and the rest of the
+    /// batch as it arrived (bytes 8.. of the client's batch, shared with the request that
+    /// carried it, never copied).
+    staged: Vec<([u8; 8], Bytes)>,
     staged_len: u64,
     /// One past the last offset in the segment, staged batches included.
     next_offset: i64,
@@ -334,8 +339,10 @@ impl Segment {
         bytes_ok && offsets_ok
     }
 
-    /// Stages a batch whose base offset is already `self.next_offset()`; indexes it.
-    pub fn stage(&mut self, batch: Vec<u8>, header: &BatchHeader, index_interval_bytes: u64) {
+    /// Stages a checked batch at `header.base_offset`, which must be `self.next_offset()`;
+    /// indexes it. The batch's own first eight bytes (the base offset the client sent) are
+    /// not written: the assigned one is written in their place.
+    pub fn stage(&mut self, mut batch: Bytes, header: &BatchHeader, index_interval_bytes: u64) {
         debug_assert!(!self.sealed);
         debug_assert_eq!(header.base_offset, self.next_offset);
         debug_assert_eq!(self.start, 0, "only whole segments take appends");
@@ -351,12 +358,13 @@ impl Segment {
         self.bytes_since_index += batch.len() as u64;
         self.next_offset = header.last_offset() + 1;
         self.staged_len += batch.len() as u64;
-        self.staged.push(batch);
+        batch.advance(std::mem::size_of::<i64>());
+        self.staged.push((header.base_offset.to_be_bytes(), batch));
     }
 
     /// The staged batches as slices for one write at [`Segment::written_len`]; empty if none.
     pub fn staged_slices(&self) -> Vec<IoSlice<'_>> {
-        self.staged.iter().map(|b| IoSlice::new(b)).collect()
+        self.staged.iter().flat_map(|(base, rest)| [IoSlice::new(base), IoSlice::new(rest)]).collect()
     }
 
     /// Records that the pending write completed.

@@ -479,7 +479,7 @@ impl Shard {
     fn produce(
         &mut self,
         id: PartitionId,
-        batch: Vec<u8>,
+        batch: bytes::Bytes,
         backpressure: crate::api::Backpressure,
         reply: request::Reply<ProduceAck>,
     ) {

@@ -69,7 +69,7 @@ pub(crate) enum Request {
     },
     Produce {
         id: PartitionId,
-        batch: Vec<u8>,
+        batch: bytes::Bytes,
         backpressure: Backpressure,
         reply: Reply<ProduceAck>,
     },

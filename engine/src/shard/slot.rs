@@ -6,6 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use bytes::Bytes;
+
 use super::offsets::{CommitValue, Countdown, OffsetKey};
 use super::producers::{Check, Producers};
 use super::request::{answer, Reply};
@@ -52,7 +54,7 @@ struct Waiter {
 
 struct Parked {
     partition: u32,
-    batch: Vec<u8>,
+    batch: Bytes,
     backpressure: Backpressure,
     reply: Reply<ProduceAck>,
 }
@@ -155,7 +157,7 @@ impl Slot {
         }
     }
 
-    pub fn append(&mut self, io: &mut dyn Io, partition: u32, batch: Vec<u8>, reply: Reply<ProduceAck>) {
+    pub fn append(&mut self, io: &mut dyn Io, partition: u32, batch: Bytes, reply: Reply<ProduceAck>) {
         // A header that does not parse is reported by the log's own checks below.
         let header = BatchHeader::parse(&batch).ok();
         if let Some(h) = &header {
@@ -184,7 +186,7 @@ impl Slot {
     pub fn park(
         &mut self,
         partition: u32,
-        batch: Vec<u8>,
+        batch: Bytes,
         backpressure: Backpressure,
         reply: Reply<ProduceAck>,
     ) {

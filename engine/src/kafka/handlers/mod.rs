@@ -65,8 +65,9 @@ fn check_partition_count(partitions: usize) -> Result<(), EngineError> {
 }
 
 /// The room a frame takes in the server's request byte budget. Handlers give it back as soon
-/// as the request is decoded (and, for Produce, its batches copied for the engine): waiting
-/// (long polls, rebalances, acknowledgements) holds none of it.
+/// as the request is decoded, so that waiting (long polls, rebalances) holds none of it; but
+/// Produce holds it until every partition has answered, because the shards stage and write
+/// the batches as slices of the frame, whose memory lives until then.
 #[derive(Debug)]
 pub(crate) struct FrameBudget(#[allow(dead_code)] Vec<tokio::sync::OwnedSemaphorePermit>);
 

@@ -1,6 +1,6 @@
 //! Produce: every partition's batches go to the shard that owns the partition, all in flight at
 //! once; the response waits for each partition's durability (acks 1 and -1) or is not sent
-//! (acks 0).
+//! (acks 0). Batches go to the shards as slices of the request frame, never copied.
 
 use std::rc::Rc;
 
@@ -56,9 +56,6 @@ pub async fn handle(
                 (Some(Refused(code, why)), _) => Err(Refused(*code, why.clone())),
                 (None, Err(refused)) => Err(refused),
                 (None, Ok(batches)) => {
-                    // Copied out of the frame now, so that the frame (and its budget) goes
-                    // before the acknowledgements are awaited.
-                    let batches: Vec<Vec<u8>> = batches.iter().map(|b| b.to_vec()).collect();
                     let (ctx, name) = (Rc::clone(ctx), Rc::clone(&name));
                     Ok(tokio::task::spawn_local(async move { append_all(&ctx, &name, index, batches).await }))
                 }
@@ -66,7 +63,10 @@ pub async fn handle(
             pending.push((Rc::clone(&name), index, task));
         }
     }
-    drop((body, budget));
+    // The batches are slices of the frame, staged as they are: the frame's memory, and so its
+    // room in the request budget, stays taken until the shards have written them (every task
+    // below has answered).
+    drop(body);
     let mut responses: Vec<TopicProduceResponse> = Vec::new();
     let mut any_error = None;
     for (name, index, task) in pending {
@@ -98,6 +98,7 @@ pub async fn handle(
             ),
         }
     }
+    drop(budget);
     if acks == 0 {
         // No response is read by the client; an error can only be signalled by closing, as
         // Kafka does.
@@ -117,7 +118,7 @@ async fn append_all(
     ctx: &Ctx,
     topic: &str,
     index: i32,
-    batches: Vec<Vec<u8>>,
+    batches: Vec<Bytes>,
 ) -> Result<ProduceAck, EngineError> {
     let partition = partition_index(index)
         .map_err(|_| EngineError::UnknownPartition { topic: topic.into(), partition: u32::MAX })?;
