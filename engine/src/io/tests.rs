@@ -289,21 +289,32 @@ fn uncached_writes_leave_the_page_cache_once_synced_and_cached_ones_stay() {
 }
 
 #[test]
-fn small_writes_skip_the_ring_and_large_ones_use_it() {
+fn small_writes_and_lone_chains_skip_the_ring_and_parallel_chains_use_it() {
     let Ok(mut io) = uring::UringIo::new() else {
         eprintln!("io_uring unavailable: skipped");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let f = file(&dir, "f");
+    let (f, g) = (file(&dir, "f"), file(&dir, "g"));
     let small = vec![1u8; 100];
     io.submit(&[Write { fd: f.as_fd(), offset: 0, bufs: &[IoSlice::new(&small)] }], &[]).unwrap();
     assert_eq!(io.stats().ring_ops, 0, "a 100-byte write is written inline");
-    io.submit(&[Write { fd: f.as_fd(), offset: 100, bufs: &[IoSlice::new(&small)] }], &[f.as_fd()]).unwrap();
-    assert_eq!(io.stats().ring_ops, 1, "only the fsync went to the ring");
     let large = vec![2u8; 2 * INLINE_WRITE_BYTES];
-    io.submit(&[Write { fd: f.as_fd(), offset: 200, bufs: &[IoSlice::new(&large)] }], &[]).unwrap();
-    assert_eq!(io.stats().ring_ops, 2, "a large cached write goes through the ring");
+    io.submit(&[Write { fd: f.as_fd(), offset: 100, bufs: &[IoSlice::new(&large)] }], &[f.as_fd()]).unwrap();
+    assert_eq!(io.stats().ring_ops, 0, "one file's write and fsync, one chain, run inline");
+    // Two files to sync: two chains, side by side in the ring.
+    let end = 100 + large.len() as u64;
+    io.submit(
+        &[
+            Write { fd: f.as_fd(), offset: end, bufs: &[IoSlice::new(&large)] },
+            Write { fd: g.as_fd(), offset: 0, bufs: &[IoSlice::new(&large)] },
+        ],
+        &[f.as_fd(), g.as_fd()],
+    )
+    .unwrap();
+    assert_eq!(io.stats().ring_ops, 4, "two chains of a cached write and an fsync each");
     let got = std::fs::read(dir.path().join("f")).unwrap();
-    assert!(got.len() == 200 + large.len() && got[..200].iter().all(|&b| b == 1) && got[200..] == large[..]);
+    assert_eq!(got.len(), 100 + 2 * large.len());
+    assert!(got[..100].iter().all(|&b| b == 1) && got[100..].iter().all(|&b| b == 2));
+    assert_eq!(std::fs::read(dir.path().join("g")).unwrap(), large);
 }

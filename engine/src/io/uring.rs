@@ -7,7 +7,9 @@
 //! for every completion of that round. A chain longer than the ring runs synchronously.
 //! Pieces to be written uncached (`RWF_DONTCACHE`) and small writes are written with `pwritev2`
 //! before the round (through the ring the first stayed cached, the second cost an io-wq round
-//! trip each); the rest of their chain follows in the ring.
+//! trip each); the rest of their chain follows in the ring. When at most one chain is left, it
+//! runs synchronously too: the ring's gain is chains side by side, and for one chain it only
+//! adds the io-wq hop (buffered ext4 writes and fsyncs always run in io-wq workers).
 //!
 //! Memory safety rests on one rule: once an SQE is pushed, this code does not return until its
 //! CQE has been reaped, because the kernel holds pointers into the caller's buffers and the
@@ -182,9 +184,14 @@ impl Io for UringIo {
                 }
             }
         }
+        // The ring's gain is running chains side by side; one chain left (one file to sync,
+        // or one write) would only wait the same for an io-wq round trip, so `complete` runs
+        // it here.
+        let left = plan.chains.iter().filter(|c| results[(*c).clone()].iter().any(Option::is_none)).count();
+        let chains: &[std::ops::Range<usize>] = if left > 1 { &plan.chains } else { &[] };
         let mut round: Vec<std::ops::Range<usize>> = Vec::new();
         let mut round_len = 0usize;
-        for chain in &plan.chains {
+        for chain in chains {
             if chain.len() > RING_ENTRIES as usize {
                 // Left as `None`: `complete` runs it synchronously, in order.
                 continue;
