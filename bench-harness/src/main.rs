@@ -88,6 +88,14 @@ struct PeersArgs {
     /// Messages per pipelined round: a Spate batch, a Redis pipeline, a NATS round.
     #[arg(long, default_value_t = 100)]
     pipeline: usize,
+    /// Produce requests in flight on Spate's Kafka connection for its second row (the first
+    /// has one, as Redis and Iggy do); 5 is the Kafka clients' default.
+    #[arg(long, default_value_t = 5)]
+    in_flight: usize,
+    /// An Apache Iggy server binary (built from its repository) to run the same workload
+    /// against, through Iggy's Rust SDK; needs spate-bench built with `--features iggy`.
+    #[arg(long)]
+    iggy_server: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -555,7 +563,9 @@ fn main() -> anyhow::Result<()> {
                 message_bytes: a.message_bytes.max(1),
                 durability: a.durability,
                 pipeline: a.pipeline.max(1),
+                in_flight: a.in_flight.max(1),
                 backend,
+                iggy_server: a.iggy_server.clone(),
             };
             ("peers", p.to_json(), peers::run(&root, &p, &progress)?)
         }

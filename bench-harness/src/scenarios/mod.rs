@@ -3,6 +3,8 @@
 pub mod backpressure;
 pub mod consume;
 pub mod hol;
+#[cfg(feature = "iggy")]
+pub mod iggy;
 pub mod kafka_load;
 pub mod latency;
 pub mod network;

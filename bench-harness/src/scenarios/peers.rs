@@ -37,7 +37,13 @@ pub struct Params {
     pub durability: Durability,
     /// Messages per pipelined round (a Spate batch, a Redis pipeline, a NATS flush).
     pub pipeline: usize,
+    /// Produce requests in flight on Spate's Kafka connection (Redis and Iggy: one round at a
+    /// time, as their clients send; NATS: `pipeline` publishes).
+    pub in_flight: usize,
     pub backend: BackendChoice,
+    /// An Apache Iggy server binary to compare with (its Rust SDK is built in with the `iggy`
+    /// feature).
+    pub iggy_server: Option<std::path::PathBuf>,
 }
 
 impl Params {
@@ -45,12 +51,48 @@ impl Params {
         json!({
             "messages": self.messages, "message_bytes": self.message_bytes,
             "durability": self.durability.to_string(), "pipeline": self.pipeline,
+            "in_flight": self.in_flight,
+            "iggy_server": self.iggy_server.as_ref().map(|p| p.display().to_string()),
         })
     }
 }
 
 /// A server process, stopped when dropped.
-struct Server(Child);
+pub(super) struct Server(Child);
+
+impl Server {
+    /// Reads the server's stderr from now on (so it never blocks on a full pipe), keeping its
+    /// last lines for error messages.
+    pub(super) fn drain_stderr(&mut self) -> LogTail {
+        let tail = LogTail::default();
+        if let Some(stderr) = self.0.stderr.take() {
+            let lines = std::sync::Arc::clone(&tail.0);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+                    if lines.len() == LOG_TAIL_LINES {
+                        lines.pop_front();
+                    }
+                    lines.push_back(line);
+                }
+            });
+        }
+        tail
+    }
+}
+
+const LOG_TAIL_LINES: usize = 20;
+
+/// The last lines a server wrote to stderr.
+#[derive(Default, Clone)]
+pub(super) struct LogTail(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+impl LogTail {
+    pub(super) fn tail(&self) -> String {
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -59,11 +101,11 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
+pub(super) fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
     let start = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         anyhow::ensure!(
@@ -76,9 +118,16 @@ fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
 }
 
 fn spawn(program: &str, args: &[String]) -> anyhow::Result<Server> {
-    use std::os::unix::process::CommandExt;
     let mut command = Command::new(program);
-    command.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    command.args(args);
+    spawn_command(command, program)
+}
+
+/// Starts `command` with its output discarded (stderr piped), as a child that dies with the
+/// harness.
+pub(super) fn spawn_command(mut command: Command, program: &str) -> anyhow::Result<Server> {
+    use std::os::unix::process::CommandExt;
+    command.stdout(Stdio::null()).stderr(Stdio::piped());
     // SAFETY: runs in the child between fork and exec, calling only prctl, which is
     // async-signal-safe. The server then dies with the harness, even if the harness is killed.
     unsafe {
@@ -185,21 +234,30 @@ fn run_spate_kafka(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
     let mut buf = bytes::BytesMut::new();
     let value = vec![7u8; p.message_bytes];
     let start = Instant::now();
-    let mut sent = 0u64;
-    while sent < p.messages {
-        let n = (p.messages - sent).min(p.pipeline as u64);
-        let batch = bytes::Bytes::from(workload::batch_of(&value, n as usize));
-        stream.write_all(&encode_request(
-            ApiKey::Produce,
-            PRODUCE_VERSION,
-            0,
-            &produce_request(TOPIC, 0, &batch),
-        ))?;
+    let (mut sent, mut outstanding, mut correlation) = (0u64, 0usize, 0i32);
+    while sent < p.messages || outstanding > 0 {
+        // Up to `in_flight` requests sent before the oldest response is read; responses come
+        // in request order. (Responses are small: the server's socket buffer holds them while
+        // this thread writes.)
+        if sent < p.messages && outstanding < p.in_flight.max(1) {
+            let n = (p.messages - sent).min(p.pipeline as u64);
+            let batch = bytes::Bytes::from(workload::batch_of(&value, n as usize));
+            correlation = correlation.wrapping_add(1);
+            stream.write_all(&encode_request(
+                ApiKey::Produce,
+                PRODUCE_VERSION,
+                correlation,
+                &produce_request(TOPIC, 0, &batch),
+            ))?;
+            sent += n;
+            outstanding += 1;
+            continue;
+        }
         let mut body = read_frame(&mut stream, &mut buf)?.slice(4..);
         let response = ProduceResponse::decode(&mut body, PRODUCE_VERSION)?;
         let code = response.responses[0].partition_responses[0].error_code;
         anyhow::ensure!(code == 0, "produce failed with error code {code}");
-        sent += n;
+        outstanding -= 1;
     }
     let produce = start.elapsed().as_secs_f64();
     let start = Instant::now();
@@ -281,11 +339,10 @@ fn run_nats(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
             .map(String::from)
             .to_vec();
     let mut server = spawn("nats-server", &args)?;
-    // Drain the server's log so it never blocks on a full pipe.
-    if let Some(stderr) = server.0.stderr.take() {
-        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let log = server.drain_stderr();
+    if let Err(e) = wait_for_port(port, "nats-server") {
+        anyhow::bail!("{e}; its log ends with:\n{}", log.tail());
     }
-    wait_for_port(port, "nats-server")?;
     // The client is async (async-nats, the maintained one); one current-thread runtime drives it.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -345,9 +402,21 @@ pub fn run(root: &Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<O
     let (ep, ec) = run_spate(root, p)?;
     let mut out = Outcome::default();
     out.rows.extend(rows("spate embedded", &d, p, ep, ec));
-    progress("peers: Spate through its Kafka listener");
-    let (sp, sc) = run_spate_kafka(root, p)?;
-    out.rows.extend(rows("spate", &format!("{d}, Kafka listener"), p, sp, sc));
+    // One request in flight, as Redis (one pipeline at a time) and Iggy's client send; then
+    // the requested window (by default 5, the Kafka clients' default).
+    progress("peers: Spate through its Kafka listener, 1 request in flight");
+    let (sp, sc) = run_spate_kafka(root, &Params { in_flight: 1, ..p.clone() })?;
+    out.rows.extend(rows("spate", &format!("{d}, Kafka listener, 1 in flight"), p, sp, sc));
+    let windowed = if p.in_flight > 1 {
+        progress(&format!("peers: Spate through its Kafka listener, {} requests in flight", p.in_flight));
+        let (wp, _) = run_spate_kafka(root, p)?;
+        let [produce, _] =
+            rows("spate", &format!("{d}, Kafka listener, {} in flight", p.in_flight), p, wp, sc);
+        out.rows.push(produce);
+        Some(wp)
+    } else {
+        None
+    };
     progress("peers: Redis Streams");
     let (rp, rc) = run_redis(root, p)?;
     let redis_rows = rows(
@@ -367,13 +436,41 @@ pub fn run(root: &Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<O
     progress("peers: NATS JetStream");
     let (np, nc) = run_nats(root, p)?;
     let nats_rows = rows("nats", "file storage, server-scheduled sync", p, np, nc);
-    for (mut row, spate_secs) in redis_rows.into_iter().chain(nats_rows).zip([sp, sc, sp, sc]) {
-        // How many times faster Spate (through its Kafka listener) was on the same work.
-        let peer_secs = p.messages as f64 / row.msgs_per_s.unwrap_or(f64::NAN);
-        row = row.extra("spate_speedup", peer_secs / spate_secs);
-        out.rows.push(row);
+    let mut peer_rows: Vec<Row> = redis_rows.into_iter().chain(nats_rows).collect();
+    if let Some(server) = &p.iggy_server {
+        progress(&format!("peers: Apache Iggy ({})", server.display()));
+        peer_rows.extend(run_iggy(root, p, server)?);
+    }
+    for row in peer_rows {
+        out.rows.push(with_speedups(row, p, (sp, sc), windowed));
     }
     Ok(out)
+}
+
+/// How many times faster Spate (through its Kafka listener) was on the same work: at one
+/// request in flight, and for produce at the requested window too.
+fn with_speedups(row: Row, p: &Params, (sp, sc): (f64, f64), windowed: Option<f64>) -> Row {
+    let peer_secs = p.messages as f64 / row.msgs_per_s.unwrap_or(f64::NAN);
+    let produce = row.name.contains(" produce");
+    let row = row.extra("spate_speedup", peer_secs / if produce { sp } else { sc });
+    match windowed.filter(|_| produce) {
+        Some(wp) => row.extra("spate_speedup_at_window", peer_secs / wp).extra("window", p.in_flight as u64),
+        None => row,
+    }
+}
+
+#[cfg(feature = "iggy")]
+fn run_iggy(root: &Path, p: &Params, server: &Path) -> anyhow::Result<[Row; 2]> {
+    let (produce, consume) = super::iggy::run(root, p, server)?;
+    Ok(rows("iggy", super::iggy::durability_label(p.durability), p, produce, consume))
+}
+
+#[cfg(not(feature = "iggy"))]
+fn run_iggy(_: &Path, _: &Params, _: &Path) -> anyhow::Result<[Row; 2]> {
+    anyhow::bail!(
+        "this spate-bench was built without Iggy's SDK: build it with \
+         `cargo run --release -p spate-bench --features iggy -- peers --iggy-server PATH`"
+    )
 }
 
 #[cfg(test)]
@@ -382,6 +479,46 @@ mod tests {
 
     fn installed(program: &str) -> bool {
         Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    }
+
+    fn params(iggy_server: Option<std::path::PathBuf>) -> Params {
+        Params {
+            messages: 2_000,
+            message_bytes: 256,
+            durability: Durability::Always,
+            pipeline: 100,
+            in_flight: 5,
+            backend: BackendChoice::Fallback,
+            iggy_server,
+        }
+    }
+
+    fn extra(r: &Row, key: &str) -> Option<f64> {
+        r.extra.iter().find(|(k, _)| *k == key).and_then(|(_, v)| v.as_f64())
+    }
+
+    /// Runs the scenario and checks every system's rows; returns them.
+    fn run_and_check(p: &Params, systems: &[&str]) -> Vec<Row> {
+        let root = tempfile::tempdir().unwrap();
+        let out = run(root.path(), p, &|_| {}).unwrap();
+        let names: Vec<&str> = out.rows.iter().map(|r| r.name.as_str()).collect();
+        // Two rows a system, and Spate's produce at the window.
+        assert_eq!(names.len(), 2 * systems.len() + 1, "{names:?}");
+        for system in systems {
+            assert!(names.iter().any(|n| n.starts_with(&format!("peers {system} produce"))), "{names:?}");
+            assert!(names.contains(&format!("peers {system} consume").as_str()), "{names:?}");
+        }
+        assert!(names.contains(&"peers spate produce (always, Kafka listener, 5 in flight)"), "{names:?}");
+        for r in &out.rows {
+            assert!(r.msgs_per_s.unwrap() > 0.0, "{}", r.name);
+            if !r.name.contains("spate") {
+                assert!(extra(r, "spate_speedup").is_some_and(|v| v > 0.0), "{}", r.name);
+                // Produce rows compare with the windowed run too.
+                let windowed = extra(r, "spate_speedup_at_window");
+                assert_eq!(windowed.is_some_and(|v| v > 0.0), r.name.contains(" produce"), "{}", r.name);
+            }
+        }
+        out.rows
     }
 
     #[test]
@@ -394,30 +531,37 @@ mod tests {
             eprintln!("skipped: install the peers with scripts/install-peers.sh");
             return;
         }
-        let root = tempfile::tempdir().unwrap();
-        let p = Params {
-            messages: 2_000,
-            message_bytes: 256,
-            durability: Durability::Always,
-            pipeline: 100,
-            backend: BackendChoice::Fallback,
+        run_and_check(&params(None), &["spate embedded", "spate", "redis", "nats"]);
+    }
+
+    /// With `SPATE_IGGY_SERVER` naming an Iggy server binary (and the `iggy` feature), the same
+    /// workload runs against it too.
+    #[test]
+    fn iggy_runs_the_same_workload_when_a_server_is_given() {
+        let Some(server) = std::env::var_os("SPATE_IGGY_SERVER").map(std::path::PathBuf::from) else {
+            eprintln!("skipped: SPATE_IGGY_SERVER names no Iggy server binary");
+            return;
         };
-        let out = run(root.path(), &p, &|_| {}).unwrap();
-        let names: Vec<&str> = out.rows.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names.len(), 8, "{names:?}");
-        for system in ["spate embedded", "spate", "redis", "nats"] {
-            assert!(names.iter().any(|n| n.starts_with(&format!("peers {system} produce"))), "{names:?}");
-            assert!(names.contains(&format!("peers {system} consume").as_str()), "{names:?}");
+        if !(installed("redis-server") && installed("nats-server")) {
+            eprintln!("skipped: install the peers with scripts/install-peers.sh");
+            return;
         }
-        for r in &out.rows {
-            assert!(r.msgs_per_s.unwrap() > 0.0, "{}", r.name);
-            if !r.name.contains("spate") {
-                assert!(
-                    r.extra.iter().any(|(k, v)| *k == "spate_speedup" && v.as_f64().unwrap() > 0.0),
-                    "{}",
-                    r.name
-                );
-            }
+        if !cfg!(feature = "iggy") {
+            eprintln!("skipped: built without the iggy feature");
+            return;
+        }
+        run_and_check(&params(Some(server)), &["spate embedded", "spate", "redis", "nats", "iggy"]);
+    }
+
+    #[test]
+    fn an_iggy_server_that_cannot_run_is_a_clear_error() {
+        let root = tempfile::tempdir().unwrap();
+        let missing = std::path::Path::new("/nonexistent/iggy-server");
+        let err = run_iggy(root.path(), &params(Some(missing.into())), missing).unwrap_err().to_string();
+        if cfg!(feature = "iggy") {
+            assert!(err.contains("cannot start /nonexistent/iggy-server"), "{err}");
+        } else {
+            assert!(err.contains("--features iggy"), "{err}");
         }
     }
 }
