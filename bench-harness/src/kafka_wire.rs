@@ -58,6 +58,39 @@ pub fn produce_request(topic: &'static str, partition: u32, batch: &Bytes) -> Pr
     ])
 }
 
+/// A Produce request for one partition written as a real client writes it: the frame up to
+/// the records (size, header, fields, the records' length), then the batch from the client's
+/// own buffer in the same `writev`, never copied into a request buffer. Produce v7 ends with
+/// the last partition's records, so nothing follows the batch.
+pub fn write_produce(
+    stream: &mut TcpStream,
+    topic: &'static str,
+    partition: u32,
+    correlation_id: i32,
+    batch: &[u8],
+) -> std::io::Result<()> {
+    use std::io::{IoSlice, Write};
+    const _: () = assert!(PRODUCE_VERSION < 9, "flexible versions put tagged fields after the records");
+    let empty = produce_request(topic, partition, &Bytes::new());
+    let mut prefix =
+        BytesMut::from(&encode_request(ApiKey::Produce, PRODUCE_VERSION, correlation_id, &empty)[..]);
+    let len = prefix.len();
+    let size = i32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) + batch.len() as i32;
+    prefix[..4].copy_from_slice(&size.to_be_bytes());
+    prefix[len - 4..].copy_from_slice(&(batch.len() as i32).to_be_bytes());
+    let mut slices = [IoSlice::new(&prefix), IoSlice::new(batch)];
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A Fetch request of `partitions` (partition, offset) of `topic`, `max_bytes` each, waiting up
 /// to `max_wait_ms` for a first byte (0: answered at once).
 pub fn fetch_request(
@@ -101,4 +134,25 @@ pub fn next_offset(records: &[u8]) -> anyhow::Result<i64> {
         at += 12 + length;
     }
     next.ok_or_else(|| anyhow::anyhow!("no whole batch in a fetch response"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn a_produce_written_from_the_batch_buffer_is_the_encoded_request() {
+        let batch = Bytes::from(crate::workload::batch(100, 7));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        write_produce(&mut client, "t", 3, 42, &batch).unwrap();
+        drop(client);
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).unwrap();
+        let expected = encode_request(ApiKey::Produce, PRODUCE_VERSION, 42, &produce_request("t", 3, &batch));
+        assert_eq!(got, &expected[..]);
+    }
 }

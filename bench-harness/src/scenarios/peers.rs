@@ -214,9 +214,10 @@ fn run_spate_kafka(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
     use kafka_protocol::messages::{ApiKey, FetchResponse, ProduceResponse};
     use kafka_protocol::protocol::Decodable;
 
+    use spate::record::{BatchBuilder, BatchOptions, Record};
+
     use crate::kafka_wire::{
-        encode_request, fetch_request, next_offset, produce_request, read_frame, FETCH_VERSION,
-        PRODUCE_VERSION,
+        encode_request, fetch_request, next_offset, read_frame, write_produce, FETCH_VERSION, PRODUCE_VERSION,
     };
 
     const TOPIC: &str = "peers";
@@ -233,6 +234,8 @@ fn run_spate_kafka(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
     stream.set_nodelay(true)?;
     let mut buf = bytes::BytesMut::new();
     let value = vec![7u8; p.message_bytes];
+    let mut builder =
+        BatchBuilder::with_capacity(BatchOptions::default(), p.pipeline * (p.message_bytes + 12));
     let start = Instant::now();
     let (mut sent, mut outstanding, mut correlation) = (0u64, 0usize, 0i32);
     while sent < p.messages || outstanding > 0 {
@@ -241,14 +244,14 @@ fn run_spate_kafka(root: &Path, p: &Params) -> anyhow::Result<(f64, f64)> {
         // this thread writes.)
         if sent < p.messages && outstanding < p.in_flight.max(1) {
             let n = (p.messages - sent).min(p.pipeline as u64);
-            let batch = bytes::Bytes::from(workload::batch_of(&value, n as usize));
+            // Encoded into the client's long-lived buffer and written from it, as Kafka
+            // clients do.
+            builder.reset(BatchOptions::default());
+            for _ in 0..n {
+                builder.push(&Record { timestamp: 0, key: None, value: Some(&value), headers: &[] });
+            }
             correlation = correlation.wrapping_add(1);
-            stream.write_all(&encode_request(
-                ApiKey::Produce,
-                PRODUCE_VERSION,
-                correlation,
-                &produce_request(TOPIC, 0, &batch),
-            ))?;
+            write_produce(&mut stream, TOPIC, 0, correlation, builder.finish_in_place())?;
             sent += n;
             outstanding += 1;
             continue;

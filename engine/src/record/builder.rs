@@ -255,6 +255,14 @@ impl BatchBuilder {
         start..out.len()
     }
 
+    /// The complete batch of the records pushed so far, in the builder's own buffer (no copy,
+    /// no allocation): for a long-lived builder whose batch is written out before the next.
+    /// Pushing more extends this batch; [`reset`](Self::reset) starts a new one.
+    pub fn finish_in_place(&mut self) -> &[u8] {
+        self.seal();
+        &self.buf
+    }
+
     /// The complete batch, reusing the builder's buffer (no copy).
     pub fn finish(mut self) -> Vec<u8> {
         self.seal();

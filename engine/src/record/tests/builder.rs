@@ -172,6 +172,38 @@ fn finish_into_appends_and_reuses() {
 }
 
 #[test]
+fn finish_in_place_seals_without_copying_and_matches_finish() {
+    let records: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 50]).collect();
+    let build = |b: &mut BatchBuilder| {
+        for v in &records {
+            b.push(&Record { timestamp: 5, key: None, value: Some(v), headers: &[] });
+        }
+    };
+    let mut reference = BatchBuilder::new(BatchOptions::default());
+    build(&mut reference);
+    let expected = reference.finish();
+    let mut b = BatchBuilder::with_capacity(BatchOptions::default(), 4096);
+    for _ in 0..2 {
+        build(&mut b);
+        let at = b.finish_in_place().as_ptr();
+        assert_eq!(b.finish_in_place(), &expected[..]);
+        let batch = batches(b.finish_in_place()).next().unwrap().unwrap();
+        assert_eq!(batch.header().records_count, 3);
+        // The next batch is built in the same buffer.
+        b.reset(BatchOptions::default());
+        build(&mut b);
+        assert_eq!(b.finish_in_place().as_ptr(), at);
+        b.reset(BatchOptions::default());
+    }
+    // Pushing after finishing extends the same batch, sealed again on the next finish.
+    build(&mut b);
+    b.finish_in_place();
+    b.push(&Record { timestamp: 6, key: None, value: Some(b"more"), headers: &[] });
+    let batch = batches(b.finish_in_place()).next().unwrap().unwrap();
+    assert_eq!(batch.header().records_count, 4);
+}
+
+#[test]
 fn oversized_record_is_rejected_without_change() {
     // 2100 headers sharing one 1 MiB value: over 2 GiB encoded, no 2 GiB allocation.
     let big = vec![0u8; 1 << 20];
