@@ -176,6 +176,9 @@ struct SweepArgs {
     partitions: u32,
     #[arg(long, default_value = "never")]
     durability: Durability,
+    /// Runs of every point, alternating the order of the windows; a row is their median.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(Debug, Args)]
@@ -382,6 +385,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         windows: vec![1, 2, 4, 8, 16],
         partitions: 2,
         durability: Durability::Never,
+        rounds: 2,
         backend,
     };
     add("sweep", w.to_json(), network::sweep(root, &w, progress)?);
@@ -491,6 +495,7 @@ fn main() -> anyhow::Result<()> {
                 windows: a.in_flight.iter().map(|w| *w.max(&1)).collect(),
                 partitions: a.partitions.max(1),
                 durability: a.durability,
+                rounds: a.rounds.max(1),
                 backend,
             };
             ("sweep", p.to_json(), network::sweep(&root, &p, &progress)?)

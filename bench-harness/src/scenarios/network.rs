@@ -483,6 +483,8 @@ pub struct SweepParams {
     pub windows: Vec<usize>,
     pub partitions: u32,
     pub durability: Durability,
+    /// Runs of every point, in alternating order (fewest in flight first, then most first).
+    pub rounds: usize,
     pub backend: BackendChoice,
 }
 
@@ -491,6 +493,7 @@ impl SweepParams {
         json!({
             "bytes_per_point": self.bytes_per_point, "message_bytes": self.message_bytes,
             "batch_bytes": self.batch_bytes, "in_flight": self.windows, "partitions": self.partitions,
+            "rounds": self.rounds,
             "durability": self.durability.to_string(),
         })
     }
@@ -518,29 +521,44 @@ pub fn sweep(root: &std::path::Path, p: &SweepParams, progress: &dyn Fn(&str)) -
         workload::settle();
         progress(&format!("sweep {label}: loopback copy reference (before)"));
         let before = copy_reference(p.partitions as usize, &batch, requests)?;
-        let mut points = Vec::new();
-        for &window in &p.windows {
-            // A topic per point, deleted after it, so the disk holds one point at a time.
-            let topic_config = LogConfig { durability: p.durability, ..LogConfig::default() };
-            engine.create_topic(TOPIC, p.partitions, topic_config)?;
-            progress(&format!("sweep {label}: {window} in flight, {} MiB", bytes >> 20));
-            let secs = produce_run(addr, p.partitions, &batch, requests, window)?;
-            engine.delete_topic(TOPIC)?;
-            points.push((window, secs));
+        // Every point runs once per round; the order alternates, so that no window always
+        // runs first (on a fresh machine state) or last.
+        let mut runs: Vec<Vec<f64>> = vec![Vec::new(); p.windows.len()];
+        for round in 0..p.rounds.max(1) {
+            let mut order: Vec<usize> = (0..p.windows.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let window = p.windows[i];
+                // A topic per point, deleted after it, so the disk holds one point at a time.
+                let topic_config = LogConfig { durability: p.durability, ..LogConfig::default() };
+                engine.create_topic(TOPIC, p.partitions, topic_config)?;
+                progress(&format!(
+                    "sweep {label}: {window} in flight, {} MiB, round {}",
+                    bytes >> 20,
+                    round + 1
+                ));
+                runs[i].push(produce_run(addr, p.partitions, &batch, requests, window)?);
+                engine.delete_topic(TOPIC)?;
+            }
         }
         progress(&format!("sweep {label}: loopback copy reference (after)"));
         let after = copy_reference(p.partitions as usize, &batch, requests)?;
-        let falls = falling(&points.iter().map(|&(_, secs)| bytes as f64 / secs).collect::<Vec<_>>());
-        for ((window, secs), falls) in points.into_iter().zip(falls) {
+        let secs: Vec<f64> = runs.iter().map(|r| median(r)).collect();
+        let falls = falling(&secs.iter().map(|&s| bytes as f64 / s).collect::<Vec<_>>());
+        for (((&window, secs), falls), runs) in p.windows.iter().zip(secs).zip(falls).zip(&runs) {
             let name =
                 format!("sweep produce {label} × {window} in flight{}", if falls { " (falls)" } else { "" });
             let messages = requests * u64::from(p.partitions) * count as u64;
+            let rates: Vec<f64> = runs.iter().map(|s| bytes as f64 / s).collect();
             let row = Row::named(name)
                 .with_throughput(messages, bytes, secs, Some(before.max(after)))
                 .extra("reference", "loopback TCP copy")
                 .extra("batch_bytes", batch.len() as u64)
                 .extra("in_flight", window as u64)
-                .extra("falls", falls);
+                .extra("falls", falls)
+                .extra("runs_bytes_per_s", rates);
             rows.push(row.with_reference_pair(before, after));
         }
     }
@@ -627,13 +645,19 @@ mod tests {
             windows: vec![1, 4],
             partitions: 2,
             durability: Durability::Never,
+            rounds: 3,
             backend: BackendChoice::Fallback,
         };
         let out = sweep(root.path(), &p, &|_| {}).unwrap();
         assert_eq!(out.rows.len(), 4, "one row per batch size and window");
         for row in &out.rows {
             assert!(row.ratio_to_reference.unwrap() > 0.0, "{}", row.name);
-            assert!(row.bytes_per_s.unwrap() > 0.0, "{}", row.name);
+            let rate = row.bytes_per_s.unwrap();
+            // The row is the median of its rounds.
+            let (_, runs) = row.extra.iter().find(|(k, _)| *k == "runs_bytes_per_s").unwrap();
+            let runs: Vec<f64> = runs.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            assert_eq!(runs.len(), 3, "{}", row.name);
+            assert!((rate - median(&runs)).abs() <= 1e-6 * rate, "{}: {rate} against {runs:?}", row.name);
         }
         assert_eq!(falling(&[100.0, 95.0, 80.0, 120.0, 107.0]), vec![false, false, true, false, true]);
     }

@@ -14,13 +14,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use super::codec::{Chunk, Outgoing, Prefix, PREFIX_BYTES};
+use super::frames::FramePool;
 use super::handlers::{self, Handled};
 use super::server::Ctx;
 
@@ -187,7 +188,8 @@ async fn read_loop(
             return None;
         };
         permits.push(permit);
-        let body = read_body(&mut reader, &prefix, size, config.frame_bytes_per_sec_min);
+        let buffer = ctx.shared.frames.take(size);
+        let body = read_body(&mut reader, buffer, &prefix, size, config.frame_bytes_per_sec_min);
         let frame = match tokio::time::timeout(ctx.shared.config.frame_read_timeout, body).await {
             Ok(Ok(frame)) => frame,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -207,7 +209,7 @@ async fn read_loop(
                 return None;
             }
         };
-        let frame: Bytes = frame.freeze();
+        let frame: Bytes = FramePool::freeze(&ctx.shared.frames, frame);
         let task_ctx = Rc::clone(&ctx);
         let budget = handlers::FrameBudget::new(permits);
         let handle = tokio::task::spawn_local(async move {
@@ -226,16 +228,18 @@ const BODY_CHUNK_BYTES: usize = 256 << 10;
 /// Reads the rest of a `size`-byte frame after its prefix, each piece within a second plus
 /// its share of `bytes_per_sec_min` (a `TimedOut` error otherwise).
 ///
-/// The buffer is reserved at the frame's size, which the budget already holds, and read into
-/// without being zeroed first: its pages are touched only as bytes arrive, so a frame that
-/// never arrives costs address space, not memory, and nothing is copied as it grows.
+/// `frame` (empty, from the frame pool) has room for the frame's size, which the budget
+/// already holds, and is read into without being zeroed first: a new buffer's pages are touched
+/// only as bytes arrive, so a frame that never arrives costs address space, not memory, and
+/// nothing is copied as it grows.
 async fn read_body(
     reader: &mut OwnedReadHalf,
+    mut frame: Vec<u8>,
     prefix: &[u8],
     size: usize,
     bytes_per_sec_min: u64,
-) -> std::io::Result<BytesMut> {
-    let mut frame = BytesMut::with_capacity(size);
+) -> std::io::Result<Vec<u8>> {
+    debug_assert!(frame.is_empty() && frame.capacity() >= size);
     frame.extend_from_slice(prefix);
     while frame.len() < size {
         let chunk = (size - frame.len()).min(BODY_CHUNK_BYTES);

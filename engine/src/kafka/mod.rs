@@ -9,6 +9,7 @@ mod codec;
 mod config;
 mod connection;
 mod errors;
+mod frames;
 mod group;
 mod handlers;
 mod http;

@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     /// The part of `request_bytes` that frames larger than `request_frame_bytes_max` may take:
     /// the rest is kept for small requests, so that large frames cannot starve them.
     pub large_request_bytes: Arc<tokio::sync::Semaphore>,
+    /// Buffers of large frames, reused (`frames`).
+    pub frames: Arc<super::frames::FramePool>,
     /// Tokens for creating topics on first use, and when they were last counted.
     pub auto_create_bucket: std::sync::Mutex<(f64, std::time::Instant)>,
     pub stop: watch::Receiver<bool>,
@@ -165,6 +167,7 @@ impl Server {
             large_request_bytes: Arc::new(tokio::sync::Semaphore::new(
                 config.request_bytes_in_flight_max - config.small_request_reserve(),
             )),
+            frames: Arc::default(),
             stop: stop_rx,
             config,
         });
