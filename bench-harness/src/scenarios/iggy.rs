@@ -45,7 +45,11 @@ pub fn run(root: &Path, p: &Params, server: &Path) -> anyhow::Result<(f64, f64)>
         .env("IGGY_SYSTEM_SHARDING_CPU_ALLOCATION", "2")
         .env("IGGY_ROOT_USERNAME", DEFAULT_ROOT_USERNAME)
         .env("IGGY_ROOT_PASSWORD", DEFAULT_ROOT_PASSWORD);
-    let mut child = spawn_command(command, &server.display().to_string())?;
+    let mut child = spawn_command(
+        command,
+        &server.display().to_string(),
+        "build Iggy's server from its repository (docs/benchmarks.md, Peers) and pass its path",
+    )?;
     let log = child.drain_stderr();
     if let Err(e) = wait_for_port(port, "iggy-server") {
         anyhow::bail!("{e}; its log ends with:\n{}", log.tail());

@@ -120,12 +120,12 @@ pub(super) fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
 fn spawn(program: &str, args: &[String]) -> anyhow::Result<Server> {
     let mut command = Command::new(program);
     command.args(args);
-    spawn_command(command, program)
+    spawn_command(command, program, "install the peers with scripts/install-peers.sh")
 }
 
 /// Starts `command` with its output discarded (stderr piped), as a child that dies with the
 /// harness.
-pub(super) fn spawn_command(mut command: Command, program: &str) -> anyhow::Result<Server> {
+pub(super) fn spawn_command(mut command: Command, program: &str, install: &str) -> anyhow::Result<Server> {
     use std::os::unix::process::CommandExt;
     command.stdout(Stdio::null()).stderr(Stdio::piped());
     // SAFETY: runs in the child between fork and exec, calling only prctl, which is
@@ -138,9 +138,7 @@ pub(super) fn spawn_command(mut command: Command, program: &str) -> anyhow::Resu
             Ok(())
         });
     }
-    let child = command.spawn().map_err(|e| {
-        anyhow::anyhow!("cannot start {program} ({e}); install the peers with scripts/install-peers.sh")
-    })?;
+    let child = command.spawn().map_err(|e| anyhow::anyhow!("cannot start {program} ({e}); {install}"))?;
     Ok(Server(child))
 }
 

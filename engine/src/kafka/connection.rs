@@ -209,9 +209,17 @@ async fn read_loop(
                 return None;
             }
         };
-        let frame: Bytes = FramePool::freeze(&ctx.shared.frames, frame);
+        // A produce frame's batches are written from the frame itself, so its room in the
+        // budget goes with its bytes, given back when the shards drop the last of them (even
+        // if the connection closed meanwhile); other requests give it back once decoded.
+        let produce = parsed.api_key == kafka_protocol::messages::ApiKey::Produce as i16;
+        let (hold, budget) = if produce {
+            (Some(permits), handlers::FrameBudget::new(Vec::new()))
+        } else {
+            (None, handlers::FrameBudget::new(permits))
+        };
+        let frame: Bytes = FramePool::freeze(&ctx.shared.frames, frame, hold);
         let task_ctx = Rc::clone(&ctx);
-        let budget = handlers::FrameBudget::new(permits);
         let handle = tokio::task::spawn_local(async move {
             handlers::handle(&task_ctx, parsed, frame, started, budget).await
         });
@@ -229,9 +237,9 @@ const BODY_CHUNK_BYTES: usize = 256 << 10;
 /// its share of `bytes_per_sec_min` (a `TimedOut` error otherwise).
 ///
 /// `frame` (empty, from the frame pool) has room for the frame's size, which the budget
-/// already holds, and is read into without being zeroed first: a new buffer's pages are touched
-/// only as bytes arrive, so a frame that never arrives costs address space, not memory, and
-/// nothing is copied as it grows.
+/// already holds, and is read into without being zeroed first: the pages of a new buffer are
+/// touched only as bytes arrive (a frame that never arrives costs address space, not memory),
+/// and nothing is copied as it grows.
 async fn read_body(
     reader: &mut OwnedReadHalf,
     mut frame: Vec<u8>,

@@ -6,6 +6,10 @@
 //! to its host, each costs several µs more). This pool keeps the buffers of frames of at least
 //! [`POOLED_FRAME_BYTES_MIN`] once they are dropped, up to [`POOL_BYTES_MAX`] in all, and gives
 //! them to the next frames of a similar size. Smaller frames use the allocator as before.
+//!
+//! A frame can also carry what must live exactly as long as its memory: a produce frame
+//! carries its room in the request budget, given back when the shards have written (and
+//! dropped) the last of its batches, whether or not anyone still waits for the answer.
 
 use std::sync::{Arc, Mutex};
 
@@ -17,8 +21,11 @@ pub const POOLED_FRAME_BYTES_MIN: usize = 64 << 10;
 /// Capacity the pool keeps at most, over all its idle buffers.
 pub const POOL_BYTES_MAX: usize = 64 << 20;
 
-/// A pooled buffer serves a frame of at least a quarter of its capacity.
-const WASTE_MAX: usize = 4;
+/// A pooled buffer serves a frame of at least four fifths of its capacity, so the request
+/// budget, which counts frame sizes, undercounts pooled memory by a quarter at most.
+fn fits(capacity: usize, size: usize) -> bool {
+    capacity >= size && capacity - size <= size / 4
+}
 
 #[derive(Debug, Default)]
 pub struct FramePool {
@@ -40,7 +47,7 @@ impl FramePool {
                 .buffers
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| b.capacity() >= size && b.capacity() / WASTE_MAX <= size)
+                .filter(|(_, b)| fits(b.capacity(), size))
                 .min_by_key(|(_, b)| b.capacity())
                 .map(|(i, _)| i);
             if let Some(i) = fit {
@@ -52,13 +59,14 @@ impl FramePool {
         Vec::with_capacity(size)
     }
 
-    /// `buffer`'s bytes as `Bytes` that give the buffer back to `pool` when the last slice of
-    /// them is dropped (if it is large enough to be pooled).
-    pub fn freeze(pool: &Arc<FramePool>, buffer: Vec<u8>) -> Bytes {
-        if buffer.capacity() < POOLED_FRAME_BYTES_MIN {
+    /// `buffer`'s bytes as `Bytes` that give the buffer back to `pool` (if it is large enough
+    /// to be pooled) and drop `hold` when the last slice of them is dropped.
+    pub fn freeze<H: Send + 'static>(pool: &Arc<FramePool>, buffer: Vec<u8>, hold: Option<H>) -> Bytes {
+        let pool = (buffer.capacity() >= POOLED_FRAME_BYTES_MIN).then(|| Arc::clone(pool));
+        if pool.is_none() && hold.is_none() {
             return Bytes::from(buffer);
         }
-        Bytes::from_owner(Pooled { buffer, pool: Arc::clone(pool) })
+        Bytes::from_owner(Frame { buffer, pool, _hold: hold })
     }
 
     fn put(&self, mut buffer: Vec<u8>) {
@@ -77,21 +85,24 @@ impl FramePool {
     }
 }
 
-/// A frame's buffer, back to its pool when dropped.
-struct Pooled {
+/// A frame's buffer, back to its pool when dropped, and what lives as long as it.
+struct Frame<H> {
     buffer: Vec<u8>,
-    pool: Arc<FramePool>,
+    pool: Option<Arc<FramePool>>,
+    _hold: Option<H>,
 }
 
-impl AsRef<[u8]> for Pooled {
+impl<H> AsRef<[u8]> for Frame<H> {
     fn as_ref(&self) -> &[u8] {
         &self.buffer
     }
 }
 
-impl Drop for Pooled {
+impl<H> Drop for Frame<H> {
     fn drop(&mut self) {
-        self.pool.put(std::mem::take(&mut self.buffer));
+        if let Some(pool) = &self.pool {
+            pool.put(std::mem::take(&mut self.buffer));
+        }
     }
 }
 
@@ -105,7 +116,7 @@ mod tests {
         let mut first = pool.take(1 << 20);
         first.extend_from_slice(&vec![1u8; 1 << 20]);
         let at = first.as_ptr();
-        let frame = FramePool::freeze(&pool, first);
+        let frame = FramePool::freeze(&pool, first, None::<()>);
         let slice = frame.slice(100..200);
         drop(frame);
         // A slice still holds the frame: nothing is back yet.
@@ -115,8 +126,8 @@ mod tests {
         drop(other);
         drop(slice);
         assert_eq!(pool.idle_bytes(), 1 << 20);
-        // A frame of a similar size gets the same memory; a much smaller one does not.
-        let small = pool.take(100 << 10);
+        // A frame of a similar size gets the same memory; a smaller one does not.
+        let small = pool.take(800 << 10);
         assert!(small.as_ptr() != at);
         let again = pool.take((1 << 20) - 10);
         assert_eq!(again.as_ptr(), at);
@@ -125,12 +136,29 @@ mod tests {
     }
 
     #[test]
+    fn what_a_frame_holds_lives_until_its_last_slice_is_dropped() {
+        let pool = Arc::new(FramePool::default());
+        for size in [1000, 1 << 20] {
+            let held = Arc::new(());
+            let mut buffer = pool.take(size);
+            buffer.resize(size, 7);
+            let frame = FramePool::freeze(&pool, buffer, Some(Arc::clone(&held)));
+            let batch = frame.slice(10..20);
+            drop(frame);
+            assert_eq!(Arc::strong_count(&held), 2, "a slice still holds the frame of {size} bytes");
+            drop(batch);
+            assert_eq!(Arc::strong_count(&held), 1, "released with the last slice of {size} bytes");
+        }
+    }
+
+    #[test]
     fn small_frames_are_not_pooled_and_the_pool_is_bounded() {
         let pool = Arc::new(FramePool::default());
-        drop(FramePool::freeze(&pool, pool.take(1000)));
+        drop(FramePool::freeze(&pool, pool.take(1000), None::<()>));
         assert_eq!(pool.idle_bytes(), 0);
-        let frames: Vec<Bytes> =
-            (0..(POOL_BYTES_MAX >> 20) + 5).map(|_| FramePool::freeze(&pool, pool.take(1 << 20))).collect();
+        let frames: Vec<Bytes> = (0..(POOL_BYTES_MAX >> 20) + 5)
+            .map(|_| FramePool::freeze(&pool, pool.take(1 << 20), None::<()>))
+            .collect();
         drop(frames);
         assert!(pool.idle_bytes() <= POOL_BYTES_MAX);
         assert!(pool.idle_bytes() >= POOL_BYTES_MAX - (1 << 20));

@@ -177,3 +177,75 @@ fn a_busy_coordinator_does_not_hold_up_the_shard() {
     server.shutdown();
     engine.shutdown().unwrap();
 }
+
+/// A produce frame of `values.len()` records of `value_bytes` bytes, record `i` filled with
+/// `values[i]`.
+fn large_produce_frame(topic: &str, correlation_id: i32, values: &[u8], value_bytes: usize) -> Vec<u8> {
+    let mut b = BatchBuilder::new(BatchOptions::default());
+    for &v in values {
+        b.push(&Record { timestamp: 1, key: None, value: Some(&vec![v; value_bytes]), headers: &[] });
+    }
+    let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
+        TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(b.finish().into()))]),
+    ]);
+    request_frame(ApiKey::Produce, 7, correlation_id, &request)
+}
+
+#[test]
+fn large_frames_in_reused_buffers_keep_their_bytes_and_give_their_budget_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), EngineConfig { shards: 1, ..EngineConfig::default() }).unwrap();
+    engine.create_topic("large", 1, LogConfig::default()).unwrap();
+    let config = ServerConfig { listen: ([127, 0, 0, 1], 0).into(), ..ServerConfig::default() };
+    let budget = config.request_bytes_in_flight_max;
+    let server = Server::start(&engine, config).unwrap();
+    // Frames of about 300 KiB, eight in flight at a time, every record's bytes its own: a
+    // buffer handed to a new frame while an earlier one still used it would mix them.
+    let (per_frame, value_bytes) = (30u8, 10_000);
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    let mut next = 0u8;
+    for round in 0..4 {
+        let mut frames = Vec::new();
+        for i in 0..8 {
+            let values: Vec<u8> = (0..per_frame).map(|j| next.wrapping_add(j)).collect();
+            next = next.wrapping_add(per_frame);
+            frames.extend(large_produce_frame("large", round * 8 + i, &values, value_bytes));
+        }
+        s.write_all(&frames).unwrap();
+        for _ in 0..8 {
+            let body = read_frame(&mut s);
+            let r = ProduceResponse::decode(&mut bytes::Bytes::from(body).slice(4..), 7).unwrap();
+            assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+        }
+    }
+    drop(s);
+    let total = 4 * 8 * i64::from(per_frame);
+    let (mut offset, mut expected) = (0i64, 0u8);
+    while offset < total {
+        let fetched = engine.fetch("large", 0, offset, crate::FetchOptions::default()).unwrap();
+        for r in fetched.records(offset).unwrap() {
+            let v = r.value.unwrap();
+            assert!(v.len() == value_bytes && v.iter().all(|&b| b == expected), "record {}", r.offset);
+            expected = expected.wrapping_add(1);
+            offset = r.offset + 1;
+        }
+    }
+    // Every frame was written and dropped: all of the budget is back, none held by a
+    // connection that is gone.
+    let shared = server.shared();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while shared.request_bytes.available_permits() != budget {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {budget} budget bytes back",
+            shared.request_bytes.available_permits()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    server.shutdown();
+    engine.shutdown().unwrap();
+}

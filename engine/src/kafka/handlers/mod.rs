@@ -65,9 +65,9 @@ fn check_partition_count(partitions: usize) -> Result<(), EngineError> {
 }
 
 /// The room a frame takes in the server's request byte budget. Handlers give it back as soon
-/// as the request is decoded, so that waiting (long polls, rebalances) holds none of it; but
-/// Produce holds it until every partition has answered, because the shards stage and write
-/// the batches as slices of the frame, whose memory lives until then.
+/// as the request is decoded, so that waiting (long polls, rebalances) holds none of it. A
+/// Produce frame's room is not here but in its bytes (`frames::FramePool::freeze`): the shards
+/// stage and write the batches as slices of the frame, and the room goes when they drop them.
 #[derive(Debug)]
 pub(crate) struct FrameBudget(#[allow(dead_code)] Vec<tokio::sync::OwnedSemaphorePermit>);
 

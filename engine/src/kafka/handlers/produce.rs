@@ -63,10 +63,10 @@ pub async fn handle(
             pending.push((Rc::clone(&name), index, task));
         }
     }
-    // The batches are slices of the frame, staged as they are: the frame's memory, and so its
-    // room in the request budget, stays taken until the shards have written them (every task
-    // below has answered).
-    drop(body);
+    // The batches are slices of the frame, staged as they are: the frame's memory, and its
+    // room in the request budget that travels with it, stay taken until the shards have
+    // written them.
+    drop((body, budget));
     let mut responses: Vec<TopicProduceResponse> = Vec::new();
     let mut any_error = None;
     for (name, index, task) in pending {
@@ -98,7 +98,6 @@ pub async fn handle(
             ),
         }
     }
-    drop(budget);
     if acks == 0 {
         // No response is read by the client; an error can only be signalled by closing, as
         // Kafka does.
