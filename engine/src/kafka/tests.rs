@@ -22,12 +22,17 @@ fn produce_frame(topic: &str, correlation_id: i32, producer_id: i64, sequence: i
         ..BatchOptions::default()
     });
     b.push(&Record { timestamp: 1, key: None, value: Some(b"v"), headers: &[] });
+    produce_request_frame(topic, correlation_id, b.finish())
+}
+
+/// A Produce v7 frame (acks -1) of `batch` for partition 0 of `topic`.
+fn produce_request_frame(topic: &str, correlation_id: i32, batch: Vec<u8>) -> Vec<u8> {
     let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
         TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_string(topic.to_string())))
             .with_partition_data(vec![PartitionProduceData::default()
                 .with_index(0)
-                .with_records(Some(b.finish().into()))]),
+                .with_records(Some(batch.into()))]),
     ]);
     request_frame(ApiKey::Produce, 7, correlation_id, &request)
 }
@@ -185,14 +190,7 @@ fn large_produce_frame(topic: &str, correlation_id: i32, values: &[u8], value_by
     for &v in values {
         b.push(&Record { timestamp: 1, key: None, value: Some(&vec![v; value_bytes]), headers: &[] });
     }
-    let request = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
-        TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(b.finish().into()))]),
-    ]);
-    request_frame(ApiKey::Produce, 7, correlation_id, &request)
+    produce_request_frame(topic, correlation_id, b.finish())
 }
 
 #[test]
