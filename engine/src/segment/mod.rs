@@ -88,10 +88,9 @@ pub struct Segment {
     durable_len: u64,
     /// Bytes below the partition's high watermark: what readers may see.
     visible_len: u64,
-    /// Batches accepted but not yet handed to the I/O layer.
-    /// Staged batches: each one's base offset as the log assigned it, and the rest of the
-    /// batch as it arrived (bytes 8.. of the client's batch, shared with the request that
-    /// carried it, never copied).
+    /// Batches accepted but not yet handed to the I/O layer: each one's base offset as the log
+    /// assigned it, and the rest of the batch as it arrived (bytes 8.. of the caller's batch,
+    /// shared with the request that carried it, never copied).
     staged: Vec<([u8; 8], Bytes)>,
     staged_len: u64,
     /// One past the last offset in the segment, staged batches included.
