@@ -168,12 +168,15 @@ async fn read_loop(
         {
             return None;
         }
-        // The connection's share first, then (for a large frame) the large-frame part of the
-        // budget, then the budget itself: small requests always find room.
+        // The connection's share first, then (for a large frame, and for every produce frame,
+        // which holds its room until its batches are written) the part of the budget outside
+        // the small-request reserve, then the budget itself: small requests that are answered
+        // once decoded always find room.
+        let produce = parsed.api_key == kafka_protocol::messages::ApiKey::Produce as i16;
         let mut permits = Vec::with_capacity(3);
         let Ok(own) = Arc::clone(&own_bytes).acquire_many_owned(size as u32).await else { return None };
         permits.push(own);
-        if size > config.request_frame_bytes_max {
+        if size > config.request_frame_bytes_max || produce {
             // A frame larger than the whole large-frame part takes all of it, not forever.
             let large_max = config.request_bytes_in_flight_max - config.small_request_reserve();
             let Ok(large) = Arc::clone(&ctx.shared.large_request_bytes)
@@ -212,7 +215,6 @@ async fn read_loop(
         // A produce frame's batches are written from the frame itself, so its room in the
         // budget goes with its bytes, given back when the shards drop the last of them (even
         // if the connection closed meanwhile); other requests give it back once decoded.
-        let produce = parsed.api_key == kafka_protocol::messages::ApiKey::Produce as i16;
         let (hold, budget) = if produce {
             (Some(permits), handlers::FrameBudget::new(Vec::new()))
         } else {

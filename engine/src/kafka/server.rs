@@ -49,8 +49,9 @@ pub(crate) struct Shared {
     pub admin: crossbeam::channel::Sender<AdminJob>,
     pub connections: AtomicUsize,
     pub request_bytes: Arc<tokio::sync::Semaphore>,
-    /// The part of `request_bytes` that frames larger than `request_frame_bytes_max` may take:
-    /// the rest is kept for small requests, so that large frames cannot starve them.
+    /// The part of `request_bytes` that frames larger than `request_frame_bytes_max`, and
+    /// produce frames of any size (they hold their room until written), may take: the rest is
+    /// kept for small requests answered once decoded, so that neither can starve them.
     pub large_request_bytes: Arc<tokio::sync::Semaphore>,
     /// Buffers of large frames, reused (`frames`).
     pub frames: Arc<super::frames::FramePool>,

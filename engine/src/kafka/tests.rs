@@ -247,3 +247,43 @@ fn large_frames_in_reused_buffers_keep_their_bytes_and_give_their_budget_back() 
     server.shutdown();
     engine.shutdown().unwrap();
 }
+
+/// Produce frames hold their room in the budget until written, so they draw on the part
+/// outside the small-request reserve, as large frames do: with that part taken, a produce
+/// waits and a small request is still answered at once.
+#[test]
+fn produce_frames_cannot_take_the_room_kept_for_small_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig { shards: 1, io_backend: BackendChoice::Fallback, ..EngineConfig::default() };
+    let engine = Engine::open(dir.path(), config).unwrap();
+    engine.create_topic("held", 1, LogConfig::default()).unwrap();
+    let server = Server::start(
+        &engine,
+        ServerConfig { listen: ([127, 0, 0, 1], 0).into(), ..ServerConfig::default() },
+    )
+    .unwrap();
+    // Producers holding the whole outside part, as frames waiting for their writes would.
+    let large = &server.shared().large_request_bytes;
+    let all = large.available_permits();
+    let held = large.try_acquire_many(all as u32).unwrap();
+    let mut producer = TcpStream::connect(server.local_addr()).unwrap();
+    producer.write_all(&produce_frame("held", 1, -1, -1)).unwrap();
+    let mut other = TcpStream::connect(server.local_addr()).unwrap();
+    other.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    other.write_all(&heartbeat_frame(2)).unwrap();
+    let body = read_frame(&mut other);
+    assert_eq!(i32::from_be_bytes(body[..4].try_into().unwrap()), 2, "the heartbeat is answered");
+    // The produce is still waiting for room.
+    producer.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+    let mut size = [0u8; 4];
+    assert!(producer.read_exact(&mut size).is_err(), "a produce was answered without room");
+    assert_eq!(engine.list_offset("held", 0, crate::OffsetSpec::Latest).unwrap(), Some(0));
+    drop(held);
+    producer.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let body = read_frame(&mut producer);
+    let r = ProduceResponse::decode(&mut bytes::Bytes::from(body).slice(4..), 7).unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    drop((producer, other));
+    server.shutdown();
+    engine.shutdown().unwrap();
+}
