@@ -497,7 +497,12 @@ impl Partition {
     }
 
     /// When an `interval` partition with unsynced data next wants an fdatasync.
+    /// `None` once the partition failed: it syncs nothing more (and a deadline that stayed in
+    /// the past would wake its shard every millisecond).
     pub fn sync_deadline(&self) -> Option<Instant> {
+        if self.failed.is_some() {
+            return None;
+        }
         match self.config.durability {
             Durability::Interval(every) if self.durable_end < self.next_offset() => {
                 Some(self.last_sync + every)

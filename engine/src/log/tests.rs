@@ -376,6 +376,26 @@ fn an_fsync_error_fails_the_partition_until_reopened() {
 }
 
 #[test]
+fn a_failed_interval_partition_has_no_sync_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = FaultPlan { fail_fsync: Some((1, libc::EIO)), ..Default::default() };
+    let mut io = FaultIo::new(FallbackIo::new(), plan);
+    let hour = Duration::from_secs(3600);
+    let config = LogConfig { durability: Durability::Interval(hour), ..LogConfig::default() };
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    p.append(&mut io, batch("a", 1, 1), SystemTime::now()).unwrap();
+    let start = Instant::now();
+    commit(&mut io, &mut [&mut p], start).unwrap();
+    assert!(p.sync_deadline().is_some(), "written, not yet synced: a sync is due");
+    // The interval's sync fails: the partition fails and nothing is due any more, however
+    // much unsynced data it holds.
+    assert!(commit(&mut io, &mut [&mut p], start + 2 * hour).is_err());
+    assert!(p.failure().is_some());
+    assert!(p.durable_end() < p.next_offset());
+    assert_eq!(p.sync_deadline(), None);
+}
+
+#[test]
 fn a_failed_partition_writes_syncs_and_publishes_nothing_and_its_failed_batches_never_appear() {
     for durability in [Durability::Always, Durability::Never] {
         let dir = tempfile::tempdir().unwrap();
