@@ -21,10 +21,12 @@ pub const POOLED_FRAME_BYTES_MIN: usize = 64 << 10;
 /// Capacity the pool keeps at most, over all its idle buffers.
 pub const POOL_BYTES_MAX: usize = 64 << 20;
 
-/// A pooled buffer serves a frame of at least four fifths of its capacity, so the request
-/// budget, which counts frame sizes, undercounts pooled memory by a quarter at most.
-fn fits(capacity: usize, size: usize) -> bool {
-    capacity >= size && capacity - size <= size / 4
+/// The capacity a pooled frame of `size` bytes gets: `size` rounded up to a quarter of the
+/// power of two below it, so frames of similar sizes share buffers and the request budget,
+/// which counts frame sizes, undercounts pooled memory by a quarter at most.
+fn class_of(size: usize) -> usize {
+    let step = (1usize << size.ilog2()) / 4;
+    size.div_ceil(step) * step
 }
 
 #[derive(Debug, Default)]
@@ -34,29 +36,26 @@ pub struct FramePool {
 
 #[derive(Debug, Default)]
 struct Idle {
-    buffers: Vec<Vec<u8>>,
+    /// Idle buffers by capacity (always a `class_of`).
+    buffers: std::collections::HashMap<usize, Vec<Vec<u8>>>,
     bytes: usize,
 }
 
 impl FramePool {
     /// An empty buffer with room for `size` bytes: a pooled one if one fits.
     pub fn take(&self, size: usize) -> Vec<u8> {
-        if size >= POOLED_FRAME_BYTES_MIN {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let fit = idle
-                .buffers
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| fits(b.capacity(), size))
-                .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i);
-            if let Some(i) = fit {
-                let buffer = idle.buffers.swap_remove(i);
-                idle.bytes -= buffer.capacity();
-                return buffer;
-            }
+        if size < POOLED_FRAME_BYTES_MIN {
+            return Vec::with_capacity(size);
         }
-        Vec::with_capacity(size)
+        let class = class_of(size);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        match idle.buffers.get_mut(&class).and_then(Vec::pop) {
+            Some(buffer) => {
+                idle.bytes -= buffer.capacity();
+                buffer
+            }
+            None => Vec::with_capacity(class),
+        }
     }
 
     /// `buffer`'s bytes as `Bytes` that give the buffer back to `pool` (if it is large enough
@@ -70,11 +69,15 @@ impl FramePool {
     }
 
     fn put(&self, mut buffer: Vec<u8>) {
+        let capacity = buffer.capacity();
+        if class_of(capacity) != capacity {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.bytes + buffer.capacity() <= POOL_BYTES_MAX {
+        if idle.bytes + capacity <= POOL_BYTES_MAX {
             buffer.clear();
-            idle.bytes += buffer.capacity();
-            idle.buffers.push(buffer);
+            idle.bytes += capacity;
+            idle.buffers.entry(capacity).or_default().push(buffer);
         }
     }
 
@@ -133,6 +136,15 @@ mod tests {
         assert_eq!(again.as_ptr(), at);
         assert!(again.is_empty() && again.capacity() >= (1 << 20) - 10);
         assert_eq!(pool.idle_bytes(), 0);
+    }
+
+    #[test]
+    fn size_classes_waste_a_quarter_at_most() {
+        for size in (POOLED_FRAME_BYTES_MIN..8 << 20).step_by(4093) {
+            let class = class_of(size);
+            assert!(class >= size && class - size <= size / 4, "{size} -> {class}");
+            assert_eq!(class_of(class), class, "{size} -> {class}");
+        }
     }
 
     #[test]
