@@ -1739,3 +1739,23 @@ fn space_is_reserved_ahead_of_appends_and_given_back_at_seal() {
     p.flush(&mut io).unwrap();
     assert!(read_all(&p).len() > 10);
 }
+
+#[test]
+fn a_commit_of_more_batches_than_iov_max_slices_reads_back_whole() {
+    for cache in [crate::io::WriteCache::Keep, crate::io::WriteCache::Drop] {
+        let mut io = FallbackIo::with_cache(cache);
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+        for round in 0..3 {
+            for i in 0..1500 {
+                p.append(&mut io, batch(&format!("{round}-{i}"), 1, 1), SystemTime::now()).unwrap();
+            }
+            commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
+        }
+        let all = read_all(&p);
+        assert_eq!(all.len(), 4500, "{cache:?}");
+        drop(p);
+        let p = Partition::open(dir.path(), LogConfig::default(), &mut io).unwrap();
+        assert_eq!(read_all(&p).len(), 4500, "{cache:?}");
+    }
+}
