@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,10 +62,10 @@ pub struct FaultState {
     /// File-system operations other than creation (truncate, reserve, rename, remove, sync a
     /// directory), performed or attempted.
     file_ops: AtomicU64,
-    /// Per descriptor, for `power_cut`: the file's identity and its length at its last fsync,
-    /// present while it has writes that no fsync covered yet. Shared by every injector of one
-    /// state, so that a crash in one shard cuts the power for all.
-    unsynced: std::sync::Mutex<HashMap<i32, FileMark>>,
+    /// Per file (device and inode), for `power_cut`: its length at its last fsync and a
+    /// descriptor of its own, present while it has writes that no fsync covered yet. Shared by
+    /// every injector of one state, so that a crash in one shard cuts the power for all.
+    unsynced: std::sync::Mutex<HashMap<(u64, u64), FileMark>>,
     /// Held by every operation from its crash check to its end, and by the crash itself: with
     /// several shards, an operation happens wholly before the crash or not at all (an fsync
     /// cannot "succeed" after another shard's power cut).
@@ -75,7 +75,7 @@ pub struct FaultState {
 }
 
 impl FaultState {
-    fn unsynced(&self) -> std::sync::MutexGuard<'_, HashMap<i32, FileMark>> {
+    fn unsynced(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), FileMark>> {
         self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -123,12 +123,15 @@ pub struct FaultIo<I: Io> {
     stats: IoStats,
 }
 
-/// A file with unsynced writes: which file (the descriptor number may be reused once closed)
-/// and how long it was when last synced.
-#[derive(Debug, Clone, Copy)]
+/// A file with unsynced writes: how long it was when last synced, and a duplicate of the
+/// descriptor it was written through. The power cut truncates through that duplicate, so it
+/// reaches exactly the file that was written, even after the program closed (and removed) it:
+/// a descriptor number, or a device and inode number, can be handed to another file meanwhile
+/// (in a test process, another test's file), which a power cut must never touch. Holding the
+/// duplicate also keeps the inode number from being reused while the mark lives.
+#[derive(Debug)]
 struct FileMark {
-    dev: u64,
-    ino: u64,
+    file: OwnedFd,
     synced_len: u64,
 }
 
@@ -188,12 +191,7 @@ impl<I: Io> FaultIo<I> {
             }
         }
         if self.plan.power_cut {
-            let fd = w.fd.as_raw_fd();
-            if let std::collections::hash_map::Entry::Vacant(slot) = self.state.unsynced().entry(fd) {
-                if let Some((dev, ino, len)) = identity(w.fd) {
-                    slot.insert(FileMark { dev, ino, synced_len: len });
-                }
-            }
+            self.mark_unsynced(w.fd);
         }
         self.inner.submit(std::slice::from_ref(w), &[])?;
         self.stats.writes += 1;
@@ -220,7 +218,9 @@ impl<I: Io> FaultIo<I> {
         }
         self.inner.submit(&[], &[fd])?;
         self.stats.fsyncs += 1;
-        self.state.unsynced().remove(&fd.as_raw_fd());
+        if let Some((dev, ino, _)) = identity(fd) {
+            self.state.unsynced().remove(&(dev, ino));
+        }
         if self.plan.crash_after_fsync == Some(n) {
             self.crash();
         }
@@ -243,22 +243,27 @@ impl<I: Io> FaultIo<I> {
         }
     }
 
-    /// The power cut: every file with unsynced writes goes back to its length at its last fsync.
-    fn lose_unsynced_writes(&mut self) {
-        let marks: Vec<(i32, FileMark)> = self.state.unsynced().drain().collect();
-        for (fd, mark) in marks {
-            // SAFETY: the descriptor may have been closed since; it is only used after fstat
-            // shows it still refers to the same file, and ftruncate on it is harmless otherwise.
-            let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-            match identity(borrowed) {
-                Some((dev, ino, _)) if dev == mark.dev && ino == mark.ino => {
-                    // SAFETY: `fd` is open and refers to the file the writes went to.
-                    let rc = unsafe { libc::ftruncate(fd, mark.synced_len as libc::off_t) };
-                    assert_eq!(rc, 0, "power cut: ftruncate failed: {}", std::io::Error::last_os_error());
+    /// Remembers, before its first unsynced change, how long the file behind `fd` was.
+    fn mark_unsynced(&self, fd: BorrowedFd<'_>) {
+        let Some((dev, ino, len)) = identity(fd) else { return };
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.state.unsynced().entry((dev, ino)) {
+            match fd.try_clone_to_owned() {
+                Ok(file) => {
+                    slot.insert(FileMark { file, synced_len: len });
                 }
-                // Closed (or reused) since: its unsynced writes stay, as a process crash leaves them.
-                _ => {}
+                Err(e) => panic!("power cut: cannot keep a descriptor of a written file: {e}"),
             }
+        }
+    }
+
+    /// The power cut: every file with unsynced writes goes back to its length at its last
+    /// fsync, whether or not the program still has it open (the page cache is lost either way).
+    fn lose_unsynced_writes(&mut self) {
+        let marks: Vec<FileMark> = self.state.unsynced().drain().map(|(_, m)| m).collect();
+        for mark in marks {
+            // SAFETY: `mark.file` is a descriptor this injector owns, of the file written.
+            let rc = unsafe { libc::ftruncate(mark.file.as_raw_fd(), mark.synced_len as libc::off_t) };
+            assert_eq!(rc, 0, "power cut: ftruncate failed: {}", std::io::Error::last_os_error());
         }
     }
 }
@@ -305,14 +310,7 @@ impl<I: Io> Io for FaultIo<I> {
         if self.plan.power_cut {
             // A file cut back (or extended) with unsynced writes pending keeps its mark: the
             // power cut still takes it back to its length at the last fsync.
-            let fd = file.as_fd();
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                self.state.unsynced().entry(fd.as_raw_fd())
-            {
-                if let Some((dev, ino, size)) = identity(fd) {
-                    slot.insert(FileMark { dev, ino, synced_len: size });
-                }
-            }
+            self.mark_unsynced(file.as_fd());
         }
         self.inner.set_len(file, len)
     }
