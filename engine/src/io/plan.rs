@@ -8,9 +8,10 @@
 //!
 //! Every write is cut into pieces at file offsets that are multiples of [`WRITE_PIECE_BYTES`]
 //! (and at [`IOV_MAX`] slices), each one operation (see the constant for why the size is
-//! capped). Under [`WriteCache::Drop`] a piece that ends on a page boundary is written with
-//! `RWF_DONTCACHE`; the piece holding a write's last, partial page is written cached, so that
-//! the next append into that page finds it in memory instead of reading it back from disk.
+//! capped). Under [`WriteCache::Drop`] a write is also cut before its partial last page, and
+//! every piece that ends on a page boundary is written with `RWF_DONTCACHE`; only the partial
+//! last page is written cached, so that the next append into that page finds it in memory
+//! instead of reading it back from disk.
 //!
 //! [`Plan::complete`] turns the results of running a plan (some operations may not have run at
 //! all) into the submission's result, doing synchronously whatever is missing: an operation
@@ -87,8 +88,16 @@ impl<'a> Plan<'a> {
         let fd = w.fd.as_raw_fd();
         let mut offset = w.offset;
         let (mut start, mut len) = (self.slices.len(), 0usize);
-        // Bytes to the next multiple of the piece size in the file.
-        let room = |at: u64| WRITE_PIECE_BYTES - (at % WRITE_PIECE_BYTES as u64) as usize;
+        let tail = self.tail_cut(w.offset, w.offset + w.len() as u64);
+        // Bytes to the next cut: the next multiple of the piece size in the file, or the cut
+        // before the write's partial last page.
+        let room = |at: u64| {
+            let piece = WRITE_PIECE_BYTES - (at % WRITE_PIECE_BYTES as u64) as usize;
+            match tail {
+                Some(cut) if cut > at => piece.min((cut - at) as usize),
+                _ => piece,
+            }
+        };
         for b in w.bufs {
             let mut rest: &'a [u8] = b;
             while !rest.is_empty() {
@@ -107,6 +116,21 @@ impl<'a> Plan<'a> {
         if len > 0 {
             self.push_piece(fd, start..self.slices.len(), offset, len);
         }
+    }
+
+    /// Under [`WriteCache::Drop`], where a write from `start` to `end` is cut so that only its
+    /// partial last page is written cached: at the last page boundary before `end`, if the piece
+    /// ending there holds at least one whole page (a smaller one only completes a page that is
+    /// cached already, and is not worth a system call of its own). Without this cut a write
+    /// that stays within one piece would be cached whole, and every fresh page it fills would
+    /// pay what fresh memory costs (see docs/ARCHITECTURE.md, "Uncached appends").
+    fn tail_cut(&self, start: u64, end: u64) -> Option<u64> {
+        if self.cache != WriteCache::Drop || end % PAGE_BYTES == 0 {
+            return None;
+        }
+        let cut = end - end % PAGE_BYTES;
+        let piece_start = start.max(cut - cut % WRITE_PIECE_BYTES as u64);
+        (cut % WRITE_PIECE_BYTES as u64 != 0 && cut >= piece_start + PAGE_BYTES).then_some(cut)
     }
 
     fn push_piece(&mut self, fd: i32, slices: Range<usize>, offset: u64, len: usize) {
@@ -254,23 +278,61 @@ mod tests {
                 .collect();
             let total = p * 11 / 4;
             let drop = cache == WriteCache::Drop;
-            assert_eq!(
-                pieces,
-                vec![
-                    (100, p - 100, drop),
-                    (p as u64, p, drop),
-                    // The last piece ends inside a page: written cached, whatever the mode.
-                    (2 * p as u64, total + 100 - 2 * p, false),
-                ],
-                "{cache:?}"
-            );
-            assert_eq!(plan.chains, vec![0..4]);
+            let mut expected = vec![(100, p - 100, drop), (p as u64, p, drop)];
+            if drop {
+                // Cut before the partial last page: only those 100 bytes are written cached.
+                expected.extend([(2 * p as u64, total - 2 * p, true), (total as u64, 100, false)]);
+            } else {
+                expected.push((2 * p as u64, total + 100 - 2 * p, false));
+            }
+            assert_eq!(pieces, expected, "{cache:?}");
+            assert_eq!(plan.chains, vec![0..expected.len() + 1]);
             // Run synchronously, the pieces put every byte where the unsplit write would have.
             std::fs::write(dir.path().join("f"), b"").unwrap();
             plan.complete(&vec![None; plan.ops.len()]).unwrap();
             let written = std::fs::read(dir.path().join("f")).unwrap();
             assert_eq!(&written[100..], data.concat().as_slice());
         }
+    }
+
+    /// (offset, length, uncached) of each write operation of `plan`.
+    fn pieces(plan: &Plan<'_>) -> Vec<(u64, usize, bool)> {
+        plan.ops
+            .iter()
+            .filter_map(|op| match &op.kind {
+                OpKind::Write { offset, len, flags, .. } => {
+                    Some((*offset, *len, *flags & super::super::RWF_DONTCACHE != 0))
+                }
+                OpKind::Fsync => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_write_within_one_piece_is_cached_only_in_its_partial_last_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = scratch(&dir, "f");
+        let data = vec![7u8; 20_000];
+        let bufs = [IoSlice::new(&data[..8]), IoSlice::new(&data[8..])];
+        let at = |offset| [Write { fd: f.as_fd(), offset, bufs: &bufs }];
+        // From 5,000 to 25,000: whole pages up to 24,576 go uncached, the last 424 bytes cached.
+        let plan = Plan::build(&at(5_000), &[], WriteCache::Drop);
+        assert_eq!(pieces(&plan), vec![(5_000, 19_576, true), (24_576, 424, false)]);
+        // Ending on a page boundary: one uncached piece.
+        let plan = Plan::build(&at(4_576), &[], WriteCache::Drop);
+        assert_eq!(pieces(&plan), vec![(4_576, 20_000, true)]);
+        // Cached mode, or a write that only completes the page it starts in: one cached piece.
+        let plan = Plan::build(&at(5_000), &[], WriteCache::Keep);
+        assert_eq!(pieces(&plan), vec![(5_000, 20_000, false)]);
+        let small = [IoSlice::new(&data[..200])];
+        let plan =
+            Plan::build(&[Write { fd: f.as_fd(), offset: 4_000, bufs: &small }], &[], WriteCache::Drop);
+        assert_eq!(pieces(&plan), vec![(4_000, 200, false)]);
+        // The cut splits a slice; run, the pieces put every byte where the whole write would.
+        let plan = Plan::build(&at(4_088), &[], WriteCache::Drop);
+        assert_eq!(pieces(&plan), vec![(4_088, 16_392, true), (20_480, 3_608, false)]);
+        plan.complete(&vec![None; plan.ops.len()]).unwrap();
+        assert_eq!(&std::fs::read(dir.path().join("f")).unwrap()[4_088..], &data[..]);
     }
 
     #[test]

@@ -369,3 +369,29 @@ fn a_power_cut_cuts_back_the_files_it_wrote_and_never_another_one() {
     assert_eq!(std::fs::read(dir.path().join(format!("other{i}"))).unwrap(), b"untouched");
     drop(other);
 }
+
+#[test]
+fn appends_that_end_inside_a_page_leave_only_their_last_page_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    if !uncached_writes_supported(dir.path()).unwrap() {
+        eprintln!("RWF_DONTCACHE unsupported here: skipped");
+        return;
+    }
+    // Appends of 100,000 bytes, each synced, as group commits of a few batches write them:
+    // almost none ends on a page boundary or crosses a piece boundary of the file.
+    let chunk: Vec<u8> = (0..100_000).map(|i| (i % 239) as u8).collect();
+    const APPENDS: usize = 80;
+    for mut io in backends_with(WriteCache::Drop) {
+        let name = format!("{:?}", io.backend());
+        let f = file(&dir, &name);
+        for i in 0..APPENDS {
+            let bufs = [IoSlice::new(&chunk[..8]), IoSlice::new(&chunk[8..])];
+            let offset = (i * chunk.len()) as u64;
+            io.submit(&[Write { fd: f.as_fd(), offset, bufs: &bufs }], &[f.as_fd()]).unwrap();
+        }
+        let len = APPENDS * chunk.len();
+        let (resident, pages) = (resident_pages(&f, len), len.div_ceil(4096));
+        assert!(resident * 10 < pages, "{name}: {resident} of {pages} pages still cached");
+        assert!(std::fs::read(dir.path().join(&name)).unwrap() == chunk.repeat(APPENDS), "{name}");
+    }
+}
