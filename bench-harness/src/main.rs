@@ -137,6 +137,9 @@ struct ConsumeArgs {
     partitions: u32,
     #[arg(long, default_value_t = 1 << 20)]
     fetch_bytes: u64,
+    /// Embedded reads, each between two reads of the reference; the row is the median.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +160,9 @@ struct NetworkArgs {
     fetch_bytes: u64,
     #[arg(long, default_value = "never")]
     durability: Durability,
+    /// Produce runs, each between two runs of the loopback copy; the row is the median.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(Debug, Args)]
@@ -364,6 +370,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         batch_messages: 64,
         partitions: 2,
         fetch_bytes: 1 << 20,
+        rounds: 3,
         backend,
     };
     add("consume", c.to_json(), consume::run(root, &c, progress)?);
@@ -375,6 +382,7 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         in_flight: 8,
         fetch_bytes: 1 << 20,
         durability: Durability::Never,
+        rounds: 3,
         backend,
     };
     add("network", n.to_json(), network::run(root, &n, progress)?);
@@ -470,6 +478,7 @@ fn main() -> anyhow::Result<()> {
                 batch_messages: a.batch_messages,
                 partitions: a.partitions.max(1),
                 fetch_bytes: a.fetch_bytes,
+                rounds: a.rounds.max(1),
                 backend,
             };
             ("consume", p.to_json(), consume::run(&root, &p, &progress)?)
@@ -483,6 +492,7 @@ fn main() -> anyhow::Result<()> {
                 in_flight: a.in_flight.max(1),
                 fetch_bytes: a.fetch_bytes,
                 durability: a.durability,
+                rounds: a.rounds.max(1),
                 backend,
             };
             ("network", p.to_json(), network::run(&root, &p, &progress)?)

@@ -103,6 +103,23 @@ impl Row {
     }
 }
 
+/// The ratio to the reference, with the spread of the runs behind it (`ratio_min`–`ratio_max`)
+/// when there were several, and how far the reference moved when it moved.
+fn ratio_cell(r: &Row) -> String {
+    let get = |k: &str| r.extra.iter().find(|(n, _)| *n == k).and_then(|(_, v)| v.as_f64());
+    let Some(ratio) = r.ratio_to_reference else { return "-".into() };
+    let mut cell = format!("{ratio:.3}");
+    if let (Some(lo), Some(hi)) = (get("ratio_min"), get("ratio_max")) {
+        if hi > lo {
+            cell.push_str(&format!(" ({lo:.2}–{hi:.2})"));
+        }
+    }
+    if let Some(m) = get("reference_moved") {
+        cell.push_str(&format!(" (ref moved {:.0}%)", m * 100.0));
+    }
+    cell
+}
+
 /// A latency distribution to draw: one series per label, all on one plot.
 #[derive(Debug, Clone)]
 pub struct LatencyPlot {
@@ -140,6 +157,64 @@ pub fn median(values: &[f64]) -> f64 {
         0 => f64::NAN,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Engine runs alternating with runs of their reference, R E R E … E R: engine run `i` lies
+/// between references `i` and `i + 1`, and is compared with the stronger of the two. Rates in
+/// bytes per second.
+#[derive(Debug, Clone, Default)]
+pub struct Alternation {
+    pub references: Vec<f64>,
+    pub runs: Vec<f64>,
+}
+
+impl Alternation {
+    /// Each run's ratio to the stronger reference beside it.
+    pub fn ratios(&self) -> Vec<f64> {
+        debug_assert_eq!(self.references.len(), self.runs.len() + 1);
+        self.runs.iter().enumerate().map(|(i, r)| r / self.reference_of(i)).collect()
+    }
+
+    fn reference_of(&self, run: usize) -> f64 {
+        self.references[run].max(self.references[run + 1])
+    }
+
+    /// The run whose ratio is the median (the lower middle one of an even count).
+    pub fn median_run(&self) -> usize {
+        let ratios = self.ratios();
+        let mut order: Vec<usize> = (0..ratios.len()).collect();
+        order.sort_by(|&a, &b| ratios[a].total_cmp(&ratios[b]));
+        order[(order.len() - 1) / 2]
+    }
+
+    /// The largest move of the reference between neighbouring runs of it, when beyond
+    /// [`MOVED_MAX`].
+    pub fn moved(&self) -> Option<f64> {
+        self.references.windows(2).filter_map(|w| moved(w[0], w[1])).reduce(f64::max)
+    }
+
+    /// `row` with the throughput of the median run (`msgs` and `bytes` per run) against its
+    /// reference, the spread of the ratios, every run's rate, and `reference_moved` when the
+    /// reference moved.
+    pub fn fill(&self, row: Row, msgs: u64, bytes: u64) -> Row {
+        let ratios = self.ratios();
+        let m = self.median_run();
+        let secs = bytes as f64 / self.runs[m];
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(0.0, f64::max);
+        let round = |v: &[f64]| v.iter().map(|r| r.round()).collect::<Vec<_>>();
+        let row = row
+            .with_throughput(msgs, bytes, secs, Some(self.reference_of(m)))
+            .extra("rounds", self.runs.len() as u64)
+            .extra("ratio_min", low)
+            .extra("ratio_max", high)
+            .extra("runs_bytes_per_s", round(&self.runs))
+            .extra("reference_runs_bytes_per_s", round(&self.references));
+        match self.moved() {
+            Some(m) => row.extra("reference_moved", m),
+            None => row,
+        }
     }
 }
 
@@ -193,10 +268,7 @@ pub fn table(rows: &[Row]) -> String {
             f(r.msgs_per_s, 1.0, 0),
             f(r.bytes_per_s, 1e6, 1),
             f(r.reference_bytes_per_s, 1e6, 1),
-            match r.extra.iter().find(|(k, _)| *k == "reference_moved").and_then(|(_, v)| v.as_f64()) {
-                Some(m) => format!("{} (ref moved {:.0}%)", f(r.ratio_to_reference, 1.0, 3), m * 100.0),
-                None => f(r.ratio_to_reference, 1.0, 3),
-            },
+            ratio_cell(r),
             f(r.p50_us, 1.0, 0),
             f(r.p99_us, 1.0, 0),
             f(r.p999_us, 1.0, 0),
@@ -305,7 +377,9 @@ mod tests {
         let mut row = Row::named("r").with_throughput(10, 1000, 1.0, Some(2000.0));
         assert!(!table(&[row.clone()]).contains("moved"));
         row = row.extra("reference_moved", 0.35);
-        assert!(table(&[row]).contains("0.500 (ref moved 35%)"));
+        assert!(table(&[row.clone()]).contains("0.500 (ref moved 35%)"));
+        let row = row.extra("ratio_min", 0.41).extra("ratio_max", 0.62);
+        assert!(table(&[row]).contains("0.500 (0.41–0.62) (ref moved 35%)"));
     }
 
     #[test]
@@ -315,6 +389,31 @@ mod tests {
         assert!((moved(100.0, 130.0).unwrap() - 0.3).abs() < 1e-9);
         assert!((moved(130.0, 100.0).unwrap() - 0.3).abs() < 1e-9);
         assert_eq!(moved(0.0, 5.0), None, "no measurement, nothing to compare");
+    }
+
+    #[test]
+    fn alternating_runs_are_compared_with_the_stronger_reference_beside_them() {
+        // R E R E R E R: references 100 120 90 100, runs 60 110 45.
+        let alt = Alternation { references: vec![100.0, 120.0, 90.0, 100.0], runs: vec![60.0, 110.0, 45.0] };
+        let ratios = alt.ratios();
+        let want = [0.5, 110.0 / 120.0, 0.45];
+        assert!(ratios.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-9), "{ratios:?}");
+        assert_eq!(alt.median_run(), 0, "ratios 0.45, 0.5, 0.92: the middle one is the first run");
+        // 120 against 90 is a move of a third; 100 → 120 and 90 → 100 are within 20%.
+        assert!((alt.moved().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+        let row = alt.fill(Row::named("r"), 1_000, 6_000);
+        assert_eq!(row.bytes_per_s, Some(60.0));
+        assert_eq!(row.reference_bytes_per_s, Some(120.0));
+        assert_eq!(row.ratio_to_reference, Some(0.5));
+        let get = |k: &str| row.extra.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("rounds"), Some(json!(3)));
+        assert_eq!(get("ratio_min"), Some(json!(0.45)));
+        assert_eq!(get("runs_bytes_per_s"), Some(json!([60.0, 110.0, 45.0])));
+        assert!(get("reference_moved").is_some());
+        // Even count: the lower of the two middle ratios.
+        let two = Alternation { references: vec![100.0, 100.0, 100.0], runs: vec![80.0, 40.0] };
+        assert_eq!(two.median_run(), 1);
+        assert_eq!(two.moved(), None);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! fetching whole batches and reading their bytes with `pread` on the consumer's thread),
 //! compared with reading the same segment files with plain `pread`, one thread per partition, in
 //! the same run. Both read from the page cache (the log was just written, and every file is read
-//! once before either is measured): this measures the engine's read path, not the disk.
+//! once before either is measured): this measures the engine's read path, not the disk. The
+//! engine's reads alternate with the reference's (R E R E … R); the row is the run with the
+//! median ratio, with the spread of all of them.
 //! The network variant (zero-copy over loopback) comes with the Kafka server.
 
 use std::time::Instant;
@@ -13,7 +15,7 @@ use spate::log::{Durability, LogConfig};
 use spate::{Backpressure, FetchOptions};
 
 use crate::reference::read_reference;
-use crate::report::{Outcome, Row};
+use crate::report::{Alternation, Outcome, Row};
 use crate::workload;
 
 #[derive(Debug, Clone)]
@@ -23,6 +25,8 @@ pub struct Params {
     pub batch_messages: usize,
     pub partitions: u32,
     pub fetch_bytes: u64,
+    /// Engine runs, each between two reference runs.
+    pub rounds: usize,
     pub backend: BackendChoice,
 }
 
@@ -31,6 +35,7 @@ impl Params {
         json!({
             "total_bytes": self.total_bytes, "message_bytes": self.message_bytes,
             "batch_messages": self.batch_messages, "partitions": self.partitions, "fetch_bytes": self.fetch_bytes,
+            "rounds": self.rounds,
         })
     }
 }
@@ -74,15 +79,35 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
         )?;
     }
     // Both readers find the same page-cache state: every file is read once before either is
-    // measured, and the reference runs both before and after the engine (the stronger counts).
+    // measured, and each engine run lies between two reference runs.
     let groups = segment_files(dir.path(), p.partitions)?;
     progress("consume: warming the page cache with one read of every file");
     read_reference(&groups, p.fetch_bytes as usize)?;
-    progress("consume: reference read (before)");
-    let before = read_reference(&groups, p.fetch_bytes as usize)?;
-    progress("consume: catch-up read, embedded");
-    let start = Instant::now();
-    let (bytes, messages) = std::thread::scope(|s| -> anyhow::Result<(u64, u64)> {
+    let rounds = p.rounds.max(1);
+    let mut alt = Alternation::default();
+    let mut per_run = None;
+    for round in 0..rounds {
+        progress(&format!("consume: reference read ({} of {})", round + 1, rounds + 1));
+        alt.references.push(read_reference(&groups, p.fetch_bytes as usize)?);
+        progress(&format!("consume: catch-up read, embedded ({} of {rounds})", round + 1));
+        let start = Instant::now();
+        let counts = read_all(&engine, p)?;
+        alt.runs.push(counts.0 as f64 / start.elapsed().as_secs_f64());
+        anyhow::ensure!(per_run.is_none_or(|c| c == counts), "rounds read different amounts: {counts:?}");
+        per_run = Some(counts);
+    }
+    progress(&format!("consume: reference read ({} of {})", rounds + 1, rounds + 1));
+    alt.references.push(read_reference(&groups, p.fetch_bytes as usize)?);
+    engine.shutdown()?;
+    let (bytes, messages) = per_run.unwrap_or_default();
+    let row = alt.fill(Row::named("consume embedded catch-up"), messages, bytes);
+    Ok(Outcome { rows: vec![row], plots: Vec::new() })
+}
+
+/// One catch-up read of every partition from offset 0 to its end, a consumer thread per
+/// partition; returns the bytes and the messages read.
+fn read_all(engine: &spate::Engine, p: &Params) -> anyhow::Result<(u64, u64)> {
+    std::thread::scope(|s| -> anyhow::Result<(u64, u64)> {
         let handles: Vec<_> = (0..p.partitions)
             .map(|partition| {
                 let engine = engine.clone();
@@ -110,16 +135,7 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
             total = (total.0 + b, total.1 + m);
         }
         Ok(total)
-    })?;
-    let secs = start.elapsed().as_secs_f64();
-    engine.shutdown()?;
-    progress("consume: reference read (after)");
-    let after = read_reference(&groups, p.fetch_bytes as usize)?;
-    let reference = before.max(after);
-    let row = Row::named("consume embedded catch-up")
-        .with_throughput(messages, bytes, secs, Some(reference))
-        .with_reference_pair(before, after);
-    Ok(Outcome { rows: vec![row], plots: Vec::new() })
+    })
 }
 
 #[cfg(test)]
@@ -135,6 +151,7 @@ mod tests {
             batch_messages: 16,
             partitions: 2,
             fetch_bytes: 1 << 20,
+            rounds: 2,
             backend: BackendChoice::Fallback,
         };
         let out = run(root.path(), &p, &|_| {}).unwrap();
@@ -143,6 +160,18 @@ mod tests {
         let expect_bytes = (4u64 << 20) / batch_len * batch_len;
         assert!(r.bytes_per_s.unwrap() > 0.0);
         assert!(r.ratio_to_reference.unwrap() > 0.0);
+        let runs =
+            r.extra.iter().find(|(k, _)| *k == "runs_bytes_per_s").unwrap().1.as_array().unwrap().len();
+        let refs = r
+            .extra
+            .iter()
+            .find(|(k, _)| *k == "reference_runs_bytes_per_s")
+            .unwrap()
+            .1
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!((runs, refs), (2, 3), "R E R E R");
         // msgs counted are offsets read: every message of every batch.
         let msgs = r.msgs_per_s.unwrap() * (expect_bytes as f64 / r.bytes_per_s.unwrap());
         assert!((msgs - (expect_bytes / batch_len * 16) as f64).abs() < 1.0, "{msgs}");

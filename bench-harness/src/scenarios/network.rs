@@ -26,7 +26,7 @@ use spate::log::{Durability, LogConfig};
 use crate::kafka_wire::{
     encode_request, fetch_request, next_offset, produce_request, read_frame, FETCH_VERSION, PRODUCE_VERSION,
 };
-use crate::report::{median, Outcome, Row};
+use crate::report::{median, Alternation, Outcome, Row};
 use crate::workload;
 
 const TOPIC: &str = "net";
@@ -45,6 +45,8 @@ pub struct Params {
     pub in_flight: usize,
     pub fetch_bytes: u64,
     pub durability: Durability,
+    /// Produce runs, each between two runs of the loopback copy.
+    pub rounds: usize,
     pub backend: BackendChoice,
 }
 
@@ -54,7 +56,7 @@ impl Params {
             "total_bytes": self.total_bytes, "message_bytes": self.message_bytes,
             "batch_messages": self.batch_messages, "partitions": self.partitions,
             "in_flight": self.in_flight, "fetch_bytes": self.fetch_bytes,
-            "durability": self.durability.to_string(),
+            "durability": self.durability.to_string(), "rounds": self.rounds,
         })
     }
 }
@@ -309,11 +311,8 @@ fn sendfile_all(stream: &TcpStream, path: &std::path::Path, chunk: u64) -> anyho
 
 pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyhow::Result<Outcome> {
     let (engine, dir) = workload::engine(root, 2, p.backend)?;
-    engine.create_topic(
-        TOPIC,
-        p.partitions,
-        LogConfig { durability: p.durability, ..LogConfig::default() },
-    )?;
+    let topic_config = LogConfig { durability: p.durability, ..LogConfig::default() };
+    engine.create_topic(TOPIC, p.partitions, topic_config.clone())?;
     let server = Server::start(
         &engine,
         ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..ServerConfig::default() },
@@ -325,23 +324,34 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
 
     // Dirty pages of earlier work would be written back during the produce otherwise.
     workload::settle();
-    progress("network: loopback copy reference (before)");
-    let produce_before = copy_reference(p.partitions as usize, &batch, per_partition)?;
-    progress(&format!(
-        "network: producing {} MiB over {} connections, {} requests in flight each",
-        produced_bytes >> 20,
-        p.partitions,
-        p.in_flight
-    ));
-    let produce_secs = produce_run(addr, p.partitions, &batch, per_partition, p.in_flight)?;
-    progress("network: loopback copy reference (after)");
-    let produce_after = copy_reference(p.partitions as usize, &batch, per_partition)?;
+    // Produce runs alternate with the loopback copy (R E R E … R). Each run starts on an empty
+    // topic; the last run's records stay for the consume below.
+    let rounds = p.rounds.max(1);
+    let mut alt = Alternation::default();
+    for round in 0..rounds {
+        progress(&format!("network: loopback copy reference ({} of {})", round + 1, rounds + 1));
+        alt.references.push(copy_reference(p.partitions as usize, &batch, per_partition)?);
+        if round > 0 {
+            engine.delete_topic(TOPIC)?;
+            engine.create_topic(TOPIC, p.partitions, topic_config.clone())?;
+        }
+        progress(&format!(
+            "network: producing {} MiB over {} connections, {} requests in flight each ({} of {rounds})",
+            produced_bytes >> 20,
+            p.partitions,
+            p.in_flight,
+            round + 1
+        ));
+        let secs = produce_run(addr, p.partitions, &batch, per_partition, p.in_flight)?;
+        alt.runs.push(produced_bytes as f64 / secs);
+    }
+    progress(&format!("network: loopback copy reference ({} of {})", rounds + 1, rounds + 1));
+    alt.references.push(copy_reference(p.partitions as usize, &batch, per_partition)?);
     let messages = per_partition * u64::from(p.partitions) * p.batch_messages as u64;
-    let produce_row = Row::named(format!("network produce {}", p.durability))
-        .with_throughput(messages, produced_bytes, produce_secs, Some(produce_before.max(produce_after)))
+    let produce_row = alt
+        .fill(Row::named(format!("network produce {}", p.durability)), messages, produced_bytes)
         .extra("reference", "loopback TCP copy")
         .extra("in_flight", p.in_flight as u64);
-    let produce_row = produce_row.with_reference_pair(produce_before, produce_after);
 
     // Catch-up consume from the page cache; the reference sends the same files with sendfile.
     let files: Vec<Vec<std::path::PathBuf>> = (0..p.partitions)
@@ -613,10 +623,13 @@ mod tests {
             in_flight: 4,
             fetch_bytes: 1 << 20,
             durability: Durability::Never,
+            rounds: 2,
             backend: BackendChoice::Fallback,
         };
         let out = run(root.path(), &p, &|_| {}).unwrap();
         let [produce, consume, one] = &out.rows[..] else { panic!("three rows") };
+        let runs = |k: &str| produce.extra.iter().find(|(n, _)| *n == k).unwrap().1.as_array().unwrap().len();
+        assert_eq!((runs("runs_bytes_per_s"), runs("reference_runs_bytes_per_s")), (2, 3), "R E R E R");
         assert!(one.ratio_to_reference.unwrap() > 0.0);
         let one_read = one.extra.iter().find(|(k, _)| *k == "bytes_read").unwrap().1.as_u64().unwrap();
         assert!(produce.ratio_to_reference.unwrap() > 0.0);
