@@ -322,30 +322,34 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     let per_partition = (p.total_bytes / batch.len() as u64 / u64::from(p.partitions)).max(1);
     let produced_bytes = per_partition * u64::from(p.partitions) * batch.len() as u64;
 
-    // Dirty pages of earlier work would be written back during the produce otherwise.
-    workload::settle();
     // Produce runs alternate with the loopback copy (R E R E … R). Each run starts on an empty
     // topic; the last run's records stay for the consume below.
-    let rounds = p.rounds.max(1);
+    let produce_rounds = p.rounds.max(1);
     let mut alt = Alternation::default();
-    for round in 0..rounds {
-        progress(&format!("network: loopback copy reference ({} of {})", round + 1, rounds + 1));
+    for round in 0..produce_rounds {
+        if round > 0 {
+            // The previous run's topic goes first, so its removal costs no run anything.
+            engine.delete_topic(TOPIC)?;
+        }
+        // Dirty pages of earlier work would be written back during the next runs otherwise.
+        workload::settle();
+        progress(&format!("network: loopback copy reference ({} of {})", round + 1, produce_rounds + 1));
         alt.references.push(copy_reference(p.partitions as usize, &batch, per_partition)?);
         if round > 0 {
-            engine.delete_topic(TOPIC)?;
             engine.create_topic(TOPIC, p.partitions, topic_config.clone())?;
         }
         progress(&format!(
-            "network: producing {} MiB over {} connections, {} requests in flight each ({} of {rounds})",
+            "network: producing {} MiB over {} connections, {} requests in flight each ({} of {})",
             produced_bytes >> 20,
             p.partitions,
             p.in_flight,
-            round + 1
+            round + 1,
+            produce_rounds
         ));
         let secs = produce_run(addr, p.partitions, &batch, per_partition, p.in_flight)?;
         alt.runs.push(produced_bytes as f64 / secs);
     }
-    progress(&format!("network: loopback copy reference ({} of {})", rounds + 1, rounds + 1));
+    progress(&format!("network: loopback copy reference ({} of {})", produce_rounds + 1, produce_rounds + 1));
     alt.references.push(copy_reference(p.partitions as usize, &batch, per_partition)?);
     let messages = per_partition * u64::from(p.partitions) * p.batch_messages as u64;
     let produce_row = alt

@@ -112,6 +112,11 @@ impl FaultState {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::SeqCst)
     }
+
+    /// Files a power cut would take back now (changed since their last fsync, still named).
+    pub fn unsynced_files(&self) -> usize {
+        self.unsynced().len()
+    }
 }
 
 /// See the module documentation.
@@ -191,7 +196,7 @@ impl<I: Io> FaultIo<I> {
             }
         }
         if self.plan.power_cut {
-            self.mark_unsynced(w.fd);
+            self.mark_unsynced(w.fd).map_err(|e| IoError::new(IoOp::Write, w.fd.as_raw_fd(), e))?;
         }
         self.inner.submit(std::slice::from_ref(w), &[])?;
         self.stats.writes += 1;
@@ -243,17 +248,26 @@ impl<I: Io> FaultIo<I> {
         }
     }
 
-    /// Remembers, before its first unsynced change, how long the file behind `fd` was.
-    fn mark_unsynced(&self, fd: BorrowedFd<'_>) {
-        let Some((dev, ino, len)) = identity(fd) else { return };
+    /// Remembers, before its first unsynced change, how long the file behind `fd` was. Fails
+    /// when no descriptor is left to keep one of the file (the change is then not made).
+    fn mark_unsynced(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        let Some((dev, ino, len)) = identity(fd) else { return Ok(()) };
         if let std::collections::hash_map::Entry::Vacant(slot) = self.state.unsynced().entry((dev, ino)) {
-            match fd.try_clone_to_owned() {
-                Ok(file) => {
-                    slot.insert(FileMark { file, synced_len: len });
-                }
-                Err(e) => panic!("power cut: cannot keep a descriptor of a written file: {e}"),
-            }
+            slot.insert(FileMark { file: fd.try_clone_to_owned()?, synced_len: len });
         }
+        Ok(())
+    }
+
+    /// Forgets the marks of files that no longer have a name (removed since): a power cut has
+    /// nothing to take back from them, and their descriptors would keep their space taken.
+    fn forget_removed(&self) {
+        self.state.unsynced().retain(|_, mark| {
+            // SAFETY: `libc::stat` is plain old data, for which all-zero bytes are valid.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `mark.file` is a descriptor this injector owns; `st` is ours to write.
+            let rc = unsafe { libc::fstat(mark.file.as_raw_fd(), &mut st) };
+            rc != 0 || st.st_nlink > 0
+        });
     }
 
     /// The power cut: every file with unsynced writes goes back to its length at its last
@@ -309,8 +323,12 @@ impl<I: Io> Io for FaultIo<I> {
         self.refuse_after_crash()?;
         if self.plan.power_cut {
             // A file cut back (or extended) with unsynced writes pending keeps its mark: the
-            // power cut still takes it back to its length at the last fsync.
-            self.mark_unsynced(file.as_fd());
+            // power cut still takes it back to its length at the last fsync. A file whose length
+            // does not change (a reservation given back after a sync) needs no mark.
+            let fd = file.as_fd();
+            if identity(fd).is_some_and(|(_, _, size)| size != len) {
+                self.mark_unsynced(fd)?;
+            }
         }
         self.inner.set_len(file, len)
     }
@@ -328,7 +346,9 @@ impl<I: Io> Io for FaultIo<I> {
         let _gate = state.gate();
         state.file_ops.fetch_add(1, Ordering::SeqCst);
         self.refuse_after_crash()?;
-        self.inner.remove_file(path)
+        self.inner.remove_file(path)?;
+        self.forget_removed();
+        Ok(())
     }
 
     fn remove_dir_all(&mut self, path: &Path) -> std::io::Result<()> {
@@ -336,7 +356,9 @@ impl<I: Io> Io for FaultIo<I> {
         let _gate = state.gate();
         state.file_ops.fetch_add(1, Ordering::SeqCst);
         self.refuse_after_crash()?;
-        self.inner.remove_dir_all(path)
+        self.inner.remove_dir_all(path)?;
+        self.forget_removed();
+        Ok(())
     }
 
     fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {

@@ -66,8 +66,10 @@ pub enum WriteCache {
     /// Written pages stay cached until the kernel reclaims them.
     #[default]
     Keep,
-    /// Writes carry [`RWF_DONTCACHE`]: their pages are written back soon and then dropped, so
-    /// appending never grows the page cache (see docs/ARCHITECTURE.md, "Uncached writes").
+    /// Writes carry [`RWF_DONTCACHE`], all but each write's partial last page: their pages are
+    /// written back soon and then dropped, so large appends do not grow the page cache. A page
+    /// begun by a cached write stays cached when a later write completes it: each append leaves
+    /// at most its last page cached (see docs/ARCHITECTURE.md, "Uncached appends").
     /// Only where [`uncached_writes_supported`] said yes.
     Drop,
 }

@@ -171,7 +171,7 @@ impl Io for UringIo {
         // Uncached pieces and small writes (`INLINE_WRITE_BYTES`) are written here, before the
         // round, and only the rest goes to the ring: on Linux 6.18 an io_uring write with RWF_DONTCACHE (run by an io-wq worker,
         // since ext4 buffered writes cannot be issued without blocking) kept its pages cached,
-        // while pwritev2 dropped them (docs/ARCHITECTURE.md, "Uncached writes"). A file's fsync
+        // while pwritev2 dropped them (docs/ARCHITECTURE.md, "Uncached appends"). A file's fsync
         // still follows all its writes: these complete before the ring is entered.
         for (i, op) in plan.ops.iter().enumerate() {
             if let OpKind::Write { slices, offset, len, flags } = &op.kind {
