@@ -258,13 +258,20 @@ fn writes_larger_than_a_piece_land_whole_through_every_backend() {
     assert!(std::fs::read(dir.path().join("direct")).unwrap() == big);
 }
 
+/// A scratch directory whose file system takes `RWF_DONTCACHE` writes; `None` (with a note)
+/// where it does not, and the test is skipped.
+fn uncached_dir() -> Option<tempfile::TempDir> {
+    let dir = tempfile::tempdir().unwrap();
+    if uncached_writes_supported(dir.path()).unwrap() {
+        return Some(dir);
+    }
+    eprintln!("RWF_DONTCACHE unsupported here: skipped");
+    None
+}
+
 #[test]
 fn uncached_writes_leave_the_page_cache_once_synced_and_cached_ones_stay() {
-    let dir = tempfile::tempdir().unwrap();
-    if !uncached_writes_supported(dir.path()).unwrap() {
-        eprintln!("RWF_DONTCACHE unsupported here: skipped");
-        return;
-    }
+    let Some(dir) = uncached_dir() else { return };
     let data: Vec<u8> = (0..8 * WRITE_PIECE_BYTES).map(|i| (i % 241) as u8).collect();
     let pages = data.len() / 4096;
     for (cache, mut io) in backends_with(WriteCache::Drop)
@@ -373,11 +380,7 @@ fn a_power_cut_cuts_back_the_files_it_wrote_and_never_another_one() {
 
 #[test]
 fn appends_that_end_inside_a_page_leave_only_their_last_page_cached() {
-    let dir = tempfile::tempdir().unwrap();
-    if !uncached_writes_supported(dir.path()).unwrap() {
-        eprintln!("RWF_DONTCACHE unsupported here: skipped");
-        return;
-    }
+    let Some(dir) = uncached_dir() else { return };
     // Appends of 100,000 bytes, each synced, as group commits of a few batches write them:
     // almost none ends on a page boundary or crosses a piece boundary of the file.
     let chunk: Vec<u8> = (0..100_000).map(|i| (i % 239) as u8).collect();

@@ -117,17 +117,24 @@ fn heartbeat_frame(correlation_id: i32) -> Vec<u8> {
     request_frame(ApiKey::Heartbeat, 0, correlation_id, &request)
 }
 
+/// An engine of one shard on the fallback backend in `dir`, with `topic` (one partition) if
+/// given, and a server for it on a free loopback port.
+fn one_shard_server(dir: &std::path::Path, topic: Option<&str>) -> (Engine, Server) {
+    let config = EngineConfig { shards: 1, io_backend: BackendChoice::Fallback, ..EngineConfig::default() };
+    let engine = Engine::open(dir, config).unwrap();
+    if let Some(topic) = topic {
+        engine.create_topic(topic, 1, LogConfig::default()).unwrap();
+    }
+    let listen = ([127, 0, 0, 1], 0).into();
+    let server = Server::start(&engine, ServerConfig { listen, ..ServerConfig::default() }).unwrap();
+    (engine, server)
+}
+
 /// A panic inside the coordinator (a bug) costs the request it served, not the coordinator.
 #[test]
 fn the_coordinator_survives_a_panicking_job() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig { shards: 1, io_backend: BackendChoice::Fallback, ..EngineConfig::default() };
-    let engine = Engine::open(dir.path(), config).unwrap();
-    let server = Server::start(
-        &engine,
-        ServerConfig { listen: ([127, 0, 0, 1], 0).into(), ..ServerConfig::default() },
-    )
-    .unwrap();
+    let (engine, server) = one_shard_server(dir.path(), None);
     server.shared().coordinator.post(|_| panic!("a bug in group coordination"));
     let mut s = TcpStream::connect(server.local_addr()).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
@@ -148,14 +155,7 @@ fn a_busy_coordinator_does_not_hold_up_the_shard() {
     use std::time::Duration;
 
     let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig { shards: 1, io_backend: BackendChoice::Fallback, ..EngineConfig::default() };
-    let engine = Engine::open(dir.path(), config).unwrap();
-    engine.create_topic("t", 1, LogConfig::default()).unwrap();
-    let server = Server::start(
-        &engine,
-        ServerConfig { listen: ([127, 0, 0, 1], 0).into(), ..ServerConfig::default() },
-    )
-    .unwrap();
+    let (engine, server) = one_shard_server(dir.path(), Some("t"));
     let (release, held) = std::sync::mpsc::channel::<()>();
     server.shared().coordinator.post(move |_| {
         let _ = held.recv();
@@ -254,14 +254,7 @@ fn large_frames_in_reused_buffers_keep_their_bytes_and_give_their_budget_back() 
 #[test]
 fn produce_frames_cannot_take_the_room_kept_for_small_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig { shards: 1, io_backend: BackendChoice::Fallback, ..EngineConfig::default() };
-    let engine = Engine::open(dir.path(), config).unwrap();
-    engine.create_topic("held", 1, LogConfig::default()).unwrap();
-    let server = Server::start(
-        &engine,
-        ServerConfig { listen: ([127, 0, 0, 1], 0).into(), ..ServerConfig::default() },
-    )
-    .unwrap();
+    let (engine, server) = one_shard_server(dir.path(), Some("held"));
     // Producers holding the whole outside part, as frames waiting for their writes would.
     let large = &server.shared().large_request_bytes;
     let all = large.available_permits();
