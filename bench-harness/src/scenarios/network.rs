@@ -181,11 +181,119 @@ fn consume_connection(addr: SocketAddr, partitions: &[(u32, i64)], fetch_bytes: 
     Ok(bytes)
 }
 
+/// The least a broker that validates and stores what it receives must do, over loopback: the
+/// same batches sent as in [`copy_reference`], each read whole into the next free part of a
+/// reused 1 MiB buffer and its CRC-32C checked, the buffer written at the end of a file of its
+/// stream in `dir` whenever the next batch would not fit (one write per MiB, as a group commit
+/// gathers batches; uncached where the file system allows, as the engine writes by default:
+/// all but the partial last page with `RWF_DONTCACHE`). No framing, no offsets, no index, no
+/// acknowledgement. Bytes per second.
+fn ingest_reference(
+    dir: &std::path::Path,
+    streams: usize,
+    chunk: &Bytes,
+    requests: u64,
+) -> anyhow::Result<f64> {
+    anyhow::ensure!(chunk.len() > 21, "a batch is longer than its header");
+    let uncached = spate::io::uncached_writes_supported(dir)?;
+    let send = |_, s: &mut TcpStream| -> anyhow::Result<u64> {
+        for _ in 0..requests {
+            s.write_all(chunk)?;
+        }
+        Ok(requests * chunk.len() as u64)
+    };
+    let receive = |i: usize, s: &mut TcpStream| -> anyhow::Result<u64> {
+        let path = dir.join(format!("reference-ingest-{i}.dat"));
+        let file = std::fs::File::options().create(true).truncate(true).write(true).open(&path)?;
+        let len = chunk.len();
+        let mut buf = vec![0u8; len.max(1 << 20)];
+        let (mut at, mut used) = (0u64, 0usize);
+        for _ in 0..requests {
+            if used + len > buf.len() {
+                write_uncached_but_last_page(&file, &buf[..used], at, uncached)?;
+                (at, used) = (at + used as u64, 0);
+            }
+            let batch = &mut buf[used..used + len];
+            s.read_exact(batch)?;
+            // A RecordBatch's CRC (bytes 17..21) covers everything from its attributes on.
+            let stored = u32::from_be_bytes(batch[17..21].try_into().expect("four bytes"));
+            anyhow::ensure!(crc32c::crc32c(&batch[21..]) == stored, "batch CRC mismatch");
+            used += len;
+        }
+        write_uncached_but_last_page(&file, &buf[..used], at, uncached)?;
+        at += used as u64;
+        drop(file);
+        std::fs::remove_file(&path)?;
+        Ok(at)
+    };
+    loopback_with(streams, &send, &receive)
+}
+
+/// Writes `bytes` at `offset`: up to the last page boundary with `RWF_DONTCACHE` when
+/// `uncached`, the rest (or all of it) through the page cache.
+fn write_uncached_but_last_page(
+    file: &std::fs::File,
+    bytes: &[u8],
+    offset: u64,
+    uncached: bool,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let end = offset + bytes.len() as u64;
+    let cut = if uncached { (end - end % 4096).saturating_sub(offset) as usize } else { 0 };
+    let mut done = 0;
+    while done < cut {
+        let iov =
+            libc::iovec { iov_base: bytes[done..cut].as_ptr() as *mut libc::c_void, iov_len: cut - done };
+        // SAFETY: one iovec over a live slice of `bytes`; the descriptor is open for the call.
+        let n = unsafe {
+            libc::pwritev2(
+                file.as_raw_fd(),
+                &iov,
+                1,
+                (offset + done as u64) as libc::off_t,
+                spate::io::RWF_DONTCACHE,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        done += n as usize;
+    }
+    file.write_all_at(&bytes[cut..], offset + cut as u64)
+}
+
 /// Loopback TCP: `streams` connections each carrying `bytes_each`, written by one thread per
 /// stream (from a user buffer, or with sendfile from `files`) and read by another.
 fn loopback(
     streams: usize,
     send: &(dyn Fn(usize, &mut TcpStream) -> anyhow::Result<u64> + Sync),
+) -> anyhow::Result<f64> {
+    loopback_with(streams, send, &|_, c: &mut TcpStream| {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = c.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    })
+}
+
+/// [`loopback`] with the reading side given: `receive` reads stream `i` to its end and
+/// returns the bytes it took.
+fn loopback_with(
+    streams: usize,
+    send: &(dyn Fn(usize, &mut TcpStream) -> anyhow::Result<u64> + Sync),
+    receive: &(dyn Fn(usize, &mut TcpStream) -> anyhow::Result<u64> + Sync),
 ) -> anyhow::Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -196,15 +304,7 @@ fn loopback(
         for i in 0..streams {
             readers.push(s.spawn(move || -> anyhow::Result<u64> {
                 let mut c = TcpStream::connect(addr)?;
-                let mut buf = vec![0u8; 1 << 20];
-                let mut total = 0u64;
-                loop {
-                    let n = c.read(&mut buf)?;
-                    if n == 0 {
-                        return Ok(total);
-                    }
-                    total += n as u64;
-                }
+                receive(i, &mut c)
             }));
             let (mut server, _) = listener.accept()?;
             senders.push(s.spawn(move || -> anyhow::Result<u64> {
@@ -213,12 +313,15 @@ fn loopback(
                 Ok(n)
             }));
         }
+        let sent: Vec<anyhow::Result<u64>> =
+            senders.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("sender panicked"))?).collect();
         let mut total = 0;
-        for h in senders {
-            h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
-        }
+        // A reader's failure first: a sender then only sees its connection closed.
         for h in readers {
             total += h.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        }
+        for r in sent {
+            r?;
         }
         Ok(total)
     })?;
@@ -322,6 +425,11 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     let per_partition = (p.total_bytes / batch.len() as u64 / u64::from(p.partitions)).max(1);
     let produced_bytes = per_partition * u64::from(p.partitions) * batch.len() as u64;
 
+    // What any broker that checks and stores these batches must spend at least, before and
+    // after the runs (the stronger counts): a second yardstick beside the bare copy.
+    workload::settle();
+    progress("network: loopback ingest reference, CRC checked and written (before)");
+    let ingest_before = ingest_reference(root, p.partitions as usize, &batch, per_partition)?;
     // Produce runs alternate with the loopback copy (R E R E … R). Each run starts on an empty
     // topic; the last run's records stay for the consume below.
     let produce_rounds = p.rounds.max(1);
@@ -351,11 +459,20 @@ pub fn run(root: &std::path::Path, p: &Params, progress: &dyn Fn(&str)) -> anyho
     }
     progress(&format!("network: loopback copy reference ({} of {})", produce_rounds + 1, produce_rounds + 1));
     alt.references.push(copy_reference(p.partitions as usize, &batch, per_partition)?);
+    workload::settle();
+    progress("network: loopback ingest reference, CRC checked and written (after)");
+    let ingest_after = ingest_reference(root, p.partitions as usize, &batch, per_partition)?;
+    let ingest = ingest_before.max(ingest_after);
     let messages = per_partition * u64::from(p.partitions) * p.batch_messages as u64;
     let produce_row = alt
         .fill(Row::named(format!("network produce {}", p.durability)), messages, produced_bytes)
         .extra("reference", "loopback TCP copy")
         .extra("in_flight", p.in_flight as u64);
+    let produced_rate = produce_row.bytes_per_s.unwrap_or(0.0);
+    let produce_row = produce_row
+        .extra("ingest_reference_bytes_per_s", ingest)
+        .extra("ingest_reference_runs_bytes_per_s", vec![ingest_before.round(), ingest_after.round()])
+        .extra("ratio_to_ingest", produced_rate / ingest);
 
     // Catch-up consume from the page cache; the reference sends the same files with sendfile.
     let files: Vec<Vec<std::path::PathBuf>> = (0..p.partitions)
@@ -617,6 +734,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_ingest_reference_checks_every_crc_and_stores_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = Bytes::from(workload::batch(1024, 16));
+        assert!(ingest_reference(dir.path(), 2, &batch, 50).unwrap() > 0.0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "its files are removed");
+        let mut bad = batch.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let err = ingest_reference(dir.path(), 1, &Bytes::from(bad), 3).unwrap_err();
+        assert!(err.to_string().contains("CRC"), "{err}");
+        // Both ways of writing put the bytes where they belong.
+        let data: Vec<u8> = (0..10_000).map(|i| (i % 253) as u8).collect();
+        for uncached in [false, spate::io::uncached_writes_supported(dir.path()).unwrap()] {
+            let path = dir.path().join("w");
+            let file = std::fs::File::create(&path).unwrap();
+            write_uncached_but_last_page(&file, &data[..5_000], 0, uncached).unwrap();
+            write_uncached_but_last_page(&file, &data[5_000..], 5_000, uncached).unwrap();
+            assert!(std::fs::read(&path).unwrap() == data, "uncached: {uncached}");
+        }
+    }
+
+    #[test]
     fn produces_and_consumes_everything_over_the_wire_with_both_references() {
         let root = tempfile::tempdir().unwrap();
         let p = Params {
@@ -634,6 +773,8 @@ mod tests {
         let [produce, consume, one] = &out.rows[..] else { panic!("three rows") };
         let runs = |k: &str| produce.extra.iter().find(|(n, _)| *n == k).unwrap().1.as_array().unwrap().len();
         assert_eq!((runs("runs_bytes_per_s"), runs("reference_runs_bytes_per_s")), (2, 3), "R E R E R");
+        let ingest = produce.extra.iter().find(|(n, _)| *n == "ratio_to_ingest").unwrap().1.as_f64().unwrap();
+        assert!(ingest > 0.0);
         assert!(one.ratio_to_reference.unwrap() > 0.0);
         let one_read = one.extra.iter().find(|(k, _)| *k == "bytes_read").unwrap().1.as_u64().unwrap();
         assert!(produce.ratio_to_reference.unwrap() > 0.0);
