@@ -65,6 +65,12 @@ pub enum EngineError {
     Busy { shard: usize },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    /// Compaction was asked of a topic whose `cleanup.policy` does not compact.
+    #[error("topic {0:?} is not compacted (cleanup.policy has no compact)")]
+    NotCompacted(String),
+    /// A compaction pass asked for did not complete.
+    #[error("compaction did not complete: {0}")]
+    Compaction(String),
     /// Another engine has the data directory open.
     #[error("{} is in use by another engine", dir.display())]
     Locked { dir: PathBuf },

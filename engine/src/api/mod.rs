@@ -11,8 +11,8 @@ mod types;
 pub use clock::{Clock, ManualClock};
 pub use error::EngineError;
 pub use types::{
-    Backpressure, EngineConfig, FetchOptions, Fetched, FetchedRecord, IdleStrategy, LatencyBuckets,
-    OffsetSpec, ProduceAck, ShardStats, Target,
+    Backpressure, CompactionSetup, EngineConfig, FetchOptions, Fetched, FetchedRecord, IdleStrategy,
+    LatencyBuckets, OffsetSpec, ProduceAck, ShardStats, Target,
 };
 
 /// The shard that owns `partition` of `topic`: consecutive partitions of a topic go to

@@ -58,6 +58,9 @@ pub struct EngineConfig {
     /// an idle engine costs nothing), or spin and yield first ([`IdleStrategy::Backoff`]) for
     /// a service that has cores to spare and wants answers without a thread's wake-up.
     pub idle: IdleStrategy,
+    /// How often each shard checks its compacted partitions, the bytes one slice of a pass
+    /// reads, and the memory of a pass's key map (see `log::clean`).
+    pub compaction: CompactionSetup,
 }
 
 /// How a thread of the engine, or a caller waiting for one of its answers, waits for work.
@@ -126,6 +129,7 @@ impl Default for EngineConfig {
             clock: super::Clock::system(),
             uncached_writes: true,
             idle: IdleStrategy::Park,
+            compaction: CompactionSetup::default(),
         }
     }
 }
@@ -335,6 +339,15 @@ pub struct ShardStats {
     pub reserved_bytes: u64,
     /// Files of sealed segments the shard holds open (for reads).
     pub sealed_files_open: usize,
+    /// Compaction passes completed, the bytes of segments they rewrote, and the bytes that
+    /// freed.
+    pub compactions: u64,
+    pub compacted_bytes: u64,
+    pub compaction_reclaimed_bytes: u64,
+    /// Slices of compaction run, and the time the completed passes' last slices ended at
+    /// (wall time of a pass is spread over many turns).
+    pub compaction_slices: u64,
+    pub compaction_nanos: u64,
     /// Latency of the group commits that synced (their writes and fdatasyncs together).
     pub sync_latency: LatencyBuckets,
     pub io: IoStats,
@@ -393,5 +406,22 @@ mod idle_tests {
         let waited = start.elapsed();
         assert!(waited >= Duration::from_micros(2200), "{waited:?}");
         assert!(waited < Duration::from_millis(500), "{waited:?}");
+    }
+}
+
+/// How a shard compacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionSetup {
+    /// How often partitions are checked for being due (Kafka's `log.cleaner.backoff.ms`).
+    pub check_interval: Duration,
+    /// Bytes of log one slice reads, about.
+    pub slice_bytes: u64,
+    /// Bytes the key map of one pass may take (Kafka's `log.cleaner.dedupe.buffer.size`).
+    pub map_bytes: usize,
+}
+
+impl Default for CompactionSetup {
+    fn default() -> Self {
+        CompactionSetup { check_interval: Duration::from_secs(15), slice_bytes: 1 << 20, map_bytes: 64 << 20 }
     }
 }

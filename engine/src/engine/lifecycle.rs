@@ -172,6 +172,7 @@ pub(super) fn spawn_shards(
             offsets_retention: config.offsets_retention,
             clock: config.clock.clone(),
             idle: config.idle,
+            compaction: config.compaction,
         };
         let cpu = (config.pin_threads && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let (backend, ready, factory) = (config.io_backend, ready_tx.clone(), io.clone());

@@ -372,6 +372,15 @@ impl Engine {
         wait(self.request(&id, |reply| Request::AcceptDamage { id: id.clone(), reply })?)
     }
 
+    /// Compacts a partition of a compacted topic now: every record written so far that a later
+    /// record of its key replaced is removed from the segment files (the active segment rolls
+    /// first), and tombstones past their delete horizon go too. Returns when the pass is done.
+    /// This is how a key is erased: write its tombstone, then compact.
+    pub fn compact(&self, topic: &str, partition: u32) -> Result<crate::log::CleanOutcome, EngineError> {
+        let id = self.resolve(topic, Target::Partition(partition))?;
+        wait(self.request(&id, |reply| Request::Compact { id: id.clone(), reply })?)
+    }
+
     /// Every topic, internal ones included, sorted by name.
     pub fn list_topics(&self) -> Vec<TopicInfo> {
         let mut all: Vec<TopicInfo> = self.inner.topics.load().values().cloned().collect();

@@ -1359,3 +1359,140 @@ fn a_damaged_offsets_partition_does_not_stop_the_engine_from_opening() {
     engine.create_topic("cut", 1, LogConfig::default()).unwrap();
     assert_eq!(engine.committed_offset("reader", "cut", 0).unwrap(), None, "the stale offset is not served");
 }
+
+/// Every record of a partition from offset 0, read through fetches.
+fn all_records(engine: &Engine, topic: &str) -> Vec<FetchedRecord> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let fetched = engine.fetch(topic, 0, offset, FetchOptions::default()).unwrap();
+        if fetched.slice.len == 0 {
+            return out;
+        }
+        out.extend(fetched.records(offset).unwrap());
+        offset = fetched.slice.next_offset;
+    }
+}
+
+fn compacted_topic() -> LogConfig {
+    LogConfig {
+        segment_bytes: 2048,
+        cleanup: crate::log::Cleanup { compact: true, delete: false },
+        compaction: crate::log::Compaction {
+            min_dirty_ratio_ppm: 100_000,
+            ..crate::log::Compaction::default()
+        },
+        ..LogConfig::default()
+    }
+}
+
+#[test]
+fn a_compacted_topic_is_compacted_in_the_background_and_refuses_records_without_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        compaction: crate::api::CompactionSetup {
+            check_interval: Duration::from_millis(20),
+            slice_bytes: 4096,
+            ..Default::default()
+        },
+        ..config(BackendChoice::Auto, 1)
+    };
+    let engine = Engine::open(dir.path(), cfg.clone()).unwrap();
+    engine.create_topic("table", 1, compacted_topic()).unwrap();
+    for i in 0..400 {
+        let key = format!("row-{}", i % 20);
+        let value = format!("version-{i}");
+        engine
+            .produce("table", Target::Partition(0), &[record(Some(key.as_bytes()), value.as_bytes(), 1)])
+            .unwrap();
+    }
+    let keyless = engine.produce("table", Target::Partition(0), &[record(None, b"no key", 1)]);
+    assert!(
+        matches!(&keyless, Err(EngineError::Log(crate::log::LogError::BatchRejected(why))) if why.contains("no key")),
+        "{keyless:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while engine.stats().unwrap().iter().map(|s| s.compactions).sum::<u64>() == 0 && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stats: Vec<ShardStats> = engine.stats().unwrap();
+    assert!(stats[0].compactions >= 1, "a pass ran: {stats:?}");
+    assert!(stats[0].compaction_reclaimed_bytes > 0);
+    assert!(stats[0].compaction_slices > stats[0].compactions, "passes run in slices");
+    let records = all_records(&engine, "table");
+    assert!(records.len() < 400, "{} records left", records.len());
+    // The latest value of every key is there, and the last records, in the active segment.
+    let mut latest: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    for r in &records {
+        latest.insert(r.key.clone().unwrap(), r.value.clone().unwrap());
+    }
+    for k in 0..20 {
+        let want = format!("version-{}", 380 + k);
+        assert_eq!(latest[format!("row-{k}").as_bytes()], want.as_bytes());
+    }
+    assert!(records.windows(2).all(|w| w[0].offset < w[1].offset));
+    // A forced pass leaves exactly one record per key, and the log keeps its offsets.
+    let outcome = engine.compact("table", 0).unwrap();
+    assert!(outcome.records_removed > 0);
+    let records = all_records(&engine, "table");
+    assert_eq!(records.len(), 20);
+    assert_eq!(records.last().unwrap().offset, 399);
+    assert!(matches!(engine.compact("nope", 0), Err(EngineError::UnknownTopic(_))));
+    engine.create_topic("plain", 1, LogConfig::default()).unwrap();
+    assert!(matches!(engine.compact("plain", 0), Err(EngineError::NotCompacted(_))));
+    drop(engine);
+    let engine = Engine::open(dir.path(), cfg).unwrap();
+    assert_eq!(all_records(&engine, "table"), records, "after a restart");
+    assert_eq!(
+        engine.topic("table").unwrap().config.cleanup,
+        crate::log::Cleanup { compact: true, delete: false }
+    );
+}
+
+#[test]
+fn erasing_a_key_removes_every_byte_of_its_values_from_the_segment_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Auto, 1)).unwrap();
+    engine.create_topic("people", 1, compacted_topic()).unwrap();
+    let secret = |i: usize| format!("alice@example.org/secret-{i:04}");
+    for i in 0..200 {
+        let (key, value) = if i % 10 == 3 {
+            ("alice".to_string(), secret(i))
+        } else {
+            (format!("p{}", i % 17), format!("v{i}"))
+        };
+        engine
+            .produce("people", Target::Partition(0), &[record(Some(key.as_bytes()), value.as_bytes(), 1)])
+            .unwrap();
+    }
+    let files = || -> Vec<u8> {
+        let mut all = Vec::new();
+        for e in std::fs::read_dir(dir.path().join("data").join("people-0")).unwrap() {
+            all.extend(std::fs::read(e.unwrap().path()).unwrap());
+        }
+        all
+    };
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(&files(), b"alice@example.org"), "the values are on disk before");
+    // Erase: a tombstone, then a forced compaction (it rolls the active segment too).
+    engine
+        .produce(
+            "people",
+            Target::Partition(0),
+            &[Record { timestamp: 1, key: Some(b"alice"), value: None, headers: &[] }],
+        )
+        .unwrap();
+    let started = Instant::now();
+    engine.compact("people", 0).unwrap();
+    let took = started.elapsed();
+    let bytes = files();
+    assert!(!contains(&bytes, b"alice@example.org"), "no byte of an erased value is left in any file");
+    assert!(!contains(&bytes, b"secret-"));
+    let records = all_records(&engine, "people");
+    let alice: Vec<_> = records.iter().filter(|r| r.key.as_deref() == Some(&b"alice"[..])).collect();
+    assert_eq!(alice.len(), 1, "only the tombstone is left");
+    assert_eq!(alice[0].value, None);
+    assert_eq!(records.iter().filter(|r| r.key.as_deref() != Some(&b"alice"[..])).count(), 17);
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}

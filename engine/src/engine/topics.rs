@@ -50,7 +50,9 @@ pub fn encode(info: &TopicInfo) -> String {
         "# Spate topic description; edit with the engine, not by hand.\n\
          partitions={}\nsegment_bytes={}\nsegment_age_ms={}\nretention_bytes={}\nretention_ms={}\n\
          index_interval_bytes={}\nbatch_bytes_max={}\ndurability={}\n\
-         timestamp_after_max_ms={}\ntimestamp_before_max_ms={}\n",
+         timestamp_after_max_ms={}\ntimestamp_before_max_ms={}\n\
+         cleanup_policy={}\ndelete_retention_ms={}\nmin_compaction_lag_ms={}\nmax_compaction_lag_ms={}\n\
+         min_cleanable_dirty_ratio_ppm={}\n",
         info.partitions,
         c.segment_bytes,
         millis(c.segment_age),
@@ -61,6 +63,11 @@ pub fn encode(info: &TopicInfo) -> String {
         c.durability,
         opt(c.timestamp_after_max.map(millis)),
         opt(c.timestamp_before_max.map(millis)),
+        c.cleanup,
+        millis(c.compaction.delete_retention),
+        millis(c.compaction.min_lag),
+        opt(c.compaction.max_lag.map(millis)),
+        c.compaction.min_dirty_ratio_ppm,
     )
 }
 
@@ -87,6 +94,13 @@ pub fn decode(name: &str, text: &str) -> Result<TopicInfo, String> {
             "durability" => c.durability = value.parse::<Durability>()?,
             "timestamp_after_max_ms" => c.timestamp_after_max = opt()?.map(Duration::from_millis),
             "timestamp_before_max_ms" => c.timestamp_before_max = opt()?.map(Duration::from_millis),
+            "cleanup_policy" => c.cleanup = value.parse()?,
+            "delete_retention_ms" => c.compaction.delete_retention = Duration::from_millis(num()?),
+            "min_compaction_lag_ms" => c.compaction.min_lag = Duration::from_millis(num()?),
+            "max_compaction_lag_ms" => c.compaction.max_lag = opt()?.map(Duration::from_millis),
+            "min_cleanable_dirty_ratio_ppm" => {
+                c.compaction.min_dirty_ratio_ppm = u32::try_from(num()?).map_err(|e| e.to_string())?
+            }
             // Keys from a newer version are kept out rather than guessed at.
             other => return Err(format!("line {}: unknown key {other:?}", n + 1)),
         }

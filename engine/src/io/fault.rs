@@ -51,6 +51,9 @@ pub struct FaultPlan {
     pub fail_fsync: Option<(u64, i32)>,
     /// The n-th file creation fails with this errno.
     pub fail_create: Option<(u64, i32)>,
+    /// Drop everything after the n-th other change to the file system (a truncation,
+    /// reservation, removal, rename or directory sync) has completed.
+    pub crash_after_file_op: Option<u64>,
 }
 
 /// Shared view of what the injector did, readable while the [`FaultIo`] is owned by a log.
@@ -241,6 +244,12 @@ impl<I: Io> FaultIo<I> {
         Ok(())
     }
 
+    fn after_file_op(&mut self, n: u64) {
+        if self.plan.crash_after_file_op == Some(n) {
+            self.crash();
+        }
+    }
+
     fn crash(&mut self) {
         self.state.crashed.store(true, Ordering::SeqCst);
         if self.plan.power_cut {
@@ -319,7 +328,7 @@ impl<I: Io> Io for FaultIo<I> {
     fn set_len(&mut self, file: &File, len: u64) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
-        state.file_ops.fetch_add(1, Ordering::SeqCst);
+        let n = state.file_ops.fetch_add(1, Ordering::SeqCst) + 1;
         self.refuse_after_crash()?;
         if self.plan.power_cut {
             // A file cut back (or extended) with unsynced writes pending keeps its mark: the
@@ -330,50 +339,60 @@ impl<I: Io> Io for FaultIo<I> {
                 self.mark_unsynced(fd)?;
             }
         }
-        self.inner.set_len(file, len)
+        self.inner.set_len(file, len)?;
+        self.after_file_op(n);
+        Ok(())
     }
 
     fn reserve(&mut self, file: &File, offset: u64, len: u64) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
-        state.file_ops.fetch_add(1, Ordering::SeqCst);
+        let n = state.file_ops.fetch_add(1, Ordering::SeqCst) + 1;
         self.refuse_after_crash()?;
-        self.inner.reserve(file, offset, len)
+        self.inner.reserve(file, offset, len)?;
+        self.after_file_op(n);
+        Ok(())
     }
 
     fn remove_file(&mut self, path: &Path) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
-        state.file_ops.fetch_add(1, Ordering::SeqCst);
+        let n = state.file_ops.fetch_add(1, Ordering::SeqCst) + 1;
         self.refuse_after_crash()?;
         self.inner.remove_file(path)?;
         self.forget_removed();
+        self.after_file_op(n);
         Ok(())
     }
 
     fn remove_dir_all(&mut self, path: &Path) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
-        state.file_ops.fetch_add(1, Ordering::SeqCst);
+        let n = state.file_ops.fetch_add(1, Ordering::SeqCst) + 1;
         self.refuse_after_crash()?;
         self.inner.remove_dir_all(path)?;
         self.forget_removed();
+        self.after_file_op(n);
         Ok(())
     }
 
     fn rename(&mut self, from: &Path, to: &Path) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
-        state.file_ops.fetch_add(1, Ordering::SeqCst);
+        let n = state.file_ops.fetch_add(1, Ordering::SeqCst) + 1;
         self.refuse_after_crash()?;
-        self.inner.rename(from, to)
+        self.inner.rename(from, to)?;
+        self.after_file_op(n);
+        Ok(())
     }
 
     fn sync_dir(&mut self, dir: &Path) -> std::io::Result<()> {
         let state = Arc::clone(&self.state);
         let _gate = state.gate();
-        state.file_ops.fetch_add(1, Ordering::SeqCst);
+        let n = state.file_ops.fetch_add(1, Ordering::SeqCst) + 1;
         self.refuse_after_crash()?;
-        self.inner.sync_dir(dir)
+        self.inner.sync_dir(dir)?;
+        self.after_file_op(n);
+        Ok(())
     }
 }

@@ -33,6 +33,8 @@ pub fn code(e: &EngineError) -> ResponseError {
         EngineError::OffsetMetadataTooLarge { .. } => ResponseError::OffsetMetadataTooLarge,
         EngineError::TooManyPartitionsInRequest { .. } => ResponseError::InvalidRequest,
         EngineError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+        EngineError::NotCompacted(_) => ResponseError::InvalidConfig,
+        EngineError::Compaction(_) => ResponseError::KafkaStorageError,
         EngineError::Locked { .. } => ResponseError::UnknownServerError,
         EngineError::InvalidConsumerName { .. } => ResponseError::InvalidGroupId,
         EngineError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,

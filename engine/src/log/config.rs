@@ -51,6 +51,80 @@ impl fmt::Display for Durability {
     }
 }
 
+/// What a topic does with old records (Kafka's `cleanup.policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cleanup {
+    /// Delete whole old segments by size and age (retention).
+    pub delete: bool,
+    /// Keep only the latest record of each key (log compaction).
+    pub compact: bool,
+}
+
+impl Default for Cleanup {
+    fn default() -> Self {
+        Cleanup { delete: true, compact: false }
+    }
+}
+
+impl FromStr for Cleanup {
+    type Err = String;
+
+    /// `delete`, `compact`, or both separated by a comma, in either order.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut c = Cleanup { delete: false, compact: false };
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "delete" => c.delete = true,
+                "compact" => c.compact = true,
+                other => {
+                    return Err(format!(
+                        "cleanup.policy {other:?}: expected delete, compact or compact,delete"
+                    ))
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+impl fmt::Display for Cleanup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.compact, self.delete) {
+            (true, true) => f.write_str("compact,delete"),
+            (true, false) => f.write_str("compact"),
+            // A policy with neither parses nowhere; it shows as the default.
+            (false, _) => f.write_str("delete"),
+        }
+    }
+}
+
+/// When and how log compaction runs (Kafka's names and defaults; see `log::clean`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compaction {
+    /// How long a tombstone stays readable after the pass that first kept it
+    /// (`delete.retention.ms`, one day).
+    pub delete_retention: Duration,
+    /// Records younger than this are never compacted (`min.compaction.lag.ms`, 0).
+    pub min_lag: Duration,
+    /// A record is compacted at the latest this long after it was written, whatever the dirty
+    /// ratio (`max.compaction.lag.ms`; `None`: no bound, Kafka's default).
+    pub max_lag: Option<Duration>,
+    /// Compact once dirty bytes (written since the last pass) are at least this share of the
+    /// compactable log, in millionths (`min.cleanable.dirty.ratio`, 0.5).
+    pub min_dirty_ratio_ppm: u32,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            delete_retention: Duration::from_secs(24 * 3600),
+            min_lag: Duration::ZERO,
+            max_lag: None,
+            min_dirty_ratio_ppm: 500_000,
+        }
+    }
+}
+
 /// Configuration of every partition of a topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -73,6 +147,9 @@ pub struct LogConfig {
     pub timestamp_after_max: Option<Duration>,
     /// ... and at most this far behind it (`None`: any; `message.timestamp.before.max.ms`).
     pub timestamp_before_max: Option<Duration>,
+    /// Retention, compaction or both.
+    pub cleanup: Cleanup,
+    pub compaction: Compaction,
 }
 
 impl Default for LogConfig {
@@ -87,6 +164,8 @@ impl Default for LogConfig {
             durability: Durability::Always,
             timestamp_after_max: Some(Duration::from_secs(3600)),
             timestamp_before_max: None,
+            cleanup: Cleanup::default(),
+            compaction: Compaction::default(),
         }
     }
 }
@@ -107,6 +186,15 @@ impl LogConfig {
         }
         if self.segment_age.is_zero() {
             return Err("segment_age must be positive".into());
+        }
+        if !(self.cleanup.delete || self.cleanup.compact) {
+            return Err("cleanup policy must delete, compact or both".into());
+        }
+        if self.compaction.min_dirty_ratio_ppm > 1_000_000 {
+            return Err("the minimum cleanable dirty ratio must lie in 0..=1".into());
+        }
+        if self.compaction.max_lag.is_some_and(|max| max < self.compaction.min_lag) {
+            return Err("max compaction lag below min compaction lag".into());
         }
         Ok(())
     }

@@ -20,6 +20,7 @@
 //!   publishes nothing until reopened, and its fence makes the reopened log end at the high
 //!   watermark it had, so no batch whose producer was told it failed becomes visible.
 
+mod clean;
 mod commit;
 pub mod config;
 pub mod damage;
@@ -39,8 +40,9 @@ use bytes::Bytes;
 
 pub use crate::segment::files::ShardDisk;
 pub use crate::segment::reserve::{ReserveBudget, ReservePolicy};
+pub use clean::{CleanOutcome, CleanPass, CleanStep};
 pub use commit::{commit, CommitOutcome};
-pub use config::{Durability, LogConfig};
+pub use config::{Cleanup, Compaction, Durability, LogConfig};
 pub use damage::{Damage, DamageReport};
 pub use error::LogError;
 pub use retention::RetentionOutcome;
@@ -117,6 +119,11 @@ pub struct Partition {
     damage_accepted: bool,
     /// What the shard's segments share: the reservation budget and the open sealed files.
     disk: Arc<ShardDisk>,
+    /// Compaction: everything below this offset was compacted by a pass of this run (the log
+    /// start after an open, so the first pass after a restart covers the whole log).
+    cleaned_to: i64,
+    /// Compaction: the earliest delete horizon of a tombstone the last pass kept.
+    next_horizon_ms: Option<i64>,
 }
 
 impl Partition {
@@ -171,6 +178,8 @@ impl Partition {
             damage: damage.into(),
             damage_accepted,
             disk,
+            cleaned_to: log_start_offset,
+            next_horizon_ms: None,
         };
         assert!(partition.watermarks_ordered(), "after recovery: {}", partition.watermarks());
         Ok(partition)

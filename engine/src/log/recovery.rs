@@ -2,7 +2,9 @@
 //!
 //! Rules (argued in `docs/segment-format.md`):
 //! 1. Segments are the `<20 digits>.log` files of the directory, ordered by base offset; index
-//!    files without a log and leftover temporary files are removed.
+//!    files without a log and leftover temporary files are removed. The output of a compaction
+//!    pass is removed if it was not committed (`.cleaned`) and completed if it was (`.swap`:
+//!    it replaces the segments whose base offsets it covers; see `log::clean`).
 //! 2. A fence left by a failure cuts the log back to the offset it names: segment files that
 //!    start after it are removed (they hold nothing a producer was told succeeded), and the
 //!    segment holding it becomes the active one and is cut at the fence (a segment that starts
@@ -285,17 +287,27 @@ fn recover_sealed(
 fn list_segments(io: &mut dyn Io, dir: &Path) -> Result<Vec<i64>, LogError> {
     let mut bases = Vec::new();
     let mut others = Vec::new();
+    let mut swaps = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| LogError::fs(dir, e))? {
         let entry = entry.map_err(|e| LogError::fs(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(base) = segment::parse_log_name(name) {
             bases.push(base);
+        } else if let Some(base) = super::clean::parse_name(name, "swap") {
+            swaps.push(base);
+        } else if super::clean::parse_name(name, "cleaned").is_some() {
+            tracing::info!(file = %entry.path().display(), "removing the output of a compaction pass that did not complete");
+            io.remove_file(&entry.path()).map_err(|e| LogError::fs(entry.path(), e))?;
         } else if name.ends_with(".index") || name.ends_with(".timeindex") || name.ends_with(".tmp") {
             others.push(entry.path());
         }
     }
     bases.sort_unstable();
+    swaps.sort_unstable();
+    for base in swaps {
+        complete_swap(io, dir, base, &mut bases)?;
+    }
     for path in others {
         let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         let has_log = segment::parse_log_name(&format!("{stem}.log")).is_some_and(|b| bases.contains(&b));
@@ -305,6 +317,46 @@ fn list_segments(io: &mut dyn Io, dir: &Path) -> Result<Vec<i64>, LogError> {
         }
     }
     Ok(bases)
+}
+
+/// Rule 1, compaction: completes a committed compaction pass. The swap file at `base` is
+/// durable and replaces every segment whose base lies in its offsets: those are removed, then it
+/// becomes the segment at `base` (its index files are rebuilt like any missing ones).
+fn complete_swap(io: &mut dyn Io, dir: &Path, base: i64, bases: &mut Vec<i64>) -> Result<(), LogError> {
+    let swap = super::clean::swap_path(dir, base);
+    let file = std::fs::File::open(&swap).map_err(|e| LogError::fs(&swap, e))?;
+    let len = file.metadata().map_err(|e| LogError::fs(&swap, e))?.len();
+    let target = ScanTarget {
+        file: &file,
+        file_len: len,
+        file_base: base,
+        end_offset: None,
+        index_interval_bytes: 1 << 20,
+    };
+    let scanned = scan(&target, 0, base).map_err(|e| LogError::fs(&swap, e))?;
+    drop(file);
+    if let Some((position, reason)) = scanned.stopped {
+        // It was durable before it was committed: this is damage, and guessing could lose data.
+        return Err(LogError::Corrupt {
+            path: swap,
+            position,
+            reason: format!("committed compaction output: {reason}"),
+        });
+    }
+    let end = scanned.next_offset;
+    tracing::warn!(file = %swap.display(), from = base, to = end, "completing a compaction pass that was committed");
+    for &old in bases.iter().filter(|&&b| b > base && b < end) {
+        let path = segment::log_path(dir, old);
+        io.remove_file(&path).map_err(|e| LogError::fs(&path, e))?;
+        remove_indexes(io, dir, old)?;
+    }
+    remove_indexes(io, dir, base)?;
+    let log = segment::log_path(dir, base);
+    io.rename(&swap, &log).map_err(|e| LogError::fs(&log, e))?;
+    bases.retain(|&b| b < base || b >= end);
+    bases.push(base);
+    bases.sort_unstable();
+    sync_dir(io, dir)
 }
 
 /// Loads a sealed segment's indexes if they are intact and describe a log of `len` bytes.

@@ -49,7 +49,9 @@ impl Partition {
             self.roll(io)?;
         }
         let mut total = self.size_bytes();
-        while self.segments.len() > 1 {
+        // A compact-only topic keeps every key's latest record however old (its active segment
+        // still rolls by age above, so that compaction reaches it).
+        while self.config.cleanup.delete && self.segments.len() > 1 {
             let oldest = &self.segments[0];
             debug_assert!(oldest.is_sealed());
             let too_big = self.config.retention_bytes.is_some_and(|max| total - oldest.len() >= max);

@@ -11,6 +11,9 @@
 //!    (`timestamp_before_max`), and the header's `maxTimestamp` is the largest record
 //!    timestamp: retention and lookups by time trust it.
 //!
+//! 5. in a compacted topic, every record has a key (Kafka: "Compacted topic cannot accept
+//!    message without key").
+//!
 //! A batch failing any rule is refused whole, with a typed error that names the numbers. (A
 //! Kafka produce carries exactly one batch per partition, so this makes each partition's part
 //! of a produce all-or-nothing; the listener refuses more, as Kafka does.)
@@ -60,7 +63,7 @@ pub(crate) fn check(config: &LogConfig, batch: &[u8], now_ms: i64) -> Result<Bat
             latest: config.timestamp_after_max.map(|d| now_ms.saturating_add(millis(d))),
             earliest: config.timestamp_before_max.map(|d| now_ms.saturating_sub(millis(d))),
         };
-        let checked = check_records(batch, &header, &mut buf, limit, bounds);
+        let checked = check_records(batch, &header, &mut buf, limit, bounds, config.cleanup.compact);
         // A large block once must not pin its memory for the life of the shard.
         if buf.capacity() > 8 << 20 {
             *buf = Vec::new();
@@ -87,6 +90,7 @@ fn check_records(
     buf: &mut Vec<u8>,
     limit: usize,
     bounds: TimestampBounds,
+    keys_required: bool,
 ) -> Result<(), LogError> {
     // Topics keep producers' timestamps (Kafka's CreateTime): a batch claiming log-append time
     // would let its header's max timestamp go unchecked.
@@ -103,6 +107,11 @@ fn check_records(
             return Err(LogError::BatchRejected(format!(
                 "record {i} has offset delta {}; deltas must run 0, 1, 2, ...",
                 record.offset_delta
+            )));
+        }
+        if keys_required && record.key.is_none() {
+            return Err(LogError::BatchRejected(format!(
+                "record {i} has no key; a compacted topic keeps records by key"
             )));
         }
         if record.timestamp < -1 {

@@ -28,6 +28,7 @@ mod error;
 mod header;
 mod reader;
 mod records;
+mod rewrite;
 mod varint;
 
 #[cfg(test)]
@@ -42,3 +43,4 @@ pub use header::{
     MAGIC_V2, MIN_BATCH_LENGTH,
 };
 pub use records::{HeaderIter, RecordIter, RecordView};
+pub use rewrite::{fill_batch, rewrite_batch};

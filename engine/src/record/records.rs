@@ -53,6 +53,11 @@ impl<'a> RecordView<'a> {
         HeaderIter { rd: Reader::new(self.headers), remaining: self.headers_count }
     }
 
+    /// The headers as stored (count excluded): for re-encoding a record without decoding them.
+    pub fn raw_headers(&self) -> &'a [u8] {
+        self.headers
+    }
+
     /// Number of headers.
     pub fn headers_count(&self) -> usize {
         self.headers_count as usize

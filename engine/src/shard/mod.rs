@@ -10,6 +10,8 @@
 //! an error); a fetch is answered as soon as `min_bytes` are visible or at its deadline; no
 //! request waits for a timer it does not need, and no loop polls while idle.
 
+mod cleaner;
+pub use cleaner::CompactionSetup;
 pub mod mailbox;
 pub(crate) mod offsets;
 pub(crate) mod overflow;
@@ -60,6 +62,8 @@ pub(crate) struct ShardSetup {
     pub sealed_files_max: usize,
     /// How the loop waits for work when a turn found none.
     pub idle: crate::api::IdleStrategy,
+    /// How compacted topics are compacted.
+    pub compaction: CompactionSetup,
 }
 
 pub(crate) struct Shard {
@@ -97,6 +101,11 @@ pub(crate) struct Shard {
     has_tasks: bool,
     /// Whether requests of this thread's tasks wait for full mailboxes (see `overflow`).
     overflow_waiting: bool,
+    /// Compaction: the pass in progress, the partitions due, the next check, and whether the
+    /// shard owns a compacted partition (only then does the check wake it).
+    cleaner: cleaner::Cleaner,
+    next_compaction_check: Instant,
+    owns_compacted: bool,
 }
 
 /// The mailbox's eventfd, borrowed for polling (the mailbox owns and closes it).
@@ -132,6 +141,9 @@ impl Shard {
             stopping: None,
             has_tasks: false,
             overflow_waiting: false,
+            cleaner: cleaner::Cleaner::default(),
+            next_compaction_check: Instant::now(),
+            owns_compacted: false,
         }
     }
 
@@ -201,6 +213,17 @@ impl Shard {
                 self.enforce_retention();
                 self.next_retention = now + self.setup.retention_check_interval;
             }
+            if now >= self.next_compaction_check {
+                self.owns_compacted = self.slots.iter().any(|(_, s)| s.log.config().cleanup.compact);
+                if self.owns_compacted {
+                    self.queue_compactions();
+                }
+                self.next_compaction_check = now + self.setup.compaction.check_interval;
+            }
+            let compacting = self.compaction_pending();
+            if compacting {
+                self.compaction_slice(now);
+            }
             if self.disk.files.over() {
                 self.close_idle_files();
             }
@@ -225,7 +248,7 @@ impl Shard {
                 return;
             }
             self.slots.keep_busy(Slot::has_work);
-            if handled == 0 && !committed {
+            if handled == 0 && !committed && !compacting {
                 self.sleep(&wake).await;
             } else if self.has_tasks {
                 // Let the connections on this shard run between turns.
@@ -288,7 +311,8 @@ impl Shard {
             | Request::Produce { id, .. }
             | Request::Fetch { id, .. }
             | Request::Progress { id, .. }
-            | Request::AcceptDamage { id, .. } => self.slots.mark(&id.topic, id.partition),
+            | Request::AcceptDamage { id, .. }
+            | Request::Compact { id, .. } => self.slots.mark(&id.topic, id.partition),
             Request::Commit { offsets_partition, .. } => {
                 self.slots.mark(&self.setup.offsets_topic, *offsets_partition)
             }
@@ -307,6 +331,7 @@ impl Shard {
                 answer(reply, result);
             }
             Request::Configure { id, config, reply } => {
+                self.owns_compacted |= config.cleanup.compact;
                 let result =
                     self.slot(&id).and_then(|s| s.log.set_config(*config).map_err(EngineError::from));
                 answer(reply, result);
@@ -378,6 +403,14 @@ impl Shard {
                 let result = self.slot(&id).map(|s| s.log.damage_report());
                 answer(reply, result);
             }
+            Request::Compact { id, reply } => match self.slot(&id) {
+                Ok(slot) if slot.log.config().cleanup.compact => {
+                    self.force_compaction(id.clone());
+                    self.cleaner.waiters.push((id, reply));
+                }
+                Ok(_) => answer(reply, Err(EngineError::NotCompacted(id.topic.to_string()))),
+                Err(e) => answer(reply, Err(e)),
+            },
             Request::AcceptDamage { id, reply } => {
                 let io = &mut *self.io;
                 let result = match self.slots.get_mut(&id.topic, id.partition) {
@@ -419,11 +452,13 @@ impl Shard {
                 self.remember(key, value, id.partition, Some(now_ms));
             }
         }
+        self.owns_compacted |= slot.log.config().cleanup.compact;
         self.slots.insert(id, slot);
         Ok(())
     }
 
     fn close(&mut self, id: &PartitionId, delete: bool) -> Result<(), EngineError> {
+        self.abandon_compaction(id);
         let Some(mut slot) = self.slots.remove(&id.topic, id.partition) else { return Ok(()) };
         self.waiting_fetches = self.waiting_fetches.saturating_sub(slot.waiter_count());
         self.parked_bytes -= slot.fail_everything(|| EngineError::UnknownTopic(id.topic.to_string()));
@@ -647,6 +682,9 @@ impl Shard {
             }
         };
         earliest(self.fetch_deadlines.peek().map(|std::cmp::Reverse((d, _))| *d));
+        if self.owns_compacted {
+            earliest(Some(self.next_compaction_check));
+        }
         for slot in self.slots.busy() {
             earliest(slot.next_deadline());
         }
@@ -660,6 +698,10 @@ impl Shard {
     /// Returns the first flush error: data acknowledged under `interval` or `never` may then
     /// not be durable, and the caller of `shutdown` must hear of it.
     fn close_all(&mut self) -> Result<(), EngineError> {
+        if let Some((id, _)) = &self.cleaner.running {
+            let id = id.clone();
+            self.abandon_compaction(&id);
+        }
         let io = &mut *self.io;
         let mut first_error = None;
         for (_, slot) in self.slots.iter_mut() {

@@ -57,8 +57,10 @@ pub struct Producers {
 }
 
 fn last_seq(header: &BatchHeader) -> i32 {
-    // Sequences wrap to 0 after i32::MAX.
-    ((i64::from(header.base_sequence) + i64::from(header.records_count) - 1) % (i64::from(i32::MAX) + 1))
+    // Kafka's `base_sequence + last_offset_delta`: the same as the record count for a batch as a
+    // producer writes it, and still right for a batch compaction emptied. Sequences wrap to 0
+    // after i32::MAX.
+    ((i64::from(header.base_sequence) + i64::from(header.last_offset_delta)) % (i64::from(i32::MAX) + 1))
         as i32
 }
 
@@ -146,6 +148,12 @@ impl Producers {
             p.recent.pop_front();
         }
         p.recent.push_back(Written { first_seq: h.base_sequence, last_seq: last_seq(h), info });
+    }
+
+    /// Whether the batch at `base_offset` is the last one producer `id` wrote (compaction keeps
+    /// it, so that the producer's sequence survives a restart).
+    pub fn is_last_batch(&self, id: i64, base_offset: i64) -> bool {
+        self.by_id.get(&id).and_then(|p| p.recent.back()).is_some_and(|w| w.info.base_offset == base_offset)
     }
 
     /// Forgets producers that wrote nothing for [`EXPIRATION`].

@@ -41,6 +41,7 @@ impl std::fmt::Debug for Request {
             Request::ConsumersActive { .. } => "ConsumersActive",
             Request::Damage { .. } => "Damage",
             Request::AcceptDamage { .. } => "AcceptDamage",
+            Request::Compact { .. } => "Compact",
             Request::Shutdown { .. } => "Shutdown",
             Request::Spawn { .. } => "Spawn",
         };
@@ -134,6 +135,12 @@ pub(crate) enum Request {
     AcceptDamage {
         id: PartitionId,
         reply: Reply<usize>,
+    },
+    /// Compacts the partition now, the active segment included, whatever its dirty ratio
+    /// (an erasure); answered when the pass is complete.
+    Compact {
+        id: PartitionId,
+        reply: Reply<crate::log::CleanOutcome>,
     },
     /// These consumers are active (members of a live group, say) at `at_ms`: their committed
     /// offsets do not expire while they are.

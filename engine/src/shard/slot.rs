@@ -87,6 +87,18 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
+    /// Runs one slice of a compaction pass over this slot's log (see `log::clean`); an
+    /// idempotent producer's last batch is kept.
+    pub fn clean_step(
+        &mut self,
+        pass: &mut crate::log::CleanPass,
+        io: &mut dyn crate::io::Io,
+        budget: u64,
+    ) -> Result<crate::log::CleanStep, crate::log::LogError> {
+        let producers = &self.producers;
+        self.log.clean_step(pass, io, budget, &|id, base| producers.is_last_batch(id, base))
+    }
+
     /// A slot for `log`, with its idempotent producers rebuilt from its recent segments.
     pub fn new(log: Partition, clock: crate::api::Clock) -> Result<Slot, EngineError> {
         let producers = Producers::rebuild(&log, clock.now())?;

@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::create_topics_response::{
     CreatableTopicConfigs, CreatableTopicResult, CreateTopicsResponse,
 };
@@ -12,13 +13,17 @@ use kafka_protocol::messages::delete_topics_response::{DeletableTopicResult, Del
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResponse, DescribeConfigsResult,
 };
-use kafka_protocol::messages::{CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest};
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalAlterConfigsResourceResponse;
+use kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
+};
 
 use super::super::errors;
 use super::super::server::Ctx;
 use super::{str_bytes, topic_name};
 use crate::engine::EngineError;
-use crate::log::{Durability, LogConfig};
+use crate::log::{Cleanup, Durability, LogConfig};
 
 /// Resource types of DescribeConfigs.
 const RESOURCE_TOPIC: i8 = 2;
@@ -51,8 +56,24 @@ pub fn apply_config(config: &mut LogConfig, name: &str, value: Option<&str>) -> 
         "message.timestamp.after.max.ms" => config.timestamp_after_max = optional_ms()?,
         "message.timestamp.before.max.ms" => config.timestamp_before_max = optional_ms()?,
         "spate.durability" => config.durability = value.parse::<Durability>()?,
-        "cleanup.policy" if value == "delete" => {}
-        "cleanup.policy" => return Err(format!("cleanup.policy={value}: only delete is supported")),
+        "cleanup.policy" => config.cleanup = value.parse::<Cleanup>()?,
+        "delete.retention.ms" => config.compaction.delete_retention = Duration::from_millis(positive()?),
+        "min.compaction.lag.ms" => config.compaction.min_lag = Duration::from_millis(positive()?),
+        "max.compaction.lag.ms" => {
+            let ms = positive()?;
+            if ms == 0 {
+                return Err("max.compaction.lag.ms must be positive".into());
+            }
+            config.compaction.max_lag = (ms < i64::MAX as u64).then(|| Duration::from_millis(ms));
+        }
+        "min.cleanable.dirty.ratio" => {
+            let ratio = value
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| format!("min.cleanable.dirty.ratio={value:?}: a number from 0 to 1"))?;
+            config.compaction.min_dirty_ratio_ppm = (ratio * 1e6).round() as u32;
+        }
         // Single-node facts, accepted when they state what is true anyway.
         "min.insync.replicas" | "unclean.leader.election.enable" if value == "1" || value == "false" => {}
         "message.timestamp.type" if value == "CreateTime" => {}
@@ -69,7 +90,14 @@ pub const INDEX_INTERVAL_BYTES_MIN: u64 = 1024;
 pub fn describe_config(config: &LogConfig) -> Vec<(&'static str, String)> {
     let ms = |d: Option<Duration>| d.map_or("-1".to_string(), |d| d.as_millis().to_string());
     vec![
-        ("cleanup.policy", "delete".into()),
+        ("cleanup.policy", config.cleanup.to_string()),
+        ("delete.retention.ms", config.compaction.delete_retention.as_millis().to_string()),
+        ("min.compaction.lag.ms", config.compaction.min_lag.as_millis().to_string()),
+        (
+            "max.compaction.lag.ms",
+            config.compaction.max_lag.map_or(i64::MAX.to_string(), |d| d.as_millis().to_string()),
+        ),
+        ("min.cleanable.dirty.ratio", format!("{}", f64::from(config.compaction.min_dirty_ratio_ppm) / 1e6)),
         ("segment.bytes", config.segment_bytes.to_string()),
         ("segment.ms", config.segment_age.as_millis().to_string()),
         ("retention.bytes", config.retention_bytes.map_or("-1".into(), |b| b.to_string())),
@@ -252,4 +280,140 @@ pub async fn describe_configs(ctx: &Rc<Ctx>, request: DescribeConfigsRequest) ->
         results.push(result);
     }
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// IncrementalAlterConfigs operations.
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+/// The value `name` has for a topic with the server's defaults.
+fn default_value(ctx: &Ctx, name: &str) -> Option<String> {
+    describe_config(&ctx.shared.config.topic_defaults).into_iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+}
+
+/// Applies one IncrementalAlterConfigs operation to `config`.
+fn apply_op(
+    ctx: &Ctx,
+    config: &mut LogConfig,
+    name: &str,
+    op: i8,
+    value: Option<&str>,
+) -> Result<(), String> {
+    match op {
+        OP_SET => apply_config(config, name, value),
+        OP_DELETE => {
+            let value = default_value(ctx, name).ok_or_else(|| format!("unknown topic config {name}"))?;
+            apply_config(config, name, Some(&value))
+        }
+        OP_APPEND | OP_SUBTRACT if name == "cleanup.policy" => {
+            let mut policies: Vec<String> =
+                config.cleanup.to_string().split(',').map(str::to_string).collect();
+            for v in value.unwrap_or_default().split(',').map(str::trim).filter(|v| !v.is_empty()) {
+                if op == OP_APPEND && !policies.iter().any(|p| p == v) {
+                    policies.push(v.to_string());
+                } else if op == OP_SUBTRACT {
+                    policies.retain(|p| p != v);
+                }
+            }
+            apply_config(config, name, Some(&policies.join(",")))
+        }
+        OP_APPEND | OP_SUBTRACT => Err(format!("{name} is not a list: APPEND and SUBTRACT do not apply")),
+        other => Err(format!("unknown config operation {other}")),
+    }
+}
+
+/// Checks and stores a topic's new configuration; the resource's error code and message.
+async fn alter_topic(
+    ctx: &Rc<Ctx>,
+    name: &str,
+    config: Result<LogConfig, String>,
+    validate_only: bool,
+) -> (i16, Option<String>) {
+    let checked = config.and_then(|c| c.validate().map(|()| c));
+    match checked {
+        Err(why) => (ResponseError::InvalidConfig.code(), Some(why)),
+        Ok(_) if validate_only => (0, None),
+        Ok(config) => {
+            let owned = name.to_string();
+            match ctx.admin(move |engine| engine.alter_topic(&owned, config)).await {
+                Ok(()) => (0, None),
+                Err(e) => (errors::code(&e).code(), Some(e.to_string())),
+            }
+        }
+    }
+}
+
+pub async fn incremental_alter_configs(
+    ctx: &Rc<Ctx>,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let mut responses = Vec::new();
+    for resource in request.resources {
+        let name = resource.resource_name.to_string();
+        let (code, message) = if resource.resource_type != RESOURCE_TOPIC {
+            (ResponseError::InvalidRequest.code(), Some("only topic configs can be altered".to_string()))
+        } else {
+            let config = ctx.engine.topic(&name).map_err(|e| e.to_string()).and_then(|info| {
+                let mut config = info.config;
+                for c in &resource.configs {
+                    apply_op(
+                        ctx,
+                        &mut config,
+                        c.name.as_str(),
+                        c.config_operation,
+                        c.value.as_ref().map(|v| v.as_str()),
+                    )?;
+                }
+                Ok(config)
+            });
+            match config {
+                Err(why) if ctx.engine.topic(&name).is_err() => {
+                    (ResponseError::UnknownTopicOrPartition.code(), Some(why))
+                }
+                config => alter_topic(ctx, &name, config, request.validate_only).await,
+            }
+        };
+        responses.push(
+            IncrementalAlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(message.map(|m| str_bytes(&m)))
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name),
+        );
+    }
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// AlterConfigs replaces a topic's whole configuration: what it does not name goes back to the
+/// server's default.
+pub async fn alter_configs(ctx: &Rc<Ctx>, request: AlterConfigsRequest) -> AlterConfigsResponse {
+    let mut responses = Vec::new();
+    for resource in request.resources {
+        let name = resource.resource_name.to_string();
+        let (code, message) = if resource.resource_type != RESOURCE_TOPIC {
+            (ResponseError::InvalidRequest.code(), Some("only topic configs can be altered".to_string()))
+        } else if let Err(e) = ctx.engine.topic(&name) {
+            (ResponseError::UnknownTopicOrPartition.code(), Some(e.to_string()))
+        } else {
+            let mut config = ctx.shared.config.topic_defaults.clone();
+            let applied = resource
+                .configs
+                .iter()
+                .try_for_each(|c| {
+                    apply_config(&mut config, c.name.as_str(), c.value.as_ref().map(|v| v.as_str()))
+                })
+                .map(|()| config);
+            alter_topic(ctx, &name, applied, request.validate_only).await
+        };
+        responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(message.map(|m| str_bytes(&m)))
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name),
+        );
+    }
+    AlterConfigsResponse::default().with_responses(responses)
 }

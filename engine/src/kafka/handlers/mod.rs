@@ -123,6 +123,10 @@ async fn dispatch(
             run(h, body, b, |r| admin::delete_topics(ctx, r, h.request_api_version)).await
         }
         ApiKey::DescribeConfigs => run(h, body, b, |r| admin::describe_configs(ctx, r)).await,
+        ApiKey::AlterConfigs => run(h, body, b, |r| admin::alter_configs(ctx, r)).await,
+        ApiKey::IncrementalAlterConfigs => {
+            run(h, body, b, |r| admin::incremental_alter_configs(ctx, r)).await
+        }
         ApiKey::InitProducerId => run(h, body, b, |r| meta::init_producer_id(ctx, r)).await,
         ApiKey::FindCoordinator => {
             run(h, body, b, |r| meta::find_coordinator(ctx, r, h.request_api_version)).await
@@ -174,6 +178,8 @@ pub fn decode_request(frame: &[u8]) -> Result<ApiKey, String> {
         ApiKey::DeleteTopics => body_as::<m::DeleteTopicsRequest>(b, version),
         ApiKey::InitProducerId => body_as::<m::InitProducerIdRequest>(b, version),
         ApiKey::DescribeConfigs => body_as::<m::DescribeConfigsRequest>(b, version),
+        ApiKey::AlterConfigs => body_as::<m::AlterConfigsRequest>(b, version),
+        ApiKey::IncrementalAlterConfigs => body_as::<m::IncrementalAlterConfigsRequest>(b, version),
         other => Err(format!("{other:?} is not implemented")),
     }?;
     Ok(key)
@@ -224,6 +230,8 @@ pub fn api_name(key: ApiKey) -> &'static str {
         ApiKey::DeleteTopics => "DeleteTopics",
         ApiKey::InitProducerId => "InitProducerId",
         ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::AlterConfigs => "AlterConfigs",
+        ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
         _ => "other",
     }
 }

@@ -1,0 +1,117 @@
+//! The shard's compaction: which partitions are due, and one bounded slice of a pass per turn.
+//!
+//! Every `check_interval` the shard asks each partition of a compacted topic whether it is due
+//! (`Partition::wants_cleaning`) and queues those that are; a queue entry is visited once per
+//! check however often it is due. One pass runs at a time per shard, and each turn of the loop
+//! runs one slice of it (about `slice_bytes` read) after the turn's group commit and answers,
+//! so appends and fetches wait behind at most one slice (see `docs/compaction.md`).
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::request::PartitionId;
+use super::request::{answer, Reply};
+use super::Shard;
+pub use crate::api::CompactionSetup;
+use crate::api::EngineError;
+use crate::log::{CleanOutcome, CleanPass, CleanStep};
+
+/// The pass in progress and the partitions waiting for one.
+#[derive(Debug, Default)]
+pub(super) struct Cleaner {
+    pub running: Option<(PartitionId, CleanPass)>,
+    /// Partitions due, and whether the pass is forced.
+    pub queue: VecDeque<(PartitionId, bool)>,
+    /// Callers waiting for a forced pass over a partition.
+    pub waiters: Vec<(PartitionId, Reply<CleanOutcome>)>,
+}
+
+impl Shard {
+    /// Queues the partitions of compacted topics that are due.
+    pub(super) fn queue_compactions(&mut self) {
+        let now = self.setup.clock.now();
+        for (id, slot) in self.slots.iter() {
+            let queued = self.cleaner.queue.iter().any(|(q, _)| q == id)
+                || self.cleaner.running.as_ref().is_some_and(|(r, _)| r == id);
+            if !queued && slot.log.wants_cleaning(now) {
+                self.cleaner.queue.push_back((id.clone(), false));
+            }
+        }
+    }
+
+    /// Whether compaction has work for the next turn.
+    pub(super) fn compaction_pending(&self) -> bool {
+        self.cleaner.running.is_some() || !self.cleaner.queue.is_empty()
+    }
+
+    /// Runs one slice of the pass in progress, starting the next queued one if none is.
+    pub(super) fn compaction_slice(&mut self, started: Instant) {
+        if self.cleaner.running.is_none() {
+            let Some((id, forced)) = self.cleaner.queue.pop_front() else { return };
+            let Some(slot) = self.slots.get_mut(&id.topic, id.partition) else { return };
+            let now = self.setup.clock.now();
+            match slot.log.start_clean(&mut *self.io, now, forced, self.setup.compaction.map_bytes) {
+                Ok(Some(pass)) => self.cleaner.running = Some((id, pass)),
+                Ok(None) => return self.answer_compaction(&id, Ok(CleanOutcome::default())),
+                Err(e) => {
+                    tracing::warn!(dir = %slot.log.dir().display(), error = %e, "compaction did not start");
+                    return self.answer_compaction(&id, Err(e.to_string()));
+                }
+            }
+        }
+        let Some((id, mut pass)) = self.cleaner.running.take() else { return };
+        let Some(slot) = self.slots.get_mut(&id.topic, id.partition) else { return };
+        match slot.clean_step(&mut pass, &mut *self.io, self.setup.compaction.slice_bytes) {
+            Ok(CleanStep::More) => self.cleaner.running = Some((id, pass)),
+            Ok(CleanStep::Done(outcome)) => {
+                self.stats.compactions += 1;
+                self.stats.compacted_bytes += outcome.bytes_before;
+                self.stats.compaction_reclaimed_bytes +=
+                    outcome.bytes_before.saturating_sub(outcome.bytes_after);
+                self.stats.compaction_nanos += started.elapsed().as_nanos() as u64;
+                self.answer_compaction(&id, Ok(outcome));
+            }
+            Ok(CleanStep::Abandoned(why)) => {
+                tracing::warn!(dir = %slot.log.dir().display(), "compaction pass abandoned: {why}");
+                self.answer_compaction(&id, Err(why));
+            }
+            Err(e) => {
+                tracing::error!(dir = %slot.log.dir().display(), error = %e, "compaction failed");
+                // A failure after the commit point failed the partition: its waiters learn it.
+                self.slots.mark(&id.topic, id.partition);
+                self.answer_compaction(&id, Err(e.to_string()));
+            }
+        }
+        if started.elapsed() > std::time::Duration::ZERO {
+            self.stats.compaction_slices += 1;
+        }
+    }
+
+    /// Answers the callers waiting for a pass over `id`.
+    fn answer_compaction(&mut self, id: &PartitionId, result: Result<CleanOutcome, String>) {
+        let (mine, others): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.cleaner.waiters).into_iter().partition(|(w, _)| w == id);
+        self.cleaner.waiters = others;
+        for (_, reply) in mine {
+            answer(reply, result.clone().map_err(EngineError::Compaction));
+        }
+    }
+
+    /// Gives up the pass over `id` (the partition is closing), removing its uncommitted output.
+    pub(super) fn abandon_compaction(&mut self, id: &PartitionId) {
+        self.cleaner.queue.retain(|(q, _)| q != id);
+        if self.cleaner.running.as_ref().is_some_and(|(r, _)| r == id) {
+            let (_, mut pass) = self.cleaner.running.take().expect("checked");
+            if let Some(slot) = self.slots.get_mut(&id.topic, id.partition) {
+                slot.log.abandon_clean(&mut pass, &mut *self.io);
+            }
+        }
+        self.answer_compaction(id, Err("the partition closed before its compaction finished".into()));
+    }
+
+    /// Queues a forced pass over `id` (an erasure), ahead of the ones that are merely due.
+    pub(super) fn force_compaction(&mut self, id: PartitionId) {
+        self.cleaner.queue.retain(|(q, _)| *q != id);
+        self.cleaner.queue.push_front((id, true));
+    }
+}
