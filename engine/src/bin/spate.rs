@@ -101,6 +101,7 @@ struct FileConfig {
     frame_bytes_per_sec_min: Option<u64>,
     offsets_retention_ms: Option<u64>,
     retention_check_interval_ms: Option<u64>,
+    compaction_check_interval_ms: Option<u64>,
     uncached_writes: Option<bool>,
 }
 
@@ -210,6 +211,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bail!("retention_check_interval_ms must be positive");
         }
         engine_config.retention_check_interval = Duration::from_millis(ms);
+    }
+    if let Some(ms) = file.compaction_check_interval_ms {
+        if ms == 0 {
+            bail!("compaction_check_interval_ms must be positive");
+        }
+        engine_config.compaction.check_interval = Duration::from_millis(ms);
     }
     let mut config = ServerConfig::default();
     if let Some(listen) = args.listen.or(file.listen) {

@@ -74,20 +74,14 @@ fn rows_from(p: &Partition, from: i64) -> Vec<Row> {
     }
 }
 
-/// The header of every batch of the log.
+/// The header of every batch in the log's segment files (reads pass over empty batches).
 fn headers(p: &Partition) -> Vec<BatchHeader> {
     let mut out = Vec::new();
-    let mut offset = p.log_start_offset();
-    loop {
-        let slice = p.read(offset, 1 << 20).unwrap();
-        if slice.len == 0 {
-            return out;
-        }
-        let mut bytes = Vec::new();
-        slice.read_into(&mut bytes).unwrap();
+    for seg in p.segments() {
+        let bytes = std::fs::read(seg.log_path()).unwrap();
         out.extend(batches(&bytes).map(|b| *b.unwrap().header()));
-        offset = slice.next_offset;
     }
+    out
 }
 
 fn rows(p: &Partition) -> Vec<Row> {
@@ -169,6 +163,15 @@ fn compaction_keeps_the_latest_value_of_each_key_and_a_reader_starting_anywhere_
     for from in 0..p.next_offset() {
         let expected: Vec<Row> = after.iter().filter(|r| r.0 >= from).cloned().collect();
         assert_eq!(rows_from(&p, from), expected, "from {from}");
+        // And its first fetch starts at a batch with records, never at compaction's filler
+        // alone (librdkafka takes a reply without records for a too small buffer).
+        if let Some(first) = expected.first() {
+            let slice = p.read(from, 1 << 20).unwrap();
+            let mut bytes = Vec::new();
+            slice.read_into(&mut bytes).unwrap();
+            let header = BatchHeader::parse(&bytes).unwrap();
+            assert!(header.records_count > 0 && header.last_offset() >= first.0, "from {from}: {header:?}");
+        }
     }
     assert!(!p.wants_cleaning(SystemTime::now()), "nothing dirty is left");
     // The compacted log survives a restart, from its index files and without them.

@@ -530,23 +530,38 @@ impl Partition {
         // An offset in a gap (lost to damage) is served from the next batch after it.
         let i = self.segments.partition_point(|s| s.base_offset() <= offset).saturating_sub(1);
         let last = self.segments.len() - 1;
+        // Batches without records (what compaction leaves for removed batches) are passed over
+        // to the first batch with records, even in a later segment: a reply of empty batches
+        // alone reads to some clients (librdkafka) as a batch too large for their buffer. Only
+        // if nothing with records follows are they served, so that the reader moves past them.
+        let mut empty_only = None;
         for (j, seg) in self.segments.iter().enumerate().skip(i) {
             let limit = seg.visible_len();
-            let Some(first) = seg.find_offset(offset, limit)? else {
+            let Some(found) = seg.find_offset(offset, limit)? else {
                 continue;
             };
             // The offset at the segment's visible end: its own end for all but the last
             // segment, the high watermark for the last one (which a failed roll may have
             // sealed without publishing all of it).
             let limit_offset = if j < last { seg.next_offset() } else { self.high_watermark };
-            let (len, next_offset) = seg.extent(&first, max_bytes, limit, limit_offset)?;
-            return Ok(ReadSlice {
-                file: Arc::clone(seg.file()?),
-                position: first.position,
-                len,
-                first_offset: first.header.base_offset,
-                next_offset,
-            });
+            let slice = |first: &crate::segment::BatchPosition| -> Result<ReadSlice, LogError> {
+                let (len, next_offset) = seg.extent(first, max_bytes, limit, limit_offset)?;
+                Ok(ReadSlice {
+                    file: Arc::clone(seg.file()?),
+                    position: first.position,
+                    len,
+                    first_offset: first.header.base_offset,
+                    next_offset,
+                })
+            };
+            match seg.first_with_records(found, limit)? {
+                Some(first) => return slice(&first),
+                None if empty_only.is_none() => empty_only = Some(slice(&found)?),
+                None => {}
+            }
+        }
+        if let Some(slice) = empty_only {
+            return Ok(slice);
         }
         Ok(ReadSlice {
             file: Arc::clone(self.active().active_file()),

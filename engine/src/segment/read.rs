@@ -102,6 +102,25 @@ impl Segment {
         }
     }
 
+    /// The first batch with records at or after `from` (below `limit` bytes), if any.
+    pub fn first_with_records(
+        &self,
+        from: BatchPosition,
+        limit: u64,
+    ) -> Result<Option<BatchPosition>, ReadError> {
+        let mut at = from;
+        let mut cursor = None;
+        while at.header.records_count == 0 {
+            let next = at.position + at.header.total_len() as u64;
+            let cursor = cursor.get_or_insert_with(|| HeaderCursor::new(self, limit));
+            match cursor.header_at(next)? {
+                Some(header) => at = BatchPosition { position: next, header },
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(at))
+    }
+
     /// Whether the batches from the last offset index entry run contiguously to exactly the end
     /// of the written bytes and end at `next_offset()`: the check that lets recovery trust a
     /// sealed segment's index files without scanning the whole log.

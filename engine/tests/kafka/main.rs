@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod clients;
+mod compaction;
 mod crash;
 mod limits;
 mod placement;
