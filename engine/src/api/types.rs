@@ -23,9 +23,10 @@ pub struct EngineConfig {
     /// Partitions of the internal committed-offsets topic (fixed when the data directory is
     /// created).
     pub offsets_partitions: u32,
-    /// The offsets topic is compacted (at each retention check) once a partition holds this
-    /// many bytes and twice its last snapshot: only the latest offset of each key is kept.
-    pub offsets_compaction_bytes: u64,
+    /// Segment size of the offsets topic's partitions (Kafka's `offsets.topic.segment.bytes`):
+    /// the topic is compacted, and only sealed segments are, so this bounds what compaction
+    /// leaves behind in the active segment.
+    pub offsets_segment_bytes: u64,
     /// Bytes of produce requests a shard may hold parked by `Block` backpressure; beyond it,
     /// produces fail with `TooManyBlocked`.
     pub parked_bytes_max: u64,
@@ -119,7 +120,7 @@ impl Default for EngineConfig {
             mailbox_capacity: 1024,
             retention_check_interval: Duration::from_secs(300),
             offsets_partitions: 8,
-            offsets_compaction_bytes: 16 << 20,
+            offsets_segment_bytes: 16 << 20,
             parked_bytes_max: 64 << 20,
             fetch_waiters_max: 65_536,
             reserve: crate::log::ReservePolicy::default(),

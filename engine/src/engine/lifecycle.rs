@@ -166,7 +166,6 @@ pub(super) fn spawn_shards(
             offsets_topic: Arc::from(OFFSETS_TOPIC),
             parked_bytes_max: config.parked_bytes_max,
             waiters_max: config.fetch_waiters_max,
-            offsets_compaction_bytes: config.offsets_compaction_bytes,
             reserve: config.reserve,
             sealed_files_max: config.sealed_files_max,
             offsets_retention: config.offsets_retention,

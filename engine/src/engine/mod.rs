@@ -122,9 +122,16 @@ impl Engine {
         let lock = DirLock::acquire(dir)?;
         let mut known = topics::load_all(&topics_dir)?;
         if !known.iter().any(|t| &*t.name == OFFSETS_TOPIC) {
-            let info = offsets_topic(config.offsets_partitions);
+            let info = offsets_topic(config.offsets_partitions, config.offsets_segment_bytes);
             topics::store(&topics_dir, &info)?;
             known.push(info);
+        }
+        for info in known.iter_mut().filter(|t| &*t.name == OFFSETS_TOPIC) {
+            let wanted = offsets_config(config.offsets_segment_bytes);
+            if info.config != wanted {
+                info.config = wanted;
+                topics::store(&topics_dir, info)?;
+            }
         }
         if let Some(stored) = known.iter().find(|t| &*t.name == OFFSETS_TOPIC) {
             if stored.partitions != config.offsets_partitions {
@@ -998,16 +1005,19 @@ fn next_round_robin() -> u32 {
     })
 }
 
-fn offsets_topic(partitions: u32) -> TopicInfo {
-    TopicInfo {
-        name: Arc::from(OFFSETS_TOPIC),
-        partitions,
-        config: LogConfig {
-            segment_bytes: 64 << 20,
-            retention_age: None,
-            durability: Durability::Always,
-            ..LogConfig::default()
-        },
+fn offsets_topic(partitions: u32, segment_bytes: u64) -> TopicInfo {
+    TopicInfo { name: Arc::from(OFFSETS_TOPIC), partitions, config: offsets_config(segment_bytes) }
+}
+
+/// The offsets topic's configuration: compacted (only the latest commit of each key is kept),
+/// durable at every commit. Applied at every open, whatever an older version stored.
+fn offsets_config(segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        retention_age: None,
+        durability: Durability::Always,
+        cleanup: crate::log::Cleanup { compact: true, delete: false },
+        ..LogConfig::default()
     }
 }
 

@@ -999,8 +999,11 @@ fn the_offsets_topic_is_compacted_to_the_latest_offset_of_each_key_and_survives_
     let cfg = EngineConfig {
         shards: 2,
         offsets_partitions: 1,
-        offsets_compaction_bytes: 16 << 10,
-        retention_check_interval: Duration::from_millis(50),
+        offsets_segment_bytes: 4096,
+        compaction: crate::api::CompactionSetup {
+            check_interval: Duration::from_millis(20),
+            ..Default::default()
+        },
         io_backend: BackendChoice::Fallback,
         ..EngineConfig::default()
     };
@@ -1028,15 +1031,9 @@ fn the_offsets_topic_is_compacted_to_the_latest_offset_of_each_key_and_survives_
                 block_on(w).unwrap();
             }
         }
-        // About 64 KiB were written; compaction keeps the log under twice the threshold, and
-        // the first segment (base offset 0) is gone.
-        let first = offsets_dir.join("00000000000000000000.log");
+        // About 64 KiB were written in 4 KiB segments; compaction keeps the latest commit of
+        // each key. Commits may outpace the checks; once they stop, the next check compacts.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while first.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(!first.exists(), "the oldest segment was compacted away");
-        // Commits may outpace the checks; once they stop, the next check compacts again.
         while dir_log_bytes(&offsets_dir) >= 16 << 10 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -196,6 +196,13 @@ impl Partition {
         due || ratio_ok
     }
 
+    /// Whether time alone (no new writes) can make this partition due: a kept tombstone's
+    /// horizon, or a maximum compaction lag.
+    pub fn cleaning_has_deadline(&self) -> bool {
+        self.config.cleanup.compact
+            && (self.next_horizon_ms.is_some() || self.config.compaction.max_lag.is_some())
+    }
+
     /// The first offset a pass must not touch: the active segment's base, or the base of the
     /// first sealed segment holding a record younger than `min.compaction.lag.ms`.
     fn cleanable_end(&self, now_ms: i64) -> i64 {

@@ -50,9 +50,6 @@ pub(crate) struct ShardSetup {
     pub parked_bytes_max: u64,
     /// Upper bound on long-poll fetches waiting in this shard.
     pub waiters_max: usize,
-    /// An offsets partition is compacted once it holds this many bytes (and twice its last
-    /// snapshot).
-    pub offsets_compaction_bytes: u64,
     pub reserve: crate::log::ReservePolicy,
     /// Committed offsets of inactive consumers expire this long after their last commit.
     pub offsets_retention: Option<Duration>,
@@ -106,6 +103,10 @@ pub(crate) struct Shard {
     cleaner: cleaner::Cleaner,
     next_compaction_check: Instant,
     owns_compacted: bool,
+    /// Group commits made by the last compaction check: an idle shard's next check waits for a
+    /// write, unless a partition can become due by time alone.
+    commits_at_check: u64,
+    compaction_timer: bool,
 }
 
 /// The mailbox's eventfd, borrowed for polling (the mailbox owns and closes it).
@@ -144,6 +145,8 @@ impl Shard {
             cleaner: cleaner::Cleaner::default(),
             next_compaction_check: Instant::now(),
             owns_compacted: false,
+            commits_at_check: u64::MAX,
+            compaction_timer: false,
         }
     }
 
@@ -215,9 +218,11 @@ impl Shard {
             }
             if now >= self.next_compaction_check {
                 self.owns_compacted = self.slots.iter().any(|(_, s)| s.log.config().cleanup.compact);
+                self.compaction_timer = self.slots.iter().any(|(_, s)| s.log.cleaning_has_deadline());
                 if self.owns_compacted {
                     self.queue_compactions();
                 }
+                self.commits_at_check = self.stats.commits;
                 self.next_compaction_check = now + self.setup.compaction.check_interval;
             }
             let compacting = self.compaction_pending();
@@ -635,17 +640,13 @@ impl Shard {
         if let Some(retention) = self.setup.offsets_retention {
             self.expire_offsets(retention, self.setup.clock.now_ms());
         }
-        // Expiry and compaction append to offsets partitions no request named.
+        // Expiry appends to offsets partitions no request named.
         self.slots.mark_all();
-        for (id, slot) in self.slots.iter_mut() {
-            let offsets = id.topic == self.setup.offsets_topic;
+        for (_, slot) in self.slots.iter_mut() {
             slot.expire_producers(now);
-            // The offsets topic is compacted instead: its keys live until overwritten.
-            let kept = if offsets {
-                slot.compact_offsets(&mut *self.io, self.setup.offsets_compaction_bytes).map(drop)
-            } else {
-                slot.log.enforce_retention(&mut *self.io, now).map(drop).map_err(EngineError::from)
-            };
+            // Compact-only topics (the offsets topic among them) delete nothing here; their
+            // active segments still roll by age, so that compaction reaches them.
+            let kept = slot.log.enforce_retention(&mut *self.io, now).map(drop);
             if let Err(e) = kept {
                 tracing::error!(dir = %slot.log.dir().display(), error = %e, "retention failed");
             }
@@ -682,7 +683,8 @@ impl Shard {
             }
         };
         earliest(self.fetch_deadlines.peek().map(|std::cmp::Reverse((d, _))| *d));
-        if self.owns_compacted {
+        // Only while there can be something new to compact: an idle engine does not wake.
+        if self.owns_compacted && (self.compaction_timer || self.stats.commits != self.commits_at_check) {
             earliest(Some(self.next_compaction_check));
         }
         for slot in self.slots.busy() {

@@ -4,7 +4,8 @@
 //! The home of the concept in the shard layer: the record format (key: consumer, topic,
 //! partition; value: offset and metadata), appending a commit and answering it once durable,
 //! tombstones for a deleted topic's offsets (in batches within the partition's limit, answered
-//! once durable), replay at open, and compaction by snapshot. The shard owning an offsets
+//! once durable), and replay at open; the topic is compacted like any compacted topic
+//! (`log::clean`: the latest record of each key survives, tombstones go after their horizon). The shard owning an offsets
 //! partition keeps the latest value of each of its keys in memory (`Shard::committed`) and
 //! tells the data partitions' shards where their consumers stand; the engine's calls
 //! (`commit_offset`, `committed_offset`, ...) are the API.
@@ -304,46 +305,6 @@ impl Slot {
         out
     }
 
-    /// Compacts this offsets-topic partition if it has grown to `min_bytes` and to twice its
-    /// last snapshot: seals the log, writes the latest offset of every live key as a snapshot
-    /// at the end, makes it durable, then deletes every segment before it. Returns whether it
-    /// compacted.
-    ///
-    /// Crash safety: the old segments go only after the snapshot is durable, and replaying old
-    /// segments then the snapshot gives the same state as the snapshot alone; a torn snapshot
-    /// is cut off by recovery, leaving the old segments.
-    pub fn compact_offsets(&mut self, io: &mut dyn Io, min_bytes: u64) -> Result<bool, EngineError> {
-        let size = self.log.size_bytes();
-        if size < min_bytes || size < 2 * self.snapshot_bytes {
-            return Ok(false);
-        }
-        self.log.roll_now(io)?;
-        let start = self.log.next_offset();
-        // The log itself is the truth: it holds durable commits and the ones just sealed
-        // whose acknowledgements are still queued.
-        let mut live = self.replay_offsets()?;
-        live.sort();
-        let entries: Vec<(OffsetKey, Option<CommitValue>)> =
-            live.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
-        let mut written = 0;
-        for batch in self.offset_batches(&entries) {
-            written += batch.len() as u64;
-            self.log.append(io, batch, self.clock.now())?;
-        }
-        self.log.flush(io)?;
-        let deleted = self.log.delete_segments_before(io, start)?;
-        self.snapshot_bytes = written;
-        tracing::info!(
-            dir = %self.log.dir().display(),
-            keys = live.len(),
-            bytes_before = size,
-            bytes_after = self.log.size_bytes(),
-            segments_deleted = deleted.segments_deleted,
-            "compacted committed offsets"
-        );
-        Ok(true)
-    }
-
     /// Reads this offsets-topic partition from start to end: the latest offset per key.
     pub fn replay_offsets(&self) -> Result<Vec<(OffsetKey, CommitValue)>, EngineError> {
         let mut latest: HashMap<OffsetKey, CommitValue> = HashMap::new();
@@ -410,48 +371,6 @@ fn decode_offset_key(mut bytes: &[u8]) -> Option<OffsetKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::Partition;
-
-    /// 40 live keys of 30 KiB make a 1.2 MB snapshot: more than one batch may hold.
-    #[test]
-    fn offsets_compaction_writes_a_snapshot_larger_than_one_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut io = crate::io::open(crate::io::BackendChoice::Fallback).unwrap();
-        let log = Partition::open(dir.path(), crate::log::LogConfig::default(), &mut *io).unwrap();
-        let mut slot = Slot::new(log, crate::api::Clock::system()).unwrap();
-        let key = |i: usize| -> OffsetKey {
-            (Arc::from(format!("{i:02}{}", "g".repeat(30 << 10))), Arc::from("t"), 0)
-        };
-        for round in 0..2 {
-            for i in 0..40 {
-                let (tx, _rx) = oneshot::channel();
-                let value = CommitValue {
-                    offset: (round * 100 + i) as i64,
-                    metadata: Arc::from(format!("m{round}-{i}")),
-                    committed_at_ms: 1_700_000_000_000 + (round * 100 + i) as i64,
-                };
-                slot.append_commit(&mut *io, key(i), value, tx);
-            }
-            slot.log.flush(&mut *io).unwrap();
-        }
-        let before = slot.log.size_bytes();
-        assert!(slot.compact_offsets(&mut *io, 16 << 10).unwrap());
-        assert!(slot.log.size_bytes() < before * 3 / 4, "{} of {before} bytes left", slot.log.size_bytes());
-        assert_eq!(slot.log.segments().len(), 1, "everything before the snapshot is gone");
-        let mut live = slot.replay_offsets().unwrap();
-        live.sort();
-        let expect = |i: usize| CommitValue {
-            offset: (100 + i) as i64,
-            metadata: Arc::from(format!("m1-{i}")),
-            committed_at_ms: 1_700_000_000_000 + (100 + i) as i64,
-        };
-        assert_eq!(
-            live,
-            (0..40).map(|i| (key(i), expect(i))).collect::<Vec<_>>(),
-            "offsets, metadata and commit times kept"
-        );
-        assert!(!slot.compact_offsets(&mut *io, 16 << 10).unwrap(), "not again until it doubles");
-    }
 
     #[test]
     fn commit_values_round_trip_and_old_eight_byte_values_have_no_metadata() {

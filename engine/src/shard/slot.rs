@@ -80,8 +80,6 @@ pub(crate) struct Slot {
     released_bytes: u64,
     /// Idempotent producers' recent batches.
     producers: Producers,
-    /// Bytes of the last snapshot written by offsets compaction (0: none yet).
-    pub(super) snapshot_bytes: u64,
     /// The wall clock appends are stamped with.
     pub(super) clock: crate::api::Clock,
 }
@@ -111,7 +109,6 @@ impl Slot {
             consumers: HashMap::new(),
             released_bytes: 0,
             producers,
-            snapshot_bytes: 0,
             clock,
         })
     }
