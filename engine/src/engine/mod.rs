@@ -379,6 +379,34 @@ impl Engine {
         wait(self.request(&id, |reply| Request::AcceptDamage { id: id.clone(), reply })?)
     }
 
+    /// Deletes the records of a partition below `offset` (`None`: every record up to the high
+    /// watermark), as Kafka's DeleteRecords: the log start moves there durably, segments wholly
+    /// below it are deleted, and reads below it are out of range. Returns the new log start.
+    pub fn delete_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: Option<i64>,
+    ) -> Result<i64, EngineError> {
+        reject_internal(topic)?;
+        let id = self.resolve(topic, Target::Partition(partition))?;
+        wait(self.request(&id, |reply| Request::DeleteRecords { id: id.clone(), offset, reply })?)
+    }
+
+    /// [`Engine::delete_records`] as a future.
+    pub fn delete_records_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: Option<i64>,
+    ) -> impl Future<Output = Result<i64, EngineError>> + Send + 'static {
+        let rx =
+            reject_internal(topic).and_then(|()| self.resolve(topic, Target::Partition(partition))).and_then(
+                |id| self.request(&id, |reply| Request::DeleteRecords { id: id.clone(), offset, reply }),
+            );
+        async move { wait_async(rx?).await }
+    }
+
     /// Compacts a partition of a compacted topic now: every record written so far that a later
     /// record of its key replaced is removed from the segment files (the active segment rolls
     /// first), and tombstones past their delete horizon go too. Returns when the pass is done.

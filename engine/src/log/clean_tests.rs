@@ -423,3 +423,34 @@ fn a_crash_at_any_point_of_a_pass_loses_nothing_and_recovery_finishes_or_discard
     }
     assert!(finished > 0, "some crashes came after the last commit point");
 }
+
+#[test]
+fn delete_records_moves_the_log_start_durably_and_deletes_the_segments_below_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = FallbackIo::new();
+    let config = LogConfig { cleanup: Cleanup::default(), ..compact_config() };
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    fill(&mut p, &mut io, 100, 100, "v");
+    let segments = p.segments().len();
+    let second = p.segments().nth(1).unwrap().base_offset();
+    let target = second + 3;
+    let out = p.delete_records(&mut io, Some(target)).unwrap();
+    assert_eq!((out.log_start_offset, p.log_start_offset()), (target, target));
+    assert_eq!(out.segments_deleted, 1, "only the segment wholly below it");
+    assert_eq!(p.segments().len(), segments - 1);
+    assert!(matches!(p.read(target - 1, 1 << 20), Err(LogError::OffsetOutOfRange { .. })));
+    assert_eq!(rows(&p).first().unwrap().0, target, "reads start at the new log start");
+    // Moving it back is nothing; past the high watermark is refused.
+    assert_eq!(p.delete_records(&mut io, Some(1)).unwrap().log_start_offset, target);
+    assert!(matches!(p.delete_records(&mut io, Some(101)), Err(LogError::OffsetOutOfRange { .. })));
+    drop(p);
+    let mut p = Partition::open(dir.path(), config.clone(), &mut io).unwrap();
+    assert_eq!(p.log_start_offset(), target, "the log start survives a restart");
+    // To the end: every sealed segment goes, the log is empty but keeps its offsets.
+    let out = p.delete_records(&mut io, None).unwrap();
+    assert_eq!(out.log_start_offset, 100);
+    assert_eq!(p.segments().len(), 1);
+    assert!(rows(&p).is_empty());
+    let info = p.append(&mut io, one("k", Some("after")), SystemTime::now()).unwrap();
+    assert_eq!(info.base_offset, 100);
+}

@@ -148,7 +148,7 @@ pub(super) fn remove_fence(io: &mut dyn Io, dir: &Path) -> Result<(), LogError> 
 }
 
 /// Replaces `dir/name` atomically and durably.
-fn replace_file(io: &mut dyn Io, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LogError> {
+pub(super) fn replace_file(io: &mut dyn Io, dir: &Path, name: &str, bytes: &[u8]) -> Result<(), LogError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let f = io.create_file(&tmp, true).map_err(|e| LogError::fs(&tmp, e))?;

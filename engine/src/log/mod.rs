@@ -146,8 +146,10 @@ impl Partition {
         for seg in &mut segments {
             seg.attach(&disk);
         }
-        let log_start_offset = segments.front().map_or(0, Segment::base_offset);
         let end = segments.back().map_or(0, Segment::next_offset);
+        // A log start moved by DeleteRecords (never beyond what survived recovery).
+        let first = segments.front().map_or(0, Segment::base_offset);
+        let log_start_offset = retention::read_log_start(dir)?.map_or(first, |s| s.clamp(first, end));
         let damage_accepted = damage::all_accepted(dir, &damage)?;
         if !damage.is_empty() {
             if damage_accepted {

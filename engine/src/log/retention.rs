@@ -1,4 +1,10 @@
-//! Retention: deleting whole sealed segments by total size and by age.
+//! Retention: deleting whole sealed segments by total size and by age, and moving the log start
+//! on request (Kafka's DeleteRecords).
+//!
+//! A log start moved into a segment is kept in the partition's `log-start` file (written
+//! atomically and durably before the move takes effect), so it survives restarts; the segments
+//! wholly below it are deleted, the records before it in its own segment stay on disk until that
+//! segment goes (as in Kafka), and nothing below it is readable.
 //!
 //! The active segment is never deleted; a retention pass first rolls an active segment older
 //! than `segment_age`, so that an idle partition's data can expire too.
@@ -98,9 +104,33 @@ impl Partition {
         Ok(())
     }
 
+    /// Moves the log start to `offset` (at most the high watermark; `None`: the high
+    /// watermark), durably, and deletes the segments wholly below it (never the active one).
+    /// Offsets below it are out of range from now on. Returns the new log start.
+    pub fn delete_records(
+        &mut self,
+        io: &mut dyn Io,
+        offset: Option<i64>,
+    ) -> Result<RetentionOutcome, LogError> {
+        if let Some(cause) = &self.failed {
+            return Err(LogError::Failed { dir: self.dir.clone(), cause: std::sync::Arc::clone(cause) });
+        }
+        let end = self.high_watermark;
+        let offset = offset.unwrap_or(end);
+        if offset < 0 || offset > end {
+            return Err(LogError::OffsetOutOfRange { requested: offset, start: self.log_start_offset, end });
+        }
+        if offset > self.log_start_offset {
+            let text = format!("# The log start offset (DeleteRecords); offsets below it are gone.\nlog_start_offset={offset}\n");
+            super::damage::replace_file(io, &self.dir, LOG_START_FILE, text.as_bytes())?;
+            self.log_start_offset = offset;
+            tracing::info!(dir = %self.dir.display(), log_start_offset = offset, "records deleted up to the log start");
+        }
+        self.delete_segments_before(io, offset)
+    }
+
     /// Deletes the sealed segments that lie wholly below `offset` (never the active one) and
-    /// advances the log start: for a compacted topic whose snapshot at `offset` supersedes
-    /// them.
+    /// advances the log start to the first segment left, if that is beyond it.
     pub fn delete_segments_before(
         &mut self,
         io: &mut dyn Io,
@@ -141,8 +171,35 @@ impl Partition {
             oldest.delete_files(io).map_err(|e| LogError::fs(&path, e))?;
         }
         self.segments.pop_front();
-        self.log_start_offset = self.segments[0].base_offset();
+        // A log start moved into this segment by DeleteRecords stays where it is.
+        self.log_start_offset = self.log_start_offset.max(self.segments[0].base_offset());
         assert!(self.watermarks_ordered(), "after deleting a segment: {}", self.watermarks());
         Ok((len, path))
     }
+}
+
+/// The file holding a log start offset that lies inside a segment.
+pub const LOG_START_FILE: &str = "log-start";
+
+/// The log start offset stored by DeleteRecords, if any.
+pub(super) fn read_log_start(dir: &std::path::Path) -> Result<Option<i64>, LogError> {
+    let path = dir.join(LOG_START_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LogError::fs(&path, e)),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("log_start_offset="))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            LogError::fs(
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "log-start file without log_start_offset=<offset>",
+                ),
+            )
+        })
 }

@@ -317,7 +317,8 @@ impl Shard {
             | Request::Fetch { id, .. }
             | Request::Progress { id, .. }
             | Request::AcceptDamage { id, .. }
-            | Request::Compact { id, .. } => self.slots.mark(&id.topic, id.partition),
+            | Request::Compact { id, .. }
+            | Request::DeleteRecords { id, .. } => self.slots.mark(&id.topic, id.partition),
             Request::Commit { offsets_partition, .. } => {
                 self.slots.mark(&self.setup.offsets_topic, *offsets_partition)
             }
@@ -406,6 +407,18 @@ impl Shard {
             Request::Forget { what, reply } => self.forget(&what, reply),
             Request::Damage { id, reply } => {
                 let result = self.slot(&id).map(|s| s.log.damage_report());
+                answer(reply, result);
+            }
+            Request::DeleteRecords { id, offset, reply } => {
+                let io = &mut *self.io;
+                let result = match self.slots.get_mut(&id.topic, id.partition) {
+                    Some(slot) => slot
+                        .log
+                        .delete_records(io, offset)
+                        .map(|o| o.log_start_offset)
+                        .map_err(EngineError::from),
+                    None => Err(unknown_partition(&id)),
+                };
                 answer(reply, result);
             }
             Request::Compact { id, reply } => match self.slot(&id) {

@@ -42,6 +42,7 @@ impl std::fmt::Debug for Request {
             Request::Damage { .. } => "Damage",
             Request::AcceptDamage { .. } => "AcceptDamage",
             Request::Compact { .. } => "Compact",
+            Request::DeleteRecords { .. } => "DeleteRecords",
             Request::Shutdown { .. } => "Shutdown",
             Request::Spawn { .. } => "Spawn",
         };
@@ -135,6 +136,13 @@ pub(crate) enum Request {
     AcceptDamage {
         id: PartitionId,
         reply: Reply<usize>,
+    },
+    /// Moves the log start to `offset` (`None`: the high watermark) and deletes the segments
+    /// below it; answers the new log start.
+    DeleteRecords {
+        id: PartitionId,
+        offset: Option<i64>,
+        reply: Reply<i64>,
     },
     /// Compacts the partition now, the active segment included, whatever its dirty ratio
     /// (an erasure); answered when the pass is complete.

@@ -32,3 +32,29 @@ fn a_compacted_topic_keeps_the_latest_value_of_each_key_for_confluent_kafka() {
     assert_eq!(r["min_lag"], "60000", "{r}");
     assert_eq!(r["policy_after_alter"], "compact", "an incremental alter keeps the rest: {r}");
 }
+
+/// confluent-kafka's `delete_records`: the log start moves to the offset asked, the segments
+/// wholly below it leave the disk, reads and ListOffsets start there, an offset beyond the end
+/// is `OFFSET_OUT_OF_RANGE`, and -1 deletes up to the high watermark.
+#[test]
+fn delete_records_moves_the_log_start_for_confluent_kafka() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let spate = Spate::start(&data);
+    let partition_dir = data.join("data").join("pruned-0");
+    let r = run_python(
+        &python,
+        "confluent_delete_records.py",
+        &[&spate.bootstrap(), "pruned", partition_dir.to_str().unwrap()],
+    );
+    assert_eq!(r["low"], 300, "{r}");
+    let (before, after) = (r["segments_before"].as_u64().unwrap(), r["segments_after"].as_u64().unwrap());
+    assert!(before >= 3 && after < before, "segments below 300 deleted: {r}");
+    let first_base: i64 = r["first_segment_after"].as_str().unwrap()[..20].parse().unwrap();
+    assert!(first_base <= 300, "the segment holding 300 stays: {r}");
+    assert_eq!(r["watermarks"], serde_json::json!([300, 500]), "{r}");
+    assert_eq!(r["first"], serde_json::json!([300, "record-300"]), "{r}");
+    assert_eq!(r["beyond_error"], "OFFSET_OUT_OF_RANGE", "{r}");
+    assert_eq!(r["everything"], 500, "{r}");
+}

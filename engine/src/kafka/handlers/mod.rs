@@ -116,6 +116,7 @@ async fn dispatch(
         ApiKey::Produce => produce::handle(ctx, h, body, owner, b).await,
         ApiKey::Fetch => fetch::handle(ctx, h, body, owner, b).await,
         ApiKey::ListOffsets => run(h, body, b, |r| offsets::list_offsets(ctx, r)).await,
+        ApiKey::DeleteRecords => run(h, body, b, |r| offsets::delete_records(ctx, r)).await,
         ApiKey::CreateTopics => {
             run(h, body, b, |r| admin::create_topics(ctx, r, h.request_api_version)).await
         }
@@ -163,6 +164,7 @@ pub fn decode_request(frame: &[u8]) -> Result<ApiKey, String> {
         ApiKey::Produce => body_as::<m::ProduceRequest>(b, version),
         ApiKey::Fetch => body_as::<m::FetchRequest>(b, version),
         ApiKey::ListOffsets => body_as::<m::ListOffsetsRequest>(b, version),
+        ApiKey::DeleteRecords => body_as::<m::DeleteRecordsRequest>(b, version),
         ApiKey::Metadata => body_as::<m::MetadataRequest>(b, version),
         ApiKey::OffsetCommit => body_as::<m::OffsetCommitRequest>(b, version),
         ApiKey::OffsetFetch => body_as::<m::OffsetFetchRequest>(b, version),
@@ -229,6 +231,7 @@ pub fn api_name(key: ApiKey) -> &'static str {
         ApiKey::CreateTopics => "CreateTopics",
         ApiKey::DeleteTopics => "DeleteTopics",
         ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::DeleteRecords => "DeleteRecords",
         ApiKey::DescribeConfigs => "DescribeConfigs",
         ApiKey::AlterConfigs => "AlterConfigs",
         ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",

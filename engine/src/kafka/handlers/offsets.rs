@@ -1,9 +1,12 @@
-//! ListOffsets, OffsetCommit, OffsetFetch: positions in partitions, and groups' committed ones
+//! ListOffsets, DeleteRecords, OffsetCommit, OffsetFetch: positions in partitions, and groups' committed ones
 //! (stored durably in the engine's offsets topic).
 
 use std::rc::Rc;
 
 use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
 };
@@ -14,7 +17,10 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponse, OffsetFetchResponseGroup, OffsetFetchResponsePartition,
     OffsetFetchResponsePartitions, OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
-use kafka_protocol::messages::{GroupId, ListOffsetsRequest, OffsetCommitRequest, OffsetFetchRequest};
+use kafka_protocol::messages::{
+    DeleteRecordsRequest, DeleteRecordsResponse, GroupId, ListOffsetsRequest, OffsetCommitRequest,
+    OffsetFetchRequest,
+};
 
 use super::super::errors;
 use super::super::server::Ctx;
@@ -238,4 +244,42 @@ pub async fn fetch(ctx: &Rc<Ctx>, request: OffsetFetchRequest, version: i16) -> 
         Err(e) => response.error_code = commit_error(&e).code(),
     }
     response
+}
+
+/// DeleteRecords: each partition's log start moves to the given offset (-1: the high
+/// watermark); the answer is the new log start (its low watermark).
+pub async fn delete_records(ctx: &Rc<Ctx>, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let named: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
+    let too_many = super::check_partition_count(named).is_err();
+    let mut topics = Vec::new();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::new();
+        for p in topic.partitions {
+            let mut out = DeleteRecordsPartitionResult::default().with_partition_index(p.partition_index);
+            let result = match (p.offset, partition_index(p.partition_index)) {
+                _ if too_many => Err(ResponseError::InvalidRequest),
+                (_, Err(e)) => Err(errors::code(&e)),
+                (offset, _) if offset < -1 => Err(ResponseError::OffsetOutOfRange),
+                (offset, Ok(index)) => {
+                    let engine = ctx.engine.clone();
+                    let offset = (offset >= 0).then_some(offset);
+                    engine.delete_records_async(&name, index, offset).await.map_err(|e| match e {
+                        EngineError::InvalidTopicName { .. } => ResponseError::PolicyViolation,
+                        e => errors::code(&e),
+                    })
+                }
+            };
+            match result {
+                Ok(low) => out.low_watermark = low,
+                Err(code) => {
+                    out.error_code = code.code();
+                    out.low_watermark = -1;
+                }
+            }
+            partitions.push(out);
+        }
+        topics.push(DeleteRecordsTopicResult::default().with_name(topic.name).with_partitions(partitions));
+    }
+    DeleteRecordsResponse::default().with_topics(topics)
 }
