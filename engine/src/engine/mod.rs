@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+mod changes;
 mod lifecycle;
 pub mod topics;
 
@@ -49,6 +50,7 @@ pub use crate::api::{
     shard_of, Backpressure, Clock, EngineConfig, EngineError, FetchOptions, Fetched, FetchedRecord,
     IdleStrategy, LatencyBuckets, ManualClock, OffsetSpec, ProduceAck, ShardStats, Target,
 };
+pub use changes::{Change, ChangeStream};
 pub use lifecycle::IoFactory;
 pub use topics::TopicInfo;
 

@@ -1493,3 +1493,94 @@ fn erasing_a_key_removes_every_byte_of_its_values_from_the_segment_files() {
     assert_eq!(records.iter().filter(|r| r.key.as_deref() != Some(&b"alice"[..])).count(), 17);
     assert!(took < Duration::from_secs(30), "{took:?}");
 }
+
+fn upsert(engine: &Engine, topic: &str, key: &str, value: Option<&str>) {
+    let r = Record { timestamp: 1, key: Some(key.as_bytes()), value: value.map(str::as_bytes), headers: &[] };
+    engine.produce(topic, Target::Partition(0), &[r]).unwrap();
+}
+
+/// The change stream's items as (kind, key, value) text, for comparing.
+fn describe(change: &Change) -> (String, String, Option<String>) {
+    let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8(b.clone()).unwrap());
+    match change {
+        Change::Snapshot(r) => ("snapshot".into(), text(&r.key).unwrap(), text(&r.value)),
+        Change::SnapshotEnd { offset } => ("end".into(), offset.to_string(), None),
+        Change::Upsert(r) => ("upsert".into(), text(&r.key).unwrap(), text(&r.value)),
+        Change::Delete(r) => ("delete".into(), text(&r.key).unwrap(), None),
+    }
+}
+
+#[test]
+fn a_change_stream_yields_a_snapshot_a_marker_then_changes_and_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(BackendChoice::Auto, 2);
+    let engine = Engine::open(dir.path(), cfg.clone()).unwrap();
+    engine.create_topic("accounts", 1, compacted_topic()).unwrap();
+    for i in 0..30 {
+        upsert(&engine, "accounts", &format!("acct-{}", i % 6), Some(&format!("balance-{i}")));
+    }
+    upsert(&engine, "accounts", "acct-5", None);
+    // Part of the log is compacted first: the stream reads across fill batches.
+    engine.compact("accounts", 0).unwrap();
+    upsert(&engine, "accounts", "acct-0", Some("balance-final"));
+    let mut stream = engine.change_stream("accounts", 0, "mirror").unwrap();
+    let mut snapshot = Vec::new();
+    let end = loop {
+        match stream.next(Duration::from_millis(10)).unwrap().expect("the snapshot is there at once") {
+            Change::SnapshotEnd { offset } => break offset,
+            c => snapshot.push(describe(&c)),
+        }
+    };
+    assert_eq!(end, 32, "the snapshot is as of the high watermark");
+    snapshot.sort();
+    let expected: Vec<_> = [
+        ("acct-0", "balance-final"),
+        ("acct-1", "balance-25"),
+        ("acct-2", "balance-26"),
+        ("acct-3", "balance-27"),
+        ("acct-4", "balance-28"),
+    ]
+    .iter()
+    .map(|(k, v)| ("snapshot".to_string(), k.to_string(), Some(v.to_string())))
+    .collect();
+    assert_eq!(snapshot, expected, "every key's latest value once, deleted keys absent");
+    assert!(stream.next(Duration::from_millis(20)).unwrap().is_none(), "nothing new yet");
+    upsert(&engine, "accounts", "acct-1", Some("balance-31"));
+    upsert(&engine, "accounts", "acct-2", None);
+    let got: Vec<_> =
+        (0..2).map(|_| describe(&stream.next(Duration::from_secs(5)).unwrap().unwrap())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("upsert".to_string(), "acct-1".to_string(), Some("balance-31".to_string())),
+            ("delete".to_string(), "acct-2".to_string(), None)
+        ]
+    );
+    stream.commit().unwrap();
+    assert_eq!(stream.position(), 34);
+    drop(stream);
+    drop(engine);
+    let engine = Engine::open(dir.path(), cfg).unwrap();
+    upsert(&engine, "accounts", "acct-3", Some("after-restart"));
+    let mut stream = engine.change_stream("accounts", 0, "mirror").unwrap();
+    assert!(stream.is_live(), "a committed stream resumes without a snapshot");
+    let next = describe(&stream.next(Duration::from_secs(5)).unwrap().unwrap());
+    assert_eq!(next, ("upsert".to_string(), "acct-3".to_string(), Some("after-restart".to_string())));
+    // Another consumer name starts with its own snapshot.
+    // A write during its snapshot is not in it: it comes after the marker, as a change.
+    let mut other = engine.change_stream("accounts", 0, "audit").unwrap();
+    assert!(!other.is_live());
+    upsert(&engine, "accounts", "acct-4", Some("during-snapshot"));
+    let mut items = Vec::new();
+    while let Some(c) = other.next(Duration::from_millis(200)).unwrap() {
+        items.push(describe(&c));
+    }
+    let marker = items.iter().position(|i| i.0 == "end").unwrap();
+    assert!(items[..marker].contains(&("snapshot".into(), "acct-4".into(), Some("balance-28".into()))));
+    assert_eq!(
+        items[marker + 1..],
+        [("upsert".to_string(), "acct-4".to_string(), Some("during-snapshot".to_string()))]
+    );
+    engine.create_topic("plain", 1, LogConfig::default()).unwrap();
+    assert!(matches!(engine.change_stream("plain", 0, "x"), Err(EngineError::NotCompacted(_))));
+}
