@@ -21,7 +21,9 @@ use spate::io::BackendChoice;
 use spate::log::Durability;
 
 use report::Outcome;
-use scenarios::{backpressure, consume, hol, kafka_load, latency, network, peers, produce, scale};
+use scenarios::{
+    backpressure, compaction, consume, hol, kafka_load, latency, network, peers, produce, scale,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,6 +69,9 @@ enum Scenario {
     Scale(ScaleArgs),
     /// Open-loop end-to-end latency at fractions of the maximum rate (or fixed rates).
     Latency(LatencyArgs),
+    /// Log compaction: bytes compacted per second against a read-and-write reference, space
+    /// reclaimed, and produce latency on the same shard with and without compaction running.
+    Compaction(CompactionArgs),
     /// Head-of-line blocking: the log with partition-exclusive consumers against a bounded queue.
     Hol(HolArgs),
     /// A producer faster than its consumer under each backpressure policy.
@@ -223,6 +228,29 @@ struct ScaleArgs {
     /// Round trips and wake-ups measured per configuration.
     #[arg(long, default_value_t = 2000)]
     samples: u64,
+}
+
+#[derive(Debug, Args)]
+struct CompactionArgs {
+    /// MiB of keyed records written to each log compacted.
+    #[arg(long, default_value_t = 256)]
+    total_mib: u64,
+    #[arg(long, default_value_t = 1024)]
+    value_bytes: usize,
+    #[arg(long, default_value_t = 10_000)]
+    keys: u64,
+    /// Fresh logs compacted, each between two reference runs.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Records per second of the latency producer.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Seconds per latency window (two windows each way, alternating).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// MB per second of updates to the compacted topic during the latency windows.
+    #[arg(long, default_value_t = 20.0)]
+    table_mb_per_s: f64,
 }
 
 #[derive(Debug, Args)]
@@ -434,6 +462,17 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         backend,
     };
     add("backpressure", b.to_json(), backpressure::run(root, &b, progress)?);
+    let k = compaction::Params {
+        total_bytes: 64 << 20,
+        value_bytes: 1024,
+        keys: 10_000,
+        rounds: 3,
+        rate: 2_000.0,
+        seconds: 1.0,
+        table_bytes_per_s: 20e6,
+        backend,
+    };
+    add("compaction", k.to_json(), compaction::run(root, &k, progress)?);
     Ok((Value::Object(params), out))
 }
 
@@ -530,6 +569,19 @@ fn main() -> anyhow::Result<()> {
                 backend,
             };
             ("scale", p.to_json(), scale::run(&root, &p, &progress)?)
+        }
+        Scenario::Compaction(a) => {
+            let p = compaction::Params {
+                total_bytes: a.total_mib.max(1) << 20,
+                value_bytes: a.value_bytes.max(1),
+                keys: a.keys.max(1),
+                rounds: a.rounds.max(1),
+                rate: a.rate.max(1.0),
+                seconds: a.seconds.max(0.1),
+                table_bytes_per_s: a.table_mb_per_s.max(0.001) * 1e6,
+                backend,
+            };
+            ("compaction", p.to_json(), compaction::run(&root, &p, &progress)?)
         }
         Scenario::Latency(a) => {
             let p = latency::Params {

@@ -66,6 +66,9 @@ pub fn engine_with(
 }
 
 /// A latency histogram in microseconds, 1 µs to 1 hour, 3 significant digits.
+/// Latencies in microseconds.
+pub type Hist = Histogram<u64>;
+
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }

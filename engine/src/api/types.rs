@@ -415,14 +415,24 @@ mod idle_tests {
 pub struct CompactionSetup {
     /// How often partitions are checked for being due (Kafka's `log.cleaner.backoff.ms`).
     pub check_interval: Duration,
-    /// Bytes of log one slice reads, about.
+    /// Bytes of log one slice reads, about, and the time after which it stops at the next batch.
     pub slice_bytes: u64,
+    pub slice_time: Duration,
+    /// While requests keep a shard busy, compaction slices take at most this share of its time
+    /// (an idle shard runs them back to back).
+    pub busy_share_percent: u32,
     /// Bytes the key map of one pass may take (Kafka's `log.cleaner.dedupe.buffer.size`).
     pub map_bytes: usize,
 }
 
 impl Default for CompactionSetup {
     fn default() -> Self {
-        CompactionSetup { check_interval: Duration::from_secs(15), slice_bytes: 1 << 20, map_bytes: 64 << 20 }
+        CompactionSetup {
+            check_interval: Duration::from_secs(15),
+            slice_bytes: 256 << 10,
+            slice_time: Duration::from_millis(1),
+            busy_share_percent: 25,
+            map_bytes: 64 << 20,
+        }
     }
 }

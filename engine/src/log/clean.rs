@@ -34,14 +34,14 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use twox_hash::XxHash3_128;
 
 use super::{LogError, Partition};
 use crate::io::{Io, IoError, Write};
 use crate::record::{fill_batch, rewrite_batch, Batch, BatchHeader, RecordView, BATCH_HEADER_LEN};
-use crate::segment::{self, ScanTarget, Segment};
+use crate::segment::{self, ScanOutcome, Segment};
 
 /// Bytes an entry of the key map costs (hash, offset and the table's own overhead).
 pub const MAP_ENTRY_BYTES: usize = 40;
@@ -83,6 +83,14 @@ pub struct CleanOutcome {
     pub cleaned_to: i64,
 }
 
+/// How much one slice of a pass may do: read about `bytes` of log, and stop at the first batch
+/// boundary after `deadline` (one batch at least).
+#[derive(Debug, Clone, Copy)]
+pub struct Slice {
+    pub bytes: u64,
+    pub deadline: Instant,
+}
+
 /// The result of one slice of a pass.
 #[derive(Debug)]
 pub enum CleanStep {
@@ -121,7 +129,7 @@ enum Phase {
         base: i64,
         position: u64,
     },
-    Copy(Copy),
+    Copy(Box<Copy>),
 }
 
 /// Consecutive segments rewritten into one.
@@ -141,6 +149,8 @@ struct Copy {
     segment: usize,
     position: u64,
     output: Option<Output>,
+    /// The current group's output is complete and durable: the next slice swaps it in.
+    complete: bool,
 }
 
 #[derive(Debug)]
@@ -151,6 +161,8 @@ struct Output {
     written: u64,
     /// The offset the next output batch must start at (fill batches cover the rest).
     expected: i64,
+    /// The indexes of what was written, built as it is written (no scan at the swap).
+    index: ScanOutcome,
 }
 
 impl Partition {
@@ -278,14 +290,14 @@ impl Partition {
         }
     }
 
-    /// Runs one slice of `pass`, reading about `budget` bytes. `keep_producer(id, base)` says
+    /// Runs one slice of `pass` (see [`Slice`]). `keep_producer(id, base)` says
     /// whether the batch at `base` is the last one idempotent producer `id` wrote here (it is
     /// then kept, empty if need be).
     pub fn clean_step(
         &mut self,
         pass: &mut CleanPass,
         io: &mut dyn Io,
-        budget: u64,
+        budget: Slice,
         keep_producer: &dyn Fn(i64, i64) -> bool,
     ) -> Result<CleanStep, LogError> {
         if let Err(e) = self.check_writable() {
@@ -315,7 +327,7 @@ impl Partition {
         pass: &mut CleanPass,
         base: i64,
         position: u64,
-        budget: u64,
+        budget: Slice,
     ) -> Result<CleanStep, LogError> {
         let Some(i) = self.segments.iter().position(|s| s.file_base() == base && s.base_offset() < pass.end)
         else {
@@ -324,10 +336,11 @@ impl Partition {
         };
         let seg = &self.segments[i];
         let len = seg.written_len();
-        let read = read_batches(seg, position, budget, &mut pass.buf)?;
+        let read = read_batches(seg, position, budget.bytes, &mut pass.buf)?;
         pass.outcome.bytes_read += read as u64;
         let mut at = 0;
-        while let Some(batch) = next_batch(&pass.buf[..read], &mut at, seg, position)? {
+        while let Some(batch) = next_batch_until(&pass.buf[..read], &mut at, seg, position, budget.deadline)?
+        {
             if batch.header().attributes.is_control() {
                 continue;
             }
@@ -382,7 +395,14 @@ impl Partition {
         }
         pass.outcome.keys = pass.map.len();
         pass.outcome.segments_before = sealed.len();
-        pass.phase = Phase::Copy(Copy { groups, group: 0, segment: 0, position: 0, output: None });
+        pass.phase = Phase::Copy(Box::new(Copy {
+            groups,
+            group: 0,
+            segment: 0,
+            position: 0,
+            output: None,
+            complete: false,
+        }));
         Ok(CleanStep::More)
     }
 
@@ -394,7 +414,7 @@ impl Partition {
         &mut self,
         pass: &mut CleanPass,
         io: &mut dyn Io,
-        budget: u64,
+        budget: Slice,
         keep_producer: &dyn Fn(i64, i64) -> bool,
     ) -> Result<CleanStep, LogError> {
         let Phase::Copy(copy) = &pass.phase else { unreachable!("copy_step runs in the copy phase") };
@@ -404,9 +424,18 @@ impl Partition {
             self.abandon_clean(pass, io);
             return Ok(CleanStep::Abandoned("the log changed under the pass".into()));
         };
+        // A group's output complete and durable is swapped in by the next slice: each of the
+        // two takes its own syncs.
+        if copy.complete {
+            return self.finish_group(pass, io, &group, first);
+        }
         match self.copy_slice(pass, io, budget, keep_producer, &group, first)? {
             Ok(false) => Ok(CleanStep::More),
-            Ok(true) => self.finish_group(pass, io, &group, first),
+            Ok(true) => {
+                let Phase::Copy(copy) = &mut pass.phase else { unreachable!("still copying") };
+                copy.complete = true;
+                Ok(CleanStep::More)
+            }
             Err(why) => {
                 self.abandon_clean(pass, io);
                 Ok(CleanStep::Abandoned(why))
@@ -420,7 +449,7 @@ impl Partition {
         &mut self,
         pass: &mut CleanPass,
         io: &mut dyn Io,
-        budget: u64,
+        budget: Slice,
         keep_producer: &dyn Fn(i64, i64) -> bool,
         group: &Group,
         first: usize,
@@ -443,7 +472,10 @@ impl Partition {
             let base = self.segments[first].base_offset();
             let path = cleaned_path(&self.dir, base);
             match io.create_file(&path, true) {
-                Ok(file) => copy.output = Some(Output { file, path, written: 0, expected: base }),
+                Ok(file) => {
+                    let index = ScanOutcome::empty(base);
+                    copy.output = Some(Output { file, path, written: 0, expected: base, index })
+                }
                 Err(e) => return Ok(Err(format!("creating {}: {e}", path.display()))),
             }
         }
@@ -451,13 +483,15 @@ impl Partition {
         let seg = &self.segments[first + copy.segment];
         debug_assert_eq!(seg.file_base(), group.segments[copy.segment].0);
         let position = copy.position;
-        let read = read_batches(seg, position, budget, buf)?;
+        let read = read_batches(seg, position, budget.bytes, buf)?;
         outcome.bytes_read += read as u64;
         out.clear();
         let view = MapView { map, seed: *seed, now_ms: *now_ms };
         let mut decoded = Vec::new();
         let mut at = 0;
-        while let Some(batch) = next_batch(&buf[..read], &mut at, seg, position)? {
+        let index_interval = self.config.index_interval_bytes;
+        let mut indexed = 0;
+        while let Some(batch) = next_batch_until(&buf[..read], &mut at, seg, position, budget.deadline)? {
             let header = *batch.header();
             let Filtered { kept, tombstone } = filter(&batch, &view, scratch, outcome)?;
             let new_horizon =
@@ -494,6 +528,7 @@ impl Partition {
                 }
             }
             output.expected = header.last_offset() + 1;
+            index_batches(out, &mut indexed, &mut output.index, index_interval)?;
         }
         copy.position = position + at as u64;
         let segment_done = copy.position >= seg.written_len();
@@ -501,6 +536,7 @@ impl Partition {
         if group_done && output.expected < group.end {
             fill_batch(output.expected, group.end - 1, out);
             output.expected = group.end;
+            index_batches(out, &mut indexed, &mut output.index, index_interval)?;
         }
         // Write what this slice produced; the last slice of a group also syncs the file.
         let slices = [IoSlice::new(out)];
@@ -531,6 +567,7 @@ impl Partition {
     ) -> Result<CleanStep, LogError> {
         let Phase::Copy(copy) = &mut pass.phase else { unreachable!("finish_group runs in the copy phase") };
         let output = copy.output.take().expect("a complete group has its output");
+        copy.complete = false;
         copy.group += 1;
         copy.segment = 0;
         copy.position = 0;
@@ -581,12 +618,13 @@ impl Partition {
     ) -> Result<(), LogError> {
         let base = self.segments[first].base_offset();
         let swap = swap_path(&self.dir, base);
-        drop(output.file);
+        let Output { file, path, index, .. } = output;
+        drop(file);
         // The commit point: a durable `.swap` file is completed by recovery if this stops.
-        if let Err(e) = io.rename(&output.path, &swap).and_then(|()| io.sync_dir(&self.dir)) {
+        if let Err(e) = io.rename(&path, &swap).and_then(|()| io.sync_dir(&self.dir)) {
             return Err(self.fail(io, Arc::new(IoError::file_system(&swap, e))));
         }
-        match self.finish_swap(io, group, first, &swap) {
+        match self.finish_swap(io, group, first, &swap, index) {
             Ok(seg) => {
                 let before: u64 = group.segments.iter().map(|&(_, l)| l).sum();
                 outcome.bytes_before += before;
@@ -607,6 +645,7 @@ impl Partition {
         group: &Group,
         first: usize,
         swap: &Path,
+        index: ScanOutcome,
     ) -> Result<Segment, IoError> {
         let fs = |path: &Path| {
             let path = path.to_path_buf();
@@ -630,42 +669,38 @@ impl Partition {
         }
         let log = segment::log_path(&self.dir, base);
         io.rename(swap, &log).map_err(fs(&log))?;
-        let seg = open_sealed(io, &self.dir, base, group.end, self.config.index_interval_bytes)?;
-        io.sync_dir(&self.dir).map_err(fs(&self.dir))?;
-        let mut seg = seg;
+        let mut seg = open_sealed(io, &self.dir, base, group.end, index)?;
+        // No directory sync here: these removals and the rename reach the disk in order (the
+        // file system's journal commits metadata in order), and recovery completes a `.swap`
+        // from any prefix of them; the next sync of this directory makes them durable.
         seg.attach(&self.disk);
         Ok(seg)
     }
 }
 
-/// Opens a committed compaction output as a sealed segment ending at `end`: scans it (the
-/// output is checked like any segment), writes its index files and makes them durable.
-pub(super) fn open_sealed(
+/// Opens a committed compaction output as a sealed segment ending at `end`, with the indexes
+/// built while it was written (`outcome`), and writes its index files durably.
+fn open_sealed(
     io: &mut dyn Io,
     dir: &Path,
     base: i64,
     end: i64,
-    index_interval_bytes: u64,
+    outcome: ScanOutcome,
 ) -> Result<Segment, IoError> {
     let path = segment::log_path(dir, base);
     let fs = |e: std::io::Error| IoError::file_system(&path, e);
     let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(fs)?;
     let len = file.metadata().map_err(fs)?.len();
-    let target = ScanTarget {
-        file: &file,
-        file_len: len,
-        file_base: base,
-        end_offset: Some(end),
-        index_interval_bytes,
-    };
-    let outcome = segment::scan(&target, 0, base).map_err(fs)?;
-    if outcome.stopped.is_some() || outcome.next_offset != end {
-        let why = outcome.stopped.map_or_else(|| format!("ends at offset {}", outcome.next_offset), |s| s.1);
+    if outcome.valid_end != len || outcome.next_offset != end {
+        let why = format!(
+            "{len} bytes to offset {end} on disk, {} bytes to offset {} written",
+            outcome.valid_end, outcome.next_offset
+        );
         return Err(fs(std::io::Error::other(format!("compacted segment does not check: {why}"))));
     }
     let mut seg = Segment::from_parts(dir, base, file, len, outcome, false);
     let files = seg.create_index_files(io).map_err(seal_error)?;
-    seg.seal(io, files).map_err(seal_error)?;
+    seg.seal_durable(io, files).map_err(seal_error)?;
     seg.mark_visible(len);
     seg.close_file();
     Ok(seg)
@@ -703,6 +738,14 @@ impl CleanPass {
     /// The offset below which this pass compacts.
     pub fn end(&self) -> i64 {
         self.end
+    }
+
+    /// What the pass is doing: `"map"` or `"copy"` (for logs).
+    pub fn phase(&self) -> &'static str {
+        match self.phase {
+            Phase::Map { .. } => "map",
+            Phase::Copy(_) => "copy",
+        }
     }
 }
 
@@ -761,7 +804,7 @@ fn read_batches(seg: &Segment, position: u64, budget: u64, buf: &mut Vec<u8>) ->
     }
     let path = seg.log_path();
     let file = seg.file()?;
-    let mut want = budget.clamp(64 << 10, 64 << 20).min(end - position);
+    let mut want = budget.clamp(16 << 10, 64 << 20).min(end - position);
     let mut header = [0u8; BATCH_HEADER_LEN];
     if end - position >= BATCH_HEADER_LEN as u64 {
         file.read_exact_at(&mut header, position).map_err(|e| LogError::fs(&path, e))?;
@@ -772,6 +815,35 @@ fn read_batches(seg: &Segment, position: u64, budget: u64, buf: &mut Vec<u8>) ->
     buf.resize(want as usize, 0);
     file.read_exact_at(buf, position).map_err(|e| LogError::fs(&path, e))?;
     Ok(buf.len())
+}
+
+/// [`next_batch`], but `None` once `deadline` has passed and a batch was taken (`*at > 0`).
+fn next_batch_until<'b>(
+    buf: &'b [u8],
+    at: &mut usize,
+    seg: &Segment,
+    base_position: u64,
+    deadline: Instant,
+) -> Result<Option<Batch<'b>>, LogError> {
+    if *at > 0 && Instant::now() >= deadline {
+        return Ok(None);
+    }
+    next_batch(buf, at, seg, base_position)
+}
+
+/// Takes the batches of `out` from `*from` on into `index` (they follow what it holds).
+fn index_batches(
+    out: &[u8],
+    from: &mut usize,
+    index: &mut ScanOutcome,
+    interval: u64,
+) -> Result<(), LogError> {
+    while *from < out.len() {
+        let header = BatchHeader::parse(&out[*from..])?;
+        index.accept(&header, interval);
+        *from += header.total_len();
+    }
+    Ok(())
 }
 
 /// The next whole batch of `buf` at `*at` (advanced past it); `None` at an incomplete tail.

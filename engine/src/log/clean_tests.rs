@@ -11,6 +11,11 @@ use crate::record::{batches, BatchBuilder, BatchHeader, BatchOptions, Compressio
 
 type Row = (i64, Vec<u8>, Option<Vec<u8>>);
 
+/// A slice bounded by bytes only.
+fn bytes(n: u64) -> Slice {
+    Slice { bytes: n, deadline: std::time::Instant::now() + Duration::from_secs(3600) }
+}
+
 fn compact_config() -> LogConfig {
     LogConfig {
         segment_bytes: 1024,
@@ -100,7 +105,7 @@ fn run_pass(
     let mut slices = 0;
     loop {
         slices += 1;
-        match p.clean_step(&mut pass, io, budget, &|_, _| false).unwrap() {
+        match p.clean_step(&mut pass, io, bytes(budget), &|_, _| false).unwrap() {
             CleanStep::More => {}
             CleanStep::Done(outcome) => return Some((outcome, slices)),
             CleanStep::Abandoned(why) => panic!("abandoned: {why}"),
@@ -145,6 +150,7 @@ fn compaction_keeps_the_latest_value_of_each_key_and_a_reader_starting_anywhere_
     let end = outcome.cleaned_to;
     assert_eq!(end, p.segments().last().unwrap().base_offset(), "everything sealed is compacted");
     assert!(slices > segments_before, "bounded slices: {slices} for {segments_before} segments");
+
     let after = rows(&p);
     assert_eq!(after, compacted(&before, end));
     assert_eq!(outcome.records_removed as usize, before.len() - after.len());
@@ -288,7 +294,7 @@ fn an_idempotent_producers_last_batch_survives_emptied_and_others_become_fill() 
     p.roll_now(&mut io).unwrap();
     let mut pass = p.start_clean(&mut io, SystemTime::now(), false, 1 << 20).unwrap().unwrap();
     let last = |id: i64, base: i64| id == 5 && base == 2;
-    while let CleanStep::More = p.clean_step(&mut pass, &mut io, 1 << 20, &last).unwrap() {}
+    while let CleanStep::More = p.clean_step(&mut pass, &mut io, bytes(1 << 20), &last).unwrap() {}
     let headers: Vec<(i64, i64, i64, i32, i32)> = headers(&p)
         .into_iter()
         .map(|h| (h.base_offset, h.last_offset(), h.producer_id, h.base_sequence, h.records_count))
@@ -361,7 +367,7 @@ fn pass_under(dir: &Path, plan: FaultPlan) -> std::sync::Arc<crate::io::fault::F
     let state = io.state();
     let Ok(mut p) = Partition::open(dir, compact_config(), &mut io) else { return state };
     let Ok(Some(mut pass)) = p.start_clean(&mut io, SystemTime::now(), false, 1 << 20) else { return state };
-    while let Ok(CleanStep::More) = p.clean_step(&mut pass, &mut io, 300, &|_, _| false) {}
+    while let Ok(CleanStep::More) = p.clean_step(&mut pass, &mut io, bytes(300), &|_, _| false) {}
     state
 }
 
@@ -453,4 +459,25 @@ fn delete_records_moves_the_log_start_durably_and_deletes_the_segments_below_it(
     assert!(rows(&p).is_empty());
     let info = p.append(&mut io, one("k", Some("after")), SystemTime::now()).unwrap();
     assert_eq!(info.base_offset, 100);
+}
+
+#[test]
+fn a_slice_stops_at_the_first_batch_past_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = FallbackIo::new();
+    let mut p = Partition::open(dir.path(), compact_config(), &mut io).unwrap();
+    fill(&mut p, &mut io, 40, 10, "t");
+    let before = rows(&p);
+    let mut pass = p.start_clean(&mut io, SystemTime::now(), true, 1 << 20).unwrap().unwrap();
+    let mut slices = 0;
+    loop {
+        slices += 1;
+        let past = Slice { bytes: 1 << 20, deadline: std::time::Instant::now() - Duration::from_millis(1) };
+        if let CleanStep::Done(_) = p.clean_step(&mut pass, &mut io, past, &|_, _| false).unwrap() {
+            break;
+        }
+    }
+    // One batch per slice: 40 to map, 40 to copy, and a slice per segment end.
+    assert!(slices >= 80, "{slices} slices for 40 batches");
+    assert_eq!(rows(&p), compacted(&before, 40));
 }

@@ -40,7 +40,7 @@ use bytes::Bytes;
 
 pub use crate::segment::files::ShardDisk;
 pub use crate::segment::reserve::{ReserveBudget, ReservePolicy};
-pub use clean::{CleanOutcome, CleanPass, CleanStep};
+pub use clean::{CleanOutcome, CleanPass, CleanStep, Slice};
 pub use commit::{commit, CommitOutcome};
 pub use config::{Cleanup, Compaction, Durability, LogConfig};
 pub use damage::{Damage, DamageReport};

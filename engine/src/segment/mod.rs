@@ -487,11 +487,25 @@ impl Segment {
     /// Seals the segment: writes its staged batches, makes the log durable, writes both indexes
     /// into `files` and makes them durable. After this the segment takes no appends.
     pub fn seal(&mut self, io: &mut dyn Io, files: IndexFiles) -> Result<(), SealError> {
+        self.seal_with(io, files, true)
+    }
+
+    /// Seals a segment whose log is already durable and has nothing staged (a compaction
+    /// output, synced before it was committed), without an fsync: its index files are written
+    /// but not synced, which is safe because recovery trusts index files only when they decode
+    /// and match the log, and rebuilds them otherwise.
+    pub fn seal_durable(&mut self, io: &mut dyn Io, files: IndexFiles) -> Result<(), SealError> {
+        debug_assert!(self.staged.is_empty());
+        self.seal_with(io, files, false)
+    }
+
+    fn seal_with(&mut self, io: &mut dyn Io, files: IndexFiles, sync: bool) -> Result<(), SealError> {
         let slices = self.staged_slices();
         let file = self.active_file();
         let pending = Write { fd: file.as_fd(), offset: self.written_len, bufs: &slices };
         let writes = if slices.is_empty() { &[][..] } else { std::slice::from_ref(&pending) };
-        io.submit(writes, &[file.as_fd()]).map_err(SealError::Io)?;
+        let fd = file.as_fd();
+        io.submit(writes, if sync { std::slice::from_ref(&fd) } else { &[] }).map_err(SealError::Io)?;
         self.mark_written();
         self.mark_synced();
         // Still invisible: the partition publishes a sealed segment's last batches only once
@@ -510,7 +524,8 @@ impl Segment {
             Write { fd: index.as_fd(), offset: 0, bufs: &a },
             Write { fd: time.as_fd(), offset: 0, bufs: &b },
         ];
-        io.submit(&writes, &[index.as_fd(), time.as_fd()]).map_err(SealError::Io)?;
+        let syncs = [index.as_fd(), time.as_fd()];
+        io.submit(&writes, if sync { &syncs[..] } else { &[] }).map_err(SealError::Io)?;
         self.sealed = true;
         if let Some(disk) = &self.disk {
             // Its file is open, and from now on counted with the sealed ones.

@@ -66,7 +66,8 @@ impl ScanOutcome {
         self.valid_end == self.start
     }
 
-    fn accept(&mut self, header: &BatchHeader, index_interval_bytes: u64) {
+    /// Takes the next batch of the run (at `valid_end`) into the indexes.
+    pub fn accept(&mut self, header: &BatchHeader, index_interval_bytes: u64) {
         let relative = (header.base_offset - self.base_offset) as u32;
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
         if self.index.entries().is_empty() || self.bytes_since_index >= index_interval_bytes {

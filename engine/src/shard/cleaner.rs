@@ -3,8 +3,10 @@
 //! Every `check_interval` the shard asks each partition of a compacted topic whether it is due
 //! (`Partition::wants_cleaning`) and queues those that are; a queue entry is visited once per
 //! check however often it is due. One pass runs at a time per shard, and each turn of the loop
-//! runs one slice of it (about `slice_bytes` read) after the turn's group commit and answers,
-//! so appends and fetches wait behind at most one slice (see `docs/compaction.md`).
+//! runs one slice of it (about `slice_bytes` read, stopping after `slice_time`) after the turn's
+//! group commit and answers, so appends and fetches wait behind at most one slice; while
+//! requests keep coming, slices take at most `busy_share_percent` of the shard's time, and idle
+//! turns run them back to back (see `docs/compaction.md`).
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -24,6 +26,9 @@ pub(super) struct Cleaner {
     pub queue: VecDeque<(PartitionId, bool)>,
     /// Callers waiting for a forced pass over a partition.
     pub waiters: Vec<(PartitionId, Reply<CleanOutcome>)>,
+    /// A turn that handled requests runs a slice only from this time on (see
+    /// `CompactionSetup::busy_share_percent`).
+    pub next_busy_slice: Option<Instant>,
 }
 
 impl Shard {
@@ -44,6 +49,12 @@ impl Shard {
         self.cleaner.running.is_some() || !self.cleaner.queue.is_empty()
     }
 
+    /// Whether this turn may run a slice: always when it handled nothing, else once the
+    /// previous slice's share of the shard's time has passed.
+    pub(super) fn compaction_may_run(&self, idle_turn: bool, now: Instant) -> bool {
+        idle_turn || self.cleaner.next_busy_slice.is_none_or(|t| now >= t)
+    }
+
     /// Runs one slice of the pass in progress, starting the next queued one if none is.
     pub(super) fn compaction_slice(&mut self, started: Instant) {
         if self.cleaner.running.is_none() {
@@ -61,7 +72,16 @@ impl Shard {
         }
         let Some((id, mut pass)) = self.cleaner.running.take() else { return };
         let Some(slot) = self.slots.get_mut(&id.topic, id.partition) else { return };
-        match slot.clean_step(&mut pass, &mut *self.io, self.setup.compaction.slice_bytes) {
+        let setup = self.setup.compaction;
+        let slice_started = Instant::now();
+        let budget =
+            crate::log::Slice { bytes: setup.slice_bytes, deadline: slice_started + setup.slice_time };
+        let result = slot.clean_step(&mut pass, &mut *self.io, budget);
+        // While requests flow, compaction takes at most its share of the shard's time.
+        let took = slice_started.elapsed();
+        let share = f64::from(setup.busy_share_percent.clamp(1, 100)) / 100.0;
+        self.cleaner.next_busy_slice = Some(Instant::now() + took.mul_f64((1.0 - share) / share));
+        match result {
             Ok(CleanStep::More) => self.cleaner.running = Some((id, pass)),
             Ok(CleanStep::Done(outcome)) => {
                 self.stats.compactions += 1;

@@ -226,7 +226,7 @@ impl Shard {
                 self.next_compaction_check = now + self.setup.compaction.check_interval;
             }
             let compacting = self.compaction_pending();
-            if compacting {
+            if compacting && self.compaction_may_run(handled == 0 && !committed, Instant::now()) {
                 self.compaction_slice(now);
             }
             if self.disk.files.over() {

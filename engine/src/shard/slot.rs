@@ -91,7 +91,7 @@ impl Slot {
         &mut self,
         pass: &mut crate::log::CleanPass,
         io: &mut dyn crate::io::Io,
-        budget: u64,
+        budget: crate::log::Slice,
     ) -> Result<crate::log::CleanStep, crate::log::LogError> {
         let producers = &self.producers;
         self.log.clean_step(pass, io, budget, &|id, base| producers.is_last_batch(id, base))
