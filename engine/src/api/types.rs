@@ -59,6 +59,10 @@ pub struct EngineConfig {
     /// an idle engine costs nothing), or spin and yield first ([`IdleStrategy::Backoff`]) for
     /// a service that has cores to spare and wants answers without a thread's wake-up.
     pub idle: IdleStrategy,
+    /// Where topics with `archive` (Kafka's `remote.storage.enable`) move segments that
+    /// retention would delete, typically another mount (`None`: retention deletes them).
+    /// Partitions get `<archive_dir>/<topic>-<partition>/`.
+    pub archive_dir: Option<std::path::PathBuf>,
     /// How often each shard checks its compacted partitions, the bytes one slice of a pass
     /// reads, and the memory of a pass's key map (see `log::clean`).
     pub compaction: CompactionSetup,
@@ -131,6 +135,7 @@ impl Default for EngineConfig {
             uncached_writes: true,
             idle: IdleStrategy::Park,
             compaction: CompactionSetup::default(),
+            archive_dir: None,
         }
     }
 }

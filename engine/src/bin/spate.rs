@@ -102,6 +102,7 @@ struct FileConfig {
     offsets_retention_ms: Option<u64>,
     retention_check_interval_ms: Option<u64>,
     compaction_check_interval_ms: Option<u64>,
+    archive_dir: Option<PathBuf>,
     uncached_writes: Option<bool>,
 }
 
@@ -200,6 +201,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pin_threads: file.pin_threads.unwrap_or(true),
         io_backend,
         uncached_writes: file.uncached_writes.unwrap_or(true),
+        archive_dir: file.archive_dir.clone(),
         ..EngineConfig::default()
     };
     if let Some(ms) = file.offsets_retention_ms {

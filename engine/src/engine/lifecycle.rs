@@ -172,6 +172,7 @@ pub(super) fn spawn_shards(
             clock: config.clock.clone(),
             idle: config.idle,
             compaction: config.compaction,
+            archive_dir: config.archive_dir.clone(),
         };
         let cpu = (config.pin_threads && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let (backend, ready, factory) = (config.io_backend, ready_tx.clone(), io.clone());

@@ -52,7 +52,7 @@ pub fn encode(info: &TopicInfo) -> String {
          index_interval_bytes={}\nbatch_bytes_max={}\ndurability={}\n\
          timestamp_after_max_ms={}\ntimestamp_before_max_ms={}\n\
          cleanup_policy={}\ndelete_retention_ms={}\nmin_compaction_lag_ms={}\nmax_compaction_lag_ms={}\n\
-         min_cleanable_dirty_ratio_ppm={}\n",
+         min_cleanable_dirty_ratio_ppm={}\narchive={}\narchive_retention_bytes={}\narchive_retention_ms={}\n",
         info.partitions,
         c.segment_bytes,
         millis(c.segment_age),
@@ -68,6 +68,9 @@ pub fn encode(info: &TopicInfo) -> String {
         millis(c.compaction.min_lag),
         opt(c.compaction.max_lag.map(millis)),
         c.compaction.min_dirty_ratio_ppm,
+        c.archive,
+        opt(c.archive_retention_bytes.map(u128::from)),
+        opt(c.archive_retention_age.map(millis)),
     )
 }
 
@@ -98,6 +101,9 @@ pub fn decode(name: &str, text: &str) -> Result<TopicInfo, String> {
             "delete_retention_ms" => c.compaction.delete_retention = Duration::from_millis(num()?),
             "min_compaction_lag_ms" => c.compaction.min_lag = Duration::from_millis(num()?),
             "max_compaction_lag_ms" => c.compaction.max_lag = opt()?.map(Duration::from_millis),
+            "archive" => c.archive = value.parse().map_err(|e| format!("line {}: archive: {e}", n + 1))?,
+            "archive_retention_bytes" => c.archive_retention_bytes = opt()?,
+            "archive_retention_ms" => c.archive_retention_age = opt()?.map(Duration::from_millis),
             "min_cleanable_dirty_ratio_ppm" => {
                 c.compaction.min_dirty_ratio_ppm = u32::try_from(num()?).map_err(|e| e.to_string())?
             }

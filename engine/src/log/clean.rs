@@ -117,7 +117,7 @@ pub struct CleanPass {
     /// The earliest delete horizon of a tombstone the pass kept.
     min_horizon: Option<i64>,
     outcome: CleanOutcome,
-    buf: Vec<u8>,
+    buf: ReadBuf,
     scratch: Vec<u8>,
     out: Vec<u8>,
 }
@@ -284,7 +284,7 @@ impl Partition {
             phase,
             min_horizon: None,
             outcome: CleanOutcome::default(),
-            buf: Vec::new(),
+            buf: ReadBuf::default(),
             scratch: Vec::new(),
             out: Vec::new(),
         }
@@ -336,11 +336,10 @@ impl Partition {
         };
         let seg = &self.segments[i];
         let len = seg.written_len();
-        let read = read_batches(seg, position, budget.bytes, &mut pass.buf)?;
-        pass.outcome.bytes_read += read as u64;
+        let (data, fresh) = pass.buf.view(seg, position, budget.bytes)?;
+        pass.outcome.bytes_read += fresh;
         let mut at = 0;
-        while let Some(batch) = next_batch_until(&pass.buf[..read], &mut at, seg, position, budget.deadline)?
-        {
+        while let Some(batch) = next_batch_until(data, &mut at, seg, position, budget.deadline)? {
             if batch.header().attributes.is_control() {
                 continue;
             }
@@ -483,15 +482,15 @@ impl Partition {
         let seg = &self.segments[first + copy.segment];
         debug_assert_eq!(seg.file_base(), group.segments[copy.segment].0);
         let position = copy.position;
-        let read = read_batches(seg, position, budget.bytes, buf)?;
-        outcome.bytes_read += read as u64;
+        let (data, fresh) = buf.view(seg, position, budget.bytes)?;
+        outcome.bytes_read += fresh;
         out.clear();
         let view = MapView { map, seed: *seed, now_ms: *now_ms };
         let mut decoded = Vec::new();
         let mut at = 0;
         let index_interval = self.config.index_interval_bytes;
         let mut indexed = 0;
-        while let Some(batch) = next_batch_until(&buf[..read], &mut at, seg, position, budget.deadline)? {
+        while let Some(batch) = next_batch_until(data, &mut at, seg, position, budget.deadline)? {
             let header = *batch.header();
             let Filtered { kept, tombstone } = filter(&batch, &view, scratch, outcome)?;
             let new_horizon =
@@ -795,11 +794,42 @@ fn filter(
     Ok(Filtered { kept, tombstone })
 }
 
+/// The bytes a pass read last, kept across slices: a slice that stopped at its deadline leaves
+/// the rest for the next one, which must not read it again.
+#[derive(Debug, Default)]
+struct ReadBuf {
+    bytes: Vec<u8>,
+    /// The segment file (its base) and the position the bytes were read from.
+    file_base: i64,
+    start: u64,
+}
+
+impl ReadBuf {
+    /// Whole batches of `seg` from `position` on: what is held, if it holds the batch there
+    /// whole, else about `budget` bytes read afresh. Returns them and the bytes read now.
+    fn view(&mut self, seg: &Segment, position: u64, budget: u64) -> Result<(&[u8], u64), LogError> {
+        let held = seg.file_base() == self.file_base
+            && position >= self.start
+            && position < self.start + self.bytes.len() as u64;
+        if held {
+            let rest = &self.bytes[(position - self.start) as usize..];
+            if BatchHeader::parse(rest).is_ok_and(|h| h.total_len() <= rest.len()) {
+                return Ok((&self.bytes[(position - self.start) as usize..], 0));
+            }
+        }
+        let read = read_batches(seg, position, budget, &mut self.bytes)?;
+        self.file_base = seg.file_base();
+        self.start = position;
+        Ok((&self.bytes[..read], read as u64))
+    }
+}
+
 /// Reads whole batches of `seg` from `position` into `buf`: about `budget` bytes, at least one
 /// whole batch, never past the written end. Returns the bytes read.
 fn read_batches(seg: &Segment, position: u64, budget: u64, buf: &mut Vec<u8>) -> Result<usize, LogError> {
     let end = seg.written_len();
     if position >= end {
+        buf.clear();
         return Ok(0);
     }
     let path = seg.log_path();

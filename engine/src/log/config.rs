@@ -150,6 +150,13 @@ pub struct LogConfig {
     /// Retention, compaction or both.
     pub cleanup: Cleanup,
     pub compaction: Compaction,
+    /// Retention moves old segments to the engine's archive directory instead of deleting them
+    /// (Kafka's `remote.storage.enable`; see `log::archive`). Without an archive directory
+    /// retention deletes as usual.
+    pub archive: bool,
+    /// The archive's own retention by size and by age (`None`: forever).
+    pub archive_retention_bytes: Option<u64>,
+    pub archive_retention_age: Option<Duration>,
 }
 
 impl Default for LogConfig {
@@ -166,6 +173,9 @@ impl Default for LogConfig {
             timestamp_before_max: None,
             cleanup: Cleanup::default(),
             compaction: Compaction::default(),
+            archive: false,
+            archive_retention_bytes: None,
+            archive_retention_age: None,
         }
     }
 }

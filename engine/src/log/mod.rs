@@ -20,6 +20,7 @@
 //!   publishes nothing until reopened, and its fence makes the reopened log end at the high
 //!   watermark it had, so no batch whose producer was told it failed becomes visible.
 
+mod archive;
 mod clean;
 mod commit;
 pub mod config;
@@ -124,6 +125,8 @@ pub struct Partition {
     cleaned_to: i64,
     /// Compaction: the earliest delete horizon of a tombstone the last pass kept.
     next_horizon_ms: Option<i64>,
+    /// Segments moved to the archive, oldest first; all before `segments` (see [`archive`]).
+    archived: VecDeque<Segment>,
 }
 
 impl Partition {
@@ -147,8 +150,20 @@ impl Partition {
             seg.attach(&disk);
         }
         let end = segments.back().map_or(0, Segment::next_offset);
+        let local_first = segments.front().map_or(0, Segment::base_offset);
+        let archived = match disk.archive_root.as_ref().filter(|_| config.archive) {
+            Some(root) => {
+                let archive = root.join(dir.file_name().unwrap_or_default());
+                let mut archived = archive::load(io, &archive, local_first, config.index_interval_bytes)?;
+                for seg in &mut archived {
+                    seg.attach(&disk);
+                }
+                archived
+            }
+            None => VecDeque::new(),
+        };
         // A log start moved by DeleteRecords (never beyond what survived recovery).
-        let first = segments.front().map_or(0, Segment::base_offset);
+        let first = archived.front().map_or(local_first, Segment::base_offset);
         let log_start_offset = retention::read_log_start(dir)?.map_or(first, |s| s.clamp(first, end));
         let damage_accepted = damage::all_accepted(dir, &damage)?;
         if !damage.is_empty() {
@@ -182,6 +197,7 @@ impl Partition {
             disk,
             cleaned_to: log_start_offset,
             next_horizon_ms: None,
+            archived,
         };
         assert!(partition.watermarks_ordered(), "after recovery: {}", partition.watermarks());
         Ok(partition)
@@ -212,14 +228,16 @@ impl Partition {
     /// the shard's choice of which to close; the last segment is never closed).
     pub fn open_file_ticks(&self, out: &mut Vec<u64>) {
         let last = self.segments.len() - 1;
-        out.extend(self.segments.iter().take(last).filter_map(Segment::file_last_used));
+        out.extend(
+            self.archived.iter().chain(self.segments.iter().take(last)).filter_map(Segment::file_last_used),
+        );
     }
 
     /// Closes the open sealed-segment files last used at or before `tick`; returns how many.
     pub fn close_files_used_by(&mut self, tick: u64) -> usize {
         let last = self.segments.len() - 1;
         let mut closed = 0;
-        for seg in self.segments.iter_mut().take(last) {
+        for seg in self.archived.iter_mut().chain(self.segments.iter_mut().take(last)) {
             if seg.file_last_used().is_some_and(|t| t <= tick) && seg.close_file() {
                 closed += 1;
             }
@@ -529,6 +547,11 @@ impl Partition {
         if offset < self.log_start_offset || offset > end {
             return Err(LogError::OffsetOutOfRange { requested: offset, start: self.log_start_offset, end });
         }
+        if offset < self.segments[0].base_offset() {
+            if let Some(slice) = archive::read(&self.archived, offset, max_bytes)? {
+                return Ok(slice);
+            }
+        }
         // An offset in a gap (lost to damage) is served from the next batch after it.
         let i = self.segments.partition_point(|s| s.base_offset() <= offset).saturating_sub(1);
         let last = self.segments.len() - 1;
@@ -578,7 +601,7 @@ impl Partition {
     /// timestamp, as Kafka's ListOffsets answers; `None` if every record is older. The sparse
     /// time index finds the batch; the batch (decompressed if need be) gives the record.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
-        for seg in &self.segments {
+        for seg in self.archived.iter().chain(&self.segments) {
             if seg.max_timestamp() < timestamp {
                 continue;
             }

@@ -360,7 +360,7 @@ fn complete_swap(io: &mut dyn Io, dir: &Path, base: i64, bases: &mut Vec<i64>) -
 }
 
 /// Loads a sealed segment's indexes if they are intact and describe a log of `len` bytes.
-fn load_indexes(dir: &Path, base: i64, len: u64, next_base: i64) -> Option<ScanOutcome> {
+pub(super) fn load_indexes(dir: &Path, base: i64, len: u64, next_base: i64) -> Option<ScanOutcome> {
     let index = segment::OffsetIndex::decode(&std::fs::read(segment::index_path(dir, base)).ok()?, len)?;
     let time_index = TimeIndex::decode(&std::fs::read(segment::time_index_path(dir, base)).ok()?, len)?;
     if len == 0 || index.entries().is_empty() || next_base <= base {

@@ -22,6 +22,8 @@ pub struct RetentionOutcome {
     pub segments_deleted: usize,
     pub bytes_deleted: u64,
     pub log_start_offset: i64,
+    /// Archived segments deleted by the archive's retention.
+    pub archived_deleted: usize,
 }
 
 impl Partition {
@@ -54,6 +56,7 @@ impl Partition {
         if aged && !active.is_empty() && self.check_writable().is_ok() {
             self.roll(io)?;
         }
+        let archive = self.archive_dir();
         let mut total = self.size_bytes();
         // A compact-only topic keeps every key's latest record however old (its active segment
         // still rolls by age above, so that compaction reaches it).
@@ -65,13 +68,51 @@ impl Partition {
             if !(too_big || too_old) {
                 break;
             }
-            let (len, path) = self.delete_oldest_segment(io)?;
+            let (len, path) = match &archive {
+                Some(archive) => self.archive_oldest_segment(io, archive)?,
+                None => self.delete_oldest_segment(io)?,
+            };
             total -= len;
-            tracing::info!(file = %path.display(), too_big, too_old, "retention deleted segment");
+            match archive {
+                Some(_) => {
+                    tracing::info!(file = %path.display(), too_big, too_old, "retention archived segment")
+                }
+                None => tracing::info!(file = %path.display(), too_big, too_old, "retention deleted segment"),
+            }
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += len;
         }
+        if archive.is_some() {
+            outcome.archived_deleted = self.enforce_archive_retention(io, now_ms)?;
+        }
         self.finish_deletions(io, outcome)
+    }
+
+    /// Deletes the oldest archived segments beyond the archive's own retention; returns how many.
+    fn enforce_archive_retention(&mut self, io: &mut dyn Io, now_ms: i64) -> Result<usize, LogError> {
+        let oldest_kept_ms = self
+            .config
+            .archive_retention_age
+            .map(|age| now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)));
+        let mut total = self.archived_bytes();
+        let mut deleted = 0;
+        while let Some(oldest) = self.archived.front() {
+            let too_big = self.config.archive_retention_bytes.is_some_and(|max| total > max);
+            let too_old = oldest_kept_ms.is_some_and(|kept| self.retention_time_ms(oldest) < kept);
+            if !(too_big || too_old) {
+                break;
+            }
+            let path = oldest.log_path();
+            total -= self.delete_oldest_archived(io)?;
+            deleted += 1;
+            tracing::info!(file = %path.display(), too_big, too_old, "archive retention deleted segment");
+        }
+        if deleted > 0 {
+            if let Some(archive) = self.archive_dir() {
+                sync_dir(io, &archive)?;
+            }
+        }
+        Ok(deleted)
     }
 
     /// The time retention by age goes by for a sealed segment: its largest record timestamp;
@@ -138,7 +179,17 @@ impl Partition {
     ) -> Result<RetentionOutcome, LogError> {
         self.check_writable()?;
         let mut outcome = RetentionOutcome { log_start_offset: self.log_start_offset, ..Default::default() };
-        while self.segments.len() > 1 && self.segments[0].next_offset() <= offset {
+        while self.archived.front().is_some_and(|s| s.next_offset() <= offset) {
+            outcome.bytes_deleted += self.delete_oldest_archived(io)?;
+            outcome.archived_deleted += 1;
+        }
+        if outcome.archived_deleted > 0 {
+            if let Some(archive) = self.archive_dir() {
+                sync_dir(io, &archive)?;
+            }
+        }
+        while self.archived.is_empty() && self.segments.len() > 1 && self.segments[0].next_offset() <= offset
+        {
             let (len, _) = self.delete_oldest_segment(io)?;
             outcome.segments_deleted += 1;
             outcome.bytes_deleted += len;

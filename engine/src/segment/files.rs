@@ -63,13 +63,25 @@ impl SegmentFiles {
 pub struct ShardDisk {
     pub reserve: ReserveBudget,
     pub files: SegmentFiles,
+    /// Where partitions of archiving topics move old segments (see `log::archive`).
+    pub archive_root: Option<std::path::PathBuf>,
 }
 
 impl ShardDisk {
     pub fn new(policy: ReservePolicy, sealed_files_max: usize) -> Arc<ShardDisk> {
+        ShardDisk::with_archive(policy, sealed_files_max, None)
+    }
+
+    /// [`ShardDisk::new`] with an archive directory for archiving topics.
+    pub fn with_archive(
+        policy: ReservePolicy,
+        sealed_files_max: usize,
+        archive_root: Option<std::path::PathBuf>,
+    ) -> Arc<ShardDisk> {
         Arc::new(ShardDisk {
             reserve: ReserveBudget::new(policy),
             files: SegmentFiles::new(sealed_files_max),
+            archive_root,
         })
     }
 

@@ -61,6 +61,8 @@ pub(crate) struct ShardSetup {
     pub idle: crate::api::IdleStrategy,
     /// How compacted topics are compacted.
     pub compaction: CompactionSetup,
+    /// Where archiving topics move old segments.
+    pub archive_dir: Option<PathBuf>,
 }
 
 pub(crate) struct Shard {
@@ -122,7 +124,7 @@ impl Shard {
     pub fn new(setup: ShardSetup, io: Box<dyn Io>) -> Shard {
         let next_retention = Instant::now() + setup.retention_check_interval;
         let stats = ShardStats { shard: setup.id, ..ShardStats::default() };
-        let disk = ShardDisk::new(setup.reserve, setup.sealed_files_max);
+        let disk = ShardDisk::with_archive(setup.reserve, setup.sealed_files_max, setup.archive_dir.clone());
         let next_reserve_check = Instant::now() + setup.reserve.idle / 2;
         Shard {
             disk,

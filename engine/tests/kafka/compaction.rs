@@ -58,3 +58,34 @@ fn delete_records_moves_the_log_start_for_confluent_kafka() {
     assert_eq!(r["beyond_error"], "OFFSET_OUT_OF_RANGE", "{r}");
     assert_eq!(r["everything"], 500, "{r}");
 }
+
+/// A topic with `remote.storage.enable=true` on a server with an archive directory: retention
+/// moves its old segments to the archive, and confluent-kafka reading from the beginning gets
+/// every record, in order, before and after a restart of the server.
+#[test]
+fn archived_segments_are_read_back_transparently_and_survive_a_restart() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let config =
+        format!("archive_dir = {:?}\nretention_check_interval_ms = 100\n", archive.display().to_string());
+    let options = || Options { config: Some(config.clone()), ..Options::default() };
+    let data = dir.path().join("data");
+    let partition_archive = archive.join("kept-0");
+    let spate = Spate::start_with(&data, options());
+    let args = [spate.bootstrap(), "kept".into(), partition_archive.display().to_string()];
+    let r = run_python(&python, "confluent_archive.py", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(r["archived_segments"].as_u64().unwrap() >= 3, "{r}");
+    assert_eq!((r["low"].as_i64(), r["high"].as_i64()), (Some(0), Some(600)), "{r}");
+    assert_eq!(r["in_order"], true, "{r}");
+    drop(spate);
+    let spate = Spate::start_with(&data, options());
+    let args =
+        [spate.bootstrap(), "kept".into(), partition_archive.display().to_string(), "read-only".into()];
+    let r = run_python(&python, "confluent_archive.py", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        (r["low"].as_i64(), r["high"].as_i64(), r["in_order"].as_bool()),
+        (Some(0), Some(600), Some(true)),
+        "{r}"
+    );
+}

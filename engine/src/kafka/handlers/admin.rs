@@ -66,6 +66,13 @@ pub fn apply_config(config: &mut LogConfig, name: &str, value: Option<&str>) -> 
             }
             config.compaction.max_lag = (ms < i64::MAX as u64).then(|| Duration::from_millis(ms));
         }
+        "remote.storage.enable" => {
+            config.archive = value.parse().map_err(|_| format!("{name}={value:?}: true or false"))?
+        }
+        "spate.archive.retention.ms" => config.archive_retention_age = optional_ms()?,
+        "spate.archive.retention.bytes" => {
+            config.archive_retention_bytes = number().map(|n| u64::try_from(n).ok())?
+        }
         "min.cleanable.dirty.ratio" => {
             let ratio = value
                 .parse::<f64>()
@@ -98,6 +105,12 @@ pub fn describe_config(config: &LogConfig) -> Vec<(&'static str, String)> {
             config.compaction.max_lag.map_or(i64::MAX.to_string(), |d| d.as_millis().to_string()),
         ),
         ("min.cleanable.dirty.ratio", format!("{}", f64::from(config.compaction.min_dirty_ratio_ppm) / 1e6)),
+        ("remote.storage.enable", config.archive.to_string()),
+        ("spate.archive.retention.ms", ms(config.archive_retention_age)),
+        (
+            "spate.archive.retention.bytes",
+            config.archive_retention_bytes.map_or("-1".into(), |b| b.to_string()),
+        ),
         ("segment.bytes", config.segment_bytes.to_string()),
         ("segment.ms", config.segment_age.as_millis().to_string()),
         ("retention.bytes", config.retention_bytes.map_or("-1".into(), |b| b.to_string())),
