@@ -1584,3 +1584,38 @@ fn a_change_stream_yields_a_snapshot_a_marker_then_changes_and_resumes_after_a_r
     engine.create_topic("plain", 1, LogConfig::default()).unwrap();
     assert!(matches!(engine.change_stream("plain", 0, "x"), Err(EngineError::NotCompacted(_))));
 }
+
+#[test]
+fn an_archiving_topic_keeps_its_records_in_the_archive_and_deleting_it_deletes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        archive_dir: Some(archive.path().to_path_buf()),
+        retention_check_interval: Duration::from_millis(20),
+        ..config(BackendChoice::Auto, 1)
+    };
+    let engine = Engine::open(dir.path(), cfg.clone()).unwrap();
+    let topic =
+        LogConfig { segment_bytes: 1024, retention_bytes: Some(2048), archive: true, ..LogConfig::default() };
+    engine.create_topic("history", 1, topic).unwrap();
+    for i in 0..300 {
+        let v = format!("event-{i:04}");
+        engine.produce("history", Target::Partition(0), &[record(None, v.as_bytes(), 1)]).unwrap();
+    }
+    let archived = archive.path().join("history-0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&archived).map_or(0, |d| d.count()) < 9 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let values = |engine: &Engine| -> Vec<Vec<u8>> {
+        all_records(engine, "history").into_iter().map(|r| r.value.unwrap()).collect()
+    };
+    let expected: Vec<Vec<u8>> = (0..300).map(|i| format!("event-{i:04}").into_bytes()).collect();
+    assert_eq!(values(&engine), expected, "every record, the archived ones included");
+    assert_eq!(engine.list_offset("history", 0, OffsetSpec::Earliest).unwrap(), Some(0));
+    drop(engine);
+    let engine = Engine::open(dir.path(), cfg).unwrap();
+    assert_eq!(values(&engine), expected, "after a restart");
+    engine.delete_topic("history").unwrap();
+    assert!(!archived.exists(), "the archive of a deleted topic is deleted");
+}

@@ -483,9 +483,14 @@ impl Shard {
         self.waiting_fetches = self.waiting_fetches.saturating_sub(slot.waiter_count());
         self.parked_bytes -= slot.fail_everything(|| EngineError::UnknownTopic(id.topic.to_string()));
         if delete {
+            let archive = slot.log.archive_dir();
             drop(slot);
             let dir = self.partition_dir(id);
             self.io.remove_dir_all(&dir).map_err(|e| EngineError::Io { path: dir, source: e })?;
+            // A deleted topic's archived segments go with it.
+            if let Some(archive) = archive.filter(|a| a.exists()) {
+                self.io.remove_dir_all(&archive).map_err(|e| EngineError::Io { path: archive, source: e })?;
+            }
         } else {
             slot.log.flush(&mut *self.io)?;
             slot.log.release_reservation(&mut *self.io, Instant::now(), true);
