@@ -577,6 +577,7 @@ impl Partition {
         }
         self.cleaned_to = self.cleaned_to.max(pass.end);
         self.next_horizon_ms = pass.min_horizon;
+        write_checkpoint(io, &self.dir, self.cleaned_to, self.next_horizon_ms);
         pass.outcome.cleaned_to = pass.end;
         pass.outcome.segments_after = self.segments.iter().filter(|s| s.base_offset() < pass.end).count();
         tracing::info!(
@@ -675,6 +676,41 @@ impl Partition {
         seg.attach(&self.disk);
         Ok(seg)
     }
+}
+
+/// The file that remembers, across restarts, how far compaction got and the earliest delete
+/// horizon it left (Kafka's cleaner checkpoint): without it the first pass after an open covers
+/// the whole log again.
+pub const CHECKPOINT_FILE: &str = "cleaner-checkpoint";
+
+/// Writes the checkpoint without syncing it: losing it costs only a pass, and a torn one reads
+/// as absent.
+fn write_checkpoint(io: &mut dyn Io, dir: &Path, cleaned_to: i64, horizon: Option<i64>) {
+    let text = format!(
+        "# How far compaction got; a lost file only means one more pass.\ncleaned_to={cleaned_to}\nnext_horizon_ms={}\n",
+        horizon.map_or("none".to_string(), |h| h.to_string())
+    );
+    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+    let written = io.create_file(&tmp, true).and_then(|f| {
+        let bufs = [IoSlice::new(text.as_bytes())];
+        io.submit(&[Write { fd: f.as_fd(), offset: 0, bufs: &bufs }], &[]).map_err(std::io::Error::other)?;
+        io.rename(&tmp, &dir.join(CHECKPOINT_FILE))
+    });
+    if let Err(e) = written {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not write the compaction checkpoint");
+    }
+}
+
+/// The checkpoint of `dir`, if one was written whole: (cleaned to, next delete horizon).
+pub(super) fn read_checkpoint(dir: &Path) -> Option<(i64, Option<i64>)> {
+    let text = std::fs::read_to_string(dir.join(CHECKPOINT_FILE)).ok()?;
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+    let cleaned_to = field("cleaned_to=")?.parse().ok()?;
+    let horizon = match field("next_horizon_ms=")? {
+        "none" => None,
+        h => Some(h.parse().ok()?),
+    };
+    Some((cleaned_to, horizon))
 }
 
 /// Opens a committed compaction output as a sealed segment ending at `end`, with the indexes

@@ -195,8 +195,10 @@ impl Partition {
             damage: damage.into(),
             damage_accepted,
             disk,
-            cleaned_to: log_start_offset,
-            next_horizon_ms: None,
+            // Where compaction got before the restart, within what is there now.
+            cleaned_to: clean::read_checkpoint(dir)
+                .map_or(log_start_offset, |(c, _)| c.clamp(log_start_offset, end)),
+            next_horizon_ms: clean::read_checkpoint(dir).and_then(|(_, h)| h),
             archived,
         };
         assert!(partition.watermarks_ordered(), "after recovery: {}", partition.watermarks());
