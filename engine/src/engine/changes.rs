@@ -8,15 +8,14 @@
 //! consumer name (a committed offset, like any consumer's); a stream opened again under that
 //! name resumes after the last committed change, without a snapshot.
 //!
-//! The snapshot reads the partition twice up to N: once for each key's latest offset (the
-//! keys are held in memory for the snapshot's duration: about their bytes plus 40), once to
-//! yield those records. Compaction running meanwhile changes nothing it yields: it removes only
-//! records a later one of the same key replaced, and keeps offsets.
+//! The snapshot reads the partition once up to N and holds every key's latest record in memory
+//! until it is yielded (the table's size): a second read could miss a record that compaction
+//! removed meanwhile because a record at or after N replaced it.
 //!
 //! A resumed stream sees every change after its position as long as it resumes within the
 //! topic's `delete.retention.ms`: compaction may remove a tombstone older than that, and with it
 //! the delete. A position below the log start (DeleteRecords, retention of `compact,delete`)
-//! starts over with a snapshot. Over the Kafka protocol the same stream is a consumer reading
+//! starts over with [`Change::Reset`] (forget the table) and a new snapshot. Over the Kafka protocol the same stream is a consumer reading
 //! the topic from offset 0 (see docs/compaction.md).
 
 use std::collections::HashMap;
@@ -30,6 +29,9 @@ const LIVE: &str = "spate.change-stream";
 /// One item of a change stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
+    /// The table must be forgotten: a new snapshot follows (the stream's position fell below
+    /// the partition's log start, so changes were lost).
+    Reset,
     /// A key's latest record as of the snapshot's offset.
     Snapshot(FetchedRecord),
     /// The snapshot is complete: it holds every record below this offset that is still its
@@ -43,12 +45,8 @@ pub enum Change {
 
 #[derive(Debug)]
 enum Phase {
-    /// Yielding the snapshot: the keys' latest offsets, and where the read is.
-    Snapshot {
-        end: i64,
-        latest: HashMap<Vec<u8>, i64>,
-        next: i64,
-    },
+    /// Yielding the snapshot (queued whole in `pending`).
+    Snapshot,
     Live,
 }
 
@@ -99,7 +97,7 @@ impl Engine {
         };
         match committed {
             Some(c) if &*c.metadata == LIVE && c.offset >= start => stream.position = c.offset,
-            _ => stream.begin_snapshot(start)?,
+            _ => stream.begin_snapshot(start, false)?,
         }
         Ok(stream)
     }
@@ -132,10 +130,11 @@ impl ChangeStream {
 
     /// The next change, waiting up to `timeout` for one to be written; `None` if none came.
     pub fn next(&mut self, timeout: Duration) -> Result<Option<Change>, EngineError> {
-        while self.pending.is_empty() && matches!(self.phase, Phase::Snapshot { .. }) {
-            self.read_snapshot()?;
-        }
         if let Some(c) = self.pending.pop_front() {
+            if let (Change::SnapshotEnd { offset }, Phase::Snapshot) = (&c, &self.phase) {
+                self.position = *offset;
+                self.phase = Phase::Live;
+            }
             return Ok(Some(c));
         }
         let options = FetchOptions { max_wait: timeout, ..FetchOptions::default() };
@@ -145,7 +144,7 @@ impl ChangeStream {
             Err(EngineError::Log(crate::log::LogError::OffsetOutOfRange { start, .. }))
                 if start > self.position =>
             {
-                self.begin_snapshot(start)?;
+                self.begin_snapshot(start, true)?;
                 return self.next(timeout);
             }
             Err(e) => return Err(e),
@@ -160,11 +159,12 @@ impl ChangeStream {
         Ok(self.pending.pop_front())
     }
 
-    /// Maps every key below the high watermark to its latest offset, then starts yielding.
-    fn begin_snapshot(&mut self, start: i64) -> Result<(), EngineError> {
+    /// Reads every key's latest record below the high watermark and queues them (after a
+    /// [`Change::Reset`] if `reset`), then the marker.
+    fn begin_snapshot(&mut self, start: i64, reset: bool) -> Result<(), EngineError> {
         let end =
             self.engine.fetch(&self.topic, self.partition, start, FetchOptions::default())?.high_watermark;
-        let mut latest = HashMap::new();
+        let mut latest: HashMap<Vec<u8>, FetchedRecord> = HashMap::new();
         let mut at = start;
         while at < end {
             let fetched = self.engine.fetch(&self.topic, self.partition, at, FetchOptions::default())?;
@@ -175,40 +175,21 @@ impl ChangeStream {
                 if r.offset >= end {
                     break;
                 }
-                if let Some(k) = r.key {
-                    latest.insert(k, r.offset);
+                if let Some(k) = r.key.clone() {
+                    latest.insert(k, r);
                 }
             }
             at = fetched.slice.next_offset;
         }
+        let mut records: Vec<FetchedRecord> = latest.into_values().filter(|r| r.value.is_some()).collect();
+        records.sort_by_key(|r| r.offset);
         self.pending.clear();
-        self.phase = Phase::Snapshot { end, latest, next: start };
-        Ok(())
-    }
-
-    /// Queues the next slice of the snapshot (its live records), or its end.
-    fn read_snapshot(&mut self) -> Result<(), EngineError> {
-        let Phase::Snapshot { end, latest, next } = &mut self.phase else { return Ok(()) };
-        let (end, at) = (*end, *next);
-        if at < end {
-            let fetched = self.engine.fetch(&self.topic, self.partition, at, FetchOptions::default())?;
-            if fetched.slice.len > 0 {
-                for r in fetched.records(at)? {
-                    let current =
-                        r.offset < end && r.key.as_ref().and_then(|k| latest.get(k)) == Some(&r.offset);
-                    if current && r.value.is_some() {
-                        self.pending.push_back(Change::Snapshot(r));
-                    }
-                }
-                *next = fetched.slice.next_offset;
-                if *next < end {
-                    return Ok(());
-                }
-            }
+        if reset {
+            self.pending.push_back(Change::Reset);
         }
+        self.pending.extend(records.into_iter().map(Change::Snapshot));
         self.pending.push_back(Change::SnapshotEnd { offset: end });
-        self.position = end;
-        self.phase = Phase::Live;
+        self.phase = Phase::Snapshot;
         Ok(())
     }
 }

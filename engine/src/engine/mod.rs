@@ -349,6 +349,12 @@ impl Engine {
         self.check_open()?;
         reject_internal(name)?;
         let mut info = self.topic(name)?;
+        // As Kafka: an archiving topic cannot stop archiving (its archive would no longer be read).
+        if info.config.archive && !config.archive {
+            return Err(EngineError::BadTopicConfig(
+                "remote.storage.enable cannot be turned off for a topic that archives".into(),
+            ));
+        }
         info.config = config;
         topics::store(&self.inner.topics_dir, &info)?;
         for p in 0..info.partitions {

@@ -1503,6 +1503,7 @@ fn upsert(engine: &Engine, topic: &str, key: &str, value: Option<&str>) {
 fn describe(change: &Change) -> (String, String, Option<String>) {
     let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8(b.clone()).unwrap());
     match change {
+        Change::Reset => ("reset".into(), String::new(), None),
         Change::Snapshot(r) => ("snapshot".into(), text(&r.key).unwrap(), text(&r.value)),
         Change::SnapshotEnd { offset } => ("end".into(), offset.to_string(), None),
         Change::Upsert(r) => ("upsert".into(), text(&r.key).unwrap(), text(&r.value)),
@@ -1618,4 +1619,108 @@ fn an_archiving_topic_keeps_its_records_in_the_archive_and_deleting_it_deletes_t
     assert_eq!(values(&engine), expected, "after a restart");
     engine.delete_topic("history").unwrap();
     assert!(!archived.exists(), "the archive of a deleted topic is deleted");
+}
+
+#[test]
+fn an_erasure_asked_during_a_background_pass_waits_for_its_own_forced_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig {
+        compaction: crate::api::CompactionSetup {
+            check_interval: Duration::from_millis(5),
+            slice_bytes: 16 << 10,
+            ..Default::default()
+        },
+        ..config(BackendChoice::Fallback, 1)
+    };
+    let quiet = EngineConfig {
+        compaction: crate::api::CompactionSetup {
+            check_interval: Duration::from_secs(3600),
+            ..cfg.compaction
+        },
+        ..cfg.clone()
+    };
+    let engine = Engine::open(dir.path(), quiet).unwrap();
+    engine.create_topic("people", 1, LogConfig { segment_bytes: 256 << 10, ..compacted_topic() }).unwrap();
+    let filler = "x".repeat(400);
+    let keys: Vec<String> = (0..100).map(|k| format!("p{k}")).collect();
+    for _ in 0..400 {
+        let recs: Vec<Record> =
+            keys.iter().map(|k| record(Some(k.as_bytes()), filler.as_bytes(), 1)).collect();
+        engine.produce("people", Target::Partition(0), &recs).unwrap();
+    }
+    drop(engine);
+    let engine = Engine::open(dir.path(), cfg).unwrap();
+    // A background pass is under way when the erasure is asked for.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = &engine.stats().unwrap()[0];
+        if s.compaction_slices > 0 && s.compactions == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline && s.compactions == 0, "no pass caught running: {s:?}");
+    }
+    upsert(&engine, "people", "alice", Some("alice@example.org"));
+    upsert(&engine, "people", "alice", None);
+    engine.compact("people", 0).unwrap();
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir.path().join("data").join("people-0")).unwrap() {
+        all.extend(std::fs::read(e.unwrap().path()).unwrap());
+    }
+    assert!(
+        !all.windows(17).any(|w| w == b"alice@example.org"),
+        "compact() returned with the value still on disk"
+    );
+}
+
+#[test]
+fn a_compaction_during_a_change_streams_snapshot_takes_nothing_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 1)).unwrap();
+    engine.create_topic("accounts", 1, compacted_topic()).unwrap();
+    for i in 0..6 {
+        upsert(&engine, "accounts", &format!("acct-{i}"), Some(&format!("v{i}")));
+    }
+    let mut stream = engine.change_stream("accounts", 0, "mirror").unwrap();
+    // Replaced after the snapshot's offset, then compacted before the snapshot is read.
+    upsert(&engine, "accounts", "acct-0", Some("newer"));
+    engine.compact("accounts", 0).unwrap();
+    let mut items = Vec::new();
+    while let Some(c) = stream.next(Duration::from_millis(50)).unwrap() {
+        items.push(describe(&c));
+    }
+    assert!(items.contains(&("snapshot".into(), "acct-0".into(), Some("v0".into()))), "{items:?}");
+    assert_eq!(
+        items.last().unwrap(),
+        &("upsert".to_string(), "acct-0".to_string(), Some("newer".to_string()))
+    );
+}
+
+#[test]
+fn a_change_stream_that_fell_below_the_log_start_is_told_to_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 1)).unwrap();
+    let both =
+        LogConfig { cleanup: crate::log::Cleanup { compact: true, delete: true }, ..compacted_topic() };
+    engine.create_topic("accounts", 1, both).unwrap();
+    upsert(&engine, "accounts", "a", Some("1"));
+    let mut stream = engine.change_stream("accounts", 0, "mirror").unwrap();
+    while stream.next(Duration::ZERO).unwrap().is_some() {}
+    upsert(&engine, "accounts", "b", Some("2"));
+    upsert(&engine, "accounts", "c", Some("3"));
+    engine.delete_records("accounts", 0, Some(2)).unwrap();
+    let mut items = Vec::new();
+    while let Some(c) = stream.next(Duration::from_millis(50)).unwrap() {
+        items.push(describe(&c));
+    }
+    assert_eq!(items.first().unwrap().0, "reset", "{items:?}");
+    assert!(items.contains(&("snapshot".into(), "c".into(), Some("3".into()))), "{items:?}");
+    assert!(!items.iter().any(|i| i.1 == "b"), "b was deleted with its records: {items:?}");
+}
+
+#[test]
+fn an_archiving_topic_cannot_stop_archiving() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(BackendChoice::Fallback, 1)).unwrap();
+    engine.create_topic("kept", 1, LogConfig { archive: true, ..LogConfig::default() }).unwrap();
+    assert!(matches!(engine.alter_topic("kept", LogConfig::default()), Err(EngineError::BadTopicConfig(_))));
 }

@@ -62,6 +62,7 @@ fn log_code(e: &LogError) -> ResponseError {
         LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         LogError::Config(_) => ResponseError::InvalidConfig,
+        LogError::Policy(_) => ResponseError::PolicyViolation,
     }
 }
 

@@ -49,7 +49,13 @@ impl Partition {
         archive: &Path,
     ) -> Result<(u64, PathBuf), LogError> {
         debug_assert!(self.segments.len() > 1 && self.segments[0].is_sealed());
-        std::fs::create_dir_all(archive).map_err(|e| LogError::fs(archive, e))?;
+        if !archive.exists() {
+            std::fs::create_dir_all(archive).map_err(|e| LogError::fs(archive, e))?;
+            // The new directory's entry must be durable too, before anything depends on it.
+            if let Some(parent) = archive.parent() {
+                sync_dir(io, parent)?;
+            }
+        }
         let oldest = &self.segments[0];
         let base = oldest.file_base();
         let sources = [

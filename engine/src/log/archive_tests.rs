@@ -194,7 +194,7 @@ fn a_crash_at_any_point_of_archiving_loses_and_duplicates_nothing() {
 }
 
 #[test]
-fn an_archived_segment_without_index_files_is_rescanned() {
+fn archived_segments_whose_index_files_are_missing_or_stale_are_rescanned() {
     let data = tempfile::tempdir().unwrap();
     let archive = tempfile::tempdir().unwrap();
     let dir = data.path().join("t-0");
@@ -204,12 +204,25 @@ fn an_archived_segment_without_index_files_is_rescanned() {
     p.enforce_retention(&mut io, SystemTime::now()).unwrap();
     let all = values(&p);
     drop(p);
-    for n in files(&archive.path().join("t-0")) {
-        if !n.ends_with(".log") {
-            std::fs::remove_file(archive.path().join("t-0").join(n)).unwrap();
-        }
+    // The first archived segment loses its index files; the second gets the third's, which
+    // decode but describe another file: both must be rescanned, not trusted.
+    let adir = archive.path().join("t-0");
+    let logs: Vec<String> = files(&adir).into_iter().filter(|n| n.ends_with(".log")).collect();
+    assert!(logs.len() >= 3, "{logs:?}");
+    let stem = |n: &str| n.trim_end_matches(".log").to_string();
+    for ext in ["index", "timeindex"] {
+        std::fs::remove_file(adir.join(format!("{}.{ext}", stem(&logs[0])))).unwrap();
+        std::fs::copy(
+            adir.join(format!("{}.{ext}", stem(&logs[2]))),
+            adir.join(format!("{}.{ext}", stem(&logs[1]))),
+        )
+        .unwrap();
     }
     let p = Partition::open_with(&dir, config(), &mut io, disk(archive.path())).unwrap();
     assert_eq!(values(&p), all);
+    for from in 0..all.len() as i64 {
+        let slice = p.read(from, 1 << 20).unwrap();
+        assert!(slice.first_offset <= from && slice.next_offset > from, "from {from}");
+    }
     let _ = Duration::ZERO;
 }

@@ -241,7 +241,15 @@ impl Partition {
         forced: bool,
         map_bytes: usize,
     ) -> Result<Option<CleanPass>, LogError> {
-        if !self.config.cleanup.compact || !self.damage.is_empty() {
+        if !self.config.cleanup.compact {
+            return Ok(None);
+        }
+        // A damaged partition is never compacted (its segments do not tile their offsets): an
+        // erasure asked of it must hear so.
+        if !self.damage.is_empty() {
+            if forced {
+                return Err(LogError::Damaged { dir: self.dir.clone(), damage: Arc::clone(&self.damage) });
+            }
             return Ok(None);
         }
         self.check_writable()?;
@@ -331,8 +339,13 @@ impl Partition {
     ) -> Result<CleanStep, LogError> {
         let Some(i) = self.segments.iter().position(|s| s.file_base() == base && s.base_offset() < pass.end)
         else {
-            // Mapped up to the end (or the pass had nothing dirty to map).
-            return self.plan_copy(pass);
+            // Mapped up to the end (or the pass had nothing dirty to map)...
+            if base == pass.end {
+                return self.plan_copy(pass);
+            }
+            // ...or the segment being mapped is gone (retention, DeleteRecords): a map missing
+            // the later dirty segments would keep values their tombstones deleted.
+            return Ok(CleanStep::Abandoned("the log changed under the pass".into()));
         };
         let seg = &self.segments[i];
         let len = seg.written_len();
@@ -350,6 +363,9 @@ impl Partition {
                     pass.map.insert(XxHash3_128::oneshot_with_seed(pass.seed, key), record.offset);
                 }
             }
+        }
+        if at == 0 && position < len {
+            return Err(stuck(seg, position));
         }
         let position = position + at as u64;
         let next = self.segments.get(i + 1).filter(|s| s.base_offset() < pass.end).map(|s| s.file_base());
@@ -428,7 +444,16 @@ impl Partition {
         if copy.complete {
             return self.finish_group(pass, io, &group, first);
         }
-        match self.copy_slice(pass, io, budget, keep_producer, &group, first)? {
+        let copied = match self.copy_slice(pass, io, budget, keep_producer, &group, first) {
+            Ok(copied) => copied,
+            Err(e) => {
+                // A read failed or a sealed batch does not check: nothing was committed, and the
+                // output (old copies of values, erased ones among them) must not stay behind.
+                self.abandon_clean(pass, io);
+                return Err(e);
+            }
+        };
+        match copied {
             Ok(false) => Ok(CleanStep::More),
             Ok(true) => {
                 let Phase::Copy(copy) = &mut pass.phase else { unreachable!("still copying") };
@@ -529,6 +554,9 @@ impl Partition {
             output.expected = header.last_offset() + 1;
             index_batches(out, &mut indexed, &mut output.index, index_interval)?;
         }
+        if at == 0 && position < seg.written_len() {
+            return Err(stuck(seg, position));
+        }
         copy.position = position + at as u64;
         let segment_done = copy.position >= seg.written_len();
         let group_done = segment_done && copy.segment + 1 == group.segments.len();
@@ -571,7 +599,9 @@ impl Partition {
         copy.segment = 0;
         copy.position = 0;
         let last_group = copy.group == copy.groups.len();
-        self.swap_in(io, group, first, output, &mut pass.outcome)?;
+        if let Some(why) = self.swap_in(io, group, first, output, &mut pass.outcome)? {
+            return Ok(CleanStep::Abandoned(why));
+        }
         if !last_group {
             return Ok(CleanStep::More);
         }
@@ -615,13 +645,19 @@ impl Partition {
         first: usize,
         output: Output,
         outcome: &mut CleanOutcome,
-    ) -> Result<(), LogError> {
+    ) -> Result<Option<String>, LogError> {
         let base = self.segments[first].base_offset();
         let swap = swap_path(&self.dir, base);
         let Output { file, path, index, .. } = output;
         drop(file);
-        // The commit point: a durable `.swap` file is completed by recovery if this stops.
-        if let Err(e) = io.rename(&path, &swap).and_then(|()| io.sync_dir(&self.dir)) {
+        // The commit point: a durable `.swap` file is completed by recovery if this stops. A
+        // rename that fails changed nothing; a directory sync that fails leaves the swap's fate
+        // to recovery, so the partition fails.
+        if let Err(e) = io.rename(&path, &swap) {
+            let _ = io.remove_file(&path);
+            return Ok(Some(format!("committing {}: {e}", swap.display())));
+        }
+        if let Err(e) = io.sync_dir(&self.dir) {
             return Err(self.fail(io, Arc::new(IoError::file_system(&swap, e))));
         }
         match self.finish_swap(io, group, first, &swap, index) {
@@ -633,7 +669,7 @@ impl Partition {
                     self.segments.remove(first);
                 }
                 self.segments.insert(first, seg);
-                Ok(())
+                Ok(None)
             }
             Err(e) => Err(self.fail(io, Arc::new(e))),
         }
@@ -670,9 +706,10 @@ impl Partition {
         let log = segment::log_path(&self.dir, base);
         io.rename(swap, &log).map_err(fs(&log))?;
         let mut seg = open_sealed(io, &self.dir, base, group.end, index)?;
-        // No directory sync here: these removals and the rename reach the disk in order (the
-        // file system's journal commits metadata in order), and recovery completes a `.swap`
-        // from any prefix of them; the next sync of this directory makes them durable.
+        // Recovery completes a `.swap` from any prefix of these removals and the rename, but a
+        // file system may persist them out of order (an old segment left beside the new one
+        // would cut it short): they are made durable before the group counts as swapped.
+        io.sync_dir(&self.dir).map_err(fs(&self.dir))?;
         seg.attach(&self.disk);
         Ok(seg)
     }
@@ -931,6 +968,16 @@ fn next_batch<'b>(
     let batch = Batch::parse(rest).map_err(|e| corrupt(seg, base_position + *at as u64, e))?;
     *at += batch.total_len();
     Ok(Some(batch))
+}
+
+/// A batch that does not fit what is left of its sealed segment (its length field is damaged):
+/// the pass cannot go on past it.
+fn stuck(seg: &Segment, position: u64) -> LogError {
+    LogError::Corrupt {
+        path: seg.log_path(),
+        position,
+        reason: "a batch runs past the end of its sealed segment".into(),
+    }
 }
 
 fn corrupt(seg: &Segment, position: u64, e: crate::record::RecordError) -> LogError {

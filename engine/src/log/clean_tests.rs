@@ -493,3 +493,88 @@ fn a_slice_stops_at_the_first_batch_past_its_deadline() {
     assert!(slices >= 80, "{slices} slices for 40 batches");
     assert_eq!(rows(&p), compacted(&before, 40));
 }
+
+#[test]
+fn a_segment_removed_while_it_is_mapped_abandons_the_pass_and_no_deleted_key_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = FallbackIo::new();
+    let config = LogConfig {
+        cleanup: Cleanup { compact: true, delete: true },
+        compaction: Compaction { delete_retention: Duration::from_secs(60), ..compact_config().compaction },
+        ..compact_config()
+    };
+    let mut p = Partition::open(dir.path(), config, &mut io).unwrap();
+    // Two segments of filler, then K=V, more filler, then K's tombstone.
+    fill(&mut p, &mut io, 60, 60, "f");
+    p.roll_now(&mut io).unwrap();
+    p.append(&mut io, one("K", Some("V")), SystemTime::now()).unwrap();
+    fill(&mut p, &mut io, 30, 30, "g");
+    p.append(&mut io, one("K", None), SystemTime::now()).unwrap();
+    commit(&mut io, &mut [&mut p], Instant::now()).unwrap();
+    p.roll_now(&mut io).unwrap();
+    let bases: Vec<i64> = p.segments().map(|s| s.base_offset()).collect();
+    let now = SystemTime::now();
+    let mut pass = p.start_clean(&mut io, now, false, 1 << 20).unwrap().unwrap();
+    assert!(matches!(p.clean_step(&mut pass, &mut io, bytes(1), &|_, _| false).unwrap(), CleanStep::More));
+    assert_eq!(pass.phase(), "map");
+    // DeleteRecords removes the segments being mapped.
+    p.delete_records(&mut io, Some(bases[2])).unwrap();
+    let step = loop {
+        match p.clean_step(&mut pass, &mut io, bytes(1 << 20), &|_, _| false).unwrap() {
+            CleanStep::More => {}
+            other => break other,
+        }
+    };
+    assert!(matches!(step, CleanStep::Abandoned(_)), "{step:?}");
+    // Later passes, past the tombstone's horizon, leave no trace of K.
+    run_pass(&mut p, &mut io, now, false, 1 << 20).unwrap();
+    run_pass(&mut p, &mut io, now + Duration::from_secs(120), false, 1 << 20).unwrap();
+    let k: Vec<Row> = rows(&p).into_iter().filter(|r| r.1 == b"K").collect();
+    assert!(k.is_empty(), "K was deleted but reads back as {k:?}");
+}
+
+#[test]
+fn a_sealed_batch_longer_than_its_segment_fails_the_pass_instead_of_stalling_it() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = FallbackIo::new();
+    let mut p = Partition::open(dir.path(), compact_config(), &mut io).unwrap();
+    fill(&mut p, &mut io, 100, 10, "v");
+    p.roll_now(&mut io).unwrap();
+    let victim = p.segments().nth(1).unwrap().log_path();
+    drop(p);
+    // Bit rot in the length of a sealed segment's first batch (its index files still check).
+    let f = std::fs::OpenOptions::new().write(true).open(&victim).unwrap();
+    f.write_all_at(&0x0010_0000i32.to_be_bytes(), 8).unwrap();
+    drop(f);
+    let mut p = Partition::open(dir.path(), compact_config(), &mut io).unwrap();
+    let mut pass = p.start_clean(&mut io, SystemTime::now(), false, 1 << 20).unwrap().unwrap();
+    let outcome =
+        (0..10_000).find_map(|_| match p.clean_step(&mut pass, &mut io, bytes(1 << 20), &|_, _| false) {
+            Ok(CleanStep::More) => None,
+            other => Some(other),
+        });
+    assert!(matches!(outcome, Some(Err(LogError::Corrupt { .. }))), "{outcome:?}");
+    let leftovers = std::fs::read_dir(dir.path()).unwrap().filter(|e| {
+        let n = e.as_ref().unwrap().file_name().into_string().unwrap();
+        n.ends_with(".cleaned") || n.ends_with(".swap")
+    });
+    assert_eq!(leftovers.count(), 0, "the failed pass leaves no output behind");
+}
+
+#[test]
+fn an_archiving_topic_cannot_be_compacted() {
+    let config =
+        LogConfig { cleanup: Cleanup { compact: true, delete: true }, archive: true, ..LogConfig::default() };
+    assert!(config.validate().unwrap_err().contains("remote.storage.enable"));
+}
+
+#[test]
+fn delete_records_is_refused_on_a_compact_only_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut io = FallbackIo::new();
+    let mut p = Partition::open(dir.path(), compact_config(), &mut io).unwrap();
+    fill(&mut p, &mut io, 10, 10, "v");
+    assert!(matches!(p.delete_records(&mut io, Some(5)), Err(LogError::Policy(_))));
+    assert_eq!(p.log_start_offset(), 0);
+}

@@ -200,6 +200,11 @@ impl LogConfig {
         if !(self.cleanup.delete || self.cleanup.compact) {
             return Err("cleanup policy must delete, compact or both".into());
         }
+        // As Kafka: an archive keeps what compaction would have removed (a value its tombstone
+        // deleted would come back from it), and an erasure could not reach it.
+        if self.archive && self.cleanup.compact {
+            return Err("remote.storage.enable (the archive) is not supported for compacted topics".into());
+        }
         if self.compaction.min_dirty_ratio_ppm > 1_000_000 {
             return Err("the minimum cleanable dirty ratio must lie in 0..=1".into());
         }

@@ -69,6 +69,9 @@ pub enum LogError {
     Corrupt { path: PathBuf, position: u64, reason: String },
     #[error("invalid log configuration: {0}")]
     Config(String),
+    /// The topic's policy does not allow this (DeleteRecords on a topic that does not delete).
+    #[error("not allowed by the topic's policy: {0}")]
+    Policy(String),
 }
 
 impl LogError {

@@ -56,7 +56,12 @@ impl Partition {
         if aged && !active.is_empty() && self.check_writable().is_ok() {
             self.roll(io)?;
         }
+        // A damaged partition's segments may share a file; they are not archived (retention
+        // keeps them where they are until the damage is resolved).
         let archive = self.archive_dir();
+        if archive.is_some() && !self.damage.is_empty() {
+            return self.finish_deletions(io, outcome);
+        }
         let mut total = self.size_bytes();
         // A compact-only topic keeps every key's latest record however old (its active segment
         // still rolls by age above, so that compaction reaches it).
@@ -153,8 +158,12 @@ impl Partition {
         io: &mut dyn Io,
         offset: Option<i64>,
     ) -> Result<RetentionOutcome, LogError> {
-        if let Some(cause) = &self.failed {
-            return Err(LogError::Failed { dir: self.dir.clone(), cause: std::sync::Arc::clone(cause) });
+        self.check_writable()?;
+        if !self.config.cleanup.delete {
+            return Err(LogError::Policy(format!(
+                "{}: records of a topic whose cleanup.policy is compact cannot be deleted",
+                self.dir.display()
+            )));
         }
         let end = self.high_watermark;
         let offset = offset.unwrap_or(end);

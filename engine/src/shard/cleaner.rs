@@ -21,11 +21,15 @@ use crate::log::{CleanOutcome, CleanPass, CleanStep};
 /// The pass in progress and the partitions waiting for one.
 #[derive(Debug, Default)]
 pub(super) struct Cleaner {
-    pub running: Option<(PartitionId, CleanPass)>,
+    /// The pass in progress, and whether it is forced (only a forced pass answers the callers
+    /// of `Engine::compact`: a pass that was merely due may not reach the active segment).
+    pub running: Option<(PartitionId, CleanPass, bool)>,
     /// Partitions due, and whether the pass is forced.
     pub queue: VecDeque<(PartitionId, bool)>,
-    /// Callers waiting for a forced pass over a partition.
-    pub waiters: Vec<(PartitionId, Reply<CleanOutcome>)>,
+    /// Callers waiting for a forced pass over a partition, and whether they wait for the one
+    /// after the pass running now (they asked while it ran: it may have rolled before their
+    /// tombstone).
+    pub waiters: Vec<(PartitionId, Reply<CleanOutcome>, bool)>,
     /// A turn that handled requests runs a slice only from this time on (see
     /// `CompactionSetup::busy_share_percent`).
     pub next_busy_slice: Option<Instant>,
@@ -37,7 +41,7 @@ impl Shard {
         let now = self.setup.clock.now();
         for (id, slot) in self.slots.iter() {
             let queued = self.cleaner.queue.iter().any(|(q, _)| q == id)
-                || self.cleaner.running.as_ref().is_some_and(|(r, _)| r == id);
+                || self.cleaner.running.as_ref().is_some_and(|(r, _, _)| r == id);
             if !queued && slot.log.wants_cleaning(now) {
                 self.cleaner.queue.push_back((id.clone(), false));
             }
@@ -59,18 +63,20 @@ impl Shard {
     pub(super) fn compaction_slice(&mut self, started: Instant) {
         if self.cleaner.running.is_none() {
             let Some((id, forced)) = self.cleaner.queue.pop_front() else { return };
-            let Some(slot) = self.slots.get_mut(&id.topic, id.partition) else { return };
+            let Some(slot) = self.slots.get_mut(&id.topic, id.partition) else {
+                return self.answer_forced(forced, &id, Err("the partition is gone".into()));
+            };
             let now = self.setup.clock.now();
             match slot.log.start_clean(&mut *self.io, now, forced, self.setup.compaction.map_bytes) {
-                Ok(Some(pass)) => self.cleaner.running = Some((id, pass)),
-                Ok(None) => return self.answer_compaction(&id, Ok(CleanOutcome::default())),
+                Ok(Some(pass)) => self.cleaner.running = Some((id, pass, forced)),
+                Ok(None) => return self.answer_forced(forced, &id, Ok(CleanOutcome::default())),
                 Err(e) => {
                     tracing::warn!(dir = %slot.log.dir().display(), error = %e, "compaction did not start");
-                    return self.answer_compaction(&id, Err(e.to_string()));
+                    return self.answer_forced(forced, &id, Err(e.to_string()));
                 }
             }
         }
-        let Some((id, mut pass)) = self.cleaner.running.take() else { return };
+        let Some((id, mut pass, forced)) = self.cleaner.running.take() else { return };
         let Some(slot) = self.slots.get_mut(&id.topic, id.partition) else { return };
         let setup = self.setup.compaction;
         let slice_started = Instant::now();
@@ -82,24 +88,25 @@ impl Shard {
         let share = f64::from(setup.busy_share_percent.clamp(1, 100)) / 100.0;
         self.cleaner.next_busy_slice = Some(Instant::now() + took.mul_f64((1.0 - share) / share));
         match result {
-            Ok(CleanStep::More) => self.cleaner.running = Some((id, pass)),
+            Ok(CleanStep::More) => self.cleaner.running = Some((id, pass, forced)),
             Ok(CleanStep::Done(outcome)) => {
                 self.stats.compactions += 1;
                 self.stats.compacted_bytes += outcome.bytes_before;
                 self.stats.compaction_reclaimed_bytes +=
                     outcome.bytes_before.saturating_sub(outcome.bytes_after);
                 self.stats.compaction_nanos += started.elapsed().as_nanos() as u64;
-                self.answer_compaction(&id, Ok(outcome));
+                self.answer_forced(forced, &id, Ok(outcome));
             }
             Ok(CleanStep::Abandoned(why)) => {
                 tracing::warn!(dir = %slot.log.dir().display(), "compaction pass abandoned: {why}");
-                self.answer_compaction(&id, Err(why));
+                self.answer_forced(forced, &id, Err(why));
             }
             Err(e) => {
                 tracing::error!(dir = %slot.log.dir().display(), error = %e, "compaction failed");
                 // A failure after the commit point failed the partition: its waiters learn it.
                 self.slots.mark(&id.topic, id.partition);
-                self.answer_compaction(&id, Err(e.to_string()));
+                // The forced pass still queued (if this one was not it) will meet the same.
+                self.answer_forced(forced, &id, Err(e.to_string()));
             }
         }
         if started.elapsed() > std::time::Duration::ZERO {
@@ -107,12 +114,24 @@ impl Shard {
         }
     }
 
+    /// Answers the callers of `Engine::compact` for `id` if the pass that ended was forced.
+    fn answer_forced(&mut self, forced: bool, id: &PartitionId, result: Result<CleanOutcome, String>) {
+        if forced {
+            self.answer_compaction(id, result);
+        }
+    }
+
     /// Answers the callers waiting for a pass over `id`.
     fn answer_compaction(&mut self, id: &PartitionId, result: Result<CleanOutcome, String>) {
-        let (mine, others): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.cleaner.waiters).into_iter().partition(|(w, _)| w == id);
+        let (mine, mut others): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.cleaner.waiters).into_iter().partition(|(w, _, next)| w == id && !next);
+        for (w, _, next) in &mut others {
+            if w == id {
+                *next = false;
+            }
+        }
         self.cleaner.waiters = others;
-        for (_, reply) in mine {
+        for (_, reply, _) in mine {
             answer(reply, result.clone().map_err(EngineError::Compaction));
         }
     }
@@ -120,8 +139,8 @@ impl Shard {
     /// Gives up the pass over `id` (the partition is closing), removing its uncommitted output.
     pub(super) fn abandon_compaction(&mut self, id: &PartitionId) {
         self.cleaner.queue.retain(|(q, _)| q != id);
-        if self.cleaner.running.as_ref().is_some_and(|(r, _)| r == id) {
-            let (_, mut pass) = self.cleaner.running.take().expect("checked");
+        if self.cleaner.running.as_ref().is_some_and(|(r, _, _)| r == id) {
+            let (_, mut pass, _) = self.cleaner.running.take().expect("checked");
             if let Some(slot) = self.slots.get_mut(&id.topic, id.partition) {
                 slot.log.abandon_clean(&mut pass, &mut *self.io);
             }
@@ -129,9 +148,12 @@ impl Shard {
         self.answer_compaction(id, Err("the partition closed before its compaction finished".into()));
     }
 
-    /// Queues a forced pass over `id` (an erasure), ahead of the ones that are merely due.
-    pub(super) fn force_compaction(&mut self, id: PartitionId) {
+    /// Queues a forced pass over `id` (an erasure), ahead of the ones that are merely due, and
+    /// answers `reply` when it is done.
+    pub(super) fn force_compaction(&mut self, id: PartitionId, reply: Reply<CleanOutcome>) {
+        let forced_running = self.cleaner.running.as_ref().is_some_and(|(r, _, forced)| *r == id && *forced);
         self.cleaner.queue.retain(|(q, _)| *q != id);
-        self.cleaner.queue.push_front((id, true));
+        self.cleaner.queue.push_front((id.clone(), true));
+        self.cleaner.waiters.push((id, reply, forced_running));
     }
 }

@@ -424,10 +424,7 @@ impl Shard {
                 answer(reply, result);
             }
             Request::Compact { id, reply } => match self.slot(&id) {
-                Ok(slot) if slot.log.config().cleanup.compact => {
-                    self.force_compaction(id.clone());
-                    self.cleaner.waiters.push((id, reply));
-                }
+                Ok(slot) if slot.log.config().cleanup.compact => self.force_compaction(id, reply),
                 Ok(_) => answer(reply, Err(EngineError::NotCompacted(id.topic.to_string()))),
                 Err(e) => answer(reply, Err(e)),
             },
@@ -720,7 +717,7 @@ impl Shard {
     /// Returns the first flush error: data acknowledged under `interval` or `never` may then
     /// not be durable, and the caller of `shutdown` must hear of it.
     fn close_all(&mut self) -> Result<(), EngineError> {
-        if let Some((id, _)) = &self.cleaner.running {
+        if let Some((id, _, _)) = &self.cleaner.running {
             let id = id.clone();
             self.abandon_compaction(&id);
         }

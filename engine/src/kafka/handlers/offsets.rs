@@ -265,7 +265,7 @@ pub async fn delete_records(ctx: &Rc<Ctx>, request: DeleteRecordsRequest) -> Del
                     let engine = ctx.engine.clone();
                     let offset = (offset >= 0).then_some(offset);
                     engine.delete_records_async(&name, index, offset).await.map_err(|e| match e {
-                        EngineError::InvalidTopicName { .. } => ResponseError::PolicyViolation,
+                        EngineError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
                         e => errors::code(&e),
                     })
                 }
