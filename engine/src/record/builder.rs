@@ -97,7 +97,8 @@ fn nullable_len(field: &'static str, b: Option<&[u8]>) -> Result<usize, RecordEr
     }
 }
 
-fn put_nullable(out: &mut Vec<u8>, b: Option<&[u8]>) {
+/// Appends a nullable length-prefixed field (the record format's key, value, header value).
+pub(super) fn put_nullable(out: &mut Vec<u8>, b: Option<&[u8]>) {
     match b {
         // Lengths were checked against i32::MAX before anything was written.
         Some(b) => {

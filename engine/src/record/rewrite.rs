@@ -15,6 +15,7 @@
 use std::ops::Range;
 
 use super::attributes::{Compression, TimestampType};
+use super::builder::put_nullable;
 use super::error::RecordError;
 use super::header::{
     compute_crc, BatchHeader, ATTRIBUTES_AT, BATCH_HEADER_LEN, CRC_AT, LOG_OVERHEAD, MAGIC_V2,
@@ -110,16 +111,6 @@ fn seal(batch: &mut [u8], header: &BatchHeader) {
 
 fn nullable_len(b: Option<&[u8]>) -> usize {
     b.map_or(varint_len(-1), |b| varint_len(b.len() as i32) + b.len())
-}
-
-fn put_nullable(out: &mut Vec<u8>, b: Option<&[u8]>) {
-    match b {
-        Some(b) => {
-            put_varint(out, b.len() as i32);
-            out.extend_from_slice(b);
-        }
-        None => put_varint(out, -1),
-    }
 }
 
 /// Encodes one record as stored, with `timestamp_delta`; key, value and headers are copied as
