@@ -43,6 +43,33 @@ use crate::io::{Io, IoError, Write};
 use crate::record::{fill_batch, rewrite_batch, Batch, BatchHeader, RecordView, BATCH_HEADER_LEN};
 use crate::segment::{self, ScanOutcome, Segment};
 
+/// The key map: a key's 128-bit hash to its latest offset. The hash is already uniform, so
+/// the table uses its bits as they are instead of hashing it again.
+type KeyMap = HashMap<u128, i64, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// A hasher for keys that are already hashes: folds a `u128` to 64 bits.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u128` keys are hashed here; anything else still gets a deterministic value.
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u128(&mut self, v: u128) {
+        self.0 = (v as u64) ^ ((v >> 64) as u64);
+    }
+}
+
 /// Bytes an entry of the key map costs (hash, offset and the table's own overhead).
 pub const MAP_ENTRY_BYTES: usize = 40;
 
@@ -109,7 +136,7 @@ pub struct CleanPass {
     /// The pass covers the segments below this offset (a segment base).
     end: i64,
     seed: u64,
-    map: HashMap<u128, i64>,
+    map: KeyMap,
     entries_max: usize,
     now_ms: i64,
     delete_horizon_ms: i64,
@@ -119,6 +146,8 @@ pub struct CleanPass {
     outcome: CleanOutcome,
     buf: ReadBuf,
     scratch: Vec<u8>,
+    /// The records block of a batch being rewritten.
+    encode: Vec<u8>,
     out: Vec<u8>,
 }
 
@@ -285,7 +314,7 @@ impl Partition {
         CleanPass {
             end,
             seed,
-            map: HashMap::new(),
+            map: KeyMap::default(),
             entries_max: (map_bytes / MAP_ENTRY_BYTES).max(1),
             now_ms,
             delete_horizon_ms: now_ms.saturating_add(ms(self.config.compaction.delete_retention)),
@@ -294,6 +323,7 @@ impl Partition {
             outcome: CleanOutcome::default(),
             buf: ReadBuf::default(),
             scratch: Vec::new(),
+            encode: Vec::new(),
             out: Vec::new(),
         }
     }
@@ -488,6 +518,7 @@ impl Partition {
             outcome,
             buf,
             scratch,
+            encode,
             out,
             ..
         } = pass;
@@ -511,45 +542,46 @@ impl Partition {
         outcome.bytes_read += fresh;
         out.clear();
         let view = MapView { map, seed: *seed, now_ms: *now_ms };
-        let mut decoded = Vec::new();
         let mut at = 0;
         let index_interval = self.config.index_interval_bytes;
         let mut indexed = 0;
         while let Some(batch) = next_batch_until(data, &mut at, seg, position, budget.deadline)? {
             let header = *batch.header();
-            let Filtered { kept, tombstone } = filter(&batch, &view, scratch, outcome)?;
+            let control = header.attributes.is_control();
+            let filtered = filter(&batch, &view, scratch, outcome)?;
+            let tombstone = filtered.tombstone;
             let new_horizon =
                 (tombstone && !header.attributes.has_delete_horizon()).then_some(*delete_horizon_ms);
             if tombstone {
                 let h = new_horizon.unwrap_or(header.base_timestamp);
                 *min_horizon = Some(min_horizon.map_or(h, |m| m.min(h)));
             }
-            let chosen: Option<Option<Vec<i64>>> = match kept {
-                // Kept whole: copied as it is, or rewritten to carry a new delete horizon.
-                Kept::All => Some(None),
-                Kept::Some(offsets) => Some(Some(offsets)),
-                Kept::None
-                    if header.producer_id >= 0 && keep_producer(header.producer_id, header.base_offset) =>
-                {
-                    Some(Some(Vec::new()))
-                }
-                Kept::None => None,
-            };
-            let Some(chosen) = chosen else { continue };
+            let kept = filtered.kept();
+            // (A batch with no records, a fill or an emptied one, counts as emptied: runs of them
+            // are covered by one fill again.)
+            let whole = control || (kept > 0 && kept == filtered.records.len());
+            // An emptied batch goes, unless it is an idempotent producer's last (kept empty).
+            if !whole
+                && kept == 0
+                && !(header.producer_id >= 0 && keep_producer(header.producer_id, header.base_offset))
+            {
+                continue;
+            }
             if header.base_offset > output.expected {
                 fill_batch(output.expected, header.base_offset - 1, out);
             }
-            match chosen {
-                None if new_horizon.is_none() => out.extend_from_slice(batch.as_bytes()),
-                chosen => {
-                    let limit = super::validate::decompressed_bytes_max(segment::SEGMENT_BYTES_MAX);
-                    let records: Vec<RecordView<'_>> = batch
-                        .records_in(&mut decoded, limit)?
-                        .filter_map(Result::ok)
-                        .filter(|r| chosen.as_ref().is_none_or(|o| o.binary_search(&r.offset).is_ok()))
-                        .collect();
-                    rewrite_batch(&header, &records, new_horizon, scratch, out)?;
-                }
+            if whole && new_horizon.is_none() {
+                // Kept whole: copied as it is.
+                out.extend_from_slice(batch.as_bytes());
+            } else {
+                let records: Vec<RecordView<'_>> = filtered
+                    .records
+                    .iter()
+                    .zip(&filtered.keep)
+                    .filter(|(_, &k)| k)
+                    .map(|(r, _)| *r)
+                    .collect();
+                rewrite_batch(&header, &records, new_horizon, encode, out)?;
             }
             output.expected = header.last_offset() + 1;
             index_batches(out, &mut indexed, &mut output.index, index_interval)?;
@@ -785,23 +817,23 @@ fn seal_error(e: crate::segment::SealError) -> IoError {
     }
 }
 
-/// Which records of a batch a pass keeps.
-enum Kept {
-    All,
-    None,
-    /// The offsets kept, ascending.
-    Some(Vec<i64>),
+/// What a pass keeps of a batch: its records (decoded once) with whether each stays, and
+/// whether a kept one is a tombstone.
+struct Filtered<'r> {
+    records: Vec<RecordView<'r>>,
+    keep: Vec<bool>,
+    tombstone: bool,
 }
 
-struct Filtered {
-    kept: Kept,
-    /// Whether a kept record is a tombstone.
-    tombstone: bool,
+impl Filtered<'_> {
+    fn kept(&self) -> usize {
+        self.keep.iter().filter(|&&k| k).count()
+    }
 }
 
 /// The key map as the copy phase reads it.
 struct MapView<'a> {
-    map: &'a HashMap<u128, i64>,
+    map: &'a KeyMap,
     seed: u64,
     now_ms: i64,
 }
@@ -821,26 +853,25 @@ impl CleanPass {
     }
 }
 
-/// Decides which records of `batch` survive; counts what is removed.
-fn filter(
-    batch: &Batch<'_>,
+/// Decides which records of `batch` survive (decoding them into `scratch`); counts what is
+/// removed. Control batches are kept whole.
+fn filter<'r>(
+    batch: &Batch<'r>,
     map: &MapView<'_>,
-    scratch: &mut Vec<u8>,
+    scratch: &'r mut Vec<u8>,
     outcome: &mut CleanOutcome,
-) -> Result<Filtered, LogError> {
+) -> Result<Filtered<'r>, LogError> {
     let header = batch.header();
     if header.attributes.is_control() {
-        return Ok(Filtered { kept: Kept::All, tombstone: false });
+        return Ok(Filtered { records: Vec::new(), keep: Vec::new(), tombstone: false });
     }
     let horizon_passed = header.attributes.has_delete_horizon() && header.base_timestamp <= map.now_ms;
     let limit = super::validate::decompressed_bytes_max(segment::SEGMENT_BYTES_MAX);
-    let mut kept = Vec::new();
-    let mut total = 0usize;
+    let records = batch.records_in(scratch, limit)?.collect::<Result<Vec<_>, _>>()?;
+    let mut keep = Vec::with_capacity(records.len());
     let mut tombstone = false;
-    for record in batch.records_in(scratch, limit)? {
-        let record = record?;
-        total += 1;
-        let keep = match record.key {
+    for record in &records {
+        let stays = match record.key {
             None => false,
             Some(key) => {
                 let latest = map.map.get(&XxHash3_128::oneshot_with_seed(map.seed, key));
@@ -853,18 +884,12 @@ fn filter(
                 current && !dead
             }
         };
-        if keep {
-            kept.push(record.offset);
-        } else {
+        if !stays {
             outcome.records_removed += 1;
         }
+        keep.push(stays);
     }
-    let kept = match kept.len() {
-        0 => Kept::None,
-        n if n == total => Kept::All,
-        _ => Kept::Some(kept),
-    };
-    Ok(Filtered { kept, tombstone })
+    Ok(Filtered { records, keep, tombstone })
 }
 
 /// The bytes a pass read last, kept across slices: a slice that stopped at its deadline leaves

@@ -164,6 +164,10 @@ fn compaction_keeps_the_latest_value_of_each_key_and_a_reader_starting_anywhere_
     let after = compacted(&before, p.next_offset());
     assert_eq!(rows(&p), after);
     assert_eq!(after.len(), 10, "one record per key");
+    // Fill batches of the earlier pass are merged into new ones, not carried along: at most one
+    // before each kept batch and one at each segment's end.
+    let fills = headers(&p).iter().filter(|h| h.records_count == 0).count();
+    assert!(fills <= after.len() + p.segments().len(), "{fills} fill batches for {} records", after.len());
     assert_eq!(p.log_start_offset(), 0, "compaction never moves the log start");
     // A consumer starting at any offset reads the first surviving record at or after it.
     for from in 0..p.next_offset() {
