@@ -120,8 +120,8 @@ pub struct Partition {
     damage_accepted: bool,
     /// What the shard's segments share: the reservation budget and the open sealed files.
     disk: Arc<ShardDisk>,
-    /// Compaction: everything below this offset was compacted by a pass of this run (the log
-    /// start after an open, so the first pass after a restart covers the whole log).
+    /// Compaction: everything below this offset was compacted (kept across restarts in the
+    /// `cleaner-checkpoint` file; the log start when there is none).
     cleaned_to: i64,
     /// Compaction: the earliest delete horizon of a tombstone the last pass kept.
     next_horizon_ms: Option<i64>,
