@@ -350,10 +350,8 @@ pub struct ShardStats {
     pub compactions: u64,
     pub compacted_bytes: u64,
     pub compaction_reclaimed_bytes: u64,
-    /// Slices of compaction run, and the time the completed passes' last slices ended at
-    /// (wall time of a pass is spread over many turns).
+    /// Slices of compaction run.
     pub compaction_slices: u64,
-    pub compaction_nanos: u64,
     /// Latency of the group commits that synced (their writes and fdatasyncs together).
     pub sync_latency: LatencyBuckets,
     pub io: IoStats,

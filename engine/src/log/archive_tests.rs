@@ -6,7 +6,7 @@ use super::*;
 use crate::io::fallback::FallbackIo;
 use crate::io::fault::{FaultIo, FaultPlan};
 use crate::log::{commit, LogConfig, Partition, ShardDisk};
-use crate::record::{batches, BatchBuilder, BatchOptions, Record};
+use crate::record::{BatchBuilder, BatchOptions, Record};
 use crate::segment::reserve::ReservePolicy;
 
 fn config() -> LogConfig {
@@ -31,25 +31,10 @@ fn one(value: &str) -> Vec<u8> {
 
 /// Every (offset, value) from the log start on.
 fn values(p: &Partition) -> Vec<(i64, String)> {
-    let mut out = Vec::new();
-    let mut offset = p.log_start_offset();
-    loop {
-        let slice = p.read(offset, 1 << 20).unwrap();
-        if slice.len == 0 {
-            return out;
-        }
-        let mut bytes = Vec::new();
-        slice.read_into(&mut bytes).unwrap();
-        for b in batches(&bytes) {
-            for r in b.unwrap().records() {
-                let r = r.unwrap();
-                if r.offset >= offset {
-                    out.push((r.offset, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
-                }
-            }
-        }
-        offset = slice.next_offset;
-    }
+    crate::log::tests::records_from(p, p.log_start_offset())
+        .into_iter()
+        .map(|(o, _, v)| (o, String::from_utf8(v.unwrap()).unwrap()))
+        .collect()
 }
 
 fn fill(p: &mut Partition, io: &mut dyn Io, n: usize) {

@@ -166,6 +166,8 @@ enum Phase {
 struct Group {
     /// File bases of the segments, in order, with each one's length when planned.
     segments: Vec<(i64, u64)>,
+    /// The offset the group starts at (its first segment's base).
+    base: i64,
     /// The offset after the group (the next segment's base).
     end: i64,
 }
@@ -417,29 +419,34 @@ impl Partition {
     fn plan_copy(&mut self, pass: &mut CleanPass) -> Result<CleanStep, LogError> {
         let limit = self.config.segment_bytes.min(segment::SEGMENT_BYTES_MAX);
         let mut groups: Vec<Group> = Vec::new();
-        let sealed: Vec<&Segment> =
-            self.segments.iter().filter(|s| s.is_sealed() && s.base_offset() < pass.end).collect();
-        for seg in &sealed {
-            let next_base =
-                self.segments.get(self.index_of(seg.file_base()) + 1).map_or(pass.end, |s| s.base_offset());
+        let mut sealed = 0;
+        for (i, seg) in self.segments.iter().enumerate() {
+            if !seg.is_sealed() || seg.base_offset() >= pass.end {
+                continue;
+            }
+            sealed += 1;
+            let next_base = self.segments.get(i + 1).map_or(pass.end, Segment::base_offset);
             let fits = groups.last().is_some_and(|g| {
                 let bytes: u64 = g.segments.iter().map(|&(_, l)| l).sum();
-                let first = self.segments[self.index_of(g.segments[0].0)].base_offset();
-                bytes + seg.len() <= limit && next_base - first <= i64::from(i32::MAX)
+                bytes + seg.len() <= limit && next_base - g.base <= i64::from(i32::MAX)
             });
-            if fits {
-                let g = groups.last_mut().expect("checked above");
-                g.segments.push((seg.file_base(), seg.len()));
-                g.end = next_base;
-            } else {
-                groups.push(Group { segments: vec![(seg.file_base(), seg.len())], end: next_base });
+            match groups.last_mut() {
+                Some(g) if fits => {
+                    g.segments.push((seg.file_base(), seg.len()));
+                    g.end = next_base;
+                }
+                _ => groups.push(Group {
+                    segments: vec![(seg.file_base(), seg.len())],
+                    base: seg.base_offset(),
+                    end: next_base,
+                }),
             }
         }
         if groups.is_empty() {
             return Ok(CleanStep::Abandoned("no sealed segment left to compact".into()));
         }
         pass.outcome.keys = pass.map.len();
-        pass.outcome.segments_before = sealed.len();
+        pass.outcome.segments_before = sealed;
         pass.phase = Phase::Copy(Box::new(Copy {
             groups,
             group: 0,
@@ -449,10 +456,6 @@ impl Partition {
             complete: false,
         }));
         Ok(CleanStep::More)
-    }
-
-    fn index_of(&self, file_base: i64) -> usize {
-        self.segments.iter().position(|s| s.file_base() == file_base).unwrap_or(usize::MAX - 1)
     }
 
     fn copy_step(

@@ -55,28 +55,7 @@ fn one(key: &str, value: Option<&str>) -> Vec<u8> {
 
 /// Every record readable from `from` on: (offset, key, value).
 fn rows_from(p: &Partition, from: i64) -> Vec<Row> {
-    let mut out = Vec::new();
-    let mut offset = from;
-    loop {
-        let slice = p.read(offset, 1 << 20).unwrap();
-        if slice.len == 0 {
-            return out;
-        }
-        let mut bytes = Vec::new();
-        slice.read_into(&mut bytes).unwrap();
-        for b in batches(&bytes) {
-            let b = b.unwrap();
-            let mut buf = Vec::new();
-            for r in b.records_in(&mut buf, 1 << 24).unwrap() {
-                let r = r.unwrap();
-                if r.offset >= from {
-                    out.push((r.offset, r.key.unwrap().to_vec(), r.value.map(<[u8]>::to_vec)));
-                }
-            }
-        }
-        assert!(slice.next_offset > offset, "reads make progress");
-        offset = slice.next_offset;
-    }
+    crate::log::tests::records_from(p, from).into_iter().map(|(o, k, v)| (o, k.unwrap(), v)).collect()
 }
 
 /// The header of every batch in the log's segment files (reads pass over empty batches).

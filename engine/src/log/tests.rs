@@ -17,10 +17,14 @@ fn batch(tag: &str, n: usize, timestamp: i64) -> Vec<u8> {
     b.finish()
 }
 
-/// Every (offset, value) readable from the partition, in order.
-fn read_all(p: &Partition) -> Vec<(i64, Vec<u8>)> {
+/// A record read back: (offset, key, value).
+pub(super) type ReadRecord = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Every record readable from `from` on, in order, through the partition's reads (compressed
+/// batches decoded); each read must make progress.
+pub(super) fn records_from(p: &Partition, from: i64) -> Vec<ReadRecord> {
     let mut out = Vec::new();
-    let mut offset = p.log_start_offset();
+    let mut offset = from;
     loop {
         let slice = p.read(offset, 1 << 20).unwrap();
         if slice.len == 0 {
@@ -30,15 +34,22 @@ fn read_all(p: &Partition) -> Vec<(i64, Vec<u8>)> {
         slice.read_into(&mut bytes).unwrap();
         for b in batches(&bytes) {
             let b = b.unwrap();
-            for r in b.records() {
+            let mut buf = Vec::new();
+            for r in b.records_in(&mut buf, 1 << 24).unwrap() {
                 let r = r.unwrap();
-                if r.offset >= offset {
-                    out.push((r.offset, r.value.unwrap().to_vec()));
+                if r.offset >= from {
+                    out.push((r.offset, r.key.map(<[u8]>::to_vec), r.value.map(<[u8]>::to_vec)));
                 }
             }
         }
+        assert!(slice.next_offset > offset, "reads make progress");
         offset = slice.next_offset;
     }
+}
+
+/// Every (offset, value) readable from the partition, in order.
+fn read_all(p: &Partition) -> Vec<(i64, Vec<u8>)> {
+    records_from(p, p.log_start_offset()).into_iter().map(|(o, _, v)| (o, v.unwrap())).collect()
 }
 
 /// Runs `f` with the log output of this thread captured; returns its result and everything

@@ -229,7 +229,7 @@ impl Shard {
             }
             let compacting = self.compaction_pending();
             if compacting && self.compaction_may_run(handled == 0 && !committed, Instant::now()) {
-                self.compaction_slice(now);
+                self.compaction_slice();
             }
             if self.disk.files.over() {
                 self.close_idle_files();
