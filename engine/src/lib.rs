@@ -6,6 +6,7 @@
 
 pub mod alloc;
 mod api;
+pub mod cdc;
 mod engine;
 pub mod fds;
 pub mod group;

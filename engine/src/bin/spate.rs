@@ -1,4 +1,5 @@
-//! The `spate` command: `spate serve` runs the engine with its Kafka listener; `spate repair`
+//! The `spate` command: `spate serve` runs the engine with its Kafka listener (and the CDC
+//! connector of a `[cdc]` config section); `spate repair`
 //! reports damaged partitions of a stopped server and accepts their damage.
 
 use std::net::SocketAddr;
@@ -104,6 +105,8 @@ struct FileConfig {
     compaction_check_interval_ms: Option<u64>,
     archive_dir: Option<PathBuf>,
     uncached_writes: Option<bool>,
+    /// Change data capture from PostgreSQL (docs/cdc.md).
+    cdc: Option<spate::cdc::CdcConfig>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -271,6 +274,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.frame_bytes_per_sec_min = v;
     }
     config.validate().map_err(anyhow::Error::msg)?;
+    if let Some(cdc) = &file.cdc {
+        cdc.validate().map_err(anyhow::Error::msg)?;
+    }
 
     // Every partition keeps a file open and every client a socket: take every descriptor the
     // hard limit allows.
@@ -286,7 +292,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let signals = block_signals()?;
     let engine =
         Engine::open(&data_dir, engine_config).with_context(|| format!("opening {}", data_dir.display()))?;
-    let server = Server::start(&engine, config).context("starting the Kafka listener")?;
+    let cdc = file.cdc.map(|c| spate::cdc::Cdc::start(&engine, c)).transpose().map_err(anyhow::Error::msg)?;
+    let collectors = cdc.iter().map(|c| c.collector()).collect();
+    let server =
+        Server::start_with_metrics(&engine, config, collectors).context("starting the Kafka listener")?;
     // One line on stdout that scripts can wait for.
     println!("spate listening on {}", server.local_addr());
     if let Some(m) = server.metrics_addr() {
@@ -294,6 +303,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let signal = wait_for(&signals);
     tracing::info!(signal, "stopping");
+    if let Some(cdc) = cdc {
+        cdc.stop();
+    }
     server.shutdown();
     engine.shutdown().context("flushing at shutdown")?;
     Ok(())

@@ -236,13 +236,47 @@ impl Engine {
 
     /// Creates a topic of `partitions` partitions with `config` (see [`LogConfig`]).
     pub fn create_topic(&self, name: &str, partitions: u32, config: LogConfig) -> Result<(), EngineError> {
-        topics::validate_name(name)?;
         if name.starts_with("__") {
+            topics::validate_name(name)?;
             return Err(EngineError::InvalidTopicName {
                 name: name.into(),
                 reason: "names starting with '__' are internal",
             });
         }
+        self.create_any_topic(name, partitions, config)
+    }
+
+    /// Creates an internal (`__`) topic for one of the engine's own components (the CDC
+    /// connector's positions), unless it exists. Clients can read it but not write or delete it.
+    pub(crate) fn ensure_internal_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: LogConfig,
+    ) -> Result<(), EngineError> {
+        debug_assert!(name.starts_with("__"));
+        match self.create_any_topic(name, partitions, config) {
+            Err(EngineError::TopicExists(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// [`Engine::produce_async`] into an internal topic, for the component that owns it.
+    pub(crate) fn produce_internal_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: &[Record<'_>],
+    ) -> impl Future<Output = Result<ProduceAck, EngineError>> + Send + 'static {
+        let rx = self.resolve(topic, Target::Partition(partition)).and_then(|id| {
+            let batch = build_batch(records)?;
+            self.send_produce(id, batch, &Backpressure::Buffer)
+        });
+        async move { wait_async(rx?).await }
+    }
+
+    fn create_any_topic(&self, name: &str, partitions: u32, config: LogConfig) -> Result<(), EngineError> {
+        topics::validate_name(name)?;
         if partitions == 0 || partitions > TOPIC_PARTITIONS_MAX {
             return Err(EngineError::BadPartitionCount { partitions, max: TOPIC_PARTITIONS_MAX });
         }

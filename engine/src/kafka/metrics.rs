@@ -49,6 +49,11 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_collectors(Vec::new())
+    }
+
+    /// The server's metrics plus those of components beside it (the CDC connectors).
+    pub fn with_collectors(collectors: Vec<Box<dyn Collector>>) -> Metrics {
         let mut registry = Registry::with_prefix("spate");
         let connections = Gauge::default();
         let connections_accepted = Counter::default();
@@ -102,6 +107,9 @@ impl Metrics {
         );
         let shards = std::sync::Arc::new(ShardSnapshot::default());
         registry.register_collector(Box::new(std::sync::Arc::clone(&shards)));
+        for c in collectors {
+            registry.register_collector(c);
+        }
         Metrics {
             registry,
             connections,

@@ -135,6 +135,15 @@ impl Server {
     /// Binds `config.listen` (and `config.metrics_listen`) and starts serving on `engine`'s
     /// shards. Returns once the sockets are bound.
     pub fn start(engine: &Engine, config: ServerConfig) -> Result<Server, ServerError> {
+        Server::start_with_metrics(engine, config, Vec::new())
+    }
+
+    /// [`Server::start`], whose metrics endpoint also serves `collectors` (the CDC connectors').
+    pub fn start_with_metrics(
+        engine: &Engine,
+        config: ServerConfig,
+        collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
+    ) -> Result<Server, ServerError> {
         config.validate().map_err(ServerError::Config)?;
         let listener = bind(config.listen)?;
         let local_addr =
@@ -155,7 +164,7 @@ impl Server {
             Coordinator::start(&config, engine.clone()).map_err(ServerError::Thread)?;
         let shared = Arc::new(Shared {
             advertised: config.advertised(local_addr),
-            metrics: Metrics::new(),
+            metrics: Metrics::with_collectors(collectors),
             coordinator,
             producer_ids: ProducerIds::default(),
             admin: admin_tx,
