@@ -280,3 +280,118 @@ fn snapshot_then_changes_make_the_topics_equal_the_tables() {
     assert!(spate.metric("spate_cdc_snapshot_rows_total{slot=\"spate\"}") == 0.0, "no second snapshot");
     spate.stop();
 }
+
+const ITEMS: &str = "SELECT json_build_object('id', id)::text, json_build_object('id', id, 'v', v, 'note', note)::text FROM items";
+
+/// A script of `n` random transactions over keys 0..300 of `items`.
+fn random_transactions(rng: &mut impl Rng, n: usize) -> String {
+    let mut sql = String::new();
+    for _ in 0..n {
+        sql.push_str("BEGIN;\n");
+        for _ in 0..rng.random_range(1..6) {
+            let k = rng.random_range(0..300);
+            let v = rng.random_range(0..1_000_000);
+            match rng.random_range(0..10) {
+                0..=3 => sql.push_str(&format!(
+                    "INSERT INTO items VALUES ({k}, {v}, 'n{v}') ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v, note = EXCLUDED.note;\n"
+                )),
+                4..=6 => sql.push_str(&format!("UPDATE items SET v = v + 1 WHERE id = {k};\n")),
+                7..=8 => sql.push_str(&format!("DELETE FROM items WHERE id = {k};\n")),
+                _ => {
+                    let k2 = rng.random_range(0..300);
+                    sql.push_str(&format!(
+                        "UPDATE items SET id = {k2} WHERE id = {k} AND NOT EXISTS (SELECT 1 FROM items WHERE id = {k2});\n"
+                    ));
+                }
+            }
+        }
+        sql.push_str(if rng.random_range(0..20) == 0 { "ROLLBACK;\n" } else { "COMMIT;\n" });
+    }
+    sql
+}
+
+#[test]
+fn crashes_of_either_side_lose_nothing_and_write_nothing_twice() {
+    let Some(mut pg) = Postgres::start("crash") else { return };
+    let Some(kcat) = server::kcat() else { return };
+    let seed = server::seed("SPATE_CDC_SEED");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    pg.psql("postgres", "CREATE DATABASE bank");
+    pg.psql_script(
+        "bank",
+        "CREATE TABLE items (id int PRIMARY KEY, v int, note text);
+         INSERT INTO items SELECT g, g, 'initial' FROM generate_series(0, 299, 2) g;
+         CREATE PUBLICATION bank FOR TABLE items;",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("spate");
+    let config = cdc_config(&pg, "bank", "partitions = 2\nflush_bytes = 65536\n");
+    let mut spate = start_spate(&data, &config);
+    let records = |spate: &Spate| spate.metric("spate_cdc_records_total{slot=\"spate\"}");
+    eventually("the snapshot", Duration::from_secs(60), || {
+        (records(&spate) >= 150.0).then_some(()).ok_or("not yet".into())
+    });
+
+    // A crash in the middle of a large transaction: part of it is in the topic, its commit
+    // is not stored. After the restart PostgreSQL sends it again, and the records already
+    // written are skipped by their positions.
+    let written = records(&spate);
+    pg.psql("bank", "INSERT INTO items SELECT g, g, repeat('x', 300) FROM generate_series(1000, 20999) g");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while records(&spate) < written + 2_000.0 {
+        assert!(Instant::now() < deadline, "the large transaction is not being written");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    spate.kill();
+    spate = start_spate(&data, &config);
+    eventually("the large transaction", Duration::from_secs(60), || {
+        let n = spate.metric("spate_cdc_transactions_total{slot=\"spate\"}");
+        (n >= 1.0).then_some(()).ok_or(format!("{n} transactions"))
+    });
+    let skipped = spate.metric("spate_cdc_duplicates_skipped_total{slot=\"spate\"}");
+    assert!(
+        skipped >= 2_000.0,
+        "the records written before the crash are skipped, not written again ({skipped})"
+    );
+    pg.psql("bank", "DELETE FROM items WHERE id >= 1000");
+
+    let mut kills = 1;
+    for round in 0..8 {
+        // Transactions while the connector runs (and while it is down or restarting).
+        let script = random_transactions(&mut rng, 40);
+        let _ = pg.psql_script("bank", &script);
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
+        match round % 4 {
+            // SIGKILL Spate at some point of its work (snapshot, a batch, a state write).
+            0 | 2 => {
+                spate.kill();
+                kills += 1;
+                let _ = pg.psql_script("bank", &random_transactions(&mut rng, 20));
+                spate = start_spate(&data, &config);
+            }
+            // Drop the replication connection from the PostgreSQL side.
+            1 => {
+                pg.psql("bank", "SELECT pg_terminate_backend(pid) FROM pg_stat_replication");
+            }
+            // Crash PostgreSQL (every process at once) and bring it back.
+            _ => {
+                pg.kill();
+                std::thread::sleep(Duration::from_millis(rng.random_range(0..500)));
+                pg.restart();
+            }
+        }
+    }
+    let _ = pg.psql_script("bank", &random_transactions(&mut rng, 40));
+    eventually("the topic to equal the table", Duration::from_secs(90), || {
+        differences(&latest(&read_topic(&kcat, &spate, "pg.public.items")), &table(&pg, "bank", ITEMS))
+    });
+    let records = read_topic(&kcat, &spate, "pg.public.items");
+    assert!(records.iter().any(|r| r.partition == 1), "two partitions in use");
+    assert_no_duplicates(&records);
+    eprintln!(
+        "{} records after {kills} kills of Spate, a dropped connection and a PostgreSQL crash",
+        records.len()
+    );
+    spate.stop();
+}
