@@ -395,3 +395,91 @@ fn crashes_of_either_side_lose_nothing_and_write_nothing_twice() {
     );
     spate.stop();
 }
+
+#[test]
+fn keyless_tables_are_refused_and_toast_added_columns_and_truncate_are_handled() {
+    let Some(pg) = Postgres::start("shapes") else { return };
+    let Some(kcat) = server::kcat() else { return };
+    pg.psql("postgres", "CREATE DATABASE docs");
+    pg.psql_script(
+        "docs",
+        "CREATE TABLE plain (id int PRIMARY KEY, n int, body text);
+         CREATE TABLE full_image (id int PRIMARY KEY, n int, body text);
+         ALTER TABLE full_image REPLICA IDENTITY FULL;
+         CREATE TABLE keyless (a int, b text);
+         INSERT INTO keyless VALUES (1, 'one');
+         CREATE PUBLICATION docs FOR TABLE plain, full_image, keyless;",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let spate = start_spate(&dir.path().join("spate"), &cdc_config(&pg, "docs", ""));
+
+    // A table without a primary key cannot be keyed: refused with the reason and the fix.
+    eventually("the refusal", Duration::from_secs(30), || {
+        let log = spate.server_log();
+        log.contains("table public.keyless has no primary key").then_some(()).ok_or("not yet".into())
+    });
+    assert_eq!(spate.metric("spate_cdc_up{slot=\"spate\"}"), 0.0);
+    assert!(spate.metric("spate_cdc_errors_total{slot=\"spate\"}") >= 1.0);
+    // Fixed in PostgreSQL, the connector picks it up on its next attempt.
+    pg.psql("docs", "ALTER TABLE keyless ADD PRIMARY KEY (a)");
+    eventually("the connector to start after the fix", Duration::from_secs(40), || {
+        (spate.metric("spate_cdc_up{slot=\"spate\"}") == 1.0).then_some(()).ok_or("down".into())
+    });
+    let keyless = read_topic(&kcat, &spate, "pg.public.keyless");
+    assert_eq!(keyless.len(), 1);
+    assert_eq!(keyless[0].key, r#"{"a":1}"#);
+
+    // TOAST'd values an update leaves unchanged: pgoutput leaves them out. With REPLICA
+    // IDENTITY FULL the old row carries them; otherwise Debezium's placeholder, never null.
+    let body = "(SELECT string_agg(md5(i::text || random()::text), '') FROM generate_series(1, 400) i)";
+    pg.psql_script(
+        "docs",
+        &format!(
+            "INSERT INTO plain VALUES (1, 0, {body}); INSERT INTO full_image VALUES (1, 0, {body});
+             UPDATE plain SET n = 1; UPDATE full_image SET n = 1;"
+        ),
+    )
+    .unwrap();
+    let updated = |topic: &str| -> Option<Value> {
+        read_topic(&kcat, &spate, topic).into_iter().filter_map(|r| r.value).find(|v| v["op"] == "u")
+    };
+    eventually("the updates", Duration::from_secs(30), || {
+        (updated("pg.public.plain").is_some() && updated("pg.public.full_image").is_some())
+            .then_some(())
+            .ok_or("not yet".into())
+    });
+    let stored: String = pg.psql("docs", "SELECT body FROM full_image WHERE id = 1").trim().to_string();
+    assert!(stored.len() > 10_000, "the body is large enough to be TOAST'd");
+    let full = updated("pg.public.full_image").unwrap();
+    assert_eq!(full["after"]["body"], stored.as_str(), "filled from the old row");
+    assert_eq!(full["before"]["n"], 0, "REPLICA IDENTITY FULL: the before image");
+    let plain = updated("pg.public.plain").unwrap();
+    assert_eq!(plain["after"]["body"], spate::cdc::UNAVAILABLE);
+    assert_eq!(plain["after"]["n"], 1);
+
+    // An added column appears in the rows written after it.
+    pg.psql_script(
+        "docs",
+        "ALTER TABLE plain ADD COLUMN tag text DEFAULT 'new'; INSERT INTO plain VALUES (2, 2, 'b', 'two');",
+    )
+    .unwrap();
+    eventually("the row with the added column", Duration::from_secs(30), || {
+        let rows = latest(&read_topic(&kcat, &spate, "pg.public.plain"));
+        match rows.get(r#"{"id":2}"#) {
+            Some(after) if after["tag"] == "two" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+
+    // TRUNCATE: a tombstone for every key the topic holds.
+    pg.psql("docs", "TRUNCATE plain");
+    eventually("the truncate", Duration::from_secs(30), || {
+        let rows = latest(&read_topic(&kcat, &spate, "pg.public.plain"));
+        rows.is_empty().then_some(()).ok_or(format!("{} keys left", rows.len()))
+    });
+    let plain = read_topic(&kcat, &spate, "pg.public.plain");
+    assert!(plain.iter().rev().take(2).all(|r| r.value.is_none()), "tombstones for both keys");
+    assert_no_duplicates(&plain);
+    spate.stop();
+}
