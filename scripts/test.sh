@@ -3,10 +3,11 @@
 # backends (io_uring and the pwritev fallback). Installs what the tests need that is missing:
 # nats-server and redis-server (Debian packages) for the peers benchmark test, when run as root.
 # It also installs the Kafka clients the protocol tests drive (kcat, confluent-kafka,
-# kafka-python; see scripts/install-kafka-clients.sh).
+# kafka-python; see scripts/install-kafka-clients.sh) and PostgreSQL 15 for the CDC tests, which
+# start their own throwaway clusters (scripts/install-postgres.sh).
 # Set SPATE_REQUIRE_URING=1 (and SPATE_REQUIRE_MOUNT=1, SPATE_REQUIRE_PEERS=1,
-# SPATE_REQUIRE_CLIENTS=1) to fail, rather than skip, where io_uring (a tmpfs mount, the peers,
-# the Kafka clients) is unavailable.
+# SPATE_REQUIRE_CLIENTS=1, SPATE_REQUIRE_POSTGRES=1) to fail, rather than skip, where io_uring
+# (a tmpfs mount, the peers, the Kafka clients, PostgreSQL) is unavailable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,11 @@ if bash scripts/install-kafka-clients.sh; then
   export SPATE_PYTHON
 else
   echo "Kafka clients unavailable: their tests will skip (or fail under SPATE_REQUIRE_CLIENTS=1)"
+fi
+
+step "PostgreSQL 15 for the CDC tests"
+if ! bash scripts/install-postgres.sh; then
+  echo "PostgreSQL unavailable: the CDC tests will skip (or fail under SPATE_REQUIRE_POSTGRES=1)"
 fi
 
 step "cargo fmt --check"

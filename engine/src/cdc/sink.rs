@@ -124,6 +124,9 @@ async fn read_all(
     Ok(())
 }
 
+/// A record header: name and value.
+type Header<'a> = (&'a [u8], Option<&'a [u8]>);
+
 struct Pending {
     key: Vec<u8>,
     value: Option<Vec<u8>>,
@@ -219,7 +222,7 @@ impl Sink {
             let Some(last) = fresh.last() else { continue };
             let last = last.position;
             let positions: Vec<String> = fresh.iter().map(|r| r.position.encode()).collect();
-            let headers: Vec<[(&[u8], Option<&[u8]>); 1]> =
+            let headers: Vec<[Header<'_>; 1]> =
                 positions.iter().map(|p| [(POSITION_HEADER.as_bytes(), Some(p.as_bytes()))]).collect();
             let mut batch = Vec::new();
             let mut batch_bytes = 0;

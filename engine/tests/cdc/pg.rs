@@ -5,7 +5,7 @@
 //! `SPATE_PG_BIN`. As root the cluster runs as the `postgres` user (initdb refuses root).
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -198,10 +198,6 @@ impl Postgres {
     /// Starts the killed server again on the same port (crash recovery replays its WAL).
     pub fn restart(&mut self) {
         self.boot();
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.dir
     }
 }
 
