@@ -3,7 +3,8 @@
 //! `COPY` give them: text values typed by their column's type OID.
 
 use pg_walstream::{ColumnValue, RowData};
-use serde_json::{Map, Number, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Number, Value};
 
 /// What Debezium writes for a TOAST'd column that an update left unchanged and whose value the
 /// event does not carry (`unavailable.value.placeholder`).
@@ -105,12 +106,12 @@ impl Table {
 
     /// The key of `row`: a JSON object of the key columns, in key order.
     pub fn key(&self, row: &RowData) -> Result<Vec<u8>, KeyError> {
-        let mut key = Map::new();
+        let mut key = Fields::default();
         for &i in &self.key {
             let column = &self.columns[i];
             match row.get(&column.name) {
                 Some(v) if !v.is_null() => {
-                    key.insert(column.name.clone(), json_value(column.type_oid, v));
+                    key.0.push((column.name.clone(), json_value(column.type_oid, v)));
                 }
                 _ => {
                     return Err(KeyError {
@@ -121,68 +122,124 @@ impl Table {
                 }
             }
         }
-        Ok(serde_json::to_vec(&Value::Object(key)).expect("a JSON map serialises"))
+        Ok(serde_json::to_vec(&key).expect("JSON values serialise"))
     }
 
     /// `row` as a JSON object of every column. A column the row lacks (pgoutput leaves out a
     /// TOAST'd value an update did not change) is taken from `fill` (the old row, which carries
     /// it under `REPLICA IDENTITY FULL`), else written as [`UNAVAILABLE`]: never as null.
-    pub fn row(&self, row: &RowData, fill: Option<&RowData>) -> Value {
-        let mut out = Map::new();
+    pub fn row(&self, row: &RowData, fill: Option<&RowData>) -> Fields {
+        let mut out = Fields::default();
         for column in &self.columns {
             let v = match row.get(&column.name).or_else(|| fill.and_then(|f| f.get(&column.name))) {
                 Some(v) => json_value(column.type_oid, v),
                 None => Value::String(UNAVAILABLE.to_string()),
             };
-            out.insert(column.name.clone(), v);
+            out.0.push((column.name.clone(), v));
         }
-        Value::Object(out)
+        out
     }
 
     /// The key columns of `row` only (the `before` of a delete under the default replica
     /// identity carries nothing else).
-    pub fn key_row(&self, row: &RowData) -> Value {
-        let mut out = Map::new();
+    pub fn key_row(&self, row: &RowData) -> Fields {
+        let mut out = Fields::default();
         for column in &self.columns {
             if let Some(v) = row.get(&column.name) {
-                out.insert(column.name.clone(), json_value(column.type_oid, v));
+                out.0.push((column.name.clone(), json_value(column.type_oid, v)));
             }
         }
-        Value::Object(out)
+        out
     }
+}
+
+/// A JSON object whose fields keep their order (the table's column order), as Debezium writes
+/// them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fields(pub Vec<(String, Value)>);
+
+impl Fields {
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
+/// `fields["name"]`, null when absent (as for a JSON value).
+impl std::ops::Index<&str> for Fields {
+    type Output = Value;
+
+    fn index(&self, name: &str) -> &Value {
+        const NULL: Value = Value::Null;
+        self.get(name).unwrap_or(&NULL)
+    }
+}
+
+impl Serialize for Fields {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    before: Option<&'a Fields>,
+    after: Option<&'a Fields>,
+    source: SourceBlock<'a>,
+    op: &'static str,
+    ts_ms: i64,
+    transaction: Option<()>,
+}
+
+#[derive(serde::Serialize)]
+struct SourceBlock<'a> {
+    version: &'static str,
+    connector: &'static str,
+    name: &'a str,
+    ts_ms: i64,
+    snapshot: &'static str,
+    db: &'a str,
+    schema: &'a str,
+    table: &'a str,
+    #[serde(rename = "txId")]
+    tx_id: Option<u32>,
+    lsn: u64,
+    xmin: Option<u64>,
 }
 
 /// The Debezium envelope: `{"before", "after", "source", "op", "ts_ms", "transaction"}`.
 pub fn envelope(
     table: &Table,
     op: Op,
-    before: Value,
-    after: Value,
+    before: Option<&Fields>,
+    after: Option<&Fields>,
     source: &Source<'_>,
     now_ms: i64,
 ) -> Vec<u8> {
-    let source = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "connector": "postgresql",
-        "name": source.name,
-        "ts_ms": source.ts_ms,
-        "snapshot": source.snapshot,
-        "db": source.db,
-        "schema": table.schema,
-        "table": table.name,
-        "txId": source.tx_id,
-        "lsn": source.lsn,
-        "xmin": Value::Null,
-    });
-    let value = serde_json::json!({
-        "before": before,
-        "after": after,
-        "source": source,
-        "op": op.code(),
-        "ts_ms": now_ms,
-        "transaction": Value::Null,
-    });
-    serde_json::to_vec(&value).expect("a JSON value serialises")
+    let envelope = Envelope {
+        before,
+        after,
+        source: SourceBlock {
+            version: env!("CARGO_PKG_VERSION"),
+            connector: "postgresql",
+            name: source.name,
+            ts_ms: source.ts_ms,
+            snapshot: source.snapshot,
+            db: source.db,
+            schema: &table.schema,
+            table: &table.name,
+            tx_id: source.tx_id,
+            lsn: source.lsn,
+            xmin: None,
+        },
+        op: op.code(),
+        ts_ms: now_ms,
+        transaction: None,
+    };
+    serde_json::to_vec(&envelope).expect("JSON values serialise")
 }
 
 /// One value in its JSON form. Integers and booleans become JSON numbers and booleans; finite
@@ -276,7 +333,7 @@ mod tests {
         let t = table();
         let key =
             t.key(&row(&[("id", Some("7")), ("region", Some("eu")), ("balance", Some("1.00"))])).unwrap();
-        assert_eq!(std::str::from_utf8(&key).unwrap(), r#"{"region":"eu","id":7}"#);
+        assert_eq!(std::str::from_utf8(&key).unwrap(), r#"{"region":"eu","id":7}"#, "key order, not sorted");
         let err = t.key(&row(&[("id", Some("7")), ("region", None)])).unwrap_err();
         assert_eq!(err.column, "region");
         assert!(t.key(&row(&[("region", Some("eu"))])).is_err(), "a missing key column is refused");
@@ -299,6 +356,8 @@ mod tests {
             "taken from the old row (REPLICA IDENTITY FULL)"
         );
         assert_eq!(after["balance"], Value::Null, "a null in the new row stays null");
+        let names: Vec<&str> = after.0.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["id", "region", "balance", "note"], "column order");
     }
 
     #[test]
@@ -313,9 +372,10 @@ mod tests {
             lsn: 0x16B3_748D,
             snapshot: "false",
         };
-        let v: Value =
-            serde_json::from_slice(&envelope(&t, Op::Create, Value::Null, t.row(&r, None), &source, 5))
-                .unwrap();
+        let bytes = envelope(&t, Op::Create, None, Some(&t.row(&r, None)), &source, 5);
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.starts_with(r#"{"before":null,"after":{"id":1,"region":"eu","#), "{text}");
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["op"], "c");
         assert_eq!(v["before"], Value::Null);
         assert_eq!(v["after"]["id"], 1);

@@ -10,9 +10,8 @@ use pg_walstream::{
     CancellationToken, ChangeEvent, EventType, LogicalReplicationStream, PgReplicationConnection,
     ReplicaIdentity, ReplicationError, ReplicationStreamConfig, RowData, SnapshotOutcome, StreamingMode,
 };
-use serde_json::Value;
 
-use super::envelope::{envelope, Column, Op, Source, Table};
+use super::envelope::{envelope, Column, Fields, Op, Source, Table};
 use super::sink::{load_state, now_ms, store_state, Position, Sink, State};
 use super::{CdcConfig, CdcStats};
 use crate::{Engine, EngineError};
@@ -470,14 +469,9 @@ impl Session<'_> {
         marker: &'static str,
     ) -> Result<(), CdcError> {
         let key = table.key(data).map_err(|e| CdcError::Refused(e.to_string()))?;
-        let value = envelope(
-            table,
-            Op::Read,
-            Value::Null,
-            table.row(data, None),
-            &self.source(ts, None, lsn, marker),
-            now_ms(),
-        );
+        let after = table.row(data, None);
+        let value =
+            envelope(table, Op::Read, None, Some(&after), &self.source(ts, None, lsn, marker), now_ms());
         self.sink
             .push(&table.topic(&self.config.topic_prefix), key, Some(value), ts, Position { lsn, seq: *seq })
             .await?;
@@ -568,7 +562,7 @@ impl Session<'_> {
                 let table = self.relation(relation_oid)?;
                 let key = self.key(&table, &data)?;
                 let after = table.row(&data, None);
-                self.change(&table, t, key, Op::Create, Value::Null, after).await?;
+                self.change(&table, t, key, Op::Create, None, Some(after)).await?;
             }
             EventType::Update { relation_oid, old_data, new_data, replica_identity, .. } => {
                 let Some(t) = live(txn) else { return Ok(()) };
@@ -580,16 +574,16 @@ impl Session<'_> {
                     // The key changed: a delete of the old key (and its tombstone), a create.
                     (Some(old_key), Some(old)) if old_key != key => {
                         let before = table.key_row(&old);
-                        self.change(&table, t, old_key.clone(), Op::Delete, before, Value::Null).await?;
+                        self.change(&table, t, old_key.clone(), Op::Delete, Some(before), None).await?;
                         self.tombstone(&table, t, old_key).await?;
-                        self.change(&table, t, key, Op::Create, Value::Null, after).await?;
+                        self.change(&table, t, key, Op::Create, None, Some(after)).await?;
                     }
                     (_, old) => {
                         let before = match (old, replica_identity) {
-                            (Some(old), ReplicaIdentity::Full) => table.row(&old, None),
-                            _ => Value::Null,
+                            (Some(old), ReplicaIdentity::Full) => Some(table.row(&old, None)),
+                            _ => None,
                         };
-                        self.change(&table, t, key, Op::Update, before, after).await?;
+                        self.change(&table, t, key, Op::Update, before, Some(after)).await?;
                     }
                 }
             }
@@ -598,7 +592,7 @@ impl Session<'_> {
                 let table = self.relation(relation_oid)?;
                 let key = self.key(&table, &old_data)?;
                 let before = table.key_row(&old_data);
-                self.change(&table, t, key.clone(), Op::Delete, before, Value::Null).await?;
+                self.change(&table, t, key.clone(), Op::Delete, Some(before), None).await?;
                 self.tombstone(&table, t, key).await?;
             }
             EventType::Truncate { tables, .. } => {
@@ -643,17 +637,11 @@ impl Session<'_> {
         t: &mut Txn,
         key: Vec<u8>,
         op: Op,
-        before: Value,
-        after: Value,
+        before: Option<Fields>,
+        after: Option<Fields>,
     ) -> Result<(), CdcError> {
-        let value = envelope(
-            table,
-            op,
-            before,
-            after,
-            &self.source(t.commit_ms, Some(t.xid), t.lsn, "false"),
-            now_ms(),
-        );
+        let source = self.source(t.commit_ms, Some(t.xid), t.lsn, "false");
+        let value = envelope(table, op, before.as_ref(), after.as_ref(), &source, now_ms());
         let position = Position { lsn: t.lsn, seq: t.seq };
         t.seq += 1;
         self.sink.push(&table.topic(&self.config.topic_prefix), key, Some(value), t.commit_ms, position).await
