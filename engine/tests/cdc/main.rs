@@ -92,7 +92,7 @@ fn latest(records: &[Rec]) -> BTreeMap<String, Value> {
 
 /// Rows of a query returning (key JSON, row JSON) pairs.
 fn table(pg: &Postgres, db: &str, sql: &str) -> BTreeMap<String, Value> {
-    pg.psql(db, sql)
+    pg.sql(db, sql)
         .lines()
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -152,9 +152,9 @@ const LINES: &str = "SELECT json_build_object('order_id', order_id, 'line', line
 
 #[test]
 fn snapshot_then_changes_make_the_topics_equal_the_tables() {
-    let Some(pg) = Postgres::start("basic") else { return };
+    let Some(pg) = pg::start("basic") else { return };
     let Some(kcat) = server::kcat() else { return };
-    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.sql("postgres", "CREATE DATABASE shop");
     pg.psql_script(
         "shop",
         "CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2), active bool, tags jsonb, photo bytea);
@@ -246,7 +246,7 @@ fn snapshot_then_changes_make_the_topics_equal_the_tables() {
     assert_eq!(state.key, "spate");
     assert_eq!(state.value.as_ref().unwrap()["snapshot_done"], true);
     let confirmed = |pg: &Postgres| {
-        pg.psql("shop", "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = 'spate'")
+        pg.sql("shop", "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = 'spate'")
             .trim()
             .parse::<u64>()
             .unwrap()
@@ -255,7 +255,7 @@ fn snapshot_then_changes_make_the_topics_equal_the_tables() {
     let before = accounts.len();
     spate.stop();
     let spate = start_spate(&dir.path().join("spate"), &config);
-    pg.psql("shop", "INSERT INTO accounts VALUES (2000, 'after restart', 1, true, NULL, NULL)");
+    pg.sql("shop", "INSERT INTO accounts VALUES (2000, 'after restart', 1, true, NULL, NULL)");
     eventually("the insert after the restart", Duration::from_secs(30), || {
         differences(&latest(&read_topic(&kcat, &spate, "pg.public.accounts")), &table(&pg, "shop", ACCOUNTS))
     });
@@ -265,8 +265,8 @@ fn snapshot_then_changes_make_the_topics_equal_the_tables() {
 
     // An idle database still advances the slot: WAL written elsewhere is confirmed through
     // the heartbeat messages, and the lag is a metric.
-    pg.psql("postgres", "CREATE TABLE busy AS SELECT generate_series(1, 20000) AS n");
-    let wal: u64 = pg.psql("shop", "SELECT (pg_current_wal_lsn() - '0/0')::bigint").trim().parse().unwrap();
+    pg.sql("postgres", "CREATE TABLE busy AS SELECT generate_series(1, 20000) AS n");
+    let wal: u64 = pg.sql("shop", "SELECT (pg_current_wal_lsn() - '0/0')::bigint").trim().parse().unwrap();
     eventually("the idle slot to advance", Duration::from_secs(30), || {
         let c = confirmed(&pg);
         (c >= wal).then_some(()).ok_or(format!("confirmed {c} < {wal}"))
@@ -312,11 +312,11 @@ fn random_transactions(rng: &mut impl Rng, n: usize) -> String {
 
 #[test]
 fn crashes_of_either_side_lose_nothing_and_write_nothing_twice() {
-    let Some(mut pg) = Postgres::start("crash") else { return };
+    let Some(mut pg) = pg::start("crash") else { return };
     let Some(kcat) = server::kcat() else { return };
     let seed = server::seed("SPATE_CDC_SEED");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    pg.psql("postgres", "CREATE DATABASE bank");
+    pg.sql("postgres", "CREATE DATABASE bank");
     pg.psql_script(
         "bank",
         "CREATE TABLE items (id int PRIMARY KEY, v int, note text);
@@ -337,7 +337,7 @@ fn crashes_of_either_side_lose_nothing_and_write_nothing_twice() {
     // is not stored. After the restart PostgreSQL sends it again, and the records already
     // written are skipped by their positions.
     let written = records(&spate);
-    pg.psql("bank", "INSERT INTO items SELECT g, g, repeat('x', 300) FROM generate_series(1000, 20999) g");
+    pg.sql("bank", "INSERT INTO items SELECT g, g, repeat('x', 300) FROM generate_series(1000, 20999) g");
     let deadline = Instant::now() + Duration::from_secs(60);
     while records(&spate) < written + 2_000.0 {
         assert!(Instant::now() < deadline, "the large transaction is not being written");
@@ -354,7 +354,7 @@ fn crashes_of_either_side_lose_nothing_and_write_nothing_twice() {
         skipped >= 2_000.0,
         "the records written before the crash are skipped, not written again ({skipped})"
     );
-    pg.psql("bank", "DELETE FROM items WHERE id >= 1000");
+    pg.sql("bank", "DELETE FROM items WHERE id >= 1000");
 
     let mut kills = 1;
     for round in 0..8 {
@@ -372,13 +372,13 @@ fn crashes_of_either_side_lose_nothing_and_write_nothing_twice() {
             }
             // Drop the replication connection from the PostgreSQL side.
             1 => {
-                pg.psql("bank", "SELECT pg_terminate_backend(pid) FROM pg_stat_replication");
+                pg.sql("bank", "SELECT pg_terminate_backend(pid) FROM pg_stat_replication");
             }
             // Crash PostgreSQL (every process at once) and bring it back.
             _ => {
                 pg.kill();
                 std::thread::sleep(Duration::from_millis(rng.random_range(0..500)));
-                pg.restart();
+                pg.restart().unwrap();
             }
         }
     }
@@ -398,9 +398,9 @@ fn crashes_of_either_side_lose_nothing_and_write_nothing_twice() {
 
 #[test]
 fn keyless_tables_are_refused_and_toast_added_columns_and_truncate_are_handled() {
-    let Some(pg) = Postgres::start("shapes") else { return };
+    let Some(pg) = pg::start("shapes") else { return };
     let Some(kcat) = server::kcat() else { return };
-    pg.psql("postgres", "CREATE DATABASE docs");
+    pg.sql("postgres", "CREATE DATABASE docs");
     pg.psql_script(
         "docs",
         "CREATE TABLE plain (id int PRIMARY KEY, n int, body text);
@@ -422,7 +422,7 @@ fn keyless_tables_are_refused_and_toast_added_columns_and_truncate_are_handled()
     assert_eq!(spate.metric("spate_cdc_up{slot=\"spate\"}"), 0.0);
     assert!(spate.metric("spate_cdc_errors_total{slot=\"spate\"}") >= 1.0);
     // Fixed in PostgreSQL, the connector picks it up on its next attempt.
-    pg.psql("docs", "ALTER TABLE keyless ADD PRIMARY KEY (a)");
+    pg.sql("docs", "ALTER TABLE keyless ADD PRIMARY KEY (a)");
     eventually("the connector to start after the fix", Duration::from_secs(40), || {
         (spate.metric("spate_cdc_up{slot=\"spate\"}") == 1.0).then_some(()).ok_or("down".into())
     });
@@ -449,7 +449,7 @@ fn keyless_tables_are_refused_and_toast_added_columns_and_truncate_are_handled()
             .then_some(())
             .ok_or("not yet".into())
     });
-    let stored: String = pg.psql("docs", "SELECT body FROM full_image WHERE id = 1").trim().to_string();
+    let stored: String = pg.sql("docs", "SELECT body FROM full_image WHERE id = 1").trim().to_string();
     assert!(stored.len() > 10_000, "the body is large enough to be TOAST'd");
     let full = updated("pg.public.full_image").unwrap();
     assert_eq!(full["after"]["body"], stored.as_str(), "filled from the old row");
@@ -473,7 +473,7 @@ fn keyless_tables_are_refused_and_toast_added_columns_and_truncate_are_handled()
     });
 
     // TRUNCATE: a tombstone for every key the topic holds.
-    pg.psql("docs", "TRUNCATE plain");
+    pg.sql("docs", "TRUNCATE plain");
     eventually("the truncate", Duration::from_secs(30), || {
         let rows = latest(&read_topic(&kcat, &spate, "pg.public.plain"));
         rows.is_empty().then_some(()).ok_or(format!("{} keys left", rows.len()))
