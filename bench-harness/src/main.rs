@@ -7,6 +7,7 @@
 
 mod kafka_wire;
 mod plot;
+mod postgres;
 mod reference;
 mod report;
 mod scenarios;
@@ -22,7 +23,7 @@ use spate::log::Durability;
 
 use report::Outcome;
 use scenarios::{
-    backpressure, compaction, consume, hol, kafka_load, latency, network, peers, produce, scale,
+    backpressure, cdc, compaction, consume, hol, kafka_load, latency, network, peers, produce, scale,
 };
 
 #[derive(Debug, Parser)]
@@ -72,6 +73,10 @@ enum Scenario {
     /// Log compaction: bytes compacted per second against a read-and-write reference, space
     /// reclaimed, and produce latency on the same shard with and without compaction running.
     Compaction(CompactionArgs),
+    /// Change data capture from a throwaway PostgreSQL 15 (scripts/install-postgres.sh):
+    /// snapshot rows/s against COPY TO of the same table, commit-to-fetchable latency at a
+    /// fixed rate, and dual writes against a view fed by CDC.
+    Cdc(CdcArgs),
     /// Head-of-line blocking: the log with partition-exclusive consumers against a bounded queue.
     Hol(HolArgs),
     /// A producer faster than its consumer under each backpressure policy.
@@ -101,6 +106,29 @@ struct PeersArgs {
     /// against, through Iggy's Rust SDK; needs spate-bench built with `--features iggy`.
     #[arg(long)]
     iggy_server: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CdcArgs {
+    /// Rows of the table the snapshot copies.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Snapshots taken (each between two COPY references).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Inserts per second (one transaction each) of the latency run.
+    #[arg(long, default_value_t = 1_000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Keys the two dual writers update, and updates per writer and round.
+    #[arg(long, default_value_t = 8)]
+    dual_keys: u32,
+    #[arg(long, default_value_t = 500)]
+    dual_updates: u64,
+    /// The most a dual writer waits between its two writes (microseconds).
+    #[arg(long, default_value_t = 2_000)]
+    dual_delay_us: u64,
 }
 
 #[derive(Debug, Args)]
@@ -473,6 +501,17 @@ fn suite(root: &Path, backend: BackendChoice, progress: &dyn Fn(&str)) -> anyhow
         backend,
     };
     add("compaction", k.to_json(), compaction::run(root, &k, progress)?);
+    let c = cdc::Params {
+        rows: 200_000,
+        rounds: 2,
+        rate: 500.0,
+        seconds: 4.0,
+        dual_keys: 8,
+        dual_updates: 300,
+        dual_delay: Duration::from_millis(2),
+        backend,
+    };
+    add("cdc", c.to_json(), cdc::run(root, &c, progress)?);
     Ok((Value::Object(params), out))
 }
 
@@ -582,6 +621,19 @@ fn main() -> anyhow::Result<()> {
                 backend,
             };
             ("compaction", p.to_json(), compaction::run(&root, &p, &progress)?)
+        }
+        Scenario::Cdc(a) => {
+            let p = cdc::Params {
+                rows: a.rows.max(1),
+                rounds: a.rounds.max(1),
+                rate: a.rate.max(1.0),
+                seconds: a.seconds.max(0.1),
+                dual_keys: a.dual_keys.max(1),
+                dual_updates: a.dual_updates.max(1),
+                dual_delay: Duration::from_micros(a.dual_delay_us),
+                backend,
+            };
+            ("cdc", p.to_json(), cdc::run(&root, &p, &progress)?)
         }
         Scenario::Latency(a) => {
             let p = latency::Params {

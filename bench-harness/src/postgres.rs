@@ -176,15 +176,18 @@ impl Postgres {
         Ok(())
     }
 
-    /// Runs `sql` with its output discarded; returns how long psql took.
-    pub fn psql_timed(&self, db: &str, sql: &str) -> anyhow::Result<Duration> {
+    /// Runs `sql` reading its output and counting it (`COPY ... TO STDOUT`); returns how long
+    /// psql took and how many bytes it printed.
+    pub fn psql_timed(&self, db: &str, sql: &str) -> anyhow::Result<(Duration, u64)> {
         let start = Instant::now();
-        let status = self.psql_command(db).args(["-c", sql]).stdout(Stdio::null()).status()?;
+        let mut child = self.psql_command(db).args(["-c", sql]).stdout(Stdio::piped()).spawn()?;
+        let bytes = std::io::copy(&mut child.stdout.take().context("psql's stdout")?, &mut std::io::sink())?;
+        let status = child.wait()?;
         let took = start.elapsed();
         if !status.success() {
             bail!("psql {sql:?} failed");
         }
-        Ok(took)
+        Ok((took, bytes))
     }
 
     /// SIGKILL to the postmaster and every backend at once: a crash, not a shutdown.
@@ -199,7 +202,9 @@ impl Postgres {
         }
     }
 
-    /// Starts a killed server again on the same port (crash recovery replays its WAL).
+    /// Starts a killed server again on the same port (crash recovery replays its WAL). Used by
+    /// the CDC crash tests.
+    #[allow(dead_code)]
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.boot()
     }

@@ -1,6 +1,7 @@
 //! The scenarios of docs/benchmarks.md, each returning rows and plots.
 
 pub mod backpressure;
+pub mod cdc;
 pub mod compaction;
 pub mod consume;
 pub mod hol;
