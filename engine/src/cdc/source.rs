@@ -40,7 +40,13 @@ pub async fn run(engine: Engine, config: CdcConfig, stats: Arc<CdcStats>, stop: 
     let mut backoff = Duration::from_secs(1);
     while !stop.is_cancelled() {
         let started = Instant::now();
-        let result = session(&engine, &config, &stats, &stop).await;
+        // A stop ends a session wherever it is: a snapshot cut short is taken again from the
+        // start next time, and records appended without their commit stored are recognised by
+        // their positions.
+        let result = tokio::select! {
+            r = session(&engine, &config, &stats, &stop) => r,
+            _ = stop.cancelled() => Ok(()),
+        };
         stats.up.store(0, Ordering::Relaxed);
         match result {
             Ok(()) => break,
