@@ -146,7 +146,18 @@ pub struct Sink {
     pending: BTreeMap<(String, u32), Vec<Pending>>,
     pending_bytes: usize,
     tails: HashMap<(String, u32), Position>,
+    /// Appends made and not yet acknowledged, oldest first (a partition's appends are queued to
+    /// its shard in order, so they land in order).
+    in_flight: std::collections::VecDeque<Ack>,
 }
+
+type Ack = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<crate::ProduceAck, crate::EngineError>> + Send>,
+>;
+
+/// Appends waiting for their acknowledgement before more are made: reading from PostgreSQL goes
+/// on while about this many appends are synced.
+const IN_FLIGHT_MAX: usize = 32;
 
 impl Sink {
     pub fn new(engine: Engine, partitions: u32, flush_bytes: usize, stats: Arc<CdcStats>) -> Sink {
@@ -159,6 +170,7 @@ impl Sink {
             pending: BTreeMap::new(),
             pending_bytes: 0,
             tails: HashMap::new(),
+            in_flight: std::collections::VecDeque::new(),
         }
     }
 
@@ -202,16 +214,37 @@ impl Sink {
             position,
         });
         if self.pending_bytes >= self.flush_bytes {
-            self.flush().await?;
+            self.append().await?;
         }
         Ok(())
     }
 
-    /// Appends everything queued and waits until it is durable.
+    /// Appends everything queued and waits until all of it is durable.
     pub async fn flush(&mut self) -> Result<(), CdcError> {
+        self.append().await?;
+        self.settle(0).await
+    }
+
+    /// Waits for acknowledgements until at most `keep` appends are in flight.
+    async fn settle(&mut self, keep: usize) -> Result<(), CdcError> {
+        while self.in_flight.len() > keep {
+            let ack = self.in_flight.pop_front().expect("not empty");
+            if let Err(e) = ack.await {
+                // What was written is found again by the next session's tails.
+                self.tails.clear();
+                self.in_flight.clear();
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the appends of everything queued, without waiting for more than
+    /// [`IN_FLIGHT_MAX`] of them to be acknowledged.
+    async fn append(&mut self) -> Result<(), CdcError> {
         let pending = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        let mut acks = Vec::new();
+        let mut acks: Vec<Ack> = Vec::new();
         for ((topic, partition), records) in pending {
             let tail = self.tail(&topic, partition).await?;
             let fresh: Vec<&Pending> = records.iter().filter(|r| r.position > tail).collect();
@@ -229,7 +262,11 @@ impl Sink {
             for (r, h) in fresh.iter().zip(&headers) {
                 let size = r.key.len() + r.value.as_ref().map_or(0, Vec::len) + 64;
                 if !batch.is_empty() && batch_bytes + size > BATCH_BYTES {
-                    acks.push(self.engine.produce_async(&topic, Target::Partition(partition), &batch));
+                    acks.push(Box::pin(self.engine.produce_async(
+                        &topic,
+                        Target::Partition(partition),
+                        &batch,
+                    )));
                     batch.clear();
                     batch_bytes = 0;
                 }
@@ -241,22 +278,12 @@ impl Sink {
                 });
                 batch_bytes += size;
             }
-            acks.push(self.engine.produce_async(&topic, Target::Partition(partition), &batch));
+            acks.push(Box::pin(self.engine.produce_async(&topic, Target::Partition(partition), &batch)));
             CdcStats::add(&self.stats.records, fresh.len() as u64);
             self.tails.insert((topic, partition), last);
         }
-        let mut first_error = None;
-        for ack in acks {
-            if let Err(e) = ack.await {
-                first_error.get_or_insert(e);
-            }
-        }
-        if let Some(e) = first_error {
-            // What was written is found again by the next session's tails.
-            self.tails.clear();
-            return Err(e.into());
-        }
-        Ok(())
+        self.in_flight.extend(acks);
+        self.settle(IN_FLIGHT_MAX).await
     }
 
     /// The position of the partition's last record (the default when it has none).

@@ -377,6 +377,7 @@ async fn heartbeat(config: CdcConfig, stats: Arc<CdcStats>, token: CancellationT
                     stats.slot_lag_bytes.store(lag, Ordering::Relaxed);
                 }
             }
+            Err(_) if token.is_cancelled() => return,
             Err(e) => {
                 if !warned {
                     tracing::warn!(slot = %config.slot, error = %e, "cdc heartbeat failed (an idle database will not advance the slot)");
