@@ -104,12 +104,13 @@ impl Table {
         format!("{}.{}", self.schema, self.name)
     }
 
-    /// The key of `row`: a JSON object of the key columns, in key order.
-    pub fn key(&self, row: &RowData) -> Result<Vec<u8>, KeyError> {
+    /// The key of `row`: a JSON object of the key columns, in key order. A key column the row
+    /// lacks (a TOAST'd value an update left unchanged) is taken from `fill`.
+    pub fn key(&self, row: &RowData, fill: Option<&RowData>) -> Result<Vec<u8>, KeyError> {
         let mut key = Fields::default();
         for &i in &self.key {
             let column = &self.columns[i];
-            match row.get(&column.name) {
+            match row.get(&column.name).or_else(|| fill.and_then(|f| f.get(&column.name))) {
                 Some(v) if !v.is_null() => {
                     key.0.push((column.name.clone(), json_value(column.type_oid, v)));
                 }
@@ -331,12 +332,19 @@ mod tests {
     #[test]
     fn key_is_the_key_columns_in_key_order() {
         let t = table();
-        let key =
-            t.key(&row(&[("id", Some("7")), ("region", Some("eu")), ("balance", Some("1.00"))])).unwrap();
+        let key = t
+            .key(&row(&[("id", Some("7")), ("region", Some("eu")), ("balance", Some("1.00"))]), None)
+            .unwrap();
         assert_eq!(std::str::from_utf8(&key).unwrap(), r#"{"region":"eu","id":7}"#, "key order, not sorted");
-        let err = t.key(&row(&[("id", Some("7")), ("region", None)])).unwrap_err();
+        let err = t.key(&row(&[("id", Some("7")), ("region", None)]), None).unwrap_err();
         assert_eq!(err.column, "region");
-        assert!(t.key(&row(&[("region", Some("eu"))])).is_err(), "a missing key column is refused");
+        assert!(t.key(&row(&[("region", Some("eu"))]), None).is_err(), "a missing key column is refused");
+        let old = row(&[("id", Some("7")), ("region", Some("eu"))]);
+        assert_eq!(
+            t.key(&row(&[("region", Some("eu"))]), Some(&old)).unwrap(),
+            key,
+            "filled from the old row"
+        );
     }
 
     #[test]

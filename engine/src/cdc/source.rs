@@ -297,7 +297,9 @@ async fn session(
         stream
     } else {
         if exists {
-            tracing::warn!(slot = %config.slot, "dropping the replication slot of an unfinished snapshot");
+            let why =
+                if state.snapshot_done { "the publication changed" } else { "its snapshot did not finish" };
+            tracing::warn!(slot = %config.slot, why, "dropping the replication slot to take a new snapshot");
             drop_slot(&mut s.sql, &config.slot).await?;
         } else if state.snapshot_done {
             tracing::warn!(slot = %config.slot, "the replication slot is gone (dropped, or the database restored): taking a new snapshot");
@@ -475,7 +477,7 @@ impl Session<'_> {
         seq: &mut u64,
         marker: &'static str,
     ) -> Result<(), CdcError> {
-        let key = table.key(data).map_err(|e| CdcError::Refused(e.to_string()))?;
+        let key = table.key(data, None).map_err(|e| CdcError::Refused(e.to_string()))?;
         let after = table.row(data, None);
         let value =
             envelope(table, Op::Read, None, Some(&after), &self.source(ts, None, lsn, marker), now_ms());
@@ -567,15 +569,15 @@ impl Session<'_> {
             EventType::Insert { relation_oid, data, .. } => {
                 let Some(t) = live(txn) else { return Ok(()) };
                 let table = self.relation(relation_oid)?;
-                let key = self.key(&table, &data)?;
+                let key = self.key(&table, &data, None)?;
                 let after = table.row(&data, None);
                 self.change(&table, t, key, Op::Create, None, Some(after)).await?;
             }
             EventType::Update { relation_oid, old_data, new_data, replica_identity, .. } => {
                 let Some(t) = live(txn) else { return Ok(()) };
                 let table = self.relation(relation_oid)?;
-                let key = self.key(&table, &new_data)?;
-                let old_key = old_data.as_ref().map(|o| self.key(&table, o)).transpose()?;
+                let key = self.key(&table, &new_data, old_data.as_ref())?;
+                let old_key = old_data.as_ref().map(|o| self.key(&table, o, None)).transpose()?;
                 let after = table.row(&new_data, old_data.as_ref());
                 match (old_key, old_data) {
                     // The key changed: a delete of the old key (and its tombstone), a create.
@@ -597,7 +599,7 @@ impl Session<'_> {
             EventType::Delete { relation_oid, old_data, .. } => {
                 let Some(t) = live(txn) else { return Ok(()) };
                 let table = self.relation(relation_oid)?;
-                let key = self.key(&table, &old_data)?;
+                let key = self.key(&table, &old_data, None)?;
                 let before = table.key_row(&old_data);
                 self.change(&table, t, key.clone(), Op::Delete, Some(before), None).await?;
                 self.tombstone(&table, t, key).await?;
@@ -634,8 +636,8 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn key(&self, table: &Table, row: &RowData) -> Result<Vec<u8>, CdcError> {
-        table.key(row).map_err(|e| CdcError::Refused(e.to_string()))
+    fn key(&self, table: &Table, row: &RowData, fill: Option<&RowData>) -> Result<Vec<u8>, CdcError> {
+        table.key(row, fill).map_err(|e| CdcError::Refused(e.to_string()))
     }
 
     async fn change(

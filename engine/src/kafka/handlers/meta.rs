@@ -18,7 +18,7 @@ use super::super::codec::{self, Outgoing, Prefix};
 use super::super::server::Ctx;
 use super::super::versions::SUPPORTED;
 use super::{str_bytes, topic_name};
-use crate::engine::{EngineError, TopicInfo, OFFSETS_TOPIC};
+use crate::engine::{EngineError, TopicInfo};
 
 /// The only broker: this server.
 pub const NODE_ID: i32 = 0;
@@ -135,7 +135,8 @@ fn describe_topic(info: &TopicInfo) -> MetadataResponseTopic {
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&info.name)))
-        .with_is_internal(&*info.name == OFFSETS_TOPIC)
+        // `__consumer_offsets` and the CDC connector's `__spate_cdc`: written by the server only.
+        .with_is_internal(info.name.starts_with("__"))
         .with_partitions(partitions)
 }
 
