@@ -21,7 +21,7 @@ mod shard;
 pub use engine::{
     shard_of, topics, Backpressure, Change, ChangeStream, Clock, CommittedOffset, Engine, EngineConfig,
     EngineError, FetchOptions, Fetched, FetchedRecord, IdleStrategy, IoFactory, LatencyBuckets, ManualClock,
-    OffsetSpec, ProduceAck, Producer, ShardStats, Target, TopicInfo, CONSUMER_NAME_BYTES_MAX, OFFSETS_TOPIC,
-    OFFSET_METADATA_MAX_BYTES, TOPIC_PARTITIONS_MAX,
+    OffsetSpec, ProduceAck, Producer, ShardStats, Target, TopicId, TopicInfo, CONSUMER_NAME_BYTES_MAX,
+    OFFSETS_TOPIC, OFFSET_METADATA_MAX_BYTES, TOPIC_PARTITIONS_MAX,
 };
 pub use shard::mailbox;

@@ -10,6 +10,10 @@ use crate::log::LogError;
 pub enum EngineError {
     #[error("unknown topic {0:?}")]
     UnknownTopic(String),
+    /// No topic has this ID (its text form); the topic may have been deleted, or deleted and
+    /// created again under a new ID.
+    #[error("no topic has ID {0}")]
+    UnknownTopicId(String),
     #[error("topic {topic:?} has no partition {partition}")]
     UnknownPartition { topic: String, partition: u32 },
     #[error("topic {0:?} already exists")]

@@ -52,7 +52,7 @@ pub use crate::api::{
 };
 pub use changes::{Change, ChangeStream};
 pub use lifecycle::IoFactory;
-pub use topics::TopicInfo;
+pub use topics::{TopicId, TopicInfo};
 
 use crate::log::{Durability, LogConfig};
 use crate::record::{BatchBuilder, BatchOptions, Record};
@@ -88,6 +88,8 @@ struct Inner {
     config: EngineConfig,
     shards: Vec<MailboxSender<Request>>,
     topics: ArcSwap<HashMap<Arc<str>, TopicInfo>>,
+    /// The names of the topics by ID, rebuilt with `topics`.
+    topic_ids: ArcSwap<HashMap<topics::TopicId, Arc<str>>>,
     /// Serialises topic creation and deletion (not on the data path).
     admin: Mutex<()>,
     /// The shard threads until shutdown has joined them; held for the whole shutdown, so a
@@ -124,9 +126,14 @@ impl Engine {
         let lock = DirLock::acquire(dir)?;
         let mut known = topics::load_all(&topics_dir)?;
         if !known.iter().any(|t| &*t.name == OFFSETS_TOPIC) {
-            let info = offsets_topic(config.offsets_partitions, config.offsets_segment_bytes);
+            let info = offsets_topic(config.offsets_partitions, config.offsets_segment_bytes)?;
             topics::store(&topics_dir, &info)?;
             known.push(info);
+        }
+        // Topics described before topics had IDs get theirs now, once and durably.
+        for info in known.iter_mut().filter(|t| t.id.is_none()) {
+            info.id = new_topic_id()?;
+            topics::store(&topics_dir, info)?;
         }
         for info in known.iter_mut().filter(|t| &*t.name == OFFSETS_TOPIC) {
             let wanted = offsets_config(config.offsets_segment_bytes);
@@ -153,6 +160,7 @@ impl Engine {
                 config,
                 shards: senders,
                 topics: ArcSwap::from_pointee(HashMap::new()),
+                topic_ids: ArcSwap::from_pointee(HashMap::new()),
                 admin: Mutex::new(()),
                 threads: Mutex::new(Some(threads)),
                 closed: AtomicBool::new(false),
@@ -214,7 +222,9 @@ impl Engine {
     fn publish(&self, change: impl FnOnce(&mut HashMap<Arc<str>, TopicInfo>)) {
         let mut next = HashMap::clone(&self.inner.topics.load());
         change(&mut next);
+        let ids = next.values().map(|t| (t.id, Arc::clone(&t.name))).collect();
         self.inner.topics.store(Arc::new(next));
+        self.inner.topic_ids.store(Arc::new(ids));
     }
 
     fn open_partitions(&self, info: &TopicInfo) -> Result<(), EngineError> {
@@ -287,7 +297,7 @@ impl Engine {
             return Err(EngineError::TopicExists(name.into()));
         }
         self.check_partition_room(partitions)?;
-        let info = TopicInfo { name: Arc::from(name), partitions, config };
+        let info = TopicInfo { name: Arc::from(name), id: new_topic_id()?, partitions, config };
         // Partitions first, the description last: a crash in between leaves data without a
         // topic, which the next open removes; never a topic without its partitions.
         let opened = self.open_partitions(&info).and_then(|()| topics::store(&self.inner.topics_dir, &info));
@@ -470,6 +480,13 @@ impl Engine {
     /// allocation cannot be reused). `None` if no such topic exists.
     pub fn topic_handle(&self, name: &str) -> Option<Arc<str>> {
         self.inner.topics.load().get(name).map(|t| Arc::clone(&t.name))
+    }
+
+    /// The topic whose ID is `id`.
+    pub fn topic_by_id(&self, id: &topics::TopicId) -> Result<TopicInfo, EngineError> {
+        let name = self.inner.topic_ids.load().get(id).cloned();
+        name.and_then(|n| self.inner.topics.load().get(&n).cloned())
+            .ok_or_else(|| EngineError::UnknownTopicId(id.to_string()))
     }
 
     pub fn topic(&self, name: &str) -> Result<TopicInfo, EngineError> {
@@ -1075,8 +1092,17 @@ fn next_round_robin() -> u32 {
     })
 }
 
-fn offsets_topic(partitions: u32, segment_bytes: u64) -> TopicInfo {
-    TopicInfo { name: Arc::from(OFFSETS_TOPIC), partitions, config: offsets_config(segment_bytes) }
+fn new_topic_id() -> Result<topics::TopicId, EngineError> {
+    topics::TopicId::random().map_err(|source| EngineError::System { what: "generating a topic ID", source })
+}
+
+fn offsets_topic(partitions: u32, segment_bytes: u64) -> Result<TopicInfo, EngineError> {
+    Ok(TopicInfo {
+        name: Arc::from(OFFSETS_TOPIC),
+        id: new_topic_id()?,
+        partitions,
+        config: offsets_config(segment_bytes),
+    })
 }
 
 /// The offsets topic's configuration: compacted (only the latest commit of each key is kept),

@@ -1724,3 +1724,44 @@ fn an_archiving_topic_cannot_stop_archiving() {
     engine.create_topic("kept", 1, LogConfig { archive: true, ..LogConfig::default() }).unwrap();
     assert!(matches!(engine.alter_topic("kept", LogConfig::default()), Err(EngineError::BadTopicConfig(_))));
 }
+
+#[test]
+fn topics_have_ids_stable_across_restarts_and_new_for_a_recreated_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Engine::open(dir.path(), config(BackendChoice::Fallback, 1)).unwrap();
+    let engine = open();
+    engine.create_topic("a", 1, LogConfig::default()).unwrap();
+    engine.create_topic("b", 2, LogConfig::default()).unwrap();
+    let (a, b) = (engine.topic("a").unwrap().id, engine.topic("b").unwrap().id);
+    let offsets = engine.topic(OFFSETS_TOPIC).unwrap().id;
+    assert!(!a.is_none() && !b.is_none() && !offsets.is_none());
+    assert!(a != b && a != offsets);
+    assert_eq!(&*engine.topic_by_id(&a).unwrap().name, "a");
+    engine.shutdown().unwrap();
+    drop(engine);
+
+    let engine = open();
+    assert_eq!(engine.topic("a").unwrap().id, a, "kept across a restart");
+    assert_eq!(engine.topic(OFFSETS_TOPIC).unwrap().id, offsets);
+    engine.delete_topic("a").unwrap();
+    assert!(matches!(engine.topic_by_id(&a), Err(EngineError::UnknownTopicId(_))));
+    engine.create_topic("a", 1, LogConfig::default()).unwrap();
+    let again = engine.topic("a").unwrap().id;
+    assert_ne!(again, a, "a recreated topic gets a new ID");
+    assert!(engine.topic_by_id(&a).is_err(), "the old ID names nothing");
+    engine.shutdown().unwrap();
+    drop(engine);
+
+    // A description written before topics had IDs gets one at the next open, and keeps it.
+    let file = dir.path().join("topics").join("b.topic");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let legacy: String = text.lines().filter(|l| !l.starts_with("id=")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&file, legacy).unwrap();
+    let engine = open();
+    let given = engine.topic("b").unwrap().id;
+    assert!(!given.is_none() && given != b);
+    assert!(std::fs::read_to_string(&file).unwrap().contains(&format!("id={given}")), "stored durably");
+    engine.shutdown().unwrap();
+    drop(engine);
+    assert_eq!(open().topic("b").unwrap().id, given);
+}

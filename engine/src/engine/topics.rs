@@ -17,8 +17,86 @@ use crate::log::{Durability, LogConfig};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
     pub name: Arc<str>,
+    pub id: TopicId,
     pub partitions: u32,
     pub config: LogConfig,
+}
+
+/// A topic's UUID (Kafka's topic ID, KIP-516): random when the topic is created, kept in its
+/// description file, never reused — a topic deleted and created again under the same name gets
+/// a new one, so a client holding the old ID cannot read the new topic by mistake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicId(pub [u8; 16]);
+
+impl TopicId {
+    /// The all-zero UUID: "no ID" in Kafka's protocol.
+    pub const NONE: TopicId = TopicId([0; 16]);
+
+    /// A random version-4 UUID (never the all-zero one, nor Kafka's reserved `...0001`).
+    pub fn random() -> Result<TopicId, std::io::Error> {
+        loop {
+            let mut b = [0u8; 16];
+            fill_random(&mut b)?;
+            b[6] = (b[6] & 0x0f) | 0x40;
+            b[8] = (b[8] & 0x3f) | 0x80;
+            let id = TopicId(b);
+            if id.0[..15].iter().any(|&x| x != 0) {
+                return Ok(id);
+            }
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        *self == TopicId::NONE
+    }
+}
+
+fn fill_random(buf: &mut [u8]) -> Result<(), std::io::Error> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lower-case hex.
+impl std::fmt::Display for TopicId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for TopicId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TopicId, String> {
+        let hex: String = s.chars().filter(|&c| c != '-').collect();
+        if hex.len() != 32 || s.len() != 36 {
+            return Err(format!("{s:?} is not a UUID"));
+        }
+        let mut b = [0u8; 16];
+        for (i, byte) in b.iter_mut().enumerate() {
+            *byte =
+                u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| format!("{s:?} is not a UUID"))?;
+        }
+        Ok(TopicId(b))
+    }
 }
 
 /// Kafka's rules for topic names: 1 to 249 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
@@ -48,11 +126,12 @@ pub fn encode(info: &TopicInfo) -> String {
     let opt = |v: Option<u128>| v.map_or("none".to_string(), |v| v.to_string());
     format!(
         "# Spate topic description; edit with the engine, not by hand.\n\
-         partitions={}\nsegment_bytes={}\nsegment_age_ms={}\nretention_bytes={}\nretention_ms={}\n\
+         id={}\npartitions={}\nsegment_bytes={}\nsegment_age_ms={}\nretention_bytes={}\nretention_ms={}\n\
          index_interval_bytes={}\nbatch_bytes_max={}\ndurability={}\n\
          timestamp_after_max_ms={}\ntimestamp_before_max_ms={}\n\
          cleanup_policy={}\ndelete_retention_ms={}\nmin_compaction_lag_ms={}\nmax_compaction_lag_ms={}\n\
          min_cleanable_dirty_ratio_ppm={}\narchive={}\narchive_retention_bytes={}\narchive_retention_ms={}\n",
+        info.id,
         info.partitions,
         c.segment_bytes,
         millis(c.segment_age),
@@ -76,6 +155,7 @@ pub fn encode(info: &TopicInfo) -> String {
 
 pub fn decode(name: &str, text: &str) -> Result<TopicInfo, String> {
     let mut partitions = None;
+    let mut id = TopicId::NONE;
     let mut c = LogConfig::default();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -87,6 +167,7 @@ pub fn decode(name: &str, text: &str) -> Result<TopicInfo, String> {
         let num = || value.parse::<u64>().map_err(|e| format!("line {}: {key}: {e}", n + 1));
         let opt = || if value == "none" { Ok(None) } else { num().map(Some) };
         match key {
+            "id" => id = value.parse().map_err(|e| format!("line {}: id: {e}", n + 1))?,
             "partitions" => partitions = Some(u32::try_from(num()?).map_err(|e| e.to_string())?),
             "segment_bytes" => c.segment_bytes = num()?,
             "segment_age_ms" => c.segment_age = Duration::from_millis(num()?),
@@ -113,7 +194,8 @@ pub fn decode(name: &str, text: &str) -> Result<TopicInfo, String> {
     }
     let partitions = partitions.filter(|&p| p > 0).ok_or("missing or zero partitions")?;
     c.validate()?;
-    Ok(TopicInfo { name: Arc::from(name), partitions, config: c })
+    // A description written before topics had IDs has none: the engine gives it one at open.
+    Ok(TopicInfo { name: Arc::from(name), id, partitions, config: c })
 }
 
 fn topic_path(dir: &Path, name: &str) -> PathBuf {
@@ -180,6 +262,7 @@ mod tests {
     fn descriptions_round_trip_and_bad_ones_are_refused() {
         let info = TopicInfo {
             name: Arc::from("orders"),
+            id: TopicId::random().unwrap(),
             partitions: 12,
             config: LogConfig {
                 retention_bytes: Some(1 << 30),
@@ -189,6 +272,8 @@ mod tests {
             },
         };
         assert_eq!(decode("orders", &encode(&info)).unwrap(), info);
+        assert_eq!(decode("t", "partitions=2\n").unwrap().id, TopicId::NONE, "older files have no id");
+        assert!(decode("t", "id=nope\npartitions=2\n").unwrap_err().contains("id"));
         assert!(decode("t", "partitions=0\n").is_err());
         assert!(decode("t", "partitions=2\nmystery=1\n").unwrap_err().contains("unknown key"));
         assert!(decode("t", "partitions=2\nsegment_bytes=x\n").is_err());
@@ -196,10 +281,40 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_random_v4_uuids_and_round_trip_as_text() {
+        let a = TopicId::random().unwrap();
+        let b = TopicId::random().unwrap();
+        assert_ne!(a, b);
+        assert!(!a.is_none());
+        assert_eq!(a.0[6] >> 4, 4, "version 4");
+        assert_eq!(a.0[8] >> 6, 0b10, "RFC 4122 variant");
+        let text = a.to_string();
+        assert_eq!(text.len(), 36);
+        assert_eq!(text.parse::<TopicId>().unwrap(), a);
+        assert_eq!(
+            TopicId([0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8]).to_string(),
+            "12345678-9abc-def0-0102-030405060708"
+        );
+        for bad in ["", "12345678-9abc-def0-0102-03040506070", "g2345678-9abc-def0-0102-030405060708"] {
+            assert!(bad.parse::<TopicId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn store_load_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let a = TopicInfo { name: Arc::from("a"), partitions: 1, config: LogConfig::default() };
-        let b = TopicInfo { name: Arc::from("b"), partitions: 3, config: LogConfig::default() };
+        let a = TopicInfo {
+            name: Arc::from("a"),
+            id: TopicId::random().unwrap(),
+            partitions: 1,
+            config: LogConfig::default(),
+        };
+        let b = TopicInfo {
+            name: Arc::from("b"),
+            id: TopicId::random().unwrap(),
+            partitions: 3,
+            config: LogConfig::default(),
+        };
         store(dir.path(), &b).unwrap();
         store(dir.path(), &a).unwrap();
         std::fs::write(dir.path().join("c.tmp"), "partial").unwrap();
@@ -209,8 +324,12 @@ mod tests {
         remove(dir.path(), "b").unwrap();
         assert_eq!(load_all(dir.path()).unwrap(), vec![a.clone()]);
         // The longest valid name fits the file system's 255-byte name limit, temporary file too.
-        let long =
-            TopicInfo { name: Arc::from("x".repeat(249)), partitions: 1, config: LogConfig::default() };
+        let long = TopicInfo {
+            name: Arc::from("x".repeat(249)),
+            id: TopicId::random().unwrap(),
+            partitions: 1,
+            config: LogConfig::default(),
+        };
         store(dir.path(), &long).unwrap();
         assert_eq!(load_all(dir.path()).unwrap(), vec![a, long]);
     }

@@ -11,6 +11,7 @@ pub fn code(e: &EngineError) -> ResponseError {
         EngineError::UnknownTopic(_) | EngineError::UnknownPartition { .. } => {
             ResponseError::UnknownTopicOrPartition
         }
+        EngineError::UnknownTopicId(_) => ResponseError::UnknownTopicId,
         EngineError::TopicExists(_) => ResponseError::TopicAlreadyExists,
         EngineError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
         EngineError::BadEngineConfig { .. }

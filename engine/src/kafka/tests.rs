@@ -39,12 +39,32 @@ fn produce_request_frame(topic: &str, correlation_id: i32, batch: Vec<u8>) -> Ve
 
 /// A request frame: size, header v1, `request` encoded at `version`.
 fn request_frame(api: ApiKey, version: i16, correlation_id: i32, request: &impl Encodable) -> Vec<u8> {
+    header_request_frame(api, version, 1, correlation_id, request)
+}
+
+/// [`request_frame`] with header v2, as flexible versions have it.
+fn flexible_request_frame(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    request: &impl Encodable,
+) -> Vec<u8> {
+    header_request_frame(api, version, 2, correlation_id, request)
+}
+
+fn header_request_frame(
+    api: ApiKey,
+    version: i16,
+    header_version: i16,
+    correlation_id: i32,
+    request: &impl Encodable,
+) -> Vec<u8> {
     let header = RequestHeader::default()
         .with_request_api_key(api as i16)
         .with_request_api_version(version)
         .with_correlation_id(correlation_id);
     let mut buf = BytesMut::new();
-    header.encode(&mut buf, 1).unwrap();
+    header.encode(&mut buf, header_version).unwrap();
     request.encode(&mut buf, version).unwrap();
     let mut frame = (buf.len() as i32).to_be_bytes().to_vec();
     frame.extend_from_slice(&buf);
@@ -277,6 +297,85 @@ fn produce_frames_cannot_take_the_room_kept_for_small_requests() {
     let r = ProduceResponse::decode(&mut bytes::Bytes::from(body).slice(4..), 7).unwrap();
     assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
     drop((producer, other));
+    server.shutdown();
+    engine.shutdown().unwrap();
+}
+
+/// Topic IDs: Metadata v12 returns them and answers by them, Fetch v13 reads by them,
+/// DeleteTopics v6 deletes by them, and an unknown or stale ID is UNKNOWN_TOPIC_ID.
+#[test]
+fn topics_are_named_by_id_in_metadata_fetch_and_delete_topics() {
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{
+        DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest, FetchResponse, MetadataRequest,
+        MetadataResponse,
+    };
+    const UNKNOWN_TOPIC_ID: i16 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, server) = one_shard_server(dir.path(), Some("ids"));
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    s.write_all(&produce_frame("ids", 1, -1, -1)).unwrap();
+    read_frame(&mut s);
+    let id = uuid::Uuid::from_bytes(engine.topic("ids").unwrap().id.0);
+    // Flexible responses: correlation id, then the header's tagged fields.
+    let body = |frame: Vec<u8>| bytes::Bytes::from(frame).slice(5..);
+    let metadata = |s: &mut TcpStream, topics: Option<Vec<MetadataRequestTopic>>| {
+        s.write_all(&flexible_request_frame(
+            ApiKey::Metadata,
+            12,
+            2,
+            &MetadataRequest::default().with_topics(topics),
+        ))
+        .unwrap();
+        MetadataResponse::decode(&mut body(read_frame(s)), 12).unwrap()
+    };
+
+    let all = metadata(&mut s, None);
+    let t = all.topics.iter().find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "ids")).unwrap();
+    assert_eq!(t.topic_id, id);
+    let by_id =
+        metadata(&mut s, Some(vec![MetadataRequestTopic::default().with_name(None).with_topic_id(id)]));
+    assert_eq!(by_id.topics[0].name.as_ref().unwrap().0.as_str(), "ids");
+    assert_eq!(by_id.topics[0].error_code, 0);
+    let unknown = uuid::Uuid::from_bytes([7; 16]);
+    let missing =
+        metadata(&mut s, Some(vec![MetadataRequestTopic::default().with_name(None).with_topic_id(unknown)]));
+    assert_eq!((missing.topics[0].error_code, missing.topics[0].topic_id), (UNKNOWN_TOPIC_ID, unknown));
+
+    let fetch = |s: &mut TcpStream, id: uuid::Uuid| {
+        let request = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(vec![
+            FetchTopic::default().with_topic_id(id).with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)]),
+        ]);
+        s.write_all(&flexible_request_frame(ApiKey::Fetch, 13, 3, &request)).unwrap();
+        FetchResponse::decode(&mut body(read_frame(s)), 13).unwrap()
+    };
+    let fetched = fetch(&mut s, id);
+    let topic = &fetched.responses[0];
+    assert_eq!(topic.topic_id, id);
+    assert_eq!(topic.partitions[0].error_code, 0);
+    assert_eq!(topic.partitions[0].high_watermark, 1);
+    assert!(topic.partitions[0].records.as_ref().is_some_and(|r| !r.is_empty()), "the record by topic ID");
+    let fetched = fetch(&mut s, unknown);
+    assert_eq!(fetched.responses[0].partitions[0].error_code, UNKNOWN_TOPIC_ID);
+
+    let request = DeleteTopicsRequest::default()
+        .with_topics(vec![DeleteTopicState::default().with_topic_id(id)])
+        .with_timeout_ms(5000);
+    s.write_all(&flexible_request_frame(ApiKey::DeleteTopics, 6, 4, &request)).unwrap();
+    let deleted = DeleteTopicsResponse::decode(&mut body(read_frame(&mut s)), 6).unwrap();
+    assert_eq!(deleted.responses[0].error_code, 0);
+    assert_eq!(deleted.responses[0].name.as_ref().unwrap().0.as_str(), "ids");
+    assert!(engine.topic("ids").is_err());
+    engine.create_topic("ids", 1, LogConfig::default()).unwrap();
+    let stale =
+        metadata(&mut s, Some(vec![MetadataRequestTopic::default().with_name(None).with_topic_id(id)]));
+    assert_eq!(stale.topics[0].error_code, UNKNOWN_TOPIC_ID, "a recreated topic has a new ID");
+    drop(s);
     server.shutdown();
     engine.shutdown().unwrap();
 }

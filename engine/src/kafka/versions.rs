@@ -4,11 +4,11 @@
 use kafka_protocol::messages::ApiKey;
 
 /// (API, lowest version, highest version) implemented. The ranges stop where a later version
-/// changes semantics Spate does not implement (topic IDs in Produce/Fetch, KIP-848 group
-/// protocol fields, transactions).
+/// changes semantics Spate does not implement (topic IDs in Produce, KIP-848 group protocol
+/// fields, transactions).
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
-    (ApiKey::Fetch, 4, 12),
+    (ApiKey::Fetch, 4, 16),
     (ApiKey::ListOffsets, 1, 6),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::OffsetCommit, 2, 8),

@@ -191,6 +191,10 @@ pub async fn create_topics(
             Ok(p) => {
                 result.num_partitions = p as i32;
                 result.replication_factor = 1;
+                // v7+: the new topic's ID (nil for validate_only, as Kafka).
+                if let Some(info) = ctx.engine.topic(&name).ok().filter(|_| !request.validate_only) {
+                    result.topic_id = uuid::Uuid::from_bytes(info.id.0);
+                }
                 if version >= 5 {
                     result.configs = Some(
                         describe_config(&config)
@@ -222,20 +226,30 @@ pub async fn delete_topics(
     request: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
-    let names: Vec<Option<String>> = if version >= 6 {
-        request.topics.into_iter().map(|t| t.name.map(|n| n.0.to_string())).collect()
+    // v6+ names a topic by name or by ID.
+    let named: Vec<(Option<String>, uuid::Uuid)> = if version >= 6 {
+        request.topics.into_iter().map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id)).collect()
     } else {
-        request.topic_names.into_iter().map(|n| Some(n.0.to_string())).collect()
+        request.topic_names.into_iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect()
     };
     let mut responses = Vec::new();
-    for name in names {
-        let mut result = DeletableTopicResult::default();
-        let Some(name) = name else {
-            // Deleting by topic id: Spate has no topic ids.
-            result.error_code = ResponseError::UnknownTopicId.code();
-            responses.push(result);
-            continue;
+    for (name, id) in named {
+        let mut result = DeletableTopicResult::default().with_topic_id(id);
+        let name = match name {
+            Some(name) => name,
+            None => match ctx.engine.topic_by_id(&crate::engine::TopicId(*id.as_bytes())) {
+                Ok(info) => info.name.to_string(),
+                Err(e) => {
+                    result.error_code = errors::code(&e).code();
+                    result.error_message = Some(str_bytes(&e.to_string()));
+                    responses.push(result);
+                    continue;
+                }
+            },
         };
+        if let Ok(info) = ctx.engine.topic(&name) {
+            result.topic_id = uuid::Uuid::from_bytes(info.id.0);
+        }
         result.name = Some(topic_name(&name));
         let owned = name.clone();
         if let Err(e) = ctx.admin(move |engine| engine.delete_topic(&owned)).await {

@@ -27,6 +27,8 @@ const RESPONSE_BYTES_CAP: u64 = 1 << 30;
 
 struct Want {
     topic: Rc<str>,
+    /// The topic ID the request named it by (v13+; nil before).
+    id: uuid::Uuid,
     partition: i32,
     offset: i64,
     max_bytes: u64,
@@ -40,7 +42,17 @@ pub async fn handle(
     budget: super::FrameBudget,
 ) -> Result<Option<Outgoing>, String> {
     let version = header.request_api_version;
-    let request: FetchRequest = codec::decode_body(&mut body, version, "Fetch").map_err(|e| e.to_string())?;
+    let mut request: FetchRequest =
+        codec::decode_body(&mut body, version, "Fetch").map_err(|e| e.to_string())?;
+    if version >= 13 {
+        // v13+ names topics by ID: from here on they go by name. An unknown ID gets the empty
+        // name, which no topic has (UNKNOWN_TOPIC_ID in the response).
+        for t in &mut request.topics {
+            let id = crate::engine::TopicId(*t.topic_id.as_bytes());
+            let name = ctx.engine.topic_by_id(&id).map(|info| info.name);
+            t.topic = topic_name(name.as_deref().unwrap_or(""));
+        }
+    }
     // The long poll below holds none of the request budget.
     drop((body, budget));
     *owner = super::sole_owner(
@@ -80,8 +92,10 @@ pub async fn handle(
             .iter()
             .flat_map(|t| {
                 let name: Rc<str> = Rc::from(t.topic.0.as_str());
+                let id = t.topic_id;
                 t.partitions.iter().map(move |p| Want {
                     topic: Rc::clone(&name),
+                    id,
                     partition: p.partition,
                     offset: p.fetch_offset,
                     max_bytes: 0,
@@ -106,6 +120,7 @@ pub async fn handle(
         for p in topic.partitions {
             wants.push(Want {
                 topic: Rc::clone(&name),
+                id: topic.topic_id,
                 partition: p.partition,
                 offset: p.fetch_offset,
                 max_bytes: u64::try_from(p.partition_max_bytes).unwrap_or(0).min(PARTITION_BYTES_CAP),
@@ -343,15 +358,23 @@ fn encode(
                 }
             }
             Err(e) => {
-                p.error_code = errors::code(&e).code();
+                p.error_code = match e {
+                    EngineError::UnknownTopic(_) if version >= 13 => {
+                        kafka_protocol::error::ResponseError::UnknownTopicId.code()
+                    }
+                    ref other => errors::code(other).code(),
+                };
                 p.high_watermark = -1;
                 tracing::debug!(topic = %w.topic, partition = w.partition, error = %e, "fetch refused");
             }
         }
         match topics.last_mut() {
-            Some(t) if t.topic.0.as_str() == &*w.topic => t.partitions.push(p),
+            Some(t) if t.topic.0.as_str() == &*w.topic && t.topic_id == w.id => t.partitions.push(p),
             _ => topics.push(
-                FetchableTopicResponse::default().with_topic(topic_name(&w.topic)).with_partitions(vec![p]),
+                FetchableTopicResponse::default()
+                    .with_topic(topic_name(&w.topic))
+                    .with_topic_id(w.id)
+                    .with_partitions(vec![p]),
             ),
         }
     }

@@ -56,11 +56,19 @@ pub async fn metadata(ctx: &Rc<Ctx>, request: MetadataRequest, version: i16) -> 
         .with_node_id(BrokerId(NODE_ID))
         .with_host(str_bytes(host))
         .with_port(i32::from(*port));
-    // v0 asks for every topic with an empty list; later versions with a null one.
-    let wanted: Option<Vec<String>> = match request.topics {
+    // v0 asks for every topic with an empty list; later versions with a null one. v10+ may
+    // name a topic by ID instead (a null name).
+    let wanted: Option<Vec<Wanted>> = match request.topics {
         None => None,
         Some(t) if t.is_empty() && version == 0 => None,
-        Some(t) => Some(t.into_iter().filter_map(|t| t.name.map(|n| n.0.to_string())).collect()),
+        Some(t) => Some(
+            t.into_iter()
+                .map(|t| match t.name {
+                    Some(n) if !(n.0.is_empty() && !t.topic_id.is_nil()) => Wanted::Name(n.0.to_string()),
+                    _ => Wanted::Id(t.topic_id),
+                })
+                .collect(),
+        ),
     };
     // Clients before v4 cannot say; Kafka creates for them when auto creation is on.
     let allow_create = version < 4 || request.allow_auto_topic_creation;
@@ -72,7 +80,19 @@ pub async fn metadata(ctx: &Rc<Ctx>, request: MetadataRequest, version: i16) -> 
             }
         }
         Some(names) => {
-            for name in names {
+            for wanted in names {
+                let name = match wanted {
+                    Wanted::Name(name) => name,
+                    Wanted::Id(id) => {
+                        topics.push(match ctx.engine.topic_by_id(&crate::engine::TopicId(*id.as_bytes())) {
+                            Ok(info) => describe_topic(&info),
+                            Err(e) => MetadataResponseTopic::default()
+                                .with_topic_id(id)
+                                .with_error_code(super::super::errors::code(&e).code()),
+                        });
+                        continue;
+                    }
+                };
                 let found = match ctx.engine.topic(&name) {
                     Err(EngineError::UnknownTopic(_))
                         if allow_create && ctx.shared.config.auto_create_topics =>
@@ -109,6 +129,12 @@ pub async fn metadata(ctx: &Rc<Ctx>, request: MetadataRequest, version: i16) -> 
         .with_topics(topics)
 }
 
+/// A topic a Metadata request asks about.
+enum Wanted {
+    Name(String),
+    Id(uuid::Uuid),
+}
+
 async fn auto_create(ctx: &Rc<Ctx>, name: &str) -> Result<TopicInfo, EngineError> {
     let (owned, partitions, config) =
         (name.to_string(), ctx.shared.config.default_partitions, ctx.shared.config.topic_defaults.clone());
@@ -135,6 +161,7 @@ fn describe_topic(info: &TopicInfo) -> MetadataResponseTopic {
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(topic_name(&info.name)))
+        .with_topic_id(uuid::Uuid::from_bytes(info.id.0))
         // `__consumer_offsets` and the CDC connector's `__spate_cdc`: written by the server only.
         .with_is_internal(info.name.starts_with("__"))
         .with_partitions(partitions)
