@@ -1,5 +1,6 @@
-//! Consumer groups (the Kafka "classic" group protocol): membership, generations and
-//! rebalances, with the assignment computed by the group's leader client.
+//! Consumer groups. The Kafka "classic" group protocol (this file and `state.rs`): membership,
+//! generations and rebalances, with the assignment computed by the group's leader client; and
+//! the KIP-848 consumer protocol (`consumer.rs`), with the assignment computed here.
 //!
 //! Model: a group is `Empty`, `PreparingRebalance` (members are rejoining), `CompletingRebalance`
 //! (the new generation is known; the leader is computing assignments) or `Stable`. A join, a
@@ -13,6 +14,7 @@
 //! channels answered when the state machine completes them. The Kafka handlers drive it and a
 //! timer calls [`Groups::tick`].
 
+pub mod consumer;
 mod state;
 #[cfg(test)]
 mod tests;

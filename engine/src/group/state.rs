@@ -56,6 +56,15 @@ pub enum GroupError {
     /// A request breaks a limit of the coordinator (too many partitions named, say).
     #[error("invalid request")]
     InvalidRequest,
+    /// A consumer-protocol member named an assignor the coordinator does not have.
+    #[error("unsupported assignor")]
+    UnsupportedAssignor,
+    /// A consumer-protocol member's epoch is not its current one: it must rejoin.
+    #[error("fenced member epoch")]
+    FencedMemberEpoch,
+    /// An offset commit at a member epoch other than the member's.
+    #[error("stale member epoch")]
+    StaleMemberEpoch,
 }
 
 /// Limits the coordinator enforces.
@@ -197,6 +206,8 @@ pub struct Groups {
     groups: HashMap<String, Group>,
     timeouts: Timeouts,
     next_member: u64,
+    /// The groups of the KIP-848 consumer protocol; a group id is one or the other.
+    pub consumer: super::consumer::ConsumerGroups,
 }
 
 /// Members one group may hold; joins beyond it are refused (GROUP_MAX_SIZE_REACHED).
@@ -214,7 +225,7 @@ pub const PENDING_MAX: usize = 1_000;
 
 impl Groups {
     pub fn new(timeouts: Timeouts) -> Groups {
-        Groups { groups: HashMap::new(), timeouts, next_member: 0 }
+        Groups { groups: HashMap::new(), timeouts, next_member: 0, consumer: Default::default() }
     }
 
     fn new_member_id(&mut self, client_id: &str) -> String {
@@ -234,6 +245,10 @@ impl Groups {
         };
         if req.group.is_empty() || req.group.len() > GROUP_ID_BYTES_MAX {
             return answer(waiter, Err(GroupError::InvalidGroupId));
+        }
+        // A consumer-protocol group takes no classic members (Kafka's answer).
+        if self.consumer.contains(&req.group) {
+            return answer(waiter, Err(GroupError::InconsistentGroupProtocol));
         }
         if req.protocols.len() > PROTOCOLS_MAX
             || req
@@ -480,6 +495,7 @@ impl Groups {
     /// Expires members whose sessions ran out and completes rebalances whose time is up. Call
     /// it periodically; returns the earliest time it needs to be called again.
     pub fn tick(&mut self, now: Instant) -> Option<Instant> {
+        self.consumer.tick(now);
         let mut next: Option<Instant> = None;
         let mut earliest = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for group in self.groups.values_mut() {
@@ -523,6 +539,9 @@ impl Groups {
     /// A commit with generation -1 and no member id comes from a consumer outside any group
     /// (manual assignment): allowed while the group has no members.
     pub fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), GroupError> {
+        if self.consumer.contains(group_id) {
+            return self.consumer.check_commit(group_id, member_id, generation);
+        }
         let Some(group) = self.groups.get(group_id) else {
             return if generation < 0 { Ok(()) } else { Err(GroupError::IllegalGeneration) };
         };
@@ -546,7 +565,23 @@ impl Groups {
 
     /// Ids of the groups with members: their committed offsets are in use and do not expire.
     pub fn with_members(&self) -> Vec<String> {
-        self.groups.iter().filter(|(_, g)| !g.members.is_empty()).map(|(id, _)| id.clone()).collect()
+        let mut ids: Vec<String> =
+            self.groups.iter().filter(|(_, g)| !g.members.is_empty()).map(|(id, _)| id.clone()).collect();
+        ids.extend(self.consumer.with_members());
+        ids
+    }
+
+    /// A ConsumerGroupHeartbeat: refused for a group id that is a classic group with members.
+    pub fn consumer_heartbeat(
+        &mut self,
+        hb: super::consumer::Heartbeat,
+        now: Instant,
+        partitions: &dyn Fn(&str) -> Option<u32>,
+    ) -> Result<super::consumer::HeartbeatReply, GroupError> {
+        if self.groups.get(&hb.group).is_some_and(|g| !g.members.is_empty()) {
+            return Err(GroupError::GroupIdNotFound);
+        }
+        self.consumer.heartbeat(hb, now, partitions)
     }
 
     /// (group id, protocol type, state) of every group.
