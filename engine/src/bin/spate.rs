@@ -97,6 +97,8 @@ struct FileConfig {
     retention_ms: Option<u64>,
     retention_bytes: Option<u64>,
     group_initial_rebalance_delay_ms: Option<u64>,
+    group_consumer_session_timeout_ms: Option<u64>,
+    group_consumer_heartbeat_interval_ms: Option<u64>,
     connections_max_idle_ms: Option<u64>,
     auto_create_topics_per_sec: Option<u32>,
     frame_bytes_per_sec_min: Option<u64>,
@@ -263,6 +265,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = file.group_initial_rebalance_delay_ms {
         config.group_initial_rebalance_delay = Duration::from_millis(v);
+    }
+    if let Some(v) = file.group_consumer_session_timeout_ms {
+        config.group_consumer_session_timeout = Duration::from_millis(v);
+    }
+    if let Some(v) = file.group_consumer_heartbeat_interval_ms {
+        config.group_consumer_heartbeat_interval = Duration::from_millis(v);
     }
     if let Some(v) = file.auto_create_topics_per_sec {
         config.auto_create_topics_per_sec = v;

@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub group_session_timeout_min: Duration,
     pub group_session_timeout_max: Duration,
     pub group_initial_rebalance_delay: Duration,
+    /// Consumer-protocol (KIP-848) groups: `group.consumer.session.timeout.ms` and
+    /// `group.consumer.heartbeat.interval.ms`.
+    pub group_consumer_session_timeout: Duration,
+    pub group_consumer_heartbeat_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +75,8 @@ impl Default for ServerConfig {
             group_session_timeout_min: Duration::from_millis(1_000),
             group_session_timeout_max: Duration::from_secs(300),
             group_initial_rebalance_delay: Duration::from_millis(300),
+            group_consumer_session_timeout: Duration::from_secs(45),
+            group_consumer_heartbeat_interval: Duration::from_secs(5),
         }
     }
 }
@@ -97,6 +103,13 @@ impl ServerConfig {
         }
         if self.default_partitions == 0 || self.default_partitions > crate::engine::TOPIC_PARTITIONS_MAX {
             return Err(format!("default_partitions must be 1 to {}", crate::engine::TOPIC_PARTITIONS_MAX));
+        }
+        if self.group_consumer_heartbeat_interval.is_zero()
+            || self.group_consumer_heartbeat_interval >= self.group_consumer_session_timeout
+        {
+            return Err(
+                "group_consumer_heartbeat_interval_ms must be positive and below the session timeout".into(),
+            );
         }
         if self.group_session_timeout_min > self.group_session_timeout_max {
             return Err("group_session_timeout_min exceeds group_session_timeout_max".into());

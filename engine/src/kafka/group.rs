@@ -35,11 +35,15 @@ impl Coordinator {
         config: &ServerConfig,
         engine: Engine,
     ) -> std::io::Result<(Coordinator, std::thread::JoinHandle<()>)> {
-        let groups = Groups::new(Timeouts {
+        let mut groups = Groups::new(Timeouts {
             session_min: config.group_session_timeout_min,
             session_max: config.group_session_timeout_max,
             initial_rebalance_delay: config.group_initial_rebalance_delay,
         });
+        groups.consumer.timeouts = crate::group::consumer::ConsumerTimeouts {
+            session: config.group_consumer_session_timeout,
+            heartbeat_interval: config.group_consumer_heartbeat_interval,
+        };
         let (tx, rx) = crossbeam::channel::unbounded::<Job>();
         let thread = std::thread::Builder::new()
             .name("spate-groups".into())

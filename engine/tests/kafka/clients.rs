@@ -244,3 +244,135 @@ fn a_member_killed_without_leaving_is_expired_after_its_session_and_the_rest_tak
         "taken over after {took:?}: sooner than a session timeout"
     );
 }
+
+/// A member of a KIP-848 group (confluent_consumer_protocol.py), its output lines parsed.
+struct ProtocolMember {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+    assigned: Vec<u64>,
+    values: Vec<u64>,
+    errors: Vec<String>,
+}
+
+impl ProtocolMember {
+    fn spawn(python: &std::path::Path, bootstrap: &str, topic: &str, group: &str) -> ProtocolMember {
+        use std::io::BufRead;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/kafka/python/confluent_consumer_protocol.py");
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .args([bootstrap, topic, group])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        ProtocolMember { child, lines, assigned: Vec::new(), values: Vec::new(), errors: Vec::new() }
+    }
+
+    /// Takes in what the member printed so far.
+    fn drain(&mut self) {
+        while let Ok(v) = self.lines.try_recv() {
+            if let Some(a) = v["assigned"].as_array() {
+                self.assigned = a.iter().map(|p| p.as_u64().unwrap()).collect();
+            } else if let Some(n) = v["v"].as_u64() {
+                self.values.push(n);
+            } else if let Some(e) = v["error"].as_str() {
+                self.errors.push(e.to_string());
+            }
+        }
+    }
+}
+
+impl Drop for ProtocolMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// KIP-848: three confluent-kafka consumers with `group.protocol=consumer` share six
+/// partitions (the server assigns them); one is SIGKILLed, one leaves; the last takes every
+/// partition over (the killed one's after its session) and, with offsets committed, every
+/// record is consumed exactly once.
+#[test]
+fn three_consumer_protocol_members_share_partitions_and_survive_a_kill_and_a_leave() {
+    let Some(python) = python() else { return };
+    let Some(kcat) = kcat() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = "group_consumer_session_timeout_ms = 6000\ngroup_consumer_heartbeat_interval_ms = 500\n";
+    let spate = Spate::start_with(
+        &dir.path().join("data"),
+        crate::server::Options { config: Some(config.into()), ..Default::default() },
+    );
+    let b = spate.bootstrap();
+    let created = std::process::Command::new(&python)
+        .args(["-c", &format!(
+            "from confluent_kafka.admin import AdminClient, NewTopic\n\
+             a = AdminClient({{'bootstrap.servers': '{b}'}})\n\
+             [f.result(timeout=10) for f in a.create_topics([NewTopic('kip848', num_partitions=6, replication_factor=1)]).values()]"
+        )])
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let produce = |from: u64, to: u64| {
+        let input: String = (from..to).map(|i| format!("{i}:{i}\n")).collect();
+        run_kcat(&kcat, &["-b", &b, "-P", "-t", "kip848", "-K", ":"], &input);
+    };
+    produce(0, 600);
+    let mut members: Vec<ProtocolMember> =
+        (0..3).map(|_| ProtocolMember::spawn(&python, &b, "kip848", "modern")).collect();
+    let wait = |members: &mut Vec<ProtocolMember>, what: &str, done: &dyn Fn(&[ProtocolMember]) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            members.iter_mut().for_each(ProtocolMember::drain);
+            if done(members) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {:?}",
+                members.iter().map(|m| (&m.assigned, m.values.len(), &m.errors)).collect::<Vec<_>>()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait(&mut members, "three members with two partitions each, round one consumed", &|ms| {
+        ms.iter().all(|m| m.assigned.len() == 2) && ms.iter().map(|m| m.values.len()).sum::<usize>() == 600
+    });
+    let during: BTreeSet<u64> = members.iter().flat_map(|m| m.assigned.iter().copied()).collect();
+    assert_eq!(during.len(), 6, "the three split the six partitions");
+    // SIGKILL one while it is idle (everything it read is committed and reported); another
+    // leaves (SIGTERM: the client leaves the group).
+    let mut killed = members.remove(0);
+    killed.child.kill().unwrap();
+    killed.child.wait().unwrap();
+    killed.drain();
+    let mut leaving = members.remove(0);
+    // SAFETY: signals our own child, which has not been reaped.
+    unsafe { libc::kill(leaving.child.id() as i32, libc::SIGTERM) };
+    leaving.child.wait().unwrap();
+    leaving.drain();
+    produce(600, 1200);
+    wait(&mut members, "the last member to take over all six partitions and consume round two", &|ms| {
+        ms[0].assigned.len() == 6 && ms[0].values.iter().filter(|&&v| v >= 600).count() >= 600
+    });
+    let last = &members[0];
+    let mut all: Vec<u64> =
+        [&killed.values, &leaving.values, &last.values].into_iter().flatten().copied().collect();
+    all.sort_unstable();
+    let distinct: BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), 1200, "every record consumed");
+    assert_eq!(all.len(), 1200, "with committed offsets, none twice");
+    let errors: Vec<&String> =
+        [&killed.errors, &leaving.errors, &last.errors].into_iter().flatten().collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}

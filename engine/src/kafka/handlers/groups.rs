@@ -12,8 +12,10 @@ use kafka_protocol::messages::join_group_response::{JoinGroupResponse, JoinGroup
 use kafka_protocol::messages::leave_group_response::{LeaveGroupResponse, MemberResponse};
 use kafka_protocol::messages::list_groups_response::{ListGroupsResponse, ListedGroup};
 use kafka_protocol::messages::{
-    DescribeGroupsRequest, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, RequestHeader, SyncGroupRequest, SyncGroupResponse,
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse, DescribeGroupsRequest, GroupId, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, RequestHeader, SyncGroupRequest,
+    SyncGroupResponse,
 };
 
 use super::super::server::Ctx;
@@ -179,21 +181,192 @@ pub async fn leave(ctx: &Rc<Ctx>, request: LeaveGroupRequest, version: i16) -> L
 
 pub async fn list(ctx: &Rc<Ctx>, request: ListGroupsRequest) -> ListGroupsResponse {
     let states: Vec<String> = request.states_filter.iter().map(|s| s.to_string()).collect();
-    let Some(listed) = ctx.shared.coordinator.call(|g| g.list()).await else {
+    let types: Vec<String> = request.types_filter.iter().map(|s| s.to_lowercase()).collect();
+    let Some((classic, consumer)) = ctx.shared.coordinator.call(|g| (g.list(), g.consumer.list())).await
+    else {
         return ListGroupsResponse::default()
             .with_error_code(group_code(GroupError::CoordinatorNotAvailable).code());
     };
-    let groups = listed
+    // (id, protocol type, state, group type)
+    let all = classic
         .into_iter()
-        .filter(|(_, _, state)| states.is_empty() || states.iter().any(|s| s == state.name()))
-        .map(|(id, protocol_type, state)| {
+        .map(|(id, protocol_type, state)| (id, protocol_type, state.name(), "classic"))
+        .chain(consumer.into_iter().map(|(id, state)| (id, "consumer".to_string(), state, "consumer")));
+    let groups = all
+        .filter(|(_, _, state, _)| states.is_empty() || states.iter().any(|s| s == state))
+        .filter(|(_, _, _, kind)| types.is_empty() || types.iter().any(|t| t == kind))
+        .map(|(id, protocol_type, state, kind)| {
             ListedGroup::default()
                 .with_group_id(GroupId(str_bytes(&id)))
                 .with_protocol_type(str_bytes(&protocol_type))
-                .with_group_state(str_bytes(state.name()))
+                .with_group_state(str_bytes(state))
+                .with_group_type(str_bytes(kind))
         })
         .collect();
     ListGroupsResponse::default().with_groups(groups)
+}
+
+/// ConsumerGroupHeartbeat (KIP-848): topics go by ID on the wire and by name in the state
+/// machine.
+pub async fn consumer_heartbeat(
+    ctx: &Rc<Ctx>,
+    request: ConsumerGroupHeartbeatRequest,
+) -> ConsumerGroupHeartbeatResponse {
+    use crate::group::consumer::{Assignment, Heartbeat};
+    use kafka_protocol::messages::consumer_group_heartbeat_response::{
+        Assignment as WireAssignment, TopicPartitions,
+    };
+    let fail = |e: ResponseError, why: &str| {
+        ConsumerGroupHeartbeatResponse::default()
+            .with_error_code(e.code())
+            .with_error_message(Some(str_bytes(why)))
+            .with_member_epoch(-1)
+    };
+    if request.subscribed_topic_regex.as_ref().is_some_and(|r| !r.is_empty()) {
+        return fail(
+            ResponseError::InvalidRegularExpression,
+            "regular-expression subscriptions are not supported",
+        );
+    }
+    let engine = &ctx.engine;
+    let owned = request.topic_partitions.map(|tps| {
+        let mut owned = Assignment::new();
+        for tp in tps {
+            if let Ok(info) = engine.topic_by_id(&crate::engine::TopicId(*tp.topic_id.as_bytes())) {
+                let ps = owned.entry(info.name.to_string()).or_default();
+                ps.extend(tp.partitions.iter().filter_map(|&p| u32::try_from(p).ok()));
+            }
+        }
+        owned
+    });
+    let hb = Heartbeat {
+        group: request.group_id.0.to_string(),
+        member_id: request.member_id.to_string(),
+        member_epoch: request.member_epoch,
+        instance_id: request.instance_id.map(|s| s.to_string()),
+        rebalance_timeout: ms(request.rebalance_timeout_ms),
+        subscribed: request
+            .subscribed_topic_names
+            .map(|ts| ts.into_iter().map(|t| t.0.to_string()).collect()),
+        assignor: request.server_assignor.map(|s| s.to_string()),
+        owned,
+    };
+    // Partition counts on the coordinator thread: a snapshot of the topic table.
+    let counts: std::collections::HashMap<String, u32> =
+        engine.list_topics().into_iter().map(|t| (t.name.to_string(), t.partitions)).collect();
+    let reply = ctx
+        .shared
+        .coordinator
+        .call(move |g| g.consumer_heartbeat(hb, Instant::now(), &|t: &str| counts.get(t).copied()))
+        .await
+        .unwrap_or(Err(GroupError::CoordinatorNotAvailable));
+    match reply {
+        Err(e) => fail(group_code(e), &e.to_string()),
+        Ok(r) => {
+            let assignment = r.assignment.map(|a| {
+                let topic_partitions = a
+                    .into_iter()
+                    .filter_map(|(topic, ps)| {
+                        let info = engine.topic(&topic).ok()?;
+                        Some(
+                            TopicPartitions::default()
+                                .with_topic_id(uuid::Uuid::from_bytes(info.id.0))
+                                .with_partitions(ps.into_iter().map(|p| p as i32).collect()),
+                        )
+                    })
+                    .collect();
+                WireAssignment::default().with_topic_partitions(topic_partitions)
+            });
+            ConsumerGroupHeartbeatResponse::default()
+                .with_member_id(Some(str_bytes(&r.member_id)))
+                .with_member_epoch(r.member_epoch)
+                .with_heartbeat_interval_ms(
+                    i32::try_from(r.heartbeat_interval.as_millis()).unwrap_or(i32::MAX),
+                )
+                .with_assignment(assignment)
+        }
+    }
+}
+
+/// ConsumerGroupDescribe (KIP-848).
+pub async fn consumer_describe(
+    ctx: &Rc<Ctx>,
+    request: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
+    use kafka_protocol::messages::consumer_group_describe_response::{
+        Assignment as WireAssignment, DescribedGroup as Described, Member, TopicPartitions,
+    };
+    let ids: Vec<String> = request.group_ids.iter().map(|id| id.0.to_string()).collect();
+    let Some(found) = ctx
+        .shared
+        .coordinator
+        .call(move |g| {
+            ids.iter().map(|id| (g.consumer.describe(id), g.describe(id).is_some())).collect::<Vec<_>>()
+        })
+        .await
+    else {
+        let error = group_code(GroupError::CoordinatorNotAvailable).code();
+        let groups = request
+            .group_ids
+            .into_iter()
+            .map(|id| Described::default().with_group_id(id).with_error_code(error))
+            .collect();
+        return ConsumerGroupDescribeResponse::default().with_groups(groups);
+    };
+    let engine = &ctx.engine;
+    let wire = |a: &crate::group::consumer::Assignment| {
+        let topic_partitions = a
+            .iter()
+            .filter_map(|(topic, ps)| {
+                let info = engine.topic(topic).ok()?;
+                Some(
+                    TopicPartitions::default()
+                        .with_topic_id(uuid::Uuid::from_bytes(info.id.0))
+                        .with_topic_name(super::topic_name(topic))
+                        .with_partitions(ps.iter().map(|&p| p as i32).collect()),
+                )
+            })
+            .collect();
+        WireAssignment::default().with_topic_partitions(topic_partitions)
+    };
+    let groups = request
+        .group_ids
+        .into_iter()
+        .zip(found)
+        .map(|(id, (description, classic))| match description {
+            Some(d) => Described::default()
+                .with_group_id(id)
+                .with_group_state(str_bytes(d.state))
+                .with_group_epoch(d.epoch)
+                .with_assignment_epoch(d.assignment_epoch)
+                .with_assignor_name(str_bytes(&d.assignor))
+                .with_members(
+                    d.members
+                        .iter()
+                        .map(|m| {
+                            Member::default()
+                                .with_member_id(str_bytes(&m.member_id))
+                                .with_instance_id(m.instance_id.as_deref().map(str_bytes))
+                                .with_member_epoch(m.member_epoch)
+                                .with_subscribed_topic_names(
+                                    m.subscribed.iter().map(|t| super::topic_name(t)).collect(),
+                                )
+                                .with_assignment(wire(&m.assignment))
+                                .with_target_assignment(wire(&m.target))
+                                .with_member_type(1)
+                        })
+                        .collect(),
+                ),
+            None => {
+                let why = if classic { "not a consumer group" } else { "unknown group" };
+                Described::default()
+                    .with_group_id(id)
+                    .with_error_code(ResponseError::GroupIdNotFound.code())
+                    .with_error_message(Some(str_bytes(why)))
+            }
+        })
+        .collect();
+    ConsumerGroupDescribeResponse::default().with_groups(groups)
 }
 
 pub async fn describe(ctx: &Rc<Ctx>, request: DescribeGroupsRequest) -> DescribeGroupsResponse {

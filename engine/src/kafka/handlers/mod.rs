@@ -140,6 +140,8 @@ async fn dispatch(
         ApiKey::DescribeGroups => run(h, body, b, |r| groups::describe(ctx, r)).await,
         ApiKey::OffsetCommit => run(h, body, b, |r| offsets::commit(ctx, r)).await,
         ApiKey::OffsetFetch => run(h, body, b, |r| offsets::fetch(ctx, r, h.request_api_version)).await,
+        ApiKey::ConsumerGroupHeartbeat => run(h, body, b, |r| groups::consumer_heartbeat(ctx, r)).await,
+        ApiKey::ConsumerGroupDescribe => run(h, body, b, |r| groups::consumer_describe(ctx, r)).await,
         other => Err(format!("{other:?} is not implemented")),
     }
 }
@@ -182,6 +184,8 @@ pub fn decode_request(frame: &[u8]) -> Result<ApiKey, String> {
         ApiKey::DescribeConfigs => body_as::<m::DescribeConfigsRequest>(b, version),
         ApiKey::AlterConfigs => body_as::<m::AlterConfigsRequest>(b, version),
         ApiKey::IncrementalAlterConfigs => body_as::<m::IncrementalAlterConfigsRequest>(b, version),
+        ApiKey::ConsumerGroupHeartbeat => body_as::<m::ConsumerGroupHeartbeatRequest>(b, version),
+        ApiKey::ConsumerGroupDescribe => body_as::<m::ConsumerGroupDescribeRequest>(b, version),
         other => Err(format!("{other:?} is not implemented")),
     }?;
     Ok(key)
