@@ -65,6 +65,9 @@ pub struct HeartbeatReply {
 struct Member {
     instance_id: Option<String>,
     epoch: i32,
+    /// The epoch before the last move: commits made at it while the new epoch was on its way
+    /// to the member still count.
+    previous_epoch: i32,
     /// What the member holds, as far as the coordinator knows.
     assigned: Assignment,
     /// Partitions the member was told to give up and has not yet shown it gave up.
@@ -194,6 +197,7 @@ impl ConsumerGroups {
                     Member {
                         instance_id: hb.instance_id.clone(),
                         epoch: 0,
+                        previous_epoch: 0,
                         assigned: Assignment::new(),
                         revoking: Assignment::new(),
                         revoking_since: None,
@@ -304,7 +308,9 @@ impl ConsumerGroups {
             return if g.members.is_empty() { Ok(()) } else { Err(GroupError::UnknownMemberId) };
         }
         let m = g.members.get(member_id).ok_or(GroupError::UnknownMemberId)?;
-        if epoch != m.epoch {
+        // A member commits what it read at the epoch it knows; the heartbeat that moved it on
+        // may have crossed the commit. Anything older is a zombie's.
+        if epoch != m.epoch && !(epoch == m.previous_epoch && epoch > 0) {
             return Err(GroupError::StaleMemberEpoch);
         }
         Ok(())
@@ -403,6 +409,9 @@ fn reconcile(group: &mut Group, member_id: &str, now: Instant) {
         member.revoking_since = Some(now);
         return;
     }
+    if member.epoch != epoch {
+        member.previous_epoch = member.epoch;
+    }
     member.epoch = epoch;
     for (t, ps) in &target {
         for p in ps {
@@ -446,8 +455,8 @@ fn assign(group: &Group) -> HashMap<String, Assignment> {
         // A topic's members may hold up to their fair share of the partitions they can take.
         let quota: HashMap<&String, usize> = group
             .topics
-            .iter()
-            .map(|(t, _)| {
+            .keys()
+            .map(|t| {
                 let n = members.iter().filter(|m| eligible(m, t)).count().max(1);
                 let total: u32 = group
                     .topics
@@ -618,7 +627,11 @@ mod tests {
             Err(GroupError::FencedMemberEpoch)
         ));
         assert_eq!(g.check_commit("g", "a", epoch), Ok(()));
-        assert_eq!(g.check_commit("g", "a", epoch - 1), Err(GroupError::StaleMemberEpoch));
+        let previous = g.groups["g"].members["a"].previous_epoch;
+        assert!(previous > 0 && previous < epoch);
+        assert_eq!(g.check_commit("g", "a", previous), Ok(()), "the epoch just before still commits");
+        assert_eq!(g.check_commit("g", "a", epoch + 1), Err(GroupError::StaleMemberEpoch));
+        assert_eq!(g.check_commit("g", "a", 0), Err(GroupError::StaleMemberEpoch));
         assert_eq!(g.check_commit("g", "zz", epoch), Err(GroupError::UnknownMemberId));
         // Only b goes on heartbeating; a's session runs out.
         let later = now + Duration::from_secs(6);

@@ -4,6 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use bytes::BytesMut;
+use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, ProduceRequest, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceResponse, RequestHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -375,6 +376,91 @@ fn topics_are_named_by_id_in_metadata_fetch_and_delete_topics() {
     let stale =
         metadata(&mut s, Some(vec![MetadataRequestTopic::default().with_name(None).with_topic_id(id)]));
     assert_eq!(stale.topics[0].error_code, UNKNOWN_TOPIC_ID, "a recreated topic has a new ID");
+    drop(s);
+    server.shutdown();
+    engine.shutdown().unwrap();
+}
+
+/// KIP-848 over raw frames: a member joins and is given every partition by topic ID,
+/// ConsumerGroupDescribe shows it, a stale epoch is fenced, an unknown assignor and a regular
+/// expression are refused, and a group id cannot be both classic and consumer.
+#[test]
+fn consumer_group_heartbeats_assign_by_topic_id_and_describe_shows_the_group() {
+    use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions;
+    use kafka_protocol::messages::{
+        ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+        ConsumerGroupHeartbeatResponse, GroupId, JoinGroupRequest, JoinGroupResponse,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, server) = one_shard_server(dir.path(), None);
+    engine.create_topic("events", 3, LogConfig::default()).unwrap();
+    let id = uuid::Uuid::from_bytes(engine.topic("events").unwrap().id.0);
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    let body = |frame: Vec<u8>| bytes::Bytes::from(frame).slice(5..);
+    let beat = |s: &mut TcpStream, r: ConsumerGroupHeartbeatRequest| {
+        s.write_all(&flexible_request_frame(ApiKey::ConsumerGroupHeartbeat, 1, 9, &r)).unwrap();
+        ConsumerGroupHeartbeatResponse::decode(&mut body(read_frame(s)), 1).unwrap()
+    };
+    let join = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("modern")))
+        .with_member_id(StrBytes::from_static_str("m-1"))
+        .with_member_epoch(0)
+        .with_rebalance_timeout_ms(30_000)
+        .with_subscribed_topic_names(Some(vec![TopicName(StrBytes::from_static_str("events"))]))
+        .with_topic_partitions(Some(Vec::new()));
+    let r = beat(&mut s, join.clone());
+    assert_eq!(r.error_code, 0, "{r:?}");
+    assert_eq!(r.member_epoch, 1);
+    let a = r.assignment.expect("an assignment");
+    assert_eq!(a.topic_partitions.len(), 1);
+    assert_eq!(a.topic_partitions[0].topic_id, id, "by topic ID");
+    assert_eq!(a.topic_partitions[0].partitions, vec![0, 1, 2]);
+    // The same heartbeat again, owning what it was given: nothing new to say.
+    let owned = TopicPartitions::default().with_topic_id(id).with_partitions(vec![0, 1, 2]);
+    let steady = join
+        .clone()
+        .with_member_epoch(1)
+        .with_subscribed_topic_names(None)
+        .with_topic_partitions(Some(vec![owned]));
+    let r = beat(&mut s, steady.clone());
+    assert_eq!((r.error_code, r.member_epoch, r.assignment.is_none()), (0, 1, true), "{r:?}");
+    let r = beat(&mut s, steady.clone().with_member_epoch(7));
+    assert_eq!(r.error_code, ResponseError::FencedMemberEpoch.code());
+    let r = beat(
+        &mut s,
+        join.clone()
+            .with_member_id(StrBytes::from_static_str("m-2"))
+            .with_server_assignor(Some(StrBytes::from_static_str("sticky"))),
+    );
+    assert_eq!(r.error_code, ResponseError::UnsupportedAssignor.code());
+    let r = beat(&mut s, join.clone().with_subscribed_topic_regex(Some(StrBytes::from_static_str("ev.*"))));
+    assert_eq!(r.error_code, ResponseError::InvalidRegularExpression.code());
+
+    let describe = ConsumerGroupDescribeRequest::default().with_group_ids(vec![
+        GroupId(StrBytes::from_static_str("modern")),
+        GroupId(StrBytes::from_static_str("nobody")),
+    ]);
+    s.write_all(&flexible_request_frame(ApiKey::ConsumerGroupDescribe, 1, 10, &describe)).unwrap();
+    let d = ConsumerGroupDescribeResponse::decode(&mut body(read_frame(&mut s)), 1).unwrap();
+    let g = &d.groups[0];
+    assert_eq!((g.error_code, g.group_state.as_str(), g.group_epoch), (0, "Stable", 1));
+    assert_eq!(g.members.len(), 1);
+    assert_eq!(g.members[0].member_id.as_str(), "m-1");
+    assert_eq!(g.members[0].assignment.topic_partitions[0].topic_name.0.as_str(), "events");
+    assert_eq!(d.groups[1].error_code, ResponseError::GroupIdNotFound.code());
+
+    // The group id is a consumer group: a classic JoinGroup is refused.
+    let classic = JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("modern")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"));
+    s.write_all(&request_frame(ApiKey::JoinGroup, 5, 11, &classic)).unwrap();
+    let j = JoinGroupResponse::decode(&mut bytes::Bytes::from(read_frame(&mut s)).slice(4..), 5).unwrap();
+    assert_eq!(j.error_code, ResponseError::InconsistentGroupProtocol.code());
+    // Leaving ends the group.
+    let r = beat(&mut s, steady.with_member_epoch(-1));
+    assert_eq!((r.error_code, r.member_epoch), (0, -1));
     drop(s);
     server.shutdown();
     engine.shutdown().unwrap();

@@ -64,7 +64,7 @@ pub async fn metadata(ctx: &Rc<Ctx>, request: MetadataRequest, version: i16) -> 
         Some(t) => Some(
             t.into_iter()
                 .map(|t| match t.name {
-                    Some(n) if !(n.0.is_empty() && !t.topic_id.is_nil()) => Wanted::Name(n.0.to_string()),
+                    Some(n) if !n.0.is_empty() || t.topic_id.is_nil() => Wanted::Name(n.0.to_string()),
                     _ => Wanted::Id(t.topic_id),
                 })
                 .collect(),
