@@ -199,7 +199,10 @@ impl Cdc {
                         stats.up.store(0, Ordering::Relaxed);
                         tracing::error!(error = %e, "the cdc connector stopped on a panic");
                     }
-                })
+                });
+                // Tasks of a session cut short by the stop may still be closing their
+                // connections (which can block); they get a moment, not forever.
+                runtime.shutdown_timeout(Duration::from_secs(5));
             })
             .map_err(|e| format!("starting the cdc thread: {e}"))?;
         Ok(Cdc { stats, stop, thread: Some(thread), slot })

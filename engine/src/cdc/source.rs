@@ -329,12 +329,16 @@ async fn session(
         let budget = Arc::new(tokio::sync::Semaphore::new(EVENT_BYTES_IN_FLIGHT));
         let (tx, mut rx) = tokio::sync::mpsc::channel(EVENTS_IN_FLIGHT);
         let reader = tokio::spawn(read_events(stream, tx, Arc::clone(&budget), token.clone()));
-        let heartbeat = tokio::spawn(heartbeat(config.clone(), Arc::clone(stats), token.clone()));
+        let (beat_config, beat_stats, beat_token) = (config.clone(), Arc::clone(stats), token.clone());
+        // Not joined: it ends by itself at its next check (a query in flight may take a while).
+        std::thread::Builder::new()
+            .name("spate-cdc-beat".into())
+            .spawn(move || heartbeat(beat_config, beat_stats, beat_token))
+            .map_err(|e| CdcError::Protocol(format!("starting the heartbeat thread: {e}")))?;
         let result = s.stream(&mut rx, &state, &feedback).await;
         token.cancel();
         drop(rx);
         let _ = reader.await;
-        let _ = heartbeat.await;
         result
     }
     .await;
@@ -390,17 +394,24 @@ async fn read_events(
 
 /// Every interval: a non-transactional message into the WAL (so an idle database still moves
 /// the slot: its position is confirmed once everything before it is written) and the slot's
-/// lag.
-async fn heartbeat(config: CdcConfig, stats: Arc<CdcStats>, token: CancellationToken) {
-    let mut ticks = tokio::time::interval(config.heartbeat_interval());
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// lag. On a thread of its own with a connection of its own, outside the connector's runtime:
+/// a query blocks its thread, and one blocked on a runtime's worker while that runtime shuts
+/// down would never finish. The thread ends at the first check after `token` is cancelled.
+fn heartbeat(config: CdcConfig, stats: Arc<CdcStats>, token: CancellationToken) {
     let mut sql = None;
     let mut warned = false;
+    let mut next = Instant::now();
     loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = ticks.tick() => {}
+        while Instant::now() < next {
+            if token.is_cancelled() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20).min(next.saturating_duration_since(Instant::now())));
         }
+        if token.is_cancelled() {
+            return;
+        }
+        next = Instant::now() + config.heartbeat_interval();
         if sql.is_none() {
             sql = Sql::connect(&config.url).ok();
         }

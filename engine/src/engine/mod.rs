@@ -485,7 +485,10 @@ impl Engine {
     /// The topic whose ID is `id`.
     pub fn topic_by_id(&self, id: &topics::TopicId) -> Result<TopicInfo, EngineError> {
         let name = self.inner.topic_ids.load().get(id).cloned();
+        // The two tables are swapped one after the other: a topic deleted and created again in
+        // between must not answer for its old ID.
         name.and_then(|n| self.inner.topics.load().get(&n).cloned())
+            .filter(|info| info.id == *id)
             .ok_or_else(|| EngineError::UnknownTopicId(id.to_string()))
     }
 

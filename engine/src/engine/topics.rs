@@ -86,10 +86,11 @@ impl std::str::FromStr for TopicId {
     type Err = String;
 
     fn from_str(s: &str) -> Result<TopicId, String> {
-        let hex: String = s.chars().filter(|&c| c != '-').collect();
-        if hex.len() != 32 || s.len() != 36 {
+        let dashes = s.char_indices().filter(|&(_, c)| c == '-').map(|(i, _)| i).collect::<Vec<_>>();
+        if !s.is_ascii() || s.len() != 36 || dashes != [8, 13, 18, 23] {
             return Err(format!("{s:?} is not a UUID"));
         }
+        let hex: String = s.chars().filter(|&c| c != '-').collect();
         let mut b = [0u8; 16];
         for (i, byte) in b.iter_mut().enumerate() {
             *byte =
@@ -295,7 +296,13 @@ mod tests {
             TopicId([0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0, 1, 2, 3, 4, 5, 6, 7, 8]).to_string(),
             "12345678-9abc-def0-0102-030405060708"
         );
-        for bad in ["", "12345678-9abc-def0-0102-03040506070", "g2345678-9abc-def0-0102-030405060708"] {
+        for bad in [
+            "",
+            "12345678-9abc-def0-0102-03040506070",
+            "g2345678-9abc-def0-0102-030405060708",
+            "1234567-89abc-def0-0102-030405060708",
+            "ü2345678-9abc-def0-0102-03040506070",
+        ] {
             assert!(bad.parse::<TopicId>().is_err(), "{bad}");
         }
     }

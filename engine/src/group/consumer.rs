@@ -44,7 +44,8 @@ pub struct Heartbeat {
     /// 0 to join, -1 to leave, -2 to leave as a static member that will come back.
     pub member_epoch: i32,
     pub instance_id: Option<String>,
-    pub rebalance_timeout: Duration,
+    /// `None`: unchanged since the last heartbeat (-1 on the wire).
+    pub rebalance_timeout: Option<Duration>,
     /// `None`: unchanged since the last heartbeat.
     pub subscribed: Option<Vec<String>>,
     pub assignor: Option<String>,
@@ -122,6 +123,13 @@ pub struct ConsumerGroups {
 }
 
 pub const ASSIGNORS: [&str; 2] = ["uniform", "range"];
+/// Topics one member may subscribe to, and the longest member and instance ids.
+pub const SUBSCRIBED_MAX: usize = 10_000;
+pub const MEMBER_ID_BYTES_MAX: usize = 255;
+/// Consumer-protocol groups the coordinator holds at most.
+pub const CONSUMER_GROUPS_MAX: usize = 100_000;
+/// A member's rebalance timeout when it never gave one.
+const REBALANCE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(300);
 
 impl ConsumerGroups {
     pub fn new(timeouts: ConsumerTimeouts) -> ConsumerGroups {
@@ -148,21 +156,36 @@ impl ConsumerGroups {
                 return Err(GroupError::UnsupportedAssignor);
             }
         }
+        let too_long = |id: &Option<String>| id.as_ref().is_some_and(|i| i.len() > MEMBER_ID_BYTES_MAX);
+        if hb.member_id.len() > MEMBER_ID_BYTES_MAX
+            || too_long(&hb.instance_id)
+            || hb
+                .subscribed
+                .as_ref()
+                .is_some_and(|s| s.len() > SUBSCRIBED_MAX || s.iter().any(|t| t.len() > 249))
+        {
+            return Err(GroupError::InvalidRequest);
+        }
         let interval = self.timeouts.heartbeat_interval;
         let session = self.timeouts.session;
         if hb.member_epoch < 0 {
-            let member_id = hb.member_id.clone();
-            if let Some(group) = self.groups.get_mut(&hb.group) {
-                if group.members.remove(&hb.member_id).is_some() {
-                    group.epoch += 1;
-                }
-            }
+            let group = self.groups.get_mut(&hb.group).ok_or(GroupError::UnknownMemberId)?;
+            group.members.remove(&hb.member_id).ok_or(GroupError::UnknownMemberId)?;
+            group.epoch += 1;
             return Ok(HeartbeatReply {
-                member_id,
+                member_id: hb.member_id,
                 member_epoch: hb.member_epoch,
                 heartbeat_interval: interval,
                 assignment: None,
             });
+        }
+        if !self.groups.contains_key(&hb.group) {
+            if hb.member_epoch != 0 {
+                return Err(GroupError::UnknownMemberId);
+            }
+            if self.groups.len() >= CONSUMER_GROUPS_MAX {
+                return Err(GroupError::CoordinatorNotAvailable);
+            }
         }
         let member_id = if hb.member_id.is_empty() {
             self.next_member += 1;
@@ -174,24 +197,19 @@ impl ConsumerGroups {
         let mut changed = false;
         if hb.member_epoch == 0 {
             if !group.members.contains_key(&member_id) {
-                if group.members.len() >= MEMBERS_MAX {
-                    return Err(GroupError::GroupMaxSizeReached);
-                }
-                // A static member coming back replaces the member of its instance id.
-                if let Some(instance) = &hb.instance_id {
-                    let old: Vec<String> = group
-                        .members
-                        .iter()
-                        .filter(|(_, m)| m.instance_id.as_deref() == Some(instance.as_str()))
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    for id in old {
-                        group.members.remove(&id);
-                    }
-                }
                 let Some(subscribed) = hb.subscribed.clone() else {
                     return Err(GroupError::InvalidRequest);
                 };
+                if group.members.len() >= MEMBERS_MAX {
+                    return Err(GroupError::GroupMaxSizeReached);
+                }
+                // An instance id is one member's: another one is refused until that member
+                // leaves or its session ends.
+                if let Some(instance) = &hb.instance_id {
+                    if group.members.values().any(|m| m.instance_id.as_deref() == Some(instance.as_str())) {
+                        return Err(GroupError::UnreleasedInstanceId);
+                    }
+                }
                 group.members.insert(
                     member_id.clone(),
                     Member {
@@ -203,7 +221,7 @@ impl ConsumerGroups {
                         revoking_since: None,
                         subscribed,
                         assignor: hb.assignor.clone().unwrap_or_else(|| ASSIGNORS[0].to_string()),
-                        rebalance_timeout: hb.rebalance_timeout,
+                        rebalance_timeout: hb.rebalance_timeout.unwrap_or(REBALANCE_TIMEOUT_DEFAULT),
                         deadline: now + session,
                         sent: None,
                     },
@@ -213,6 +231,7 @@ impl ConsumerGroups {
                 // A member rejoining after a fence of its own: it holds nothing now.
                 m.assigned.clear();
                 m.revoking.clear();
+                m.revoking_since = None;
                 m.epoch = 0;
                 m.sent = None;
             }
@@ -220,11 +239,25 @@ impl ConsumerGroups {
         let Some(member) = group.members.get_mut(&member_id) else {
             return Err(GroupError::UnknownMemberId);
         };
+        let held = |m: &Member, owned: &Assignment| {
+            owned.iter().all(|(t, ps)| {
+                ps.iter().all(|p| contains(&m.assigned, t, *p) || contains(&m.revoking, t, *p))
+            })
+        };
         if hb.member_epoch > 0 && hb.member_epoch != member.epoch {
-            return Err(GroupError::FencedMemberEpoch);
+            // The answer that moved it on was lost: at the epoch before, holding nothing it
+            // should not, it is told again.
+            let retry =
+                hb.member_epoch == member.previous_epoch && hb.owned.as_ref().is_none_or(|o| held(member, o));
+            if !retry {
+                return Err(GroupError::FencedMemberEpoch);
+            }
+            member.sent = None;
         }
         member.deadline = now + session;
-        member.rebalance_timeout = hb.rebalance_timeout.max(Duration::from_millis(1));
+        if let Some(t) = hb.rebalance_timeout {
+            member.rebalance_timeout = t;
+        }
         if let Some(subscribed) = hb.subscribed {
             if subscribed != member.subscribed {
                 member.subscribed = subscribed;
@@ -232,13 +265,21 @@ impl ConsumerGroups {
             }
         }
         if let Some(a) = hb.assignor {
-            member.assignor = a;
+            if a != member.assignor {
+                member.assignor = a;
+                changed = true;
+            }
         }
-        // The member reports what it holds: revocations it has carried out are done.
+        // The member reports what it holds: revocations it has carried out are done; if it
+        // still holds what it was told to give up, the answer may have been lost: say it again.
         if let Some(owned) = &hb.owned {
-            if !member.revoking.is_empty() && !overlaps(owned, &member.revoking) {
-                member.revoking.clear();
-                member.revoking_since = None;
+            if !member.revoking.is_empty() {
+                if overlaps(owned, &member.revoking) {
+                    member.sent = None;
+                } else {
+                    member.revoking.clear();
+                    member.revoking_since = None;
+                }
             }
             if member.sent.as_ref() != Some(owned) && member.revoking.is_empty() {
                 // It holds something else than it was told: tell it again.
@@ -300,7 +341,16 @@ impl ConsumerGroups {
     /// Whether an OffsetCommit (or a fetch of offsets with a member epoch) from this member at
     /// this epoch may be applied. A commit with no member id and a negative epoch comes from
     /// outside the group (manual assignment): allowed while the group has no members.
-    pub fn check_commit(&self, group: &str, member_id: &str, epoch: i32) -> Result<(), GroupError> {
+    /// `partitions`: those the commit names. At the epoch just before the member's current one
+    /// (the heartbeat that moved it on may have crossed the commit), only partitions it still
+    /// holds.
+    pub fn check_commit(
+        &self,
+        group: &str,
+        member_id: &str,
+        epoch: i32,
+        partitions: &[(String, u32)],
+    ) -> Result<(), GroupError> {
         let Some(g) = self.groups.get(group) else {
             return if epoch < 0 { Ok(()) } else { Err(GroupError::GroupIdNotFound) };
         };
@@ -308,9 +358,8 @@ impl ConsumerGroups {
             return if g.members.is_empty() { Ok(()) } else { Err(GroupError::UnknownMemberId) };
         }
         let m = g.members.get(member_id).ok_or(GroupError::UnknownMemberId)?;
-        // A member commits what it read at the epoch it knows; the heartbeat that moved it on
-        // may have crossed the commit. Anything older is a zombie's.
-        if epoch != m.epoch && !(epoch == m.previous_epoch && epoch > 0) {
+        let still_held = partitions.iter().all(|(t, p)| contains(&m.assigned, t, *p));
+        if epoch != m.epoch && !(epoch == m.previous_epoch && epoch > 0 && still_held) {
             return Err(GroupError::StaleMemberEpoch);
         }
         Ok(())
@@ -374,7 +423,7 @@ fn contains(a: &Assignment, topic: &str, p: u32) -> bool {
 /// new epoch with every target partition nobody else still holds.
 fn reconcile(group: &mut Group, member_id: &str, now: Instant) {
     let target = group.target.get(member_id).cloned().unwrap_or_default();
-    let held_elsewhere: Vec<(String, u32)> = group
+    let held_elsewhere: std::collections::HashSet<(String, u32)> = group
         .members
         .iter()
         .filter(|(id, _)| id.as_str() != member_id)
@@ -415,7 +464,7 @@ fn reconcile(group: &mut Group, member_id: &str, now: Instant) {
     member.epoch = epoch;
     for (t, ps) in &target {
         for p in ps {
-            if !held_elsewhere.iter().any(|(ht, hp)| ht == t && hp == p) {
+            if !held_elsewhere.contains(&(t.clone(), *p)) {
                 member.assigned.entry(t.clone()).or_default().insert(*p);
             }
         }
@@ -452,29 +501,23 @@ fn assign(group: &Group) -> HashMap<String, Assignment> {
             group.topics.iter().flat_map(|(t, &n)| (0..n).map(move |p| (t.clone(), p))).collect();
         let eligible = |m: &String, t: &str| group.members[m].subscribed.iter().any(|s| s == t);
         let mut count: HashMap<&String, usize> = members.iter().map(|m| (*m, 0)).collect();
-        // A topic's members may hold up to their fair share of the partitions they can take.
-        let quota: HashMap<&String, usize> = group
-            .topics
-            .keys()
-            .map(|t| {
-                let n = members.iter().filter(|m| eligible(m, t)).count().max(1);
-                let total: u32 = group
-                    .topics
-                    .iter()
-                    .filter(|(tt, _)| members.iter().any(|m| eligible(m, tt) && eligible(m, t)))
-                    .map(|(_, &n)| n)
-                    .sum();
-                (t, (total as usize).div_ceil(n))
-            })
-            .collect();
+        // Balanced: every member holds `floor` or, for `extra` of them, `floor + 1`
+        // partitions (as the subscriptions allow); a member keeps what it had up to that.
+        let (floor, mut extra) = (all.len() / members.len().max(1), all.len() % members.len().max(1));
         let mut unassigned = Vec::new();
         for (t, p) in &all {
             let keeper = members
                 .iter()
                 .copied()
                 .find(|m| eligible(m, t) && group.target.get(*m).is_some_and(|a| contains(a, t, *p)));
+            let room = |m: &String, count: &HashMap<&String, usize>, extra: usize| {
+                count[m] < floor || (count[m] == floor && extra > 0)
+            };
             match keeper {
-                Some(m) if count[m] < quota[t] => {
+                Some(m) if room(m, &count, extra) => {
+                    if count[m] == floor {
+                        extra -= 1;
+                    }
                     out.get_mut(m).expect("member").entry(t.clone()).or_default().insert(*p);
                     *count.get_mut(m).expect("member") += 1;
                 }
@@ -509,7 +552,7 @@ mod tests {
             group: "g".into(),
             member_id: id.into(),
             member_epoch: 0,
-            rebalance_timeout: Duration::from_secs(30),
+            rebalance_timeout: Some(Duration::from_secs(30)),
             subscribed: Some(vec!["t".into()]),
             ..Heartbeat::default()
         };
@@ -528,7 +571,8 @@ mod tests {
             group: "g".into(),
             member_id: id.into(),
             member_epoch: epoch,
-            rebalance_timeout: Duration::from_secs(30),
+            // As clients send it after joining: unchanged.
+            rebalance_timeout: None,
             owned: Some(owned.clone()),
             ..Heartbeat::default()
         };
@@ -626,13 +670,26 @@ mod tests {
             ),
             Err(GroupError::FencedMemberEpoch)
         ));
-        assert_eq!(g.check_commit("g", "a", epoch), Ok(()));
+        let held: Vec<(String, u32)> =
+            members["a"].1.iter().flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p))).collect();
+        let other: Vec<(String, u32)> =
+            members["b"].1.iter().flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p))).collect();
+        assert_eq!(g.check_commit("g", "a", epoch, &held), Ok(()));
         let previous = g.groups["g"].members["a"].previous_epoch;
         assert!(previous > 0 && previous < epoch);
-        assert_eq!(g.check_commit("g", "a", previous), Ok(()), "the epoch just before still commits");
-        assert_eq!(g.check_commit("g", "a", epoch + 1), Err(GroupError::StaleMemberEpoch));
-        assert_eq!(g.check_commit("g", "a", 0), Err(GroupError::StaleMemberEpoch));
-        assert_eq!(g.check_commit("g", "zz", epoch), Err(GroupError::UnknownMemberId));
+        assert_eq!(
+            g.check_commit("g", "a", previous, &held),
+            Ok(()),
+            "the epoch just before, for its partitions"
+        );
+        assert_eq!(
+            g.check_commit("g", "a", previous, &other),
+            Err(GroupError::StaleMemberEpoch),
+            "not for partitions another member holds now"
+        );
+        assert_eq!(g.check_commit("g", "a", epoch + 1, &held), Err(GroupError::StaleMemberEpoch));
+        assert_eq!(g.check_commit("g", "a", 0, &held), Err(GroupError::StaleMemberEpoch));
+        assert_eq!(g.check_commit("g", "zz", epoch, &held), Err(GroupError::UnknownMemberId));
         // Only b goes on heartbeating; a's session runs out.
         let later = now + Duration::from_secs(6);
         let (e, owned) = members["b"].clone();
@@ -649,9 +706,15 @@ mod tests {
         let mut g = ConsumerGroups::new(ConsumerTimeouts::default());
         let a = join(&mut g, "a", now).assignment.unwrap();
         join(&mut g, "b", now);
-        // a is told to give three up but goes on reporting all six.
-        beat(&mut g, "a", 1, &a, now);
-        beat(&mut g, "a", 1, &a, now + Duration::from_secs(10));
+        // a is told to give three up but goes on reporting all six (its heartbeats carry no
+        // rebalance timeout: the one it joined with holds).
+        let told = beat(&mut g, "a", 1, &a, now);
+        assert_eq!(count(told.assignment.as_ref().unwrap()), 3);
+        g.tick(now + Duration::from_secs(1));
+        assert!(g.describe("g").unwrap().members.iter().any(|m| m.member_id == "a"), "within its timeout");
+        // The answer may have been lost: as long as it holds them, it is told again.
+        let again = beat(&mut g, "a", 1, &a, now + Duration::from_secs(10));
+        assert_eq!(again.assignment, told.assignment, "told again");
         g.tick(now + Duration::from_secs(31));
         assert!(g.describe("g").unwrap().members.iter().all(|m| m.member_id != "a"));
     }
@@ -668,7 +731,7 @@ mod tests {
                 member_epoch: 0,
                 subscribed: Some(vec!["t".into()]),
                 assignor: Some("range".into()),
-                rebalance_timeout: Duration::from_secs(30),
+                rebalance_timeout: Some(Duration::from_secs(30)),
                 ..Heartbeat::default()
             };
             let r = g.heartbeat(hb, now, &parts).unwrap();
@@ -684,5 +747,58 @@ mod tests {
             ..Heartbeat::default()
         };
         assert_eq!(g.heartbeat(bad, now, &parts), Err(GroupError::UnsupportedAssignor));
+    }
+
+    #[test]
+    fn a_fourth_member_gets_partitions_and_counts_stay_within_one() {
+        let now = Instant::now();
+        let mut g = ConsumerGroups::new(ConsumerTimeouts::default());
+        let mut members = BTreeMap::new();
+        for id in ["a", "b", "c"] {
+            let r = join(&mut g, id, now);
+            members.insert(id.to_string(), (r.member_epoch, r.assignment.unwrap_or_default()));
+            converge(&mut g, &mut members, now);
+        }
+        let r = join(&mut g, "d", now);
+        members.insert("d".into(), (r.member_epoch, r.assignment.unwrap_or_default()));
+        converge(&mut g, &mut members, now);
+        let mut counts: Vec<usize> = members.values().map(|(_, a)| count(a)).collect();
+        counts.sort_unstable();
+        assert_eq!(counts, vec![1, 1, 2, 2]);
+    }
+
+    #[test]
+    fn an_instance_id_is_one_members_and_a_lost_answer_at_the_epoch_before_is_repeated() {
+        let now = Instant::now();
+        let mut g = ConsumerGroups::new(ConsumerTimeouts::default());
+        let static_join = |id: &str| Heartbeat {
+            group: "g".into(),
+            member_id: id.into(),
+            member_epoch: 0,
+            instance_id: Some("host-1".into()),
+            rebalance_timeout: Some(Duration::from_secs(30)),
+            subscribed: Some(vec!["t".into()]),
+            ..Heartbeat::default()
+        };
+        let first = g.heartbeat(static_join("a"), now, &parts).unwrap();
+        assert_eq!(g.heartbeat(static_join("a2"), now, &parts), Err(GroupError::UnreleasedInstanceId));
+        // b joins: a moves to a new epoch once it gives up three; that answer is lost.
+        join(&mut g, "b", now);
+        let all = first.assignment.unwrap();
+        let told = beat(&mut g, "a", 1, &all, now).assignment.unwrap();
+        let moved = beat(&mut g, "a", 1, &told, now);
+        assert!(moved.member_epoch > 1);
+        let retried = beat(&mut g, "a", 1, &told, now);
+        assert_eq!(retried.member_epoch, moved.member_epoch, "not fenced: told its epoch again");
+        assert_eq!(retried.assignment.as_ref(), Some(&told));
+        // Leaving releases the instance id.
+        let leave =
+            Heartbeat { group: "g".into(), member_id: "a".into(), member_epoch: -2, ..Heartbeat::default() };
+        g.heartbeat(leave.clone(), now, &parts).unwrap();
+        assert_eq!(g.heartbeat(leave, now, &parts), Err(GroupError::UnknownMemberId), "left already");
+        assert_eq!(
+            g.heartbeat(static_join("a2"), now, &parts).map(|r| r.member_epoch).ok().map(|e| e > 0),
+            Some(true)
+        );
     }
 }

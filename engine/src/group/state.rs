@@ -65,6 +65,9 @@ pub enum GroupError {
     /// An offset commit at a member epoch other than the member's.
     #[error("stale member epoch")]
     StaleMemberEpoch,
+    /// A static member joined while another member still has its instance id.
+    #[error("unreleased instance id")]
+    UnreleasedInstanceId,
 }
 
 /// Limits the coordinator enforces.
@@ -539,8 +542,20 @@ impl Groups {
     /// A commit with generation -1 and no member id comes from a consumer outside any group
     /// (manual assignment): allowed while the group has no members.
     pub fn check_commit(&self, group_id: &str, member_id: &str, generation: i32) -> Result<(), GroupError> {
+        self.check_commit_of(group_id, member_id, generation, &[])
+    }
+
+    /// [`Groups::check_commit`] for a commit of `partitions`, which consumer-protocol groups
+    /// check (see `ConsumerGroups::check_commit`).
+    pub fn check_commit_of(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+        partitions: &[(String, u32)],
+    ) -> Result<(), GroupError> {
         if self.consumer.contains(group_id) {
-            return self.consumer.check_commit(group_id, member_id, generation);
+            return self.consumer.check_commit(group_id, member_id, generation, partitions);
         }
         let Some(group) = self.groups.get(group_id) else {
             return if generation < 0 { Ok(()) } else { Err(GroupError::IllegalGeneration) };

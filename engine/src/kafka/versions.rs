@@ -4,8 +4,8 @@
 use kafka_protocol::messages::ApiKey;
 
 /// (API, lowest version, highest version) implemented. The ranges stop where a later version
-/// changes semantics Spate does not implement (topic IDs in Produce, KIP-848 group protocol
-/// fields, transactions).
+/// changes semantics Spate does not implement (topic IDs in Produce, transactions,
+/// max-timestamp ListOffsets).
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 16),

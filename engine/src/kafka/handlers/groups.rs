@@ -40,6 +40,7 @@ pub fn group_code(e: GroupError) -> ResponseError {
         GroupError::UnsupportedAssignor => ResponseError::UnsupportedAssignor,
         GroupError::FencedMemberEpoch => ResponseError::FencedMemberEpoch,
         GroupError::StaleMemberEpoch => ResponseError::StaleMemberEpoch,
+        GroupError::UnreleasedInstanceId => ResponseError::UnreleasedInstanceId,
     }
 }
 
@@ -244,20 +245,22 @@ pub async fn consumer_heartbeat(
         member_id: request.member_id.to_string(),
         member_epoch: request.member_epoch,
         instance_id: request.instance_id.map(|s| s.to_string()),
-        rebalance_timeout: ms(request.rebalance_timeout_ms),
+        // -1: unchanged since the last heartbeat.
+        rebalance_timeout: (request.rebalance_timeout_ms >= 0).then(|| ms(request.rebalance_timeout_ms)),
         subscribed: request
             .subscribed_topic_names
             .map(|ts| ts.into_iter().map(|t| t.0.to_string()).collect()),
         assignor: request.server_assignor.map(|s| s.to_string()),
         owned,
     };
-    // Partition counts on the coordinator thread: a snapshot of the topic table.
-    let counts: std::collections::HashMap<String, u32> =
-        engine.list_topics().into_iter().map(|t| (t.name.to_string(), t.partitions)).collect();
+    // Partition counts read on the coordinator thread, from the engine's topic table.
+    let topics = engine.clone();
     let reply = ctx
         .shared
         .coordinator
-        .call(move |g| g.consumer_heartbeat(hb, Instant::now(), &|t: &str| counts.get(t).copied()))
+        .call(move |g| {
+            g.consumer_heartbeat(hb, Instant::now(), &|t: &str| topics.topic(t).ok().map(|i| i.partitions))
+        })
         .await
         .unwrap_or(Err(GroupError::CoordinatorNotAvailable));
     match reply {

@@ -77,10 +77,21 @@ pub async fn commit(ctx: &Rc<Ctx>, request: OffsetCommitRequest) -> OffsetCommit
     let group = request.group_id.0.to_string();
     let (group2, member, generation) =
         (group.clone(), request.member_id.to_string(), request.generation_id_or_member_epoch);
+    let partitions: Vec<(String, u32)> = request
+        .topics
+        .iter()
+        .take(super::REQUEST_PARTITIONS_MAX)
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.name.0.to_string(), u32::try_from(p.partition_index).unwrap_or(u32::MAX)))
+        })
+        .take(super::REQUEST_PARTITIONS_MAX)
+        .collect();
     let allowed = ctx
         .shared
         .coordinator
-        .call(move |g| g.check_commit(&group2, &member, generation))
+        .call(move |g| g.check_commit_of(&group2, &member, generation, &partitions))
         .await
         .unwrap_or(Err(crate::group::GroupError::CoordinatorNotAvailable));
     let named: usize = request.topics.iter().map(|t| t.partitions.len()).sum();
