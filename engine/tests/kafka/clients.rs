@@ -167,6 +167,33 @@ fn fetched_record_bytes_leave_through_sendfile_and_are_counted() {
     assert!(grown <= 2.0 * log_bytes as f64, "zero-copy bytes grew by {grown}, the log holds {log_bytes}");
 }
 
+/// A script of tests/kafka/python run with `args`, its stdout lines arriving on a channel.
+fn spawn_script(
+    python: &std::path::Path,
+    script: &str,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/python").join(script);
+    let mut child = std::process::Command::new(python)
+        .arg(path)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, lines)
+}
+
 /// A consumer process whose assignment changes arrive as lines.
 struct Member {
     child: std::process::Child,
@@ -175,25 +202,7 @@ struct Member {
 
 impl Member {
     fn spawn(python: &std::path::Path, args: &[&str]) -> Member {
-        use std::io::BufRead;
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kafka/python/confluent_member.py");
-        let mut child = std::process::Command::new(python)
-            .arg(script)
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let (child, lines) = spawn_script(python, "confluent_member.py", args);
         Member { child, lines }
     }
 
@@ -248,7 +257,7 @@ fn a_member_killed_without_leaving_is_expired_after_its_session_and_the_rest_tak
 /// A member of a KIP-848 group (confluent_consumer_protocol.py), its output lines parsed.
 struct ProtocolMember {
     child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+    lines: std::sync::mpsc::Receiver<String>,
     assigned: Vec<u64>,
     values: Vec<u64>,
     errors: Vec<String>,
@@ -256,31 +265,15 @@ struct ProtocolMember {
 
 impl ProtocolMember {
     fn spawn(python: &std::path::Path, bootstrap: &str, topic: &str, group: &str) -> ProtocolMember {
-        use std::io::BufRead;
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/kafka/python/confluent_consumer_protocol.py");
-        let mut child = std::process::Command::new(python)
-            .arg(script)
-            .args([bootstrap, topic, group])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
-                    return;
-                }
-            }
-        });
+        let (child, lines) =
+            spawn_script(python, "confluent_consumer_protocol.py", &[bootstrap, topic, group]);
         ProtocolMember { child, lines, assigned: Vec::new(), values: Vec::new(), errors: Vec::new() }
     }
 
     /// Takes in what the member printed so far.
     fn drain(&mut self) {
-        while let Ok(v) = self.lines.try_recv() {
+        while let Ok(line) = self.lines.try_recv() {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             if let Some(a) = v["assigned"].as_array() {
                 self.assigned = a.iter().map(|p| p.as_u64().unwrap()).collect();
             } else if let Some(n) = v["v"].as_u64() {
