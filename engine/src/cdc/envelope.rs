@@ -2,6 +2,8 @@
 //! Debezium change-event envelope, schemaless JSON). Pure functions over rows as pgoutput and
 //! `COPY` give them: text values typed by their column's type OID.
 
+use std::sync::Arc;
+
 use pg_walstream::{ColumnValue, RowData};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Number, Value};
@@ -38,6 +40,8 @@ pub struct Table {
     pub columns: Vec<Column>,
     /// Indexes into `columns`, in column order; never empty.
     pub key: Vec<usize>,
+    /// Its topic ([`Table::topic_name`]), named once.
+    pub topic: Arc<str>,
 }
 
 /// A row that cannot be keyed: its key column is missing or null.
@@ -89,15 +93,15 @@ impl Op {
 }
 
 impl Table {
-    /// The topic of this table: `<prefix>.<schema>.<table>` (characters Kafka does not allow in
+    /// The topic of a table: `<prefix>.<schema>.<table>` (characters Kafka does not allow in
     /// topic names become `_`, as Debezium does).
-    pub fn topic(&self, prefix: &str) -> String {
+    pub fn topic_name(prefix: &str, schema: &str, name: &str) -> String {
         let clean = |s: &str| -> String {
             s.chars()
                 .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
                 .collect()
         };
-        format!("{prefix}.{}.{}", clean(&self.schema), clean(&self.name))
+        format!("{prefix}.{}.{}", clean(schema), clean(name))
     }
 
     pub fn qualified(&self) -> String {
@@ -112,7 +116,7 @@ impl Table {
             let column = &self.columns[i];
             match row.get(&column.name).or_else(|| fill.and_then(|f| f.get(&column.name))) {
                 Some(v) if !v.is_null() => {
-                    key.0.push((column.name.clone(), json_value(column.type_oid, v)));
+                    key.0.push((&column.name, json_value(column.type_oid, v)));
                 }
                 _ => {
                     return Err(KeyError {
@@ -129,25 +133,25 @@ impl Table {
     /// `row` as a JSON object of every column. A column the row lacks (pgoutput leaves out a
     /// TOAST'd value an update did not change) is taken from `fill` (the old row, which carries
     /// it under `REPLICA IDENTITY FULL`), else written as [`UNAVAILABLE`]: never as null.
-    pub fn row(&self, row: &RowData, fill: Option<&RowData>) -> Fields {
+    pub fn row(&self, row: &RowData, fill: Option<&RowData>) -> Fields<'_> {
         let mut out = Fields::default();
         for column in &self.columns {
             let v = match row.get(&column.name).or_else(|| fill.and_then(|f| f.get(&column.name))) {
                 Some(v) => json_value(column.type_oid, v),
                 None => Value::String(UNAVAILABLE.to_string()),
             };
-            out.0.push((column.name.clone(), v));
+            out.0.push((&column.name, v));
         }
         out
     }
 
     /// The key columns of `row` only (the `before` of a delete under the default replica
     /// identity carries nothing else).
-    pub fn key_row(&self, row: &RowData) -> Fields {
+    pub fn key_row(&self, row: &RowData) -> Fields<'_> {
         let mut out = Fields::default();
         for column in &self.columns {
             if let Some(v) = row.get(&column.name) {
-                out.0.push((column.name.clone(), json_value(column.type_oid, v)));
+                out.0.push((&column.name, json_value(column.type_oid, v)));
             }
         }
         out
@@ -157,16 +161,16 @@ impl Table {
 /// A JSON object whose fields keep their order (the table's column order), as Debezium writes
 /// them.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Fields(pub Vec<(String, Value)>);
+pub struct Fields<'a>(pub Vec<(&'a str, Value)>);
 
-impl Fields {
+impl Fields<'_> {
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 }
 
 /// `fields["name"]`, null when absent (as for a JSON value).
-impl std::ops::Index<&str> for Fields {
+impl std::ops::Index<&str> for Fields<'_> {
     type Output = Value;
 
     fn index(&self, name: &str) -> &Value {
@@ -175,7 +179,7 @@ impl std::ops::Index<&str> for Fields {
     }
 }
 
-impl Serialize for Fields {
+impl Serialize for Fields<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (k, v) in &self.0 {
@@ -187,8 +191,8 @@ impl Serialize for Fields {
 
 #[derive(serde::Serialize)]
 struct Envelope<'a> {
-    before: Option<&'a Fields>,
-    after: Option<&'a Fields>,
+    before: Option<&'a Fields<'a>>,
+    after: Option<&'a Fields<'a>>,
     source: SourceBlock<'a>,
     op: &'static str,
     ts_ms: i64,
@@ -215,8 +219,8 @@ struct SourceBlock<'a> {
 pub fn envelope(
     table: &Table,
     op: Op,
-    before: Option<&Fields>,
-    after: Option<&Fields>,
+    before: Option<&Fields<'_>>,
+    after: Option<&Fields<'_>>,
     source: &Source<'_>,
     now_ms: i64,
 ) -> Vec<u8> {
@@ -303,6 +307,7 @@ mod tests {
                 Column { name: "note".into(), type_oid: 25 },
             ],
             key: vec![0, 1],
+            topic: Arc::from("pg.public.accounts"),
         }
     }
 
@@ -364,7 +369,7 @@ mod tests {
             "taken from the old row (REPLICA IDENTITY FULL)"
         );
         assert_eq!(after["balance"], Value::Null, "a null in the new row stays null");
-        let names: Vec<&str> = after.0.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = after.0.iter().map(|(n, _)| *n).collect();
         assert_eq!(names, ["id", "region", "balance", "note"], "column order");
     }
 
@@ -399,9 +404,7 @@ mod tests {
 
     #[test]
     fn topic_names_are_kafka_safe() {
-        let mut t = table();
-        assert_eq!(t.topic("pg"), "pg.public.accounts");
-        t.name = "weird name$".into();
-        assert_eq!(t.topic("pg"), "pg.public.weird_name_");
+        assert_eq!(Table::topic_name("pg", "public", "accounts"), "pg.public.accounts");
+        assert_eq!(Table::topic_name("pg", "public", "weird name$"), "pg.public.weird_name_");
     }
 }

@@ -165,7 +165,7 @@ pub struct Sink {
     stats: Arc<CdcStats>,
     /// Partition counts and batch limits of the topics in use (created if missing).
     topics: HashMap<String, (u32, usize)>,
-    pending: BTreeMap<(String, u32), Vec<Pending>>,
+    pending: BTreeMap<(Arc<str>, u32), Vec<Pending>>,
     pending_bytes: usize,
     tails: HashMap<(String, u32), Position>,
     /// Appends made and not yet acknowledged, oldest first (a partition's appends are queued to
@@ -226,13 +226,13 @@ impl Sink {
     /// after it could be appended (a partition's appends must not skip one).
     pub async fn push(
         &mut self,
-        topic: &str,
+        topic: &Arc<str>,
         key: Vec<u8>,
         value: Option<Vec<u8>>,
         position: Position,
         repeatable: bool,
     ) -> Result<(), CdcError> {
-        let (partitions, batch_max) = *self.topics.get(topic).expect("ensure_topic before push");
+        let (partitions, batch_max) = *self.topics.get(&**topic).expect("ensure_topic before push");
         let size = key.len() + value.as_ref().map_or(0, Vec::len) + RECORD_OVERHEAD;
         if size + 61 > batch_max {
             return Err(CdcError::Refused(format!(
@@ -242,7 +242,7 @@ impl Sink {
         }
         let partition = crate::partitioner::partition_for_key(&key, partitions);
         self.pending_bytes += size;
-        self.pending.entry((topic.to_string(), partition)).or_default().push(Pending {
+        self.pending.entry((Arc::clone(topic), partition)).or_default().push(Pending {
             key,
             value,
             timestamp: now_ms(),
@@ -296,7 +296,7 @@ impl Sink {
         let mut acks: Vec<(Ack, u64)> = Vec::new();
         for ((topic, partition), records) in pending {
             let tail = self.tail(&topic, partition).await?;
-            let batch_max = self.topics.get(&topic).map_or(BATCH_BYTES, |t| t.1 / 2).min(BATCH_BYTES);
+            let batch_max = self.topics.get(&*topic).map_or(BATCH_BYTES, |t| t.1 / 2).min(BATCH_BYTES);
             let fresh: Vec<&Pending> = records
                 .iter()
                 .filter(|r| r.position > tail || (r.repeatable && r.position == tail))
@@ -331,7 +331,7 @@ impl Sink {
             }
             let n = batch.len() as u64;
             acks.push((Box::pin(self.engine.produce_async(&topic, Target::Partition(partition), &batch)), n));
-            self.tails.insert((topic, partition), last);
+            self.tails.insert((topic.to_string(), partition), last);
         }
         self.in_flight.extend(acks);
         self.settle(IN_FLIGHT_MAX).await

@@ -460,8 +460,14 @@ impl Session<'_> {
         columns: Vec<Column>,
         key: Vec<usize>,
     ) -> Result<Arc<Table>, CdcError> {
-        let table = Arc::new(Table { schema: schema.to_string(), name: name.to_string(), columns, key });
-        let topic = table.topic(&self.config.topic_prefix);
+        let topic = Table::topic_name(&self.config.topic_prefix, schema, name);
+        let table = Arc::new(Table {
+            schema: schema.to_string(),
+            name: name.to_string(),
+            columns,
+            key,
+            topic: Arc::from(topic.as_str()),
+        });
         let owner = self.tables.topics.entry(topic.clone()).or_insert_with(|| table.qualified());
         if *owner != table.qualified() {
             return Err(CdcError::Refused(format!(
@@ -548,7 +554,7 @@ impl Session<'_> {
         // database now (a restored one may be behind).
         let mut newest = epoch;
         for table in tables.values() {
-            let topic = table.topic(&self.config.topic_prefix);
+            let topic = Arc::clone(&table.topic);
             for p in 0..self.engine.topic(&topic)?.partitions {
                 newest = newest.max(self.sink.tail(&topic, p).await?.epoch);
             }
@@ -558,7 +564,7 @@ impl Session<'_> {
         let started = now_ms();
         let mut seq = 0;
         for table in tables.values() {
-            let topic = table.topic(&self.config.topic_prefix);
+            let topic = Arc::clone(&table.topic);
             for key in self.sink.live_keys(&topic).await? {
                 self.sink.push(&topic, key, None, self.position(lsn, seq), false).await?;
                 seq += 1;
@@ -614,7 +620,7 @@ impl Session<'_> {
         let value =
             envelope(table, Op::Read, None, Some(&after), &self.source(ts, None, lsn, marker), now_ms());
         let position = self.position(lsn, *seq);
-        self.sink.push(&table.topic(&self.config.topic_prefix), key, Some(value), position, false).await?;
+        self.sink.push(&table.topic, key, Some(value), position, false).await?;
         *seq += 1;
         CdcStats::add(&self.stats.snapshot_rows, 1);
         Ok(())
@@ -756,7 +762,7 @@ impl Session<'_> {
                 t.seq += 1;
                 for name in tables {
                     let Some(table) = self.tables.by_name.get(&*name).cloned() else { continue };
-                    let topic = table.topic(&self.config.topic_prefix);
+                    let topic = Arc::clone(&table.topic);
                     for key in self.sink.live_keys(&topic).await? {
                         self.sink.push(&topic, key, None, position, true).await?;
                     }
@@ -794,20 +800,20 @@ impl Session<'_> {
         t: &mut Txn,
         key: Vec<u8>,
         op: Op,
-        before: Option<Fields>,
-        after: Option<Fields>,
+        before: Option<Fields<'_>>,
+        after: Option<Fields<'_>>,
     ) -> Result<(), CdcError> {
         let source = self.source(t.commit_ms, Some(t.xid), t.lsn, "false");
         let value = envelope(table, op, before.as_ref(), after.as_ref(), &source, now_ms());
         let position = self.position(t.lsn, t.seq);
         t.seq += 1;
-        self.sink.push(&table.topic(&self.config.topic_prefix), key, Some(value), position, false).await
+        self.sink.push(&table.topic, key, Some(value), position, false).await
     }
 
     async fn tombstone(&mut self, table: &Table, t: &mut Txn, key: Vec<u8>) -> Result<(), CdcError> {
         let position = self.position(t.lsn, t.seq);
         t.seq += 1;
-        self.sink.push(&table.topic(&self.config.topic_prefix), key, None, position, false).await
+        self.sink.push(&table.topic, key, None, position, false).await
     }
 }
 
